@@ -1,0 +1,56 @@
+"""What every dataset reader returns, and the dataset registry.
+
+A *reader* turns a dataset as its publisher ships it into a :class:`SourceData`; the open-set
+split (``usb_cfsg.datasets.split``) and the USB glue (``usb_cfsg.datasets.build``) work on that
+alone, so one split implementation serves every dataset.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from ..registry import Registry
+
+#: One training or test item: a path to an image file, or an in-memory uint8 image (HxW or HxWxC).
+Item = Union[str, np.ndarray]
+
+
+@dataclass
+class SourceData:
+    """A dataset before any split.
+
+    Attributes:
+        name: Registry name of the dataset.
+        class_names: Human-readable class names, in the dataset's own class order.
+        train_items: Training images (file paths or arrays).
+        train_targets: Class index of each training image (int64, into ``class_names``).
+        test_items: Test images.
+        test_targets: Class index of each test image.
+        prompt_templates: Text prompt templates with one ``{}`` for the class name.
+    """
+
+    name: str
+    class_names: list[str]
+    train_items: Sequence[Item]
+    train_targets: np.ndarray
+    test_items: Sequence[Item]
+    test_targets: np.ndarray
+    prompt_templates: tuple[str, ...] = field(default=("a photo of a {}.",))
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+#: A reader: ``reader(root, download=False, skip_bad_images=False, class_names=None) -> SourceData``.
+Reader = Callable[..., SourceData]
+
+DATASETS: Registry[Reader] = Registry("dataset")
+register_dataset = DATASETS.register
+
+
+def read_source(name: str, root: Optional[str], **kwargs) -> SourceData:
+    """Read dataset ``name`` from ``root`` through the registry."""
+    return DATASETS.get(name)(root, **kwargs)
