@@ -1,0 +1,60 @@
+"""Tests of usb_cfsg.evaluation.report.format_summary."""
+from __future__ import annotations
+
+from usb_cfsg.evaluation import metrics as m
+from usb_cfsg.evaluation.report import format_percent, format_summary
+
+from .test_metrics import CLOSED, K, SCORE, T, Y
+
+
+def test_format_percent() -> None:
+    assert format_percent(0.8473) == "84.73%"
+    assert format_percent(1) == "100.00%"
+    assert format_percent(float("nan")) == "n/a"
+    assert format_percent(None) == "-"
+    assert format_percent("x") == "-"
+
+
+def test_summary_of_hand_worked_example() -> None:
+    metrics = m.compute_openset_metrics(Y, CLOSED, SCORE, T, K)
+    text = format_summary(metrics, title="cfsg_clip on toy")
+    lines = text.splitlines()
+    assert lines[0] == "cfsg_clip on toy"
+    assert lines[1].split() == ["metric", "value"]
+    body = {line.rsplit(None, 1)[0].strip(): line.rsplit(None, 1)[1] for line in lines[3:10]}
+    assert body == {
+        "closed-set accuracy (seen)": "60.00%",
+        "AUROC (unknown = positive)": "93.33%",
+        "FPR@95%TPR": "20.00%",
+        "open-set balanced accuracy": "50.00%",
+        "unknown recall": "66.67%",
+        "H-score": "50.00%",
+        "macro-F1 (K+1 classes)": "48.89%",
+    }
+    assert "threshold (score >= t: unknown)  0.55" in text
+    assert "5 seen / 3 unseen" in text
+    assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
+
+
+def test_summary_with_per_score_rows_and_nan() -> None:
+    metrics = m.compute_openset_metrics([0, 1, 1], [0, 1, 0], [0.1, 0.2, 0.9], 0.5, 2)
+    metrics["best_it"] = 1200
+    metrics["scores"] = {
+        "ova": {"auroc": 0.91234, "fpr95": 0.35, "open_bacc": 0.7, "unknown_recall": 0.5, "h_score": 0.6},
+        "mcm": {"auroc": float("nan"), "fpr95": 0.4},
+    }
+    text = format_summary(metrics)
+    lines = text.splitlines()
+    assert lines[0] == "Open-set evaluation"
+    assert any(line.split() == ["AUROC", "(unknown", "=", "positive)", "n/a"] for line in lines)
+    assert any(line.split() == ["best_it", "1200"] for line in lines)
+    header = next(i for i, line in enumerate(lines) if line.startswith("score"))
+    assert lines[header].split() == ["score", "AUROC", "FPR95", "open", "bAcc", "unk.", "recall", "H-score"]
+    assert lines[header + 2].split() == ["ova", "91.23%", "35.00%", "70.00%", "50.00%", "60.00%"]
+    assert lines[header + 3].split() == ["mcm", "n/a", "40.00%", "-", "-", "-"]
+    # Columns line up: each percentage ends at the same column in both rows.
+    assert len(lines[header + 2]) == len(lines[header + 3]) == len(lines[header])
+
+
+def test_summary_of_empty_dict() -> None:
+    assert format_summary({}) == "Open-set evaluation"

@@ -1,0 +1,395 @@
+"""Typed, validated configuration: defaults < YAML (``--c FILE``) < command line.
+
+Every key a run understands is declared once, with its type and help text: the common keys in
+:class:`BaseConfig` (USB's names keep USB's meaning) and the algorithm's own keys from its
+``get_argument()`` (USB's ``SSL_Argument`` list). Any key can be given on the command line as
+``--key value``; unknown keys and values of the wrong type are errors naming the key and the
+closest valid keys. The result is an ``argparse.Namespace``, which is what USB algorithms expect.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
+
+import yaml
+
+from .errors import ConfigError, did_you_mean
+
+logger = logging.getLogger("usb_cfsg")
+
+_NONE_STRINGS = {"none", "null", "~", ""}
+_TRUE = {"true", "yes", "t", "y", "1"}
+_FALSE = {"false", "no", "f", "n", "0"}
+
+
+def _help(text: str, default: Any) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+def _help_list(text: str) -> Any:
+    return field(default=None, metadata={"help": text})
+
+
+@dataclass
+class BaseConfig:
+    """Keys every run understands. Algorithm-specific keys come from ``get_argument()``."""
+
+    # --- saving & loading (USB names) ---
+    save_dir: str = _help("Parent folder of run folders.", "./saved_models")
+    save_name: str = _help("Run folder name: the run lives in <save_dir>/<save_name>/.", "fixmatch")
+    resume: bool = _help("Resume from load_path (model, EMA, optimizer, scheduler, iteration, RNG).", False)
+    load_path: Optional[str] = _help("Checkpoint to resume from or evaluate.", None)
+    overwrite: bool = _help("Replace an existing run folder (otherwise an existing folder is an error).", False)
+    use_tensorboard: bool = _help("Write TensorBoard events to the run folder.", True)
+    use_wandb: bool = _help("Log to Weights & Biases (USB's WANDBHook).", False)
+    use_aim: bool = _help("Log to Aim (USB's AimHook).", False)
+    # --- training schedule (USB names) ---
+    epoch: int = _help("Number of epochs; num_train_iter must be divisible by it.", 1)
+    num_train_iter: int = _help("Total training iterations.", 20)
+    num_warmup_iter: int = _help("Linear warm-up iterations of the cosine schedule.", 0)
+    num_eval_iter: int = _help("Evaluate (and checkpoint) every this many iterations.", 10)
+    num_log_iter: int = _help("Log losses, lr, images/s and ETA every this many iterations.", 5)
+    num_labels: int = _help("Total labeled images, spread evenly over the num_classes seen classes.", 400)
+    batch_size: int = _help("Labeled batch size per process.", 8)
+    uratio: int = _help("Unlabeled batch = uratio * batch_size.", 1)
+    eval_batch_size: int = _help("Batch size of evaluation loaders.", 16)
+    ema_m: float = _help("EMA momentum of the evaluation model.", 0.999)
+    ulb_loss_ratio: float = _help("Weight of the unlabeled loss (USB's lambda_u).", 1.0)
+    # --- optimizer (USB names) ---
+    optim: Literal["SGD", "AdamW"] = _help("Optimizer.", "SGD")
+    lr: float = _help("Learning rate.", 3e-2)
+    momentum: float = _help("SGD momentum.", 0.9)
+    weight_decay: float = _help("Weight decay.", 5e-4)
+    layer_decay: float = _help("Layer-wise lr decay (1.0 = none); uses the net's group_matcher.", 1.0)
+    clip_grad: float = _help("Clip gradient norm to this value (0 = off).", 0.0)
+    # --- network ---
+    net: str = _help("Network name (ours: clip_vit_b16, clip_vit_b32, clip_vit_l14, clip_tiny; or any semilearn net).", "clip_vit_b16")
+    net_from_name: bool = _help("Take `net` from torchvision.models (USB).", False)
+    pretrained: Optional[str] = _help("open_clip pretrained tag (e.g. openai), or none for an explicit random init.", "openai")
+    pretrain_path: Optional[str] = _help("Local weights file (open_clip/OpenAI checkpoint); overrides `pretrained`.", None)
+    use_pretrain: Optional[bool] = _help("USB compatibility: false means pretrained none; true keeps `pretrained`.", None)
+    num_tuned_blocks: int = _help("Trainable last visual blocks m; blocks 1..L-m are frozen and run without autograd.", 4)
+    text_encoder: Literal["clip", "minilm"] = _help(
+        "Where class-name embeddings come from: CLIP's text tower, or the offline MiniLM sentence encoder "
+        "through a learned projection (for random-init CLIP, whose text embeddings collapse).", "clip")
+    prompt_templates: Optional[List[str]] = _help_list("Prompt templates with one {} (default: the dataset's).")
+    # --- algorithm (USB names) ---
+    algorithm: str = _help("Registered algorithm (USB's or ours).", "fixmatch")
+    use_cat: bool = _help("Concatenate labeled and unlabeled batches in one forward (USB).", True)
+    amp: bool = _help("Mixed precision: fp16 + GradScaler on CUDA, bf16 autocast on CPU.", False)
+    # --- data ---
+    data_dir: Optional[str] = _help("Dataset root as its publisher ships it (see README).", "./data")
+    dataset: str = _help("Registered dataset name (cub200, stanford_cars, ...).", "cub200")
+    num_classes: int = _help("K: number of SEEN classes (the classifier's size).", 100)
+    train_sampler: str = _help("USB sampler name (RandomSampler).", "RandomSampler")
+    num_workers: int = _help("DataLoader workers per loader (the unlabeled loader uses twice as many, as USB).", 1)
+    include_lb_to_ulb: bool = _help("Also use labeled images as unlabeled (USB).", True)
+    img_size: int = _help("Input size in pixels.", 224)
+    crop_ratio: float = _help("Resize to img_size/crop_ratio before cropping.", 0.875)
+    class_split: Literal["first", "random"] = _help("Seen classes: the first K in the dataset's order, or seeded random.", "first")
+    split_seed: int = _help("Seed of the class split and the labeled/unlabeled split.", 0)
+    seen_classes: Optional[List[Any]] = _help_list("Explicit seen classes (names or indices); overrides class_split.")
+    ulb_unseen_ratio: Optional[float] = _help("Cap unseen-class images to this fraction of the unlabeled set.", None)
+    download: bool = _help("Download the dataset from its publisher when online.", False)
+    skip_bad_images: bool = _help("Skip (and count) missing/corrupt images instead of failing.", False)
+    class_names: Optional[List[str]] = _help_list("image_folder: class order (default: sorted folder names).")
+    # --- open-set evaluation ---
+    ood_threshold: float = _help("Unknown-score threshold: score >= threshold means unknown.", 0.5)
+    relevance_dir: Optional[str] = _help("Save relevance-map overlays of a fixed set of eval images here.", None)
+    # --- devices & distributed ---
+    device: Literal["auto", "cpu", "cuda"] = _help("auto = CUDA when available, else CPU.", "auto")
+    seed: int = _help("Random seed.", 0)
+    gpu: Optional[int] = _help("CUDA device index for a single-process run.", None)
+    world_size: int = _help("Number of training processes in all.", 1)
+    rank: int = _help("Global rank of this process (set by the launcher).", 0)
+    multiprocessing_distributed: bool = _help("train.py spawns world_size processes on this machine.", False)
+    dist_url: Optional[str] = _help("torch.distributed init URL (default: a free local port, or env:// under torchrun).", None)
+    dist_backend: Optional[Literal["nccl", "gloo"]] = _help("Default: nccl on CUDA, gloo on CPU.", None)
+
+
+@dataclass(frozen=True)
+class KeySpec:
+    """One configuration key: how to parse and check it."""
+
+    name: str
+    kind: str  # "bool" | "int" | "float" | "str" | "list" | "any"
+    default: Any
+    optional: bool
+    choices: Optional[Tuple[Any, ...]] = None
+    help: str = ""
+    parser: Optional[Callable[[str], Any]] = None
+
+
+def _spec_from_hint(name: str, hint: Any, default: Any, help_text: str) -> KeySpec:
+    optional = False
+    origin = typing.get_origin(hint)
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        optional = len(args) < len(typing.get_args(hint))
+        hint = args[0]
+        origin = typing.get_origin(hint)
+    choices = None
+    if origin is Literal:
+        choices = typing.get_args(hint)
+        kind = "str"
+    elif origin in (list, List):
+        kind = "list"
+    else:
+        kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(hint, "any")
+    return KeySpec(name, kind, default, optional, choices, help_text)
+
+
+def base_specs() -> Dict[str, KeySpec]:
+    """Specs of the common keys, from :class:`BaseConfig`."""
+    hints = typing.get_type_hints(BaseConfig, include_extras=False)
+    specs = {}
+    for f in dataclasses.fields(BaseConfig):
+        specs[f.name] = _spec_from_hint(f.name, hints[f.name], f.default, f.metadata.get("help", ""))
+    return specs
+
+
+def algorithm_specs(algorithm_cls: Any) -> Dict[str, KeySpec]:
+    """Specs of an algorithm's own keys, from its ``get_argument()`` (USB's ``SSL_Argument`` list)."""
+    specs = {}
+    for arg in algorithm_cls.get_argument() or []:
+        name = arg.name.lstrip("-").replace("-", "_")
+        typ = arg.type
+        if typ in (bool, int, float, str):
+            kind, parser = {bool: "bool", int: "int", float: "float", str: "str"}[typ], None
+        elif getattr(typ, "__name__", "") == "str2bool":
+            kind, parser = "bool", None
+        else:  # a callable parser, as argparse would use it
+            kind, parser = "any", typ
+        specs[name] = KeySpec(name, kind, arg.default, arg.default is None, None, arg.help or "", parser)
+    return specs
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(text)
+
+
+def coerce(spec: KeySpec, value: Any, source: str) -> Any:
+    """Check ``value`` against ``spec``; strings (from the command line) are parsed first.
+
+    Raises:
+        ConfigError: naming the key, the expected type, the value and where it came from.
+    """
+    def fail(extra: str = "") -> ConfigError:
+        want = spec.kind if spec.choices is None else "one of " + ", ".join(map(str, spec.choices))
+        if spec.optional:
+            want += " or none"
+        return ConfigError(f"config key {spec.name!r} expects {want}, got {value!r} "
+                           f"({type(value).__name__}) from {source}{extra}")
+
+    if isinstance(value, str) and value.strip().lower() in _NONE_STRINGS and spec.kind != "str":
+        value = None
+    if isinstance(value, str) and spec.kind == "str" and spec.optional and value.strip().lower() in ("none", "null"):
+        value = None
+    if value is None:
+        if spec.optional or spec.default is None:
+            return None
+        raise fail()
+    try:
+        if spec.parser is not None:
+            return spec.parser(value) if isinstance(value, str) else value
+        if spec.kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str):
+                return _parse_bool(value)
+            raise ValueError
+        if spec.kind == "int":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                return int(value.strip())
+            raise ValueError
+        if spec.kind == "float":
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, str):
+                return float(value.strip())
+            raise ValueError
+        if spec.kind == "str":
+            if not isinstance(value, str):
+                raise ValueError
+            if spec.choices is not None and value not in spec.choices:
+                raise fail(did_you_mean(value, [str(c) for c in spec.choices]))
+            return value
+        if spec.kind == "list":
+            if isinstance(value, str):
+                parsed = yaml.safe_load(value) if value.strip().startswith("[") else [
+                    v.strip() for v in value.split(",") if v.strip()]
+                value = parsed
+            if isinstance(value, tuple):
+                value = list(value)
+            if not isinstance(value, list):
+                raise ValueError
+            return value
+        return value  # "any"
+    except ConfigError:
+        raise
+    except (ValueError, TypeError):
+        raise fail() from None
+
+
+def parse_cli_pairs(argv: Sequence[str]) -> Dict[str, str]:
+    """Turn ``["--lr", "0.1", "--amp=true"]`` into ``{"lr": "0.1", "amp": "true"}``.
+
+    Raises:
+        ConfigError: for a token that is not ``--key`` or a key without a value.
+    """
+    out: Dict[str, str] = {}
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        tok = argv[i]
+        if not tok.startswith("--") or tok == "--":
+            raise ConfigError(f"unexpected command-line argument {tok!r}: give options as --key value")
+        key = tok[2:]
+        if "=" in key:
+            key, val = key.split("=", 1)
+        else:
+            if i + 1 >= len(argv) or (argv[i + 1].startswith("--") and len(argv[i + 1]) > 2
+                                      and not _is_number(argv[i + 1])):
+                raise ConfigError(f"command-line option --{key} has no value: give --{key} VALUE "
+                                  f"(booleans as true/false, an absent value as none)")
+            val = argv[i + 1]
+            i += 1
+        out[key.replace("-", "_")] = val
+        i += 1
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    """Read a YAML config file into a dict (empty file -> {})."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"config file {path!r} does not exist (passed with --c); "
+                          f"configs live under config/, e.g. config/cfsg_cub.yaml")
+    with open(path, "r", encoding="utf-8") as fh:
+        try:
+            data = yaml.safe_load(fh)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path!r} must hold a mapping of key: value, got {type(data).__name__}")
+    return data
+
+
+def _algorithm_class(name: str) -> Any:
+    from .algorithms import get_algorithm_class
+
+    return get_algorithm_class(name)
+
+
+def build_config(
+    argv: Sequence[str] = (),
+    config_file: Optional[str] = None,
+    overrides: Optional[Dict[str, Any]] = None,
+    extra_specs: Optional[Dict[str, KeySpec]] = None,
+) -> argparse.Namespace:
+    """Resolve a run's configuration: defaults < YAML < command line < ``overrides``.
+
+    Args:
+        argv: Command-line tokens (``--c FILE`` and ``--key value`` pairs).
+        config_file: A YAML file, when not given as ``--c`` in ``argv``.
+        overrides: Values applied last (already typed), e.g. from tests.
+        extra_specs: Additional keys an entry point accepts (eval.py's ``out_dir``).
+
+    Returns:
+        The resolved configuration as a Namespace (what USB algorithms read).
+
+    Raises:
+        ConfigError: unknown key, wrong type, missing config file.
+    """
+    cli = parse_cli_pairs(argv)
+    config_file = cli.pop("c", config_file)
+    file_values = load_yaml(config_file) if config_file else {}
+    overrides = dict(overrides or {})
+
+    algorithm = overrides.get("algorithm", cli.get("algorithm", file_values.get("algorithm", BaseConfig.algorithm)))
+    specs = base_specs()
+    specs.update(algorithm_specs(_algorithm_class(str(algorithm))))
+    specs.update(extra_specs or {})
+
+    values = {name: spec.default for name, spec in specs.items()}
+    for source, given in ((f"config file {config_file}", file_values), ("the command line", cli),
+                          ("overrides", overrides)):
+        for key, val in given.items():
+            if key not in specs:
+                where = f" in {source}"
+                raise ConfigError(f"unknown config key {key!r}{where}{did_you_mean(key, specs)} "
+                                  f"(see README 'Configuration' for every key)")
+            values[key] = coerce(specs[key], val, source)
+
+    _check_relations(values)
+    ns = argparse.Namespace(**values)
+    ns.c = config_file
+    return ns
+
+
+def _check_relations(values: Dict[str, Any]) -> None:
+    for key in ("num_train_iter", "epoch", "num_eval_iter", "num_log_iter", "batch_size", "eval_batch_size",
+                "uratio", "world_size", "num_classes"):
+        if values[key] < 1:
+            raise ConfigError(f"config key {key!r} must be >= 1, got {values[key]}")
+    if values["num_train_iter"] % values["epoch"] != 0:
+        raise ConfigError(f"num_train_iter ({values['num_train_iter']}) must be divisible by epoch "
+                          f"({values['epoch']}); e.g. set epoch: 1")
+    if values.get("use_pretrain") is False:
+        values["pretrained"] = None
+    if values["resume"] and not values["load_path"]:
+        raise ConfigError("resume: true needs load_path: <checkpoint>, e.g. "
+                          "<save_dir>/<save_name>/latest_model.pth")
+    if values["num_workers"] < 0:
+        raise ConfigError(f"num_workers must be >= 0, got {values['num_workers']}")
+
+
+def config_to_dict(args: argparse.Namespace) -> Dict[str, Any]:
+    """Plain-Python dict of a resolved config (what config.yaml and checkpoints store)."""
+    out = {}
+    for key, val in sorted(vars(args).items()):
+        if isinstance(val, (bool, int, float, str)) or val is None:
+            out[key] = val
+        elif isinstance(val, (list, tuple)):
+            out[key] = [v if isinstance(v, (bool, int, float, str)) else str(v) for v in val]
+    return out
+
+
+def save_config(args: argparse.Namespace, path: str) -> None:
+    """Write the resolved config as YAML, atomically."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(config_to_dict(args), fh, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def format_config(args: argparse.Namespace) -> str:
+    """The resolved config as ``key: value`` lines, for the log."""
+    return "\n".join(f"  {k}: {v}" for k, v in config_to_dict(args).items())

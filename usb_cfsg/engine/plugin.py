@@ -1,0 +1,279 @@
+"""What USB 0.3.2's AlgorithmBase lacks, added to any registered algorithm by a mixin.
+
+:func:`build_algorithm` subclasses the registered algorithm class (USB's ``fixmatch`` as well as
+ours) with :class:`PluginMixin`, which
+
+* takes data from our dataset registry and open-set split (USB's ``get_dataset`` returns None
+  for names it does not know);
+* builds loaders whose order and augmentations are exact across resume (engine.sampling);
+* moves batches to the configured device instead of calling ``.cuda()`` (CPU works);
+* replaces the CUDA-event TimerHook, uses bf16 autocast on CPU and fp16 + GradScaler on CUDA;
+* builds CLIP nets with class-name-initialised classifiers;
+* writes checkpoints atomically with RNG state and the resolved config, and resumes exactly or
+  fails loudly (never a silent restart).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from typing import Any, Dict, Optional, Type
+
+import torch
+import torch.nn.functional as F
+
+from ..config import config_to_dict
+from ..errors import CheckpointError
+from ..nets.backbone import unwrap
+from .checkpoint import atomic_save, load_state_strict, rng_state, safe_load, set_rng_state
+from .device import autocast_factory, grad_scaler
+from .hooks import ThroughputHook
+from .sampling import eval_loader, train_loader
+
+logger = logging.getLogger("usb_cfsg")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CHECKPOINT_FORMAT = "usb_cfsg.train/1"
+
+
+class PluginMixin:
+    """Mixed in front of a USB algorithm class; see the module docstring.
+
+    Subclasses (our algorithms) can set ``net_head`` (``clip`` or ``cfsg``) and override
+    :meth:`net_head_kwargs`, :meth:`extra_state` / :meth:`load_extra_state`.
+    """
+
+    net_head: str = "clip"
+    device: torch.device
+
+    def __init__(self, args, net_builder, tb_log=None, logger=None, device: Optional[torch.device] = None, **kw):
+        self.device = device or torch.device("cpu")
+        self.openset_info = None
+        super().__init__(args, net_builder, tb_log, logger, **kw)
+        self.ngpus_per_node = max(1, args.world_size)  # USB computes rank % ngpus_per_node (0 on CPU)
+        self.amp_cm = autocast_factory(self.device, bool(args.amp))
+        self.loss_scaler = grad_scaler(self.device, bool(args.amp))
+
+    # ----------------------------------------------------------------- data
+    def net_mean_std(self):
+        return (getattr(self.net_builder, "mean", IMAGENET_MEAN), getattr(self.net_builder, "std", IMAGENET_STD))
+
+    def set_dataset(self):
+        from ..datasets import build_openset_datasets
+
+        mean, std = self.net_mean_std()
+        run_dir = os.path.join(self.args.save_dir, self.args.save_name) if self.args.rank == 0 else None
+        dataset_dict, info = build_openset_datasets(self.args, self.algorithm, mean, std, run_dir)
+        self.openset_info = info
+        self.args.lb_dest_len = len(dataset_dict["train_lb"])
+        self.args.ulb_dest_len = len(dataset_dict["train_ulb"]) if dataset_dict["train_ulb"] is not None else 0
+        self.print_fn(f"{info.name}: {info.num_seen} seen classes, labeled {self.args.lb_dest_len}, unlabeled "
+                      f"{self.args.ulb_dest_len}, eval {len(dataset_dict['eval'])}, open-set test "
+                      f"{len(dataset_dict['test_open'])}")
+        return dataset_dict
+
+    def set_data_loader(self):
+        a, d = self.args, self.dataset_dict
+        pin = self.device.type == "cuda"
+        world = max(1, a.world_size) if self.distributed else 1
+        loaders = {
+            "train_lb": train_loader(d["train_lb"], a.batch_size, self.num_iter_per_epoch, a.seed, a.rank, world,
+                                     a.num_workers, pin),
+            "train_ulb": train_loader(d["train_ulb"], a.batch_size * a.uratio, self.num_iter_per_epoch, a.seed + 1,
+                                      a.rank, world, 2 * a.num_workers, pin),
+            "eval": eval_loader(d["eval"], a.eval_batch_size, a.num_workers, pin),
+        }
+        if d.get("test_open") is not None:
+            loaders["test_open"] = eval_loader(d["test_open"], a.eval_batch_size, a.num_workers, pin)
+        return loaders
+
+    # ---------------------------------------------------------------- model
+    def net_head_kwargs(self) -> Dict[str, Any]:
+        """Extra keyword arguments for the network head (our algorithms override this)."""
+        return {}
+
+    def set_model(self):
+        a = self.args
+        if not getattr(self.net_builder, "usb_cfsg_clip", False):
+            return self.net_builder(num_classes=self.num_classes, pretrained=bool(a.pretrained),
+                                    pretrained_path=a.pretrain_path)
+        info = self.openset_info
+        templates = a.prompt_templates or (info.prompt_templates if info is not None else None)
+        return self.net_builder(
+            num_classes=self.num_classes, pretrained=a.pretrained, pretrained_path=a.pretrain_path,
+            head=self.net_head, img_size=a.img_size, num_tuned_blocks=a.num_tuned_blocks,
+            class_names=info.seen_class_names if info is not None else None, prompt_templates=templates,
+            text_encoder=a.text_encoder, seed=a.seed, **self.net_head_kwargs())
+
+    def set_ema_model(self):
+        return copy.deepcopy(self.model)
+
+    def set_hooks(self):
+        super().set_hooks()
+        self._hooks = [h for h in self._hooks if type(h).__name__ != "TimerHook"]
+        self.register_hook(ThroughputHook(), "TimerHook", "LOW")
+
+    # ---------------------------------------------------------------- steps
+    def _to_device(self, var):
+        if isinstance(var, dict):
+            return {k: self._to_device(v) for k, v in var.items()}
+        if isinstance(var, torch.Tensor):
+            return var.to(self.device, non_blocking=True)
+        return var
+
+    def process_batch(self, input_args=None, **kwargs):
+        if input_args is None:
+            from inspect import signature
+
+            input_args = list(signature(self.train_step).parameters)
+        return {k: self._to_device(v) for k, v in kwargs.items() if k in input_args and v is not None}
+
+    def train(self):
+        """USB's loop, resumable mid-epoch: epoch and position come from the iteration counter."""
+        self.model.train()
+        self.call_hook("before_run")
+        lb, ulb = self.loader_dict["train_lb"], self.loader_dict["train_ulb"]
+        while self.it < self.num_train_iter:
+            self.epoch = self.it // self.num_iter_per_epoch
+            for loader in (lb, ulb):
+                loader.sampler.set_epoch(self.epoch)
+                loader.sampler.set_start_iteration(self.it % self.num_iter_per_epoch)
+            self.call_hook("before_train_epoch")
+            for data_lb, data_ulb in zip(lb, ulb):
+                if self.it >= self.num_train_iter:
+                    break
+                self.call_hook("before_train_step")
+                self.out_dict, self.log_dict = self.train_step(**self.process_batch(**data_lb, **data_ulb))
+                self.call_hook("after_train_step")
+                self.it += 1
+            self.call_hook("after_train_epoch")
+        self.call_hook("after_run")
+
+    @torch.no_grad()
+    def predict_loader(self, dest: str, use_ema: bool = True):
+        """Run the model over a loader; returns the concatenated outputs and labels (numpy).
+
+        Every tensor output of the net with a batch dimension is collected (``logits``, ``feat``
+        and, for our nets, unknown scores and the like).
+        """
+        self.model.eval()
+        if use_ema and self.ema is not None:
+            self.ema.apply_shadow()
+        outs: Dict[str, list] = {}
+        labels = []
+        try:
+            from ..progress import progress
+
+            for data in progress(self.loader_dict[dest], desc=f"evaluating {dest}"):
+                x = self._to_device(data["x_lb"])
+                with self.amp_cm():
+                    out = self.model(x)
+                for k, v in out.items():
+                    if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == data["y_lb"].shape[0]:
+                        outs.setdefault(k, []).append(v.float().cpu())
+                labels.append(data["y_lb"].cpu())
+        finally:
+            if use_ema and self.ema is not None:
+                self.ema.restore()
+            self.model.train()
+        result = {k: torch.cat(v).numpy() for k, v in outs.items()}
+        result["y"] = torch.cat(labels).numpy()
+        return result
+
+    def evaluate(self, eval_dest="eval", out_key="logits", return_logits=False):
+        from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score
+
+        res = self.predict_loader(eval_dest)
+        logits, y = res[out_key], res["y"]
+        pred = logits.argmax(axis=1)
+        loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y).long()).item()
+        eval_dict = {
+            f"{eval_dest}/loss": float(loss),
+            f"{eval_dest}/top-1-acc": float((pred == y).mean()),
+            f"{eval_dest}/balanced_acc": float(balanced_accuracy_score(y, pred)),
+            f"{eval_dest}/precision": float(precision_score(y, pred, average="macro", zero_division=0)),
+            f"{eval_dest}/recall": float(recall_score(y, pred, average="macro", zero_division=0)),
+            f"{eval_dest}/F1": float(f1_score(y, pred, average="macro", zero_division=0)),
+        }
+        if return_logits:
+            eval_dict[f"{eval_dest}/logits"] = logits
+        return eval_dict
+
+    # ----------------------------------------------------------- checkpoints
+    def extra_state(self) -> Dict[str, Any]:
+        """Algorithm state outside the nets (our algorithms override); plain types and tensors."""
+        return {}
+
+    def load_extra_state(self, state: Dict[str, Any]) -> None:
+        """Restore what :meth:`extra_state` returned."""
+
+    def get_save_dict(self):
+        info = self.openset_info
+        save = {
+            "format": CHECKPOINT_FORMAT,
+            "model": unwrap(self.model).state_dict(),
+            "ema_model": unwrap(self.ema_model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loss_scaler": self.loss_scaler.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "it": int(self.it + 1),
+            "epoch": int(self.epoch + 1),
+            "best_it": int(self.best_it),
+            "best_eval_acc": float(self.best_eval_acc),
+            "rng": rng_state(),
+            "config": config_to_dict(self.args),
+            "algorithm": self.algorithm,
+            "class_names": list(info.seen_class_names) if info is not None else None,
+            "unseen_class_names": list(info.unseen_class_names) if info is not None else None,
+            "mean_std": [list(map(float, m)) for m in self.net_mean_std()],
+            "extra": self.extra_state(),
+        }
+        return save
+
+    def save_model(self, save_name, save_path):
+        atomic_save(self.get_save_dict(), os.path.join(save_path, save_name))
+        self.print_fn(f"model saved: {os.path.join(save_path, save_name)}")
+
+    def load_model(self, load_path):
+        ckpt = safe_load(load_path, required=("format", "model", "ema_model", "optimizer", "it", "rng"))
+        if ckpt["format"] != CHECKPOINT_FORMAT:
+            raise CheckpointError(f"{load_path!r} has format {ckpt['format']!r}, expected {CHECKPOINT_FORMAT!r}")
+        if ckpt.get("algorithm") != self.algorithm:
+            raise CheckpointError(f"{load_path!r} was written by algorithm {ckpt.get('algorithm')!r}; this run is "
+                                  f"{self.algorithm!r}")
+        load_state_strict(unwrap(self.model), ckpt["model"], "model", load_path)
+        load_state_strict(unwrap(self.ema_model), ckpt["ema_model"], "ema_model", load_path)
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.loss_scaler.load_state_dict(ckpt["loss_scaler"])
+            if self.scheduler is not None:
+                if ckpt.get("scheduler") is None:
+                    raise CheckpointError(f"{load_path!r} has no scheduler state but this run uses a scheduler")
+                self.scheduler.load_state_dict(ckpt["scheduler"])
+        except (ValueError, KeyError) as exc:
+            raise CheckpointError(f"optimizer/scheduler state in {load_path!r} does not fit this run: {exc}") from exc
+        self.it = int(ckpt["it"])
+        self.start_epoch = int(ckpt["epoch"])
+        self.epoch = self.it // self.num_iter_per_epoch
+        self.best_it = int(ckpt["best_it"])
+        self.best_eval_acc = float(ckpt["best_eval_acc"])
+        set_rng_state(ckpt["rng"])
+        self.load_extra_state(ckpt.get("extra") or {})
+        self.print_fn(f"resumed from {load_path} at iteration {self.it}")
+        return ckpt
+
+
+def build_algorithm(args, net_builder, tb_log=None, logger_=None, device: Optional[torch.device] = None):
+    """Instantiate the registered algorithm ``args.algorithm`` with :class:`PluginMixin` in front."""
+    from ..algorithms import get_algorithm_class
+
+    base: Type[Any] = get_algorithm_class(args.algorithm)
+    if issubclass(base, PluginMixin):
+        cls = base
+    else:
+        cls = type(f"Plugin{base.__name__}", (PluginMixin, base), {"__module__": __name__})
+    return cls(args=args, net_builder=net_builder, tb_log=tb_log, logger=logger_, device=device)
+
+
+__all__ = ["PluginMixin", "build_algorithm"]

@@ -1,0 +1,124 @@
+"""Training data order and augmentation that are exactly reproducible, across resume too.
+
+USB's loaders restart an interrupted epoch from its beginning and draw augmentations from the
+process-global RNG, so a resumed run sees different data than an uninterrupted one. Here:
+
+* :class:`ResumableSampler` gives each (epoch, position) a fixed sample index and a fixed
+  per-sample seed, split across processes, and can start in the middle of an epoch;
+* :class:`SeededDataset` applies the dataset's random transforms under that per-sample seed,
+  leaving the global RNG untouched, so the result does not depend on workers or resumption.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, Iterator, Tuple
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+_MIX = 0x9E3779B1
+
+
+def _mix(*parts: int) -> int:
+    h = 0
+    for p in parts:
+        h = (h * _MIX + int(p) + 0x7F4A7C15) % (2 ** 63 - 1)
+    return h
+
+
+class ResumableSampler(Sampler[Tuple[int, int]]):
+    """Yields ``(index, sample_seed)`` for one process, for one epoch at a time.
+
+    Args:
+        dataset_len: Number of items in the dataset.
+        num_samples: Items this process draws per epoch (iterations per epoch x batch size).
+        seed: Run seed.
+        rank: This process's rank.
+        world_size: Number of processes.
+        batch_size: Batch size, to translate a start iteration into a start position.
+    """
+
+    def __init__(self, dataset_len: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1,
+                 batch_size: int = 1) -> None:
+        if dataset_len < 1:
+            raise ValueError("cannot sample from an empty dataset")
+        self.dataset_len = dataset_len
+        self.num_samples = num_samples
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.batch_size = batch_size
+        self.epoch = 0
+        self.start = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def set_start_iteration(self, iteration_in_epoch: int) -> None:
+        """Begin the next pass at this iteration of the epoch (0 = the epoch's start)."""
+        self.start = iteration_in_epoch * self.batch_size
+
+    def _order(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(_mix(self.seed, self.epoch))
+        total = self.num_samples * self.world_size
+        reps = -(-total // self.dataset_len)
+        order = torch.cat([torch.randperm(self.dataset_len, generator=gen) for _ in range(reps)])[:total]
+        return order[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        order = self._order().tolist()
+        start, self.start = self.start, 0
+        for pos in range(start, len(order)):
+            yield order[pos], _mix(self.seed, self.epoch, self.rank, pos)
+
+    def __len__(self) -> int:
+        return self.num_samples - self.start
+
+
+class SeededDataset(Dataset):
+    """Wraps a dataset so that ``ds[(index, seed)]`` runs its random transforms under ``seed``.
+
+    Python's, NumPy's and torch's global RNG states are saved and restored around the call.
+    Plain integer keys are passed through (evaluation loaders).
+    """
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
+
+    def __getitem__(self, key: Any) -> Any:
+        if not isinstance(key, tuple):
+            return self.dataset[key]
+        index, seed = key
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            random.seed(seed)
+            np.random.seed(seed % (2 ** 32))
+            torch.manual_seed(seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)
+
+
+def train_loader(dataset: Dataset, batch_size: int, iters_per_epoch: int, seed: int, rank: int, world_size: int,
+                 num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """An infinite-style training loader (one epoch = ``iters_per_epoch`` batches) that can resume."""
+    sampler = ResumableSampler(len(dataset), iters_per_epoch * batch_size, seed, rank, world_size, batch_size)
+    return DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
+                      drop_last=True, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
+
+
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
+    """A deterministic, unshuffled loader that does not consume the global RNG."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False,
+                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))

@@ -1,0 +1,117 @@
+"""Plain-text summary of open-set metrics, short enough for one screen of a log or terminal."""
+from __future__ import annotations
+
+import math
+from numbers import Number
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
+
+#: Headline rows: (metrics key, label). All are fractions shown as percentages.
+HEADLINE: Tuple[Tuple[str, str], ...] = (
+    ("closed_acc", "closed-set accuracy (seen)"),
+    ("auroc", "AUROC (unknown = positive)"),
+    ("fpr95", "FPR@95%TPR"),
+    ("open_bacc", "open-set balanced accuracy"),
+    ("unknown_recall", "unknown recall"),
+    ("h_score", "H-score"),
+    ("macro_f1", "macro-F1 (K+1 classes)"),
+)
+
+#: Columns of the per-score table: (metrics key, column title).
+SCORE_COLUMNS: Tuple[Tuple[str, str], ...] = (
+    ("auroc", "AUROC"),
+    ("fpr95", "FPR95"),
+    ("open_bacc", "open bAcc"),
+    ("unknown_recall", "unk. recall"),
+    ("h_score", "H-score"),
+)
+
+_COUNT_KEYS = ("num_test_seen", "num_test_unseen")
+_HANDLED = {key for key, _ in HEADLINE} | set(_COUNT_KEYS) | {"threshold", "scores"}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Number) and not isinstance(value, bool)
+
+
+def format_percent(value: Any) -> str:
+    """Format a fraction as a percentage with 2 decimals: 0.8473 -> "84.73%".
+
+    Args:
+        value: A fraction, or None / a missing value.
+
+    Returns:
+        The percentage; ``"n/a"`` for NaN (an undefined metric), ``"-"`` for None or a non-number.
+    """
+    if not _is_number(value):
+        return "-"
+    value = float(value)
+    if math.isnan(value):
+        return "n/a"
+    return f"{100.0 * value:.2f}%"
+
+
+def _format_raw(value: Any) -> str:
+    if _is_number(value):
+        value = float(value)
+        return "n/a" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
+    """Left-aligned first column, right-aligned others, two spaces apart, with a rule."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        parts = [str(cells[0]).ljust(widths[0])]
+        parts += [str(c).rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return "  ".join(parts).rstrip()
+
+    return [line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in rows]
+
+
+def format_summary(metrics: Mapping[str, Any], title: Optional[str] = None) -> str:
+    """Format open-set metrics as a one-screen plain-text table.
+
+    The headline block lists the keys of :func:`usb_cfsg.evaluation.metrics.compute_openset_metrics`
+    that are present (fractions as percentages with 2 decimals, NaN as ``n/a``), the threshold and
+    the test-set counts, then any other scalar entries as they are. When ``metrics["scores"]`` is a
+    mapping ``{score name: {metric: value}}``, a second table has one row per score name with its
+    AUROC, FPR95, open balanced accuracy, unknown recall and H-score (``-`` where missing).
+
+    Args:
+        metrics: The metrics dictionary.
+        title: First line; defaults to "Open-set evaluation".
+
+    Returns:
+        The summary, lines joined by newlines, without a trailing newline.
+    """
+    lines: List[str] = [title or "Open-set evaluation"]
+    rows: List[List[str]] = []
+    for key, label in HEADLINE:
+        if key in metrics:
+            rows.append([label, format_percent(metrics[key])])
+    if "threshold" in metrics:
+        rows.append(["threshold (score >= t: unknown)", _format_raw(metrics["threshold"])])
+    if any(k in metrics for k in _COUNT_KEYS):
+        seen = metrics.get("num_test_seen", "-")
+        unseen = metrics.get("num_test_unseen", "-")
+        rows.append(["test images", f"{seen} seen / {unseen} unseen"])
+    for key in sorted(k for k in metrics if k not in _HANDLED):
+        value = metrics[key]
+        if _is_number(value) or isinstance(value, (str, bool)):
+            rows.append([str(key), _format_raw(value)])
+    if rows:
+        lines += _table(["metric", "value"], rows)
+
+    scores = metrics.get("scores")
+    if isinstance(scores, Mapping) and scores:
+        score_rows = []
+        for name, values in scores.items():
+            values = values if isinstance(values, Mapping) else {}
+            score_rows.append([str(name)] + [format_percent(values.get(key)) for key, _ in SCORE_COLUMNS])
+        lines.append("")
+        lines += _table(["score"] + [t for _, t in SCORE_COLUMNS], score_rows)
+    return "\n".join(lines)
+
+
+__all__ = ["HEADLINE", "SCORE_COLUMNS", "format_percent", "format_summary"]

@@ -1,0 +1,139 @@
+"""One-vs-all (OVA) open-set head and its losses, following OpenMatch (Saito et al., NeurIPS 2021).
+
+Convention (OpenMatch's): the head outputs logits of shape [B, 2, K]; a softmax over **dim 1**
+gives, for every class k, a binary distribution where index 1 is "positive / inlier of class k"
+and index 0 is "negative / not class k". The unknown score of a sample is ``p_neg(y_hat)``, the
+negative probability of the closed-set predicted class (higher = more unknown, in [0, 1]).
+
+The loss functions are pure (no module state) and reproduce OpenMatch's reference code, except
+that log-probabilities come from ``log_softmax`` instead of ``log(softmax + 1e-8)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+NEG, POS = 0, 1
+
+
+class OVAHead(nn.Module):
+    """K binary classifiers on a feature: ``Linear(D, 2K)`` reshaped to [B, 2, K].
+
+    Args:
+        dim: Feature dimension D.
+        num_classes: K.
+        bias: Whether the linear layer has a bias (default True, as OpenMatch).
+
+    Shapes:
+        - input ``z``: [B, D]
+        - output: logits [B, 2, K] (softmax over dim 1; index 1 positive, index 0 negative).
+    """
+
+    def __init__(self, dim: int, num_classes: int, bias: bool = True) -> None:
+        super().__init__()
+        if dim < 1 or num_classes < 1:
+            raise ValueError(f"dim and num_classes must be positive, got {dim} and {num_classes}")
+        self.dim = int(dim)
+        self.num_classes = int(num_classes)
+        self.fc = nn.Linear(dim, 2 * num_classes, bias=bias)
+
+    def forward(self, z: Tensor) -> Tensor:
+        """Return OVA logits [B, 2, K] for features ``z`` [B, D]."""
+        return self.fc(z).view(z.shape[0], 2, self.num_classes)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, num_classes={self.num_classes}"
+
+
+def _check(logits_open: Tensor) -> None:
+    if logits_open.dim() != 3 or logits_open.shape[1] != 2:
+        raise ValueError(f"OVA logits must be [B, 2, K], got {tuple(logits_open.shape)}")
+
+
+def ova_probs(logits_open: Tensor) -> Tensor:
+    """Binary probabilities [B, 2, K] (softmax over dim 1)."""
+    _check(logits_open)
+    return logits_open.softmax(dim=1)
+
+
+def ova_loss(logits_open: Tensor, y: Tensor) -> Tensor:
+    """OpenMatch's OVA loss on labeled samples.
+
+    ``L = mean_b[-log p_pos(b, y_b)] + mean_b[max_{k != y_b} -log p_neg(b, k)]``: the positive
+    term for the true class plus the *hardest* negative term over the other classes. With K = 1
+    there is no negative class and the second term is 0.
+
+    Args:
+        logits_open: [B, 2, K].
+        y: Labels [B] in [0, K).
+
+    Returns:
+        Scalar loss.
+    """
+    _check(logits_open)
+    B, _, K = logits_open.shape
+    if y.shape != (B,):
+        raise ValueError(f"y must be [{B}], got {tuple(y.shape)}")
+    nll = -logits_open.log_softmax(dim=1)                                         # [B, 2, K], >= 0
+    pos = F.one_hot(y.long(), K).to(nll.dtype)                                   # [B, K]
+    loss_pos = (nll[:, POS] * pos).sum(dim=1).mean()
+    # -log p >= 0, so zeroing the true class leaves the max over the other classes (0 if K == 1).
+    loss_neg = (nll[:, NEG] * (1.0 - pos)).max(dim=1).values.mean()
+    return loss_pos + loss_neg
+
+
+def ova_entropy(logits_open: Tensor) -> Tensor:
+    """OpenMatch's open-set entropy minimisation term (OEM).
+
+    ``mean_b mean_k H(p(b, :, k))`` with ``H(p) = -sum_{c in {neg, pos}} p_c log p_c`` (nats),
+    the binary entropy of every class's OVA distribution; in [0, log 2].
+
+    Args:
+        logits_open: [B, 2, K].
+
+    Returns:
+        Scalar.
+    """
+    _check(logits_open)
+    logp = logits_open.log_softmax(dim=1)
+    return (-(logp.exp() * logp).sum(dim=1)).mean()
+
+
+def ova_consistency(logits_a: Tensor, logits_b: Tensor) -> Tensor:
+    """OpenMatch's soft open-set consistency regularisation (SOCR) between two views.
+
+    ``mean_b sum_{c in {neg, pos}} sum_k (p_a(b, c, k) - p_b(b, c, k))^2``, exactly OpenMatch's
+    ``mean(sum(sum(|p_a - p_b|^2, 1), 1))``. Since ``p_neg = 1 - p_pos`` this equals
+    ``2 * mean_b sum_k (p_pos_a - p_pos_b)^2``; in [0, 2K]. Symmetric; gradients flow into both.
+
+    Args:
+        logits_a: [B, 2, K], e.g. the first augmented view.
+        logits_b: [B, 2, K], the second view.
+
+    Returns:
+        Scalar.
+    """
+    _check(logits_a)
+    if logits_b.shape != logits_a.shape:
+        raise ValueError(f"shape mismatch: {tuple(logits_a.shape)} vs {tuple(logits_b.shape)}")
+    diff = logits_a.softmax(dim=1) - logits_b.softmax(dim=1)
+    return (diff ** 2).sum(dim=(1, 2)).mean()
+
+
+def ova_unknown_score(logits_open: Tensor, closed_pred: Tensor) -> Tensor:
+    """Unknown score ``u = p_neg(y_hat)`` of the predicted class (higher = more unknown).
+
+    Args:
+        logits_open: [B, 2, K].
+        closed_pred: Closed-set predicted class [B] (long, in [0, K)).
+
+    Returns:
+        [B], in [0, 1].
+    """
+    _check(logits_open)
+    if closed_pred.shape != logits_open.shape[:1]:
+        raise ValueError(f"closed_pred must be [{logits_open.shape[0]}], "
+                         f"got {tuple(closed_pred.shape)}")
+    p_neg = logits_open.softmax(dim=1)[:, NEG]                                    # [B, K]
+    return p_neg.gather(1, closed_pred.long().view(-1, 1)).squeeze(1)

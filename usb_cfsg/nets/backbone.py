@@ -1,0 +1,140 @@
+"""An open_clip vision tower split into a frozen trunk and trainable last blocks.
+
+CLIP ViT with L blocks: blocks 1..L-m (and the patch embedding) are frozen and run once without
+autograd; blocks L-m+1..L, ``ln_post`` and ``proj`` are trainable (m = ``num_tuned_blocks``).
+Both the plain CLIP net and the CFSG network are built on this class.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+
+
+class ClipBackbone(nn.Module):
+    """Frozen trunk + tuned blocks + projection of an open_clip ``VisionTransformer``.
+
+    Args:
+        visual: ``open_clip`` model's ``.visual`` (a ``VisionTransformer`` with class-token pooling).
+        num_tuned_blocks: m, the number of trainable last blocks (1..L).
+    """
+
+    def __init__(self, visual: nn.Module, num_tuned_blocks: int) -> None:
+        super().__init__()
+        if not hasattr(visual, "transformer") or not hasattr(visual.transformer, "resblocks"):
+            raise ConfigError(f"{type(visual).__name__} is not an open_clip VisionTransformer; "
+                              "only ViT CLIP models are supported (e.g. ViT-B-16)")
+        if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
+            raise ConfigError("only class-token pooled CLIP ViTs are supported (no attentional pooling)")
+        self.visual = visual
+        num_blocks = len(visual.transformer.resblocks)
+        if not 1 <= num_tuned_blocks <= num_blocks:
+            raise ConfigError(f"num_tuned_blocks must be in 1..{num_blocks} for this ViT, got {num_tuned_blocks}")
+        self.num_blocks = num_blocks
+        self.num_tuned_blocks = num_tuned_blocks
+        self.width: int = visual.transformer.width
+        self.joint_dim: int = visual.proj.shape[1]
+        self.batch_first: bool = getattr(visual.transformer, "batch_first", True)
+        for p in visual.parameters():
+            p.requires_grad_(False)
+        for block in self.tuned_blocks:
+            for p in block.parameters():
+                p.requires_grad_(True)
+        for p in visual.ln_post.parameters():
+            p.requires_grad_(True)
+        visual.proj.requires_grad_(True)
+
+    @property
+    def num_frozen(self) -> int:
+        return self.num_blocks - self.num_tuned_blocks
+
+    @property
+    def tuned_blocks(self) -> nn.ModuleList:
+        return self.visual.transformer.resblocks[self.num_frozen:]
+
+    def _run(self, blocks, x: torch.Tensor) -> torch.Tensor:
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        for block in blocks:
+            x = block(x)
+        if not self.batch_first:
+            x = x.transpose(0, 1)
+        return x
+
+    def trunk(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch embedding + frozen blocks, without autograd.
+
+        Args:
+            images: Tensor [B, 3, H, W].
+
+        Returns:
+            Tokens H [B, 1+N, W] (class token first).
+        """
+        with torch.no_grad():
+            x = self.visual._embeds(images)
+            return self._run(self.visual.transformer.resblocks[:self.num_frozen], x)
+
+    def tuned(self, tokens: torch.Tensor, return_last_input: bool = False):
+        """Run the trainable blocks on ``tokens`` [B, T, W].
+
+        Returns:
+            Output tokens [B, T, W]; with ``return_last_input`` also the last block's input.
+        """
+        blocks = self.tuned_blocks
+        x = self._run(blocks[:-1], tokens)
+        out = self._run(blocks[-1:], x)
+        return (out, x) if return_last_input else out
+
+    def project(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``ln_post`` then ``proj``: tokens [B, T, W] -> joint space [B, T, D]."""
+        return self.visual.ln_post(tokens) @ self.visual.proj
+
+    def value_features(self, last_input: torch.Tensor) -> torch.Tensor:
+        """Dense features through the last block's value path (MaskCLIP / ClearCLIP).
+
+        The last block's query-key attention is skipped: each token's value vector goes through
+        the attention output projection, then ``ln_post`` and ``proj``. Such patch features align
+        with text far better than the final patch tokens of a pretrained CLIP.
+
+        Args:
+            last_input: The last block's input tokens [B, T, W].
+
+        Returns:
+            Tensor [B, T, D].
+        """
+        block = self.tuned_blocks[-1]
+        attn = block.attn
+        x = block.ln_1(last_input)
+        w_v = attn.in_proj_weight[2 * self.width:]
+        b_v = attn.in_proj_bias[2 * self.width:] if attn.in_proj_bias is not None else None
+        v = attn.out_proj(F.linear(x, w_v, b_v))
+        return self.project(v)
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Global feature [B, D] and patch features [B, N, D] in the joint space."""
+        z = self.project(self.tuned(self.trunk(images)))
+        return z[:, 0], z[:, 1:]
+
+    def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict:
+        """timm/USB-style parameter groups for layer-wise lr decay."""
+        p = prefix
+        return dict(
+            stem=rf"^{p}visual\.(class_embedding|positional_embedding|conv1|ln_pre)",
+            blocks=[(rf"^{p}visual\.transformer\.resblocks\.(\d+)", None),
+                    (rf"^{p}visual\.(ln_post|proj)", (99999,))],
+        )
+
+    def no_weight_decay(self, prefix: str = "") -> set:
+        return {f"{prefix}visual.class_embedding", f"{prefix}visual.positional_embedding"}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside DistributedDataParallel / DataParallel, or ``model`` itself."""
+    return getattr(model, "module", model)
+
+
+__all__ = ["ClipBackbone", "unwrap"]
