@@ -187,3 +187,11 @@ def test_gather_tokens():
     assert out.shape == (2, 2, 3)
     assert torch.equal(out[0, 0], tokens[0, 3]) and torch.equal(out[0, 1], tokens[0, 0])
     assert torch.equal(out[1, 0], tokens[1, 1]) and torch.equal(out[1, 1], tokens[1, 1])
+
+
+def test_ties_keep_lower_patch_indices():
+    # identical patches -> uniform relevance; the stable sort keeps the first n_keep patches
+    p = torch.ones(2, 8, 4)
+    out = SemanticFilter(keep_ratio=0.25)(torch.randn(2, 4), p, torch.randn(3, 4))
+    torch.testing.assert_close(out.relevance, torch.full((2, 8), 1 / 8))
+    assert out.keep_idx.tolist() == [[0, 1], [0, 1]]

@@ -92,10 +92,9 @@ def format_summary(metrics: Mapping[str, Any], title: Optional[str] = None) -> s
             rows.append([label, format_percent(metrics[key])])
     if "threshold" in metrics:
         rows.append(["threshold (score >= t: unknown)", _format_raw(metrics["threshold"])])
-    if any(k in metrics for k in _COUNT_KEYS):
-        seen = metrics.get("num_test_seen", "-")
-        unseen = metrics.get("num_test_unseen", "-")
-        rows.append(["test images", f"{seen} seen / {unseen} unseen"])
+    for key, label in zip(_COUNT_KEYS, ("seen-class test images", "unseen-class test images")):
+        if key in metrics:
+            rows.append([label, str(metrics[key])])
     for key in sorted(k for k in metrics if k not in _HANDLED):
         value = metrics[key]
         if _is_number(value) or isinstance(value, (str, bool)):

@@ -10,7 +10,6 @@ that log-probabilities come from ``log_softmax`` instead of ``log(softmax + 1e-8
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
