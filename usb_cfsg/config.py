@@ -341,11 +341,12 @@ def build_config(
     values = {name: spec.default for name, spec in specs.items()}
     for source, given in ((f"config file {config_file}", file_values), ("the command line", cli),
                           ("overrides", overrides)):
+        unknown = [key for key in given if key not in specs]
+        if unknown:
+            what = "; ".join(f"unknown config key {key!r}{did_you_mean(key, specs)}" for key in unknown)
+            raise ConfigError(f"{what} (in {source}; algorithm {algorithm!r}; see README 'Configuration' "
+                              f"for every key)")
         for key, val in given.items():
-            if key not in specs:
-                where = f" in {source}"
-                raise ConfigError(f"unknown config key {key!r}{where}{did_you_mean(key, specs)} "
-                                  f"(see README 'Configuration' for every key)")
             values[key] = coerce(specs[key], val, source)
 
     _check_relations(values)

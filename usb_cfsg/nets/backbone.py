@@ -123,9 +123,9 @@ class ClipBackbone(nn.Module):
         """timm/USB-style parameter groups for layer-wise lr decay."""
         p = prefix
         return dict(
-            stem=rf"^{p}visual\.(class_embedding|positional_embedding|conv1|ln_pre)",
+            stem=rf"^{p}visual\.(?:class_embedding|positional_embedding|conv1|ln_pre)",
             blocks=[(rf"^{p}visual\.transformer\.resblocks\.(\d+)", None),
-                    (rf"^{p}visual\.(ln_post|proj)", (99999,))],
+                    (rf"^{p}visual\.(?:ln_post|proj)", (99999,))],
         )
 
     def no_weight_decay(self, prefix: str = "") -> set:
