@@ -163,6 +163,9 @@ def algorithm_specs(algorithm_cls: Any) -> Dict[str, KeySpec]:
             kind, parser = {bool: "bool", int: "int", float: "float", str: "str"}[typ], None
         elif getattr(typ, "__name__", "") == "str2bool":
             kind, parser = "bool", None
+        elif getattr(typ, "choices", None):
+            specs[name] = KeySpec(name, "str", arg.default, False, tuple(typ.choices), arg.help or "")
+            continue
         else:  # a callable parser, as argparse would use it
             kind, parser = "any", typ
         specs[name] = KeySpec(name, kind, arg.default, arg.default is None, None, arg.help or "", parser)

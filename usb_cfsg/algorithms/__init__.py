@@ -11,7 +11,7 @@ from typing import Any, Callable, Type
 
 from ..errors import RegistryError, did_you_mean
 
-_MODULES: tuple[str, ...] = ()
+_MODULES: tuple[str, ...] = ("cfsg_clip",)
 
 
 def _semilearn_algorithms():

@@ -4,8 +4,9 @@ from __future__ import annotations
 from ..errors import RegistryError
 from .backbone import ClipBackbone, unwrap
 from .clip import BUILDERS, CLIP_ARCHS, NET_HEADS, OPENAI_MEAN, OPENAI_STD, ClipNet, build_clip_net
+from .cfsg import CFSGNet
 
-__all__ = ["BUILDERS", "CLIP_ARCHS", "NET_HEADS", "ClipBackbone", "ClipNet", "build_clip_net", "unwrap",
+__all__ = ["BUILDERS", "CFSGNet", "CLIP_ARCHS", "NET_HEADS", "ClipBackbone", "ClipNet", "build_clip_net", "unwrap",
            "OPENAI_MEAN", "OPENAI_STD", "register_nets"]
 
 

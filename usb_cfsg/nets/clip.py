@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ConfigError
+from ..modules.cosine_classifier import CosineClassifier
 from ..registry import Registry
 from .backbone import ClipBackbone
 from .text import ClassTextEmbeddings, clip_text_embeddings, minilm_text_embeddings
@@ -128,24 +129,6 @@ def class_text_embeddings(clip_model: nn.Module, tokenizer, class_names: Sequenc
     raise ConfigError(f"text_encoder must be clip or minilm, got {text_encoder!r}")
 
 
-class CosineHead(nn.Module):
-    """Cosine classifier s * cos(z, W) with W initialised from text embeddings.
-
-    Args:
-        init: Tensor [K, D] of initial class directions (L2-normalised here).
-        logit_scale: s.
-    """
-
-    def __init__(self, init: torch.Tensor, logit_scale: float) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(nn.functional.normalize(init.float(), dim=-1).clone())
-        self.logit_scale = float(logit_scale)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        w = nn.functional.normalize(self.weight, dim=-1)
-        return self.logit_scale * nn.functional.normalize(z, dim=-1) @ w.t().to(z.dtype)
-
-
 @NET_HEADS.register("clip")
 class ClipNet(nn.Module):
     """CLIP image encoder + cosine classifier, to USB's net contract.
@@ -170,7 +153,7 @@ class ClipNet(nn.Module):
         if emb.shape[0] != num_classes:
             raise ConfigError(f"got {emb.shape[0]} class names for num_classes={num_classes}")
         self.register_buffer("text_embeddings", emb.detach().clone())
-        self.classifier = CosineHead(emb, logit_scale)
+        self.classifier = CosineClassifier.from_text(emb, scale=logit_scale)
         self.num_features = backbone.joint_dim
 
     def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, **kwargs: Any):

@@ -1,0 +1,176 @@
+"""CFSG-CLIP as a USB algorithm (``algorithm: cfsg_clip``); DESIGN.md §3, steps 4-6.
+
+Losses per step (labeled batch x_lb, unlabeled weak/strong views x_ulb_w / x_ulb_s):
+
+* labeled: CE(coarse) + CE(fine) + lambda_ova * OVA loss (positive + hardest negative);
+* unlabeled: lambda_em * OVA entropy (both views) + lambda_socr * OVA consistency (weak vs strong)
+  + lambda_fix * FixMatch CE on the strong view, for samples the OVA head calls in-distribution
+  on the weak view (unknown score < ood_threshold) with confidence >= p_cutoff; pseudo-labels from
+  the closed-set (coarse + fine) weak prediction; off for the first ``start_fix`` iterations.
+
+Class prototypes (the VSI cues) are EMA means of the filtered local features of labeled samples
+and of the selected unlabeled samples (with their pseudo-labels), averaged over processes.
+``y_ulb`` (the unlabeled true labels) is read only for logged diagnostics of the selection.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from semilearn.algorithms.utils import SSL_Argument, str2bool
+from semilearn.core.algorithmbase import AlgorithmBase
+
+from ..engine.plugin import PluginMixin
+from ..modules import ova_consistency, ova_entropy, ova_loss
+from ..nets.backbone import unwrap
+from ..nets.cfsg import OOD_SCORES
+from . import register_algorithm
+
+#: net keyword -> config key, for every switch of the CFSG network
+NET_SWITCHES = ("use_sfm", "use_vsi", "sfm_keep_ratio", "sfm_temperature", "sfm_local_weight", "sfm_dense",
+                "vsi_topk", "proto_momentum", "closed_head", "mcm_temperature")
+
+
+def _choice(*options: str):
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"expected one of {options}, got {text!r}")
+        return text
+
+    parse.__name__ = "one of " + "|".join(options)
+    parse.choices = options  # type: ignore[attr-defined]  (config.py turns this into a validated choice)
+    return parse
+
+
+def _split(t: torch.Tensor, num_lb: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    rest_w, rest_s = t[num_lb:].chunk(2)
+    return t[:num_lb], rest_w, rest_s
+
+
+@register_algorithm("cfsg_clip")
+class CFSGCLIP(PluginMixin, AlgorithmBase):
+    """CFSG-CLIP: coarse (SFM) and fine (VSI) semantic guidance with an OVA open-set head."""
+
+    net_head = "cfsg"
+
+    def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
+        super().__init__(args, net_builder, tb_log, logger, **kwargs)
+        self.lambda_ova = args.lambda_ova
+        self.lambda_em = args.lambda_em
+        self.lambda_socr = args.lambda_socr
+        self.lambda_fix = args.lambda_fix
+        self.p_cutoff = args.p_cutoff
+        self.ood_threshold = args.ood_threshold
+        self.start_fix = args.start_fix
+        self.ood_score = args.ood_score
+
+    @classmethod
+    def net_head_kwargs_from(cls, args) -> Dict[str, Any]:
+        return {k: getattr(args, k) for k in NET_SWITCHES}
+
+    def net_head_kwargs(self) -> Dict[str, Any]:
+        return self.net_head_kwargs_from(self.args)
+
+    # ------------------------------------------------------------------ step
+    def _update_prototypes(self, feats: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
+        reduce = None
+        if self.distributed and dist.is_initialized():
+            def reduce(t: torch.Tensor) -> torch.Tensor:
+                dist.all_reduce(t)
+                return t
+        unwrap(self.model).prototypes.update(feats.detach().float(), labels, mask, reduce_fn=reduce)
+
+    def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s, y_ulb=None):
+        num_lb = y_lb.shape[0]
+        with self.amp_cm():
+            out = self.model(torch.cat((x_lb, x_ulb_w, x_ulb_s)))
+            lb = {k: v[:num_lb] for k, v in out.items()}
+            w = {k: _split(v, num_lb)[1] for k, v in out.items()}
+            s = {k: _split(v, num_lb)[2] for k, v in out.items()}
+
+            ce_coarse = F.cross_entropy(lb["logits_coarse"].float(), y_lb)
+            ce_fine = F.cross_entropy(lb["logits_fine"].float(), y_lb)
+            l_ova = ova_loss(lb["logits_ova"].float(), y_lb)
+            sup_loss = ce_coarse + ce_fine + self.lambda_ova * l_ova
+
+            l_em = (ova_entropy(w["logits_ova"].float()) + ova_entropy(s["logits_ova"].float())) / 2
+            l_socr = ova_consistency(w["logits_ova"].float(), s["logits_ova"].float())
+
+            with torch.no_grad():
+                probs_w = torch.softmax(w["logits"].detach().float(), dim=1)
+                conf, pseudo = probs_w.max(dim=1)
+                inlier = w["score_ova"] < self.ood_threshold
+                mask = inlier & (conf >= self.p_cutoff)
+            fix_on = self.it >= self.start_fix
+            if fix_on:
+                ce_s = F.cross_entropy(s["logits"].float(), pseudo, reduction="none")
+                l_fix = (ce_s * mask.float()).mean()
+            else:
+                l_fix = torch.zeros((), device=x_lb.device)
+            unsup_loss = self.lambda_em * l_em + self.lambda_socr * l_socr + self.lambda_fix * l_fix
+            total_loss = sup_loss + unsup_loss
+
+        with torch.no_grad():
+            feats = torch.cat((lb["feat_local"], w["feat_local"]))
+            labels = torch.cat((y_lb, pseudo))
+            sel = torch.cat((torch.ones_like(y_lb, dtype=torch.bool), mask if fix_on else torch.zeros_like(mask)))
+            self._update_prototypes(feats, labels, sel)
+
+        feat_dict = {"x_lb": lb["feat"], "x_ulb_w": w["feat"], "x_ulb_s": s["feat"]}
+        out_dict = self.process_out_dict(loss=total_loss, feat=feat_dict)
+        log = dict(sup_loss=sup_loss.item(), ce_coarse=ce_coarse.item(), ce_fine=ce_fine.item(), ova_loss=l_ova.item(),
+                   em_loss=l_em.item(), socr_loss=l_socr.item(), fix_loss=float(l_fix.item()),
+                   unsup_loss=unsup_loss.item(), total_loss=total_loss.item(),
+                   util_ratio=float(mask.float().mean().item()) if fix_on else 0.0,
+                   id_ratio=float(inlier.float().mean().item()))
+        if y_ulb is not None:
+            log.update(self.selection_diagnostics(inlier, y_ulb))
+        log_dict = self.process_log_dict(**log)
+        return out_dict, log_dict
+
+    def selection_diagnostics(self, selected: torch.Tensor, y_ulb: torch.Tensor) -> Dict[str, float]:
+        """Precision/recall of the in-distribution selection against the true labels (diagnostics only)."""
+        true_id = y_ulb < self.num_classes
+        hit = (selected & true_id).sum().item()
+        n_sel, n_id = selected.sum().item(), true_id.sum().item()
+        return {"id_precision": hit / n_sel if n_sel else float("nan"),
+                "id_recall": hit / n_id if n_id else float("nan")}
+
+    # ------------------------------------------------------------ evaluation
+    @staticmethod
+    def scores_from_outputs(outputs: Dict[str, np.ndarray], args: Optional[Any] = None) -> Tuple[Dict[str, np.ndarray], str]:
+        """CFSG's unknown scores (``score_<name>`` outputs of the net) and the primary one (``ood_score``)."""
+        scores = {name: outputs[f"score_{name}"] for name in OOD_SCORES if f"score_{name}" in outputs}
+        primary = getattr(args, "ood_score", "fused") if args is not None else "fused"
+        return scores, primary
+
+    @staticmethod
+    def get_argument():
+        return [
+            SSL_Argument("--num_tuned_blocks", int, 4, "trainable last visual blocks m"),
+            SSL_Argument("--text_encoder", _choice("clip", "minilm"), "clip",
+                         "class-name embeddings: CLIP text tower or offline MiniLM + learned projection"),
+            SSL_Argument("--use_sfm", str2bool, True, "semantic filtering module in the coarse branch"),
+            SSL_Argument("--use_vsi", str2bool, True, "visual-semantic injection cue tokens in the fine branch"),
+            SSL_Argument("--sfm_keep_ratio", float, 0.25, "rho: fraction of patches kept by the SFM"),
+            SSL_Argument("--sfm_temperature", float, 0.07, "tau_f: patch-class affinity softmax temperature"),
+            SSL_Argument("--sfm_local_weight", float, 1.0, "lambda_f: weight of the local feature in z_c"),
+            SSL_Argument("--sfm_dense", _choice("value", "tokens"), "value",
+                         "patch features of the affinity: last block's value path (MaskCLIP) or final tokens"),
+            SSL_Argument("--vsi_topk", int, 3, "k: cue tokens from the top-k coarse classes"),
+            SSL_Argument("--proto_momentum", float, 0.99, "EMA momentum of the class prototypes"),
+            SSL_Argument("--closed_head", _choice("ensemble", "fine"), "ensemble",
+                         "closed-set prediction: (coarse + fine) / 2, or fine only"),
+            SSL_Argument("--mcm_temperature", float, 0.01, "softmax temperature of the MCM / GL-MCM scores"),
+            SSL_Argument("--lambda_ova", float, 1.0, "weight of the labeled OVA loss"),
+            SSL_Argument("--lambda_em", float, 0.1, "weight of OVA entropy minimisation on unlabeled data"),
+            SSL_Argument("--lambda_socr", float, 0.5, "weight of OVA consistency between the two views"),
+            SSL_Argument("--lambda_fix", float, 1.0, "weight of the FixMatch term on selected inliers"),
+            SSL_Argument("--p_cutoff", float, 0.95, "confidence threshold of pseudo-labels"),
+            SSL_Argument("--ood_threshold", float, 0.5, "OVA unknown score below which a sample is an inlier"),
+            SSL_Argument("--start_fix", int, 0, "iterations before the FixMatch term starts"),
+            SSL_Argument("--ood_score", _choice(*OOD_SCORES), "fused", "primary unknown score of the evaluator"),
+        ]

@@ -1,0 +1,160 @@
+"""The CFSG-CLIP network (DESIGN.md §3, our reconstruction of the paper).
+
+::
+
+    images ─ frozen trunk (blocks 1..L-m, no autograd) ─ H ─┬─ tuned blocks ─ ln_post/proj ─ g, p_1..p_N
+                                                            │        coarse branch: SFM(g, p, t) ─ z_c ─ coarse logits
+                                                            │                         (relevance, kept patches, local f)
+                                                            └─ [cls ; kept patches of H ; VSI cues(top-k coarse classes)]
+                                                                 ─ tuned blocks again ─ z_f ─ fine logits, OVA logits
+
+The fine branch re-runs only the last m blocks, on 1 + ρN + k tokens. Every output a user or
+the algorithm needs is in the forward's dict; ``logits``/``feat`` keep USB's contract.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Literal
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..modules import (ClassPrototypes, CosineClassifier, OVAHead, SemanticFilter, VisualSemanticInjection,
+                       gather_tokens, glmcm_score, mcm_score, ova_unknown_score)
+from .backbone import ClipBackbone
+from .clip import NET_HEADS
+from .text import ClassTextEmbeddings
+
+OOD_SCORES = ("ova", "mcm", "glmcm", "fused")
+
+
+@NET_HEADS.register("cfsg")
+class CFSGNet(nn.Module):
+    """Coarse (SFM) and fine (VSI) guidance branches and a one-vs-all head on a CLIP ViT.
+
+    Args:
+        backbone: The split CLIP vision tower.
+        text: Seen-class text embeddings (CLIP text tower, or MiniLM + learned projection).
+        num_classes: K.
+        use_sfm: Filter patches with the semantic filtering module (else: all patches, mean-pooled).
+        use_vsi: Inject category cue tokens into the fine branch (else: re-run on kept patches only).
+        sfm_keep_ratio: ρ, fraction of patches kept.
+        sfm_temperature: τ_f of the patch-class affinity softmax.
+        sfm_local_weight: λ_f, weight of the local feature in the coarse feature.
+        sfm_dense: Patch features for the affinity: ``value`` (last block's value path) or ``tokens``.
+        vsi_topk: k, number of cue tokens (top-k coarse classes).
+        proto_momentum: EMA momentum of the class prototypes.
+        closed_head: ``ensemble`` ((coarse + fine) / 2) or ``fine``.
+        mcm_temperature: Temperature of the MCM / GL-MCM softmax over cosine similarities.
+        logit_scale: Scale of the cosine classifiers.
+    """
+
+    def __init__(self, backbone: ClipBackbone, text: ClassTextEmbeddings, num_classes: int, *,
+                 use_sfm: bool = True, use_vsi: bool = True, sfm_keep_ratio: float = 0.25,
+                 sfm_temperature: float = 0.07, sfm_local_weight: float = 1.0,
+                 sfm_dense: Literal["value", "tokens"] = "value", vsi_topk: int = 3, proto_momentum: float = 0.99,
+                 closed_head: Literal["ensemble", "fine"] = "ensemble", mcm_temperature: float = 0.01,
+                 logit_scale: float = 30.0, **unused: Any) -> None:
+        super().__init__()
+        if sfm_dense not in ("value", "tokens"):
+            raise ConfigError(f"sfm_dense must be value or tokens, got {sfm_dense!r}")
+        if closed_head not in ("ensemble", "fine"):
+            raise ConfigError(f"closed_head must be ensemble or fine, got {closed_head!r}")
+        if not 0.0 < sfm_keep_ratio <= 1.0:
+            raise ConfigError(f"sfm_keep_ratio must be in (0, 1], got {sfm_keep_ratio}")
+        self.backbone = backbone
+        self.text = text
+        self.num_classes = num_classes
+        self.use_sfm, self.use_vsi = bool(use_sfm), bool(use_vsi)
+        self.sfm_dense, self.closed_head = sfm_dense, closed_head
+        self.mcm_temperature = float(mcm_temperature)
+        dim, width = backbone.joint_dim, backbone.width
+        with torch.no_grad():
+            t0 = text()
+        if t0.shape[0] != num_classes:
+            raise ConfigError(f"got {t0.shape[0]} class names for num_classes={num_classes}")
+        self.sfm = SemanticFilter(keep_ratio=sfm_keep_ratio, temperature=sfm_temperature,
+                                  local_weight=sfm_local_weight)
+        self.coarse_head = CosineClassifier.from_text(t0, scale=logit_scale)
+        self.fine_head = CosineClassifier.from_text(t0, scale=logit_scale)
+        self.prototypes = ClassPrototypes(num_classes, dim, momentum=proto_momentum)
+        self.vsi = VisualSemanticInjection(dim, width, topk=vsi_topk)
+        self.ova = OVAHead(dim, num_classes)
+        self.num_features = dim
+
+    def text_embeddings(self) -> torch.Tensor:
+        """Seen-class text embeddings t [K, D] (normalised)."""
+        return self.text()
+
+    def _coarse(self, g: torch.Tensor, p: torch.Tensor, last_in: torch.Tensor, t: torch.Tensor) -> Dict[str, Any]:
+        if self.use_sfm:
+            dense = self.backbone.value_features(last_in)[:, 1:] if self.sfm_dense == "value" else p
+            s = self.sfm(g, p, t, affinity_feat=dense)
+            return dict(coarse=s.coarse, local=s.local, relevance=s.relevance, keep_idx=s.keep_idx)
+        B, N, _ = p.shape
+        keep = torch.arange(N, device=p.device).expand(B, N)
+        local = p.mean(dim=1)
+        return dict(coarse=F.normalize(g, dim=-1), local=local, relevance=torch.full((B, N), 1.0 / N, device=p.device),
+                    keep_idx=keep)
+
+    def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, **kwargs: Any):
+        """USB contract plus CFSG outputs.
+
+        Args:
+            x: Images [B, 3, H, W]; with ``only_fc``, fine features [B, D].
+            only_fc: Return the fine classifier's logits of the features ``x``.
+            only_feat: Return the fine feature z_f [B, D].
+
+        Returns:
+            Dict with ``logits`` (closed-set prediction) [B, K], ``feat`` (z_f) [B, D],
+            ``logits_coarse``, ``logits_fine`` [B, K], ``logits_ova`` [B, 2, K], ``feat_local`` [B, D],
+            ``feat_global`` [B, D], ``relevance`` [B, N] (a distribution over patches),
+            ``keep_idx`` [B, n_keep], and unknown scores ``score_ova``, ``score_mcm``,
+            ``score_glmcm``, ``score_fused`` [B] (higher = more unknown).
+        """
+        if only_fc:
+            return self.fine_head(x)
+        bb = self.backbone
+        h = bb.trunk(x)
+        tokens, last_in = bb.tuned(h, return_last_input=True)
+        z = bb.project(tokens)
+        g, p = z[:, 0], z[:, 1:]
+        t = self.text().to(z.dtype)
+        c = self._coarse(g, p, last_in, t)
+        logits_coarse = self.coarse_head(c["coarse"])
+
+        fine_in = [h[:, :1]]
+        if self.use_sfm:
+            fine_in.append(gather_tokens(h[:, 1:], c["keep_idx"]))
+        else:
+            fine_in.append(h[:, 1:])
+        if self.use_vsi:
+            protos = self.prototypes.get(fallback=t.detach().float()).to(h.dtype)
+            cues, _ = self.vsi(logits_coarse, protos, t.to(h.dtype))
+            fine_in.append(cues.to(h.dtype))
+        z_f = bb.project(bb.tuned(torch.cat(fine_in, dim=1))[:, :1])[:, 0]
+        if only_feat:
+            return z_f
+        logits_fine = self.fine_head(z_f)
+        logits = logits_fine if self.closed_head == "fine" else (logits_coarse + logits_fine) / 2
+        logits_ova = self.ova(z_f)
+        with torch.no_grad():
+            pred = logits.argmax(dim=1)
+            kept = gather_tokens(p, c["keep_idx"])
+            s_ova = ova_unknown_score(logits_ova.float(), pred)
+            s_mcm = mcm_score(g.float(), t.float(), self.mcm_temperature)
+            s_glmcm = glmcm_score(g.float(), kept.float(), t.float(), self.mcm_temperature)
+            s_fused = (s_ova + s_glmcm) / 2
+        return {
+            "logits": logits, "feat": z_f, "logits_coarse": logits_coarse, "logits_fine": logits_fine,
+            "logits_ova": logits_ova, "feat_local": c["local"], "feat_global": g, "relevance": c["relevance"],
+            "keep_idx": c["keep_idx"], "score_ova": s_ova, "score_mcm": s_mcm, "score_glmcm": s_glmcm,
+            "score_fused": s_fused,
+        }
+
+    def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict:
+        return self.backbone.group_matcher(coarse, prefix=f"{prefix}backbone.")
+
+    def no_weight_decay(self) -> set:
+        return self.backbone.no_weight_decay(prefix="backbone.") | {"vsi.type_embedding"}
