@@ -17,8 +17,9 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from typing import Any, Dict, Optional, Type
+from typing import Any, Dict, Optional, Sequence, Tuple, Type
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -41,7 +42,11 @@ class PluginMixin:
     """Mixed in front of a USB algorithm class; see the module docstring.
 
     Subclasses (our algorithms) can set ``net_head`` (``clip`` or ``cfsg``) and override
-    :meth:`net_head_kwargs`, :meth:`extra_state` / :meth:`load_extra_state`.
+    :meth:`net_spec` (head and head keyword arguments, from the config alone),
+    :meth:`compute_unknown_scores` (open-set scores from net outputs and the config alone),
+    :meth:`extra_state` / :meth:`load_extra_state`. The first two are classmethods because
+    predict.py rebuilds a net and scores images from a checkpoint without building datasets or an
+    algorithm instance.
     """
 
     net_head: str = "clip"
@@ -89,9 +94,19 @@ class PluginMixin:
         return loaders
 
     # ---------------------------------------------------------------- model
+    @classmethod
+    def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
+        """``(head, head_kwargs)`` of this algorithm's CLIP network, computed from the config alone.
+
+        The override point for algorithms that need another head or head switches. It is a
+        classmethod so that predict.py can rebuild the network of a checkpoint (from its stored
+        config) without datasets or an algorithm instance.
+        """
+        return cls.net_head, {}
+
     def net_head_kwargs(self) -> Dict[str, Any]:
-        """Extra keyword arguments for the network head (our algorithms override this)."""
-        return {}
+        """Head keyword arguments of this run (default: ``net_spec(args)[1]``; prefer overriding net_spec)."""
+        return dict(self.net_spec(self.args)[1])
 
     def set_model(self):
         a = self.args
@@ -100,19 +115,46 @@ class PluginMixin:
                                     pretrained_path=a.pretrain_path)
         info = self.openset_info
         templates = a.prompt_templates or (info.prompt_templates if info is not None else None)
-        return self.net_builder(
-            num_classes=self.num_classes, pretrained=a.pretrained, pretrained_path=a.pretrain_path,
-            head=self.net_head, img_size=a.img_size, num_tuned_blocks=a.num_tuned_blocks,
-            class_names=info.seen_class_names if info is not None else None, prompt_templates=templates,
-            text_encoder=a.text_encoder, seed=a.seed, **self.net_head_kwargs())
+        head = self.net_spec(a)[0]
+        return self.net_builder(**clip_net_kwargs(
+            a, head, self.net_head_kwargs(), info.seen_class_names if info is not None else None, templates))
 
     def set_ema_model(self):
         return copy.deepcopy(self.model)
 
     def set_hooks(self):
+        from ..evaluation.evaluator import OPENSET_HOOK_PRIORITY, OpenSetEvalHook
+
         super().set_hooks()
         self._hooks = [h for h in self._hooks if type(h).__name__ != "TimerHook"]
         self.register_hook(ThroughputHook(), "TimerHook", "LOW")
+        # after EvaluationHook.after_run (HIGH), which saves latest_model.pth and sets results_dict
+        self.register_hook(OpenSetEvalHook(), "OpenSetEvalHook", OPENSET_HOOK_PRIORITY)
+
+    # ------------------------------------------------------ open-set scores
+    @classmethod
+    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args) -> Tuple[Dict[str, np.ndarray], str]:
+        """Open-set scores from the net outputs and the config alone (the override point).
+
+        Default for any USB algorithm, from ``outputs["logits"]`` [N, K]: ``msp`` = 1 - max softmax
+        and ``energy`` = -logsumexp(logits). Every score is higher = more likely unknown.
+
+        Args:
+            outputs: What :meth:`predict_loader` collects (every batch-dim tensor the net returns),
+                as numpy arrays of one length N; ``y`` is not included.
+            args: The run's configuration.
+
+        Returns:
+            ``(scores, primary)``: score name -> float array [N], and the name of the headline score.
+        """
+        logits = np.asarray(outputs["logits"], dtype=np.float64)
+        top = logits.max(axis=1)
+        total = np.exp(logits - top[:, None]).sum(axis=1)  # max softmax = 1 / total
+        return {"msp": 1.0 - 1.0 / total, "energy": -(top + np.log(total))}, "msp"
+
+    def unknown_scores(self, outputs: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], str]:
+        """``(scores, primary)`` for this run: :meth:`compute_unknown_scores` with ``self.args``."""
+        return self.compute_unknown_scores(outputs, self.args)
 
     # ---------------------------------------------------------------- steps
     def _to_device(self, var):
@@ -145,9 +187,11 @@ class PluginMixin:
                     break
                 self.call_hook("before_train_step")
                 self.out_dict, self.log_dict = self.train_step(**self.process_batch(**data_lb, **data_ulb))
+                self.completed_iters = self.it + 1  # checkpoints written by the hooks below include this step
                 self.call_hook("after_train_step")
                 self.it += 1
             self.call_hook("after_train_epoch")
+        self.completed_iters = self.it
         self.call_hook("after_run")
 
     @torch.no_grad()
@@ -217,7 +261,8 @@ class PluginMixin:
             "optimizer": self.optimizer.state_dict(),
             "loss_scaler": self.loss_scaler.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
-            "it": int(self.it + 1),
+            # USB stores it + 1 even after the loop (then one too many); store completed iterations
+            "it": int(getattr(self, "completed_iters", self.it)),
             "epoch": int(self.epoch + 1),
             "best_it": int(self.best_it),
             "best_eval_acc": float(self.best_eval_acc),
@@ -264,6 +309,16 @@ class PluginMixin:
         return ckpt
 
 
+def clip_net_kwargs(args, head: str, head_kwargs: Dict[str, Any], class_names: Optional[Sequence[str]],
+                    prompt_templates: Optional[Sequence[str]]) -> Dict[str, Any]:
+    """Keyword arguments of one of our CLIP net builders for a run (shared by set_model and predict.py)."""
+    return dict(
+        num_classes=args.num_classes, pretrained=args.pretrained, pretrained_path=args.pretrain_path,
+        head=head, img_size=args.img_size, num_tuned_blocks=args.num_tuned_blocks,
+        class_names=list(class_names) if class_names is not None else None, prompt_templates=prompt_templates,
+        text_encoder=args.text_encoder, seed=args.seed, **head_kwargs)
+
+
 def build_algorithm(args, net_builder, tb_log=None, logger_=None, device: Optional[torch.device] = None):
     """Instantiate the registered algorithm ``args.algorithm`` with :class:`PluginMixin` in front."""
     from ..algorithms import get_algorithm_class
@@ -276,4 +331,4 @@ def build_algorithm(args, net_builder, tb_log=None, logger_=None, device: Option
     return cls(args=args, net_builder=net_builder, tb_log=tb_log, logger=logger_, device=device)
 
 
-__all__ = ["PluginMixin", "build_algorithm"]
+__all__ = ["PluginMixin", "build_algorithm", "clip_net_kwargs"]

@@ -1,0 +1,96 @@
+"""End-to-end training through train.py on CPU: USB's fixmatch, exact resume, 2-process gloo."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+import train
+from tests.conftest import tiny_run_argv
+from usb_cfsg.engine.hooks import ThroughputHook
+from usb_cfsg.engine.checkpoint import safe_load
+from usb_cfsg.errors import CheckpointError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_fixmatch_20_iterations_end_to_end(cub_root, tmp_path):
+    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "fm", iters=20)) == 0
+    run = tmp_path / "fm"
+    for name in ("config.yaml", "log.txt", "latest_model.pth", "model_best.pth", "split.json"):
+        assert (run / name).is_file(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tensorboard").iterdir())
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["algorithm"] == "fixmatch" and cfg["net"] == "clip_tiny" and cfg["pretrained"] is None
+    ckpt = safe_load(str(run / "latest_model.pth"))
+    assert ckpt["it"] == 20 and ckpt["class_names"] and len(ckpt["class_names"]) == 3
+    log = (run / "log.txt").read_text()
+    assert "RANDOM INITIALISATION" in log
+    assert "train/images_per_sec" in log and "train/eta_min" in log and "lr:" in log
+
+
+def test_existing_run_folder_is_not_silently_replaced(cub_root, tmp_path):
+    (tmp_path / "fm").mkdir()
+    (tmp_path / "fm" / "precious.txt").write_text("x")
+    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "fm", iters=2)) == 2
+    assert (tmp_path / "fm" / "precious.txt").exists()
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_is_exact(cub_root, tmp_path, monkeypatch):
+    common = dict(iters=8, num_eval_iter=4, num_log_iter=2)
+    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "straight", **common)) == 0
+
+    original = ThroughputHook.before_train_step
+
+    def stop_at_4(self, algorithm):
+        if algorithm.it == 4:
+            raise _Stop()
+        original(self, algorithm)
+
+    monkeypatch.setattr(ThroughputHook, "before_train_step", stop_at_4)
+    with pytest.raises(_Stop):
+        train.cli(tiny_run_argv(cub_root, str(tmp_path), "half", **common))
+    monkeypatch.setattr(ThroughputHook, "before_train_step", original)
+    half = str(tmp_path / "half" / "latest_model.pth")
+    assert safe_load(half)["it"] == 4
+    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "half", resume="true", load_path=half, **common)) == 0
+
+    a = safe_load(str(tmp_path / "straight" / "latest_model.pth"))
+    b = safe_load(str(tmp_path / "half" / "latest_model.pth"))
+    assert a["it"] == b["it"] == 8
+    for key in ("model", "ema_model"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    assert a["optimizer"]["state"].keys() == b["optimizer"]["state"].keys()
+
+
+def test_resume_from_bad_checkpoint_fails_loudly(cub_root, tmp_path):
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint")
+    argv = tiny_run_argv(cub_root, str(tmp_path), "r", iters=2, resume="true", load_path=str(bad))
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        from usb_cfsg.config import build_config
+        from usb_cfsg.engine import main
+
+        main(build_config(argv))
+    assert train.cli(argv) == 2  # the CLI reports it as an error, never a silent restart
+
+
+def test_two_process_gloo(cub_root, tmp_path):
+    argv = tiny_run_argv(cub_root, str(tmp_path), "ddp", iters=4, num_eval_iter=2, world_size=2,
+                         multiprocessing_distributed="true")
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = (tmp_path / "ddp" / "log.txt").read_text()
+    assert "process 0/2 on cpu (gloo)" in log
+    ckpt = safe_load(str(tmp_path / "ddp" / "latest_model.pth"))
+    assert ckpt["it"] == 4 and ckpt["config"]["world_size"] == 2
+    assert not any(k.startswith("module.") for k in ckpt["model"])  # saved without the DDP wrapper
