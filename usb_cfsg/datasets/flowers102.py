@@ -39,7 +39,8 @@ PROMPT_TEMPLATES = (
     "a photo of the {} flower.",
 )
 
-#: The publisher ships no names; this is the list in common use (label 1 first).
+#: The publisher ships no names; this is the list in common use (label 1 first), except that
+#: class 60 is "pink-yellow dahlia" where that list has a stray "?".
 FLOWER_NAMES = [
     "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea",
     "english marigold", "tiger lily", "moon orchid", "bird of paradise", "monkshood",

@@ -136,24 +136,21 @@ def load_rgb(source: Union[str, os.PathLike, np.ndarray]) -> Image.Image:
     if isinstance(source, np.ndarray):
         return array_to_rgb(source)
     path = os.fspath(source)
+    fix = "replace the file, or set skip_bad_images: true to drop unreadable images"
     try:
         img = Image.open(path)
     except FileNotFoundError:
-        raise DatasetError(f"image file not found: {path}") from None
+        raise DatasetError(f"image file not found: {path}; restore it, or set skip_bad_images: true") from None
     except UnidentifiedImageError:
         raise DatasetError(
-            f"not an image PIL can read: {path} (corrupt file, or a format PIL does not support); "
-            "replace the file, or set skip_bad_images: true to drop unreadable images"
+            f"not an image PIL can read: {path} (corrupt file, or a format PIL does not support); {fix}"
         ) from None
     except OSError as exc:
-        raise DatasetError(f"cannot open image {path}: {exc}") from None
+        raise DatasetError(f"cannot read image {path}: {exc}; {fix}") from None
     try:
         img.load()
         return to_rgb(img)
     except (OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(
-            f"corrupt or truncated image {path}: {exc}; replace the file, or set "
-            "skip_bad_images: true to drop unreadable images"
-        ) from None
+        raise DatasetError(f"corrupt or truncated image {path}: {exc}; {fix}") from None
     finally:
         img.close()

@@ -1,0 +1,93 @@
+"""The Fashion-MNIST reader: IDX files, the Debian fallback, and the real Debian data."""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.datasets.replicas import write_fmnist_replica
+from usb_cfsg.datasets import fmnist, make_openset_split, read_source
+from usb_cfsg.errors import DatasetError
+
+NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+DEBIAN = Path(fmnist.DEBIAN_DIR)
+HAVE_DEBIAN = all((DEBIAN / f"{stem}.gz").is_file() or (DEBIAN / stem).is_file() for stem in fmnist.FILES.values())
+
+
+@pytest.fixture
+def no_debian(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Point the Debian fallback at an empty folder."""
+    empty = tmp_path / "no-debian"
+    monkeypatch.setattr(fmnist, "DEBIAN_DIR", str(empty))
+    return empty
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_reads_idx_files(tmp_path: Path, no_debian: Path, gz: bool) -> None:
+    write_fmnist_replica(tmp_path, num_train=30, num_test=10, gz=gz)
+    src = read_source("fmnist_openset", str(tmp_path))
+    assert src.class_names == NAMES
+    assert isinstance(src.train_items, np.ndarray)
+    assert src.train_items.shape == (30, 28, 28) and src.train_items.dtype == np.uint8
+    assert src.test_items.shape == (10, 28, 28)
+    assert src.train_targets.tolist() == [i % 10 for i in range(30)]
+    assert src.train_targets.dtype == np.int64
+
+
+@pytest.mark.parametrize("sub", ["fashion-mnist", "FashionMNIST/raw"])
+def test_standard_sub_folders(tmp_path: Path, no_debian: Path, sub: str) -> None:
+    write_fmnist_replica(tmp_path / sub, num_train=10, num_test=10)
+    assert len(read_source("fmnist_openset", str(tmp_path)).train_items) == 10
+
+
+def test_falls_back_to_the_debian_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake_debian = write_fmnist_replica(tmp_path / "debian", num_train=20, num_test=10)
+    monkeypatch.setattr(fmnist, "DEBIAN_DIR", str(fake_debian))
+    assert len(read_source("fmnist_openset", None).train_items) == 20
+    (tmp_path / "empty").mkdir()
+    assert len(read_source("fmnist_openset", str(tmp_path / "empty")).train_items) == 20
+
+
+def test_missing_files_name_the_debian_package(tmp_path: Path, no_debian: Path) -> None:
+    with pytest.raises(DatasetError) as info:
+        read_source("fmnist_openset", str(tmp_path))
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message
+    for stem in fmnist.FILES.values():
+        assert stem in message
+    assert str(tmp_path) in message and str(no_debian) in message
+
+
+def test_malformed_idx_file(tmp_path: Path, no_debian: Path) -> None:
+    write_fmnist_replica(tmp_path, num_train=10, num_test=10)
+    labels = tmp_path / "train-labels-idx1-ubyte.gz"
+    labels.write_bytes(gzip.compress(gzip.decompress(labels.read_bytes())[:-3]))
+    with pytest.raises(DatasetError, match="truncated or padded") as info:
+        read_source("fmnist_openset", str(tmp_path))
+    assert str(labels) in str(info.value)
+    labels.write_bytes(gzip.compress(b"\x00\x00\x0d\x01" + bytes(8)))
+    with pytest.raises(DatasetError, match="not an IDX file of unsigned bytes"):
+        read_source("fmnist_openset", str(tmp_path))
+
+
+def test_download_offline(tmp_path: Path, no_debian: Path, offline: list[str]) -> None:
+    with pytest.raises(DatasetError) as info:
+        read_source("fmnist_openset", str(tmp_path), download=True)
+    message = str(info.value)
+    assert offline and offline[0].endswith("train-images-idx3-ubyte.gz")
+    assert "apt-get install dataset-fashion-mnist" in message and str(tmp_path / "fashion-mnist") in message
+
+
+@pytest.mark.skipif(not HAVE_DEBIAN, reason=f"Fashion-MNIST not installed in {DEBIAN} (apt-get install dataset-fashion-mnist)")
+def test_real_debian_fashion_mnist() -> None:
+    src = read_source("fmnist_openset", None)
+    assert src.class_names == NAMES
+    assert src.train_items.shape == (60000, 28, 28) and src.test_items.shape == (10000, 28, 28)
+    assert np.bincount(src.train_targets).tolist() == [6000] * 10
+    assert np.bincount(src.test_targets).tolist() == [1000] * 10
+    split = make_openset_split(src, num_seen=6, num_labels=60, ulb_unseen_ratio=0.3, seed=1)
+    assert len(split.lb_indices) == 60 and len(split.eval_indices) == 6000 and len(split.test_indices) == 10000
+    unseen_frac = float((split.relabel(src.train_targets[split.ulb_indices]) >= 6).mean())
+    assert 0.29 < unseen_frac <= 0.3

@@ -1,0 +1,228 @@
+"""USB glue: from ``args`` to the datasets an algorithm's ``set_dataset`` returns."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from ..errors import DatasetError
+from .base import SourceData, read_source
+from .split import OpenSetSplit, make_openset_split
+from .transforms import build_transforms
+
+logger = logging.getLogger(__name__)
+
+SPLIT_FILE = "split.json"
+
+
+@dataclass
+class OpenSetInfo:
+    """What the rest of the plug-in needs to know about the data besides the datasets.
+
+    Attributes:
+        dataset: Registry name of the dataset.
+        seen_class_names: Names of the ``K`` seen classes, in label order.
+        unseen_class_names: Names of the unseen classes (labels ``K..C-1``; "unknown" is ``K`` in
+            the open-set test).
+        prompt_templates: Text prompt templates with one ``{}``.
+        num_seen: ``K``.
+        split: The split itself.
+    """
+
+    dataset: str
+    seen_class_names: list[str]
+    unseen_class_names: list[str]
+    prompt_templates: tuple[str, ...]
+    num_seen: int
+    split: OpenSetSplit
+
+    @property
+    def class_names(self) -> list[str]:
+        """All class names in new label order (seen, then unseen)."""
+        return self.seen_class_names + self.unseen_class_names
+
+
+def take(items: Sequence[Any], indices: np.ndarray) -> Any:
+    """``items[indices]`` for a list or an array."""
+    if isinstance(items, np.ndarray):
+        return items[indices]
+    return [items[i] for i in indices.tolist()]
+
+
+def _as_list(value: Any, key: str) -> Optional[list]:
+    """Accept a list/tuple, a comma-separated string, or None for a list-valued config key."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if value.strip().lower() in ("", "none", "null"):
+            return None
+        return [v.strip() for v in value.split(",") if v.strip()]
+    if isinstance(value, (list, tuple)):
+        return list(value)
+    raise DatasetError(f"{key} must be a list (or a comma-separated string), got {value!r}")
+
+
+def _as_ratio(value: Any) -> Optional[float]:
+    """``ulb_unseen_ratio`` as a float, or None for none/null/empty."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DatasetError(f"ulb_unseen_ratio must be a number in [0, 1) or none, got {value!r}") from None
+
+
+def _relative(path: str, root: Optional[str]) -> str:
+    if root:
+        try:
+            return os.path.relpath(path, root)
+        except ValueError:
+            return path
+    return path
+
+
+def write_split_json(path: Path, source: SourceData, info: OpenSetInfo, data_dir: Optional[str], config: dict) -> None:
+    """Write the split record (class names, index lists, config values) atomically.
+
+    Args:
+        path: Destination file.
+        source: The dataset the split indexes into.
+        info: The split and class names.
+        data_dir: The dataset root, to store labeled file names relative to it.
+        config: The configuration values the split and transforms were made with.
+    """
+    split = info.split
+    record = {
+        "dataset": info.dataset,
+        "data_dir": data_dir,
+        "num_train": len(source.train_items),
+        "num_test": len(source.test_items),
+        "class_names": list(source.class_names),
+        "seen_class_names": info.seen_class_names,
+        "unseen_class_names": info.unseen_class_names,
+        "config": config,
+        "split": split.to_dict(),
+        "sizes": {
+            "train_lb": int(len(split.lb_indices)),
+            "train_ulb": int(len(split.ulb_indices)),
+            "eval": int(len(split.eval_indices)),
+            "test_open": int(len(split.test_indices)),
+        },
+    }
+    if not isinstance(source.train_items, np.ndarray):
+        record["lb_files"] = [_relative(str(source.train_items[i]), data_dir) for i in split.lb_indices.tolist()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_openset_datasets(
+    args: Any,
+    alg: str,
+    mean: Sequence[float],
+    std: Sequence[float],
+    run_dir: Optional[str],
+) -> tuple[dict[str, Any], OpenSetInfo]:
+    """Read, split and wrap the dataset named by ``args`` for USB.
+
+    Reads ``args.dataset, data_dir, num_classes`` (= K, seen classes), ``num_labels, img_size,
+    crop_ratio, seed, include_lb_to_ulb`` and, when present, ``class_split`` ("first"),
+    ``split_seed`` (0), ``seen_classes`` (None), ``ulb_unseen_ratio`` (None), ``download``
+    (False), ``skip_bad_images`` (False), ``class_names`` (None). Sets nothing on ``args``.
+
+    Args:
+        args: USB's argument namespace (or any object with those attributes).
+        alg: Algorithm name (decides which views unlabeled items carry).
+        mean: Normalisation mean of the backbone.
+        std: Normalisation standard deviation of the backbone.
+        run_dir: Where to write ``split.json``; ``None`` writes nothing.
+
+    Returns:
+        ``(datasets, info)``: ``datasets`` has ``'train_lb'``, ``'train_ulb'``, ``'eval'``
+        (seen-class test images, labels ``0..K-1``), ``'test'`` (``None``) and ``'test_open'``
+        (all test images, unseen classes labelled ``K``).
+
+    Raises:
+        DatasetError: On a missing or malformed dataset or an impossible split.
+        ConfigError: On bad transform settings.
+    """
+    from .torch_dataset import OpenSetDataset
+
+    config = {
+        "dataset": args.dataset,
+        "data_dir": getattr(args, "data_dir", None),
+        "num_classes": int(args.num_classes),
+        "num_labels": int(args.num_labels),
+        "class_split": getattr(args, "class_split", "first") or "first",
+        "split_seed": int(getattr(args, "split_seed", 0) or 0),
+        "seen_classes": _as_list(getattr(args, "seen_classes", None), "seen_classes"),
+        "ulb_unseen_ratio": _as_ratio(getattr(args, "ulb_unseen_ratio", None)),
+        "include_lb_to_ulb": bool(getattr(args, "include_lb_to_ulb", True)),
+        "seed": int(getattr(args, "seed", 0) or 0),
+        "img_size": int(args.img_size),
+        "crop_ratio": float(args.crop_ratio),
+        "download": bool(getattr(args, "download", False)),
+        "skip_bad_images": bool(getattr(args, "skip_bad_images", False)),
+        "class_names": _as_list(getattr(args, "class_names", None), "class_names"),
+    }
+    source = read_source(
+        config["dataset"],
+        config["data_dir"],
+        download=config["download"],
+        skip_bad_images=config["skip_bad_images"],
+        class_names=config["class_names"],
+    )
+    split = make_openset_split(
+        source,
+        num_seen=config["num_classes"],
+        num_labels=config["num_labels"],
+        class_split=config["class_split"],
+        split_seed=config["split_seed"],
+        seen_classes=config["seen_classes"],
+        ulb_unseen_ratio=config["ulb_unseen_ratio"],
+        include_lb_to_ulb=config["include_lb_to_ulb"],
+        seed=config["seed"],
+    )
+    k = split.num_seen
+    weak, strong, evaluate = build_transforms(config["img_size"], config["crop_ratio"], mean, std)
+    train_t = np.asarray(source.train_targets, dtype=np.int64)
+    test_t = np.asarray(source.test_targets, dtype=np.int64)
+
+    def subset(indices: np.ndarray, from_train: bool) -> tuple[Any, np.ndarray]:
+        items = source.train_items if from_train else source.test_items
+        targets = train_t if from_train else test_t
+        return take(items, indices), targets[indices]
+
+    lb_items, lb_t = subset(split.lb_indices, True)
+    ulb_items, ulb_t = subset(split.ulb_indices, True)
+    ev_items, ev_t = subset(split.eval_indices, False)
+    te_items, te_t = subset(split.test_indices, False)
+    datasets = {
+        "train_lb": OpenSetDataset(alg, lb_items, split.relabel(lb_t), k, weak, is_ulb=False, strong_transform=strong),
+        "train_ulb": OpenSetDataset(alg, ulb_items, split.relabel(ulb_t), k, weak, is_ulb=True, strong_transform=strong),
+        "eval": OpenSetDataset(alg, ev_items, split.relabel(ev_t), k, evaluate),
+        "test": None,
+        "test_open": OpenSetDataset(alg, te_items, split.open_label(te_t), k + 1, evaluate),
+    }
+    info = OpenSetInfo(
+        dataset=source.name,
+        seen_class_names=[source.class_names[c] for c in split.seen_classes],
+        unseen_class_names=[source.class_names[c] for c in split.unseen_classes],
+        prompt_templates=tuple(source.prompt_templates),
+        num_seen=k,
+        split=split,
+    )
+    n_unseen_ulb = int((split.relabel(ulb_t) >= k).sum())
+    logger.info(
+        "%s: %d seen / %d unseen classes; labeled %d, unlabeled %d (%d of unseen classes), eval %d, open-set test %d",
+        source.name, k, len(split.unseen_classes), len(lb_items), len(ulb_items), n_unseen_ulb, len(ev_items), len(te_items),
+    )
+    if run_dir is not None:
+        write_split_json(Path(run_dir) / SPLIT_FILE, source, info, config["data_dir"], config)
+    return datasets, info

@@ -1,0 +1,85 @@
+"""USB ``BasicDataset`` over image files or arrays, every image decoded to RGB by ``load_rgb``."""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+from semilearn.datasets.cv_datasets.datasetbase import BasicDataset
+
+from .images import load_rgb
+
+
+def as_storage(items: Sequence[Any]) -> np.ndarray:
+    """Store items compactly: paths as a numpy string array, images as one stacked array.
+
+    A numpy array of strings avoids the copy-on-access memory growth that a Python list of
+    strings causes in forked DataLoader workers.
+
+    Args:
+        items: File paths, or equally shaped image arrays (or one array stacking them).
+
+    Returns:
+        The array to keep in the dataset.
+    """
+    if isinstance(items, np.ndarray):
+        return items
+    if len(items) and all(isinstance(x, str) for x in items):
+        return np.asarray(items, dtype=str)
+    if len(items) == 0:
+        return np.asarray([], dtype=str)
+    return np.stack([np.asarray(x) for x in items])
+
+
+class OpenSetDataset(BasicDataset):
+    """A USB dataset whose items are file paths (or arrays) and whose images are made RGB.
+
+    Items are returned exactly as USB's ``BasicDataset`` returns them (``{'idx_lb', 'x_lb',
+    'y_lb'}`` labeled; ``{'idx_ulb', 'x_ulb_w', 'x_ulb_s'}`` unlabeled for FixMatch-style
+    algorithms). Unlabeled items additionally carry ``'y_ulb'``: the true relabelled class
+    (``>= num_classes`` means an unseen class), for diagnostics only; USB's ``process_batch``
+    drops it unless an algorithm's ``train_step`` asks for it.
+
+    Args:
+        alg: Algorithm name (decides which views are returned, as in USB).
+        items: Image paths or arrays.
+        targets: Label of each item (seen classes ``0..K-1``; unlabeled items may be ``>= K``).
+        num_classes: ``K``, the number of seen classes.
+        transform: Weak (or eval) transform.
+        is_ulb: Whether this is the unlabeled set.
+        strong_transform: Strong transform (required for unlabeled sets of most algorithms).
+    """
+
+    def __init__(
+        self,
+        alg: str,
+        items: Sequence[Any],
+        targets: Sequence[int],
+        num_classes: int,
+        transform: Any,
+        is_ulb: bool = False,
+        strong_transform: Optional[Any] = None,
+    ) -> None:
+        data = as_storage(items)
+        labels = np.asarray(targets, dtype=np.int64)
+        if len(labels) != len(data):
+            raise ValueError(f"{len(data)} items but {len(labels)} targets")
+        super().__init__(
+            alg=alg,
+            data=data,
+            targets=labels,
+            num_classes=num_classes,
+            transform=transform,
+            is_ulb=is_ulb,
+            strong_transform=strong_transform,
+            onehot=False,
+        )
+
+    def __sample__(self, idx: int) -> tuple[Any, int]:
+        """Decode item ``idx`` to RGB (errors name the file) and return it with its label."""
+        return load_rgb(self.data[idx]), int(self.targets[idx])
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        out = super().__getitem__(idx)
+        if self.is_ulb and "idx_ulb" in out:
+            out["y_ulb"] = int(self.targets[idx])
+        return out
