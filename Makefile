@@ -22,7 +22,7 @@ fmnist:
 	  (apt-get install -y -q dataset-fashion-mnist || sudo apt-get install -y -q dataset-fashion-mnist) >/dev/null)
 
 demo: $(VENV)/.installed fmnist
-	$(PY) demo.py
+	$(PY) train.py --c config/demo/cfsg_fmnist.yaml
 
 clean-venv:
 	rm -rf $(VENV)

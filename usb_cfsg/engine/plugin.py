@@ -323,6 +323,8 @@ def build_algorithm(args, net_builder, tb_log=None, logger_=None, device: Option
     """Instantiate the registered algorithm ``args.algorithm`` with :class:`PluginMixin` in front."""
     from ..algorithms import get_algorithm_class
 
+    if not hasattr(args, "distributed"):  # set by the launcher; a single process otherwise (eval, benchmarks)
+        args.distributed = False
     base: Type[Any] = get_algorithm_class(args.algorithm)
     if issubclass(base, PluginMixin):
         cls = base
