@@ -397,3 +397,18 @@ def save_config(args: argparse.Namespace, path: str) -> None:
 def format_config(args: argparse.Namespace) -> str:
     """The resolved config as ``key: value`` lines, for the log."""
     return "\n".join(f"  {k}: {v}" for k, v in config_to_dict(args).items())
+
+
+def describe_keys(algorithm: str) -> str:
+    """Every key ``algorithm`` accepts, with type, default and help, for ``train.py --help``."""
+    specs = base_specs()
+    own = algorithm_specs(_algorithm_class(algorithm))
+    lines = []
+    for title, group in (("common keys", {k: v for k, v in specs.items() if k not in own}),
+                         (f"keys of algorithm {algorithm!r}", own)):
+        lines.append(f"{title}:")
+        for spec in group.values():
+            kind = "|".join(map(str, spec.choices)) if spec.choices else spec.kind
+            lines.append(f"  --{spec.name} {kind.upper() if not spec.choices else kind} "
+                         f"(default {spec.default!r})  {spec.help}")
+    return "\n".join(lines)
