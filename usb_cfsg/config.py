@@ -376,9 +376,15 @@ def _check_relations(values: Dict[str, Any]) -> None:
 
 
 def config_to_dict(args: argparse.Namespace) -> Dict[str, Any]:
-    """Plain-Python dict of a resolved config (what config.yaml and checkpoints store)."""
+    """Plain-Python dict of a resolved config's keys (what config.yaml and checkpoints store).
+
+    ``python train.py --c <run>/config.yaml`` reproduces the run.
+    """
+    keys = set(base_specs()) | set(algorithm_specs(_algorithm_class(str(args.algorithm))))
     out = {}
     for key, val in sorted(vars(args).items()):
+        if key not in keys:  # runtime values (c, distributed, lb_dest_len, ...) are not configuration
+            continue
         if isinstance(val, (bool, int, float, str)) or val is None:
             out[key] = val
         elif isinstance(val, (list, tuple)):

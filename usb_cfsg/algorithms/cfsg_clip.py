@@ -14,7 +14,7 @@ and of the selected unlabeled samples (with their pseudo-labels), averaged over 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Tuple
 
 import numpy as np
 import torch
@@ -68,11 +68,9 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         self.ood_score = args.ood_score
 
     @classmethod
-    def net_head_kwargs_from(cls, args) -> Dict[str, Any]:
-        return {k: getattr(args, k) for k in NET_SWITCHES}
-
-    def net_head_kwargs(self) -> Dict[str, Any]:
-        return self.net_head_kwargs_from(self.args)
+    def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
+        """The CFSG head with every network switch of the config."""
+        return cls.net_head, {k: getattr(args, k) for k in NET_SWITCHES}
 
     # ------------------------------------------------------------------ step
     def _update_prototypes(self, feats: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
@@ -140,12 +138,10 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                 "id_recall": hit / n_id if n_id else float("nan")}
 
     # ------------------------------------------------------------ evaluation
-    @staticmethod
-    def scores_from_outputs(outputs: Dict[str, np.ndarray], args: Optional[Any] = None) -> Tuple[Dict[str, np.ndarray], str]:
-        """CFSG's unknown scores (``score_<name>`` outputs of the net) and the primary one (``ood_score``)."""
-        scores = {name: outputs[f"score_{name}"] for name in OOD_SCORES if f"score_{name}" in outputs}
-        primary = getattr(args, "ood_score", "fused") if args is not None else "fused"
-        return scores, primary
+    @classmethod
+    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args: Any) -> Tuple[Dict[str, np.ndarray], str]:
+        """CFSG's unknown scores (the net's ``score_<name>`` outputs) and the primary one (``ood_score``)."""
+        return {name: outputs[f"score_{name}"] for name in OOD_SCORES}, args.ood_score
 
     @staticmethod
     def get_argument():

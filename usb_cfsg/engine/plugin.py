@@ -104,10 +104,6 @@ class PluginMixin:
         """
         return cls.net_head, {}
 
-    def net_head_kwargs(self) -> Dict[str, Any]:
-        """Head keyword arguments of this run (default: ``net_spec(args)[1]``; prefer overriding net_spec)."""
-        return dict(self.net_spec(self.args)[1])
-
     def set_model(self):
         a = self.args
         if not getattr(self.net_builder, "usb_cfsg_clip", False):
@@ -115,9 +111,9 @@ class PluginMixin:
                                     pretrained_path=a.pretrain_path)
         info = self.openset_info
         templates = a.prompt_templates or (info.prompt_templates if info is not None else None)
-        head = self.net_spec(a)[0]
+        head, head_kwargs = self.net_spec(a)
         return self.net_builder(**clip_net_kwargs(
-            a, head, self.net_head_kwargs(), info.seen_class_names if info is not None else None, templates))
+            a, head, head_kwargs, info.seen_class_names if info is not None else None, templates))
 
     def set_ema_model(self):
         return copy.deepcopy(self.model)
@@ -319,18 +315,22 @@ def clip_net_kwargs(args, head: str, head_kwargs: Dict[str, Any], class_names: O
         text_encoder=args.text_encoder, seed=args.seed, **head_kwargs)
 
 
-def build_algorithm(args, net_builder, tb_log=None, logger_=None, device: Optional[torch.device] = None):
-    """Instantiate the registered algorithm ``args.algorithm`` with :class:`PluginMixin` in front."""
+def plugin_class(name: str) -> Type[Any]:
+    """The class run for algorithm ``name``: the registered class with :class:`PluginMixin` in front."""
     from ..algorithms import get_algorithm_class
 
+    base: Type[Any] = get_algorithm_class(name)
+    if issubclass(base, PluginMixin):
+        return base
+    return type(f"Plugin{base.__name__}", (PluginMixin, base), {"__module__": __name__})
+
+
+def build_algorithm(args, net_builder, tb_log=None, logger_=None, device: Optional[torch.device] = None):
+    """Instantiate the registered algorithm ``args.algorithm`` with :class:`PluginMixin` in front."""
     if not hasattr(args, "distributed"):  # set by the launcher; a single process otherwise (eval, benchmarks)
         args.distributed = False
-    base: Type[Any] = get_algorithm_class(args.algorithm)
-    if issubclass(base, PluginMixin):
-        cls = base
-    else:
-        cls = type(f"Plugin{base.__name__}", (PluginMixin, base), {"__module__": __name__})
-    return cls(args=args, net_builder=net_builder, tb_log=tb_log, logger=logger_, device=device)
+    return plugin_class(args.algorithm)(args=args, net_builder=net_builder, tb_log=tb_log, logger=logger_,
+                                        device=device)
 
 
-__all__ = ["PluginMixin", "build_algorithm", "clip_net_kwargs"]
+__all__ = ["PluginMixin", "build_algorithm", "clip_net_kwargs", "plugin_class"]

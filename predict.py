@@ -1,0 +1,16 @@
+"""Classify images with a trained checkpoint, flagging unknown (unseen-class) images.
+
+``python predict.py --load_path CKPT [--threshold T] [--device cpu] [--batch_size N] [--relevance-dir DIR] PATH...``
+
+One JSON line per image on stdout: ``{"path", "label", "class_index", "confidence", "unknown_score",
+"is_unknown"}`` (``label`` "unknown" and ``class_index`` -1 for an unknown image); an unreadable
+image gives ``{"path", "error"}``. Exit status: 0 all predicted, 1 some images unreadable, 2 a
+usage or checkpoint error. See usb_cfsg/evaluation/predict.py.
+"""
+import sys
+
+import usb_cfsg  # noqa: F401  (registrations)
+from usb_cfsg.evaluation.predict import main
+
+if __name__ == "__main__":
+    sys.exit(main())

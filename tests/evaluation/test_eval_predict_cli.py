@@ -1,0 +1,267 @@
+"""End to end on the CUB replica: train.py's open-set report, eval.py reproducing it, predict.py.
+
+One short fixmatch run (clip_tiny, random init, 32 px, 4 iterations, 3 seen classes of the 6-class
+replica) is shared by every test.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import eval as eval_cli
+import predict as predict_cli
+import train as train_cli
+from tests.conftest import tiny_run_argv
+from usb_cfsg.config import build_config
+from usb_cfsg.engine import main as train_main
+from usb_cfsg.evaluation import HEADLINE_KEYS, JSON_KEYS, SCORE_KEYS, read_confusion_csv
+from usb_cfsg.evaluation.offline import build_eval_config, load_eval_algorithm
+from usb_cfsg.evaluation.predict import load_predictor, predict_paths
+
+K = 3
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_logging():
+    """The entry points reconfigure the 'usb_cfsg' logger; give later test modules theirs back."""
+    log = logging.getLogger("usb_cfsg")
+    state = (list(log.handlers), log.level, log.propagate)
+    yield
+    for h in list(log.handlers):
+        if h not in state[0]:
+            log.removeHandler(h)
+            h.close()
+    for h in state[0]:
+        if h not in log.handlers:
+            log.addHandler(h)
+    log.setLevel(state[1])
+    log.propagate = state[2]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, cub_root):
+    root = tmp_path_factory.mktemp("cli")
+    argv = tiny_run_argv(cub_root, str(root / "runs"), "fm", img_size=32, iters=4, num_eval_iter=2, num_log_iter=2)
+    results = train_main(build_config(argv))  # train.py's main, returning the results dict
+    return {"root": root, "data": Path(cub_root), "dir": root / "runs" / "fm", "results": results,
+            "ckpt": root / "runs" / "fm" / "latest_model.pth"}
+
+
+def _strict_json(path):
+    def reject(token):
+        raise ValueError(f"non-standard JSON token {token}")
+
+    return json.loads(Path(path).read_text(encoding="utf-8"), parse_constant=reject)
+
+
+def _folder_digest(folder: Path):
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------ train.py
+
+
+def test_training_ends_with_the_openset_report(run):
+    d = run["dir"]
+    data = _strict_json(d / "openset_metrics.json")
+    assert list(data) == list(JSON_KEYS)
+    assert data["algorithm"] == "fixmatch" and data["dataset"] == "cub200" and data["num_seen"] == K
+    assert data["num_test_seen"] == 6 and data["num_test_unseen"] == 6  # replica: 2 test images per class
+    assert data["primary_score"] == "msp" and list(data["scores"]) == ["msp", "energy"]
+    assert data["threshold"] == 0.5
+    assert data["checkpoint"] == os.path.abspath(run["ckpt"]) and run["ckpt"].is_file()
+    for key in HEADLINE_KEYS:
+        assert isinstance(data[key], float) and 0.0 <= data[key] <= 1.0, key
+    for name, values in data["scores"].items():
+        assert list(values) == list(SCORE_KEYS)
+        assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in values.values()), name
+        if name == data["primary_score"]:
+            assert all(values[k] == data[k] for k in SCORE_KEYS)
+    # written after latest_model.pth (the hook runs after USB's EvaluationHook.after_run)
+    assert os.path.getmtime(d / "openset_metrics.json") >= os.path.getmtime(run["ckpt"])
+
+    for name in ("roc.png", "score_hist.png"):
+        assert (d / name).read_bytes()[:8] == PNG_MAGIC
+        with Image.open(d / name) as img:
+            img.verify()
+    cm, names = read_confusion_csv(d / "confusion.csv")
+    assert cm.shape == (K + 1, K + 1) and cm.sum() == 12 and len(names) == K
+    assert len((d / "confusion.csv").read_text().strip().splitlines()) == K + 2  # header + K+1 rows
+
+    results = run["results"]
+    for key in HEADLINE_KEYS:
+        assert results[f"test_open/{key}"] == pytest.approx(data[key], abs=0), key
+    assert "eval/best_acc" in results
+
+
+def test_tensorboard_has_openset_scalars(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run["dir"] / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"test_open/auroc", "test_open/closed_acc", "test_open/msp/auroc", "test_open/energy/auroc"} <= tags
+
+
+# ------------------------------------------------------------------ eval.py
+
+
+def _assert_same_numbers(a, b):
+    for key in HEADLINE_KEYS + ("threshold", "num_test_seen", "num_test_unseen"):
+        assert a[key] == pytest.approx(b[key], abs=1e-9), key
+    assert list(a["scores"]) == list(b["scores"])
+    for name in a["scores"]:
+        for key in SCORE_KEYS:
+            assert a["scores"][name][key] == pytest.approx(b["scores"][name][key], abs=1e-9), (name, key)
+
+
+@pytest.mark.parametrize("with_config", [False, True], ids=["config-from-checkpoint", "config-yaml"])
+def test_eval_reproduces_the_run(run, tmp_path, with_config):
+    before = _folder_digest(run["dir"])
+    out = tmp_path / "eval_out"
+    argv = ["--load_path", str(run["ckpt"]), "--out_dir", str(out)]
+    if with_config:
+        argv = ["--c", str(run["dir"] / "config.yaml")] + argv
+    assert eval_cli.cli(argv) == 0
+    ours, theirs = _strict_json(out / "openset_metrics.json"), _strict_json(run["dir"] / "openset_metrics.json")
+    _assert_same_numbers(ours, theirs)
+    assert ours["checkpoint"] == theirs["checkpoint"]
+    assert (out / "roc.png").is_file() and (out / "score_hist.png").is_file()
+    assert (out / "confusion.csv").read_text() == (run["dir"] / "confusion.csv").read_text()
+    assert _folder_digest(run["dir"]) == before  # the run folder is left as it was
+
+
+def test_eval_errors_exit_2_with_one_line(run, tmp_path, capsys):
+    bad = tmp_path / "plain.pth"
+    torch.save(torch.zeros(3), bad)
+    assert eval_cli.cli(["--load_path", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and str(bad) in err and "\n" not in err
+    assert eval_cli.cli(["--out_dir", str(tmp_path)]) == 2
+    assert "--load_path" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ predict.py
+
+
+def _lines(text):
+    return [json.loads(line) for line in text.strip().splitlines()]
+
+
+def test_predict_folder_with_a_corrupt_file(run, tmp_path, capsys):
+    images = sorted((run["data"] / "CUB_200_2011" / "images").rglob("*.jpg"))
+    folder = tmp_path / "in"
+    (folder / "nested").mkdir(parents=True)
+    for i, src in enumerate(images[:5]):
+        target = folder / ("nested" if i % 2 else "") / f"img{i}.JPG"
+        target.write_bytes(src.read_bytes())
+    (folder / "broken.png").write_bytes(b"not an image at all")
+    (folder / "notes.txt").write_text("ignored: not an image extension")
+
+    rc = predict_cli.main(["--load_path", str(run["ckpt"]), "--device", "cpu", "--batch_size", "2", str(folder)])
+    captured = capsys.readouterr()
+    assert rc == 1
+    lines = _lines(captured.out)  # stdout holds nothing but JSON lines
+    assert len(lines) == 6
+    errors = [line for line in lines if "error" in line]
+    assert len(errors) == 1 and set(errors[0]) == {"path", "error"} and errors[0]["path"].endswith("broken.png")
+    names = _strict_json(run["dir"] / "split.json")["seen_class_names"]
+    for line in lines:
+        if "error" in line:
+            continue
+        assert set(line) == {"path", "label", "class_index", "confidence", "unknown_score", "is_unknown"}
+        assert 1 / K - 1e-9 <= line["confidence"] <= 1.0
+        assert line["unknown_score"] == pytest.approx(1.0 - line["confidence"])  # msp
+        assert line["is_unknown"] == (line["unknown_score"] >= 0.5)
+        if line["is_unknown"]:
+            assert (line["label"], line["class_index"]) == ("unknown", -1)
+        else:
+            assert line["label"] == names[line["class_index"]]
+    assert "1 of 6 images" in captured.err
+
+
+def test_predict_matches_the_evaluation_outputs(run):
+    """Same net, weights, transform and score as the run's evaluation, image by image."""
+    args, ckpt = build_eval_config(["--load_path", str(run["ckpt"])])
+    algorithm = load_eval_algorithm(args, ckpt, str(run["ckpt"]))
+    outputs = algorithm.predict_loader("test_open")
+    paths = [str(p) for p in algorithm.dataset_dict["test_open"].data]
+    lines = []
+    predictor = load_predictor(str(run["ckpt"]), "cpu", threshold=0.5)
+    assert predict_paths(predictor, paths, batch_size=5, write=lambda s: lines.append(json.loads(s))) == 0
+    logits = outputs["logits"].astype(np.float64)
+    prob = np.exp(logits - logits.max(1, keepdims=True))
+    prob /= prob.sum(1, keepdims=True)
+    np.testing.assert_allclose([line["confidence"] for line in lines], prob.max(1), atol=1e-5)
+    expected = [-1 if 1 - p >= 0.5 else int(i) for p, i in zip(prob.max(1), logits.argmax(1))]
+    assert [line["class_index"] for line in lines] == expected
+
+
+def test_predict_relevance_overlays(run, tmp_path, capsys):
+    image = next((run["data"] / "CUB_200_2011" / "images").rglob("*.jpg"))
+    # fixmatch's net has no relevance output: a clear error, nothing on stdout
+    rc = predict_cli.main(["--load_path", str(run["ckpt"]), "--relevance-dir", str(tmp_path / "rel"), str(image)])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == "" and "produces no relevance map" in captured.err
+
+    predictor = load_predictor(str(run["ckpt"]), "cpu")
+    inner = predictor.net
+
+    class WithRelevance(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            out = dict(self.inner(x))
+            out["relevance"] = torch.rand(x.shape[0], 4)  # a 2x2 patch grid (32 px, patch 16)
+            return out
+
+    predictor.net = WithRelevance()
+    lines = []
+    predict_paths(predictor, [str(image), str(image)], relevance_dir=str(tmp_path / "rel"),
+                  write=lambda s: lines.append(json.loads(s)))
+    overlays = [Path(line["relevance"]) for line in lines]
+    assert len(set(overlays)) == 2
+    for path in overlays:
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.size == (32, 32)
+
+
+@pytest.mark.parametrize("kind", ["tensor", "no-config", "foreign-format", "not-torch"])
+def test_predict_rejects_wrong_checkpoints(run, tmp_path, capsys, kind):
+    path = tmp_path / f"{kind}.pth"
+    good = torch.load(run["ckpt"], map_location="cpu", weights_only=True)
+    if kind == "tensor":
+        torch.save(torch.zeros(2), path)
+        expected = "not a training checkpoint"
+    elif kind == "no-config":
+        torch.save({k: v for k, v in good.items() if k != "config"}, path)
+        expected = "config"
+    elif kind == "foreign-format":
+        torch.save({**good, "format": "other/1"}, path)
+        expected = "other/1"
+    else:
+        path.write_text("hello")
+        expected = "cannot read checkpoint"
+    image = next((run["data"] / "CUB_200_2011" / "images").rglob("*.jpg"))
+    assert predict_cli.main(["--load_path", str(path), str(image)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    err = captured.err.strip()
+    assert "\n" not in err and str(path) in err and expected in err
+
+
+def test_train_cli_entry_point_reports_config_errors(capsys):
+    assert train_cli.cli(["--algorithm", "fixmatch", "--no_such_key", "1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
