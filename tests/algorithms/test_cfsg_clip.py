@@ -1,5 +1,6 @@
 """cfsg_clip through train.py: 40 iterations end to end, logged diagnostics, prototypes in checkpoints."""
 import torch
+from PIL import Image
 
 import train
 from tests.conftest import tiny_run_argv
@@ -21,9 +22,15 @@ def test_every_switch_is_a_config_key():
 
 def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
     argv = tiny_run_argv(cub_root, str(tmp_path), "cfsg", algorithm="cfsg_clip", iters=40, num_eval_iter=20,
-                         num_log_iter=10, text_encoder="minilm", p_cutoff=0.5, start_fix=10)
+                         num_log_iter=10, text_encoder="minilm", p_cutoff=0.5, start_fix=10,
+                         relevance_dir=str(tmp_path / "rel"))
     assert train.cli(argv) == 0
     run = tmp_path / "cfsg"
+    # relevance overlays of the same eval images after each evaluation and at the end
+    for tag in ("iter_20", "iter_40", "final"):
+        pngs = sorted(p.name for p in (tmp_path / "rel" / tag).glob("*.png"))
+        assert len(pngs) == 6 and pngs[0].startswith("000_"), (tag, pngs)  # 3 seen classes x 2 test images
+    assert (Image.open(tmp_path / "rel" / "final" / pngs[0]).size == (64, 64))
     log = (run / "log.txt").read_text()
     for key in ("train/ce_coarse", "train/ce_fine", "train/ova_loss", "train/em_loss", "train/socr_loss",
                 "train/fix_loss", "train/id_ratio", "train/id_precision", "train/id_recall", "eval/top-1-acc"):

@@ -126,6 +126,10 @@ class PluginMixin:
         self.register_hook(ThroughputHook(), "TimerHook", "LOW")
         # after EvaluationHook.after_run (HIGH), which saves latest_model.pth and sets results_dict
         self.register_hook(OpenSetEvalHook(), "OpenSetEvalHook", OPENSET_HOOK_PRIORITY)
+        if self.args.relevance_dir:
+            from ..evaluation.relevance import RelevanceHook
+
+            self.register_hook(RelevanceHook(), "RelevanceHook", "LOW")
 
     # ------------------------------------------------------ open-set scores
     @classmethod

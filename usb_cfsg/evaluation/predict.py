@@ -204,17 +204,12 @@ def load_predictor(path: str, device: str = "auto", threshold: Optional[float] =
     t = float(args.ood_threshold) if threshold is None else float(threshold)
     if math.isnan(t):
         raise UsbCfsgError("--threshold is NaN")
-    return Predictor(net=net, device=dev, transform=transform, view=_view_transform(args), class_names=list(names),
+    from .relevance import view_transform
+
+    return Predictor(net=net, device=dev, transform=transform, view=view_transform(args.img_size, args.crop_ratio),
+                     class_names=list(names),
                      threshold=t, scores=score_function(cls, args), algorithm=str(ckpt["algorithm"]),
                      amp_cm=autocast_factory(dev, bool(args.amp)))
-
-
-def _view_transform(args: Namespace) -> Callable[[Any], Any]:
-    """The evaluation transform without ToTensor/Normalize: the crop the network sees, as a PIL image."""
-    from torchvision import transforms as T
-
-    resized = int(math.floor(int(args.img_size) / float(args.crop_ratio)))
-    return T.Compose([T.Resize(resized), T.CenterCrop(int(args.img_size))])
 
 
 # ----------------------------------------------------------------- inputs and the run

@@ -78,3 +78,74 @@ def save_relevance_overlay(image: Image.Image, relevance: np.ndarray, path: Path
 
 
 __all__ = ["relevance_grid", "save_relevance_overlay"]
+
+
+def view_transform(img_size: int, crop_ratio: float):
+    """The evaluation transform without ToTensor/Normalize: the crop the network sees, as a PIL image."""
+    from torchvision import transforms as T
+
+    return T.Compose([T.Resize(int(math.floor(int(img_size) / float(crop_ratio)))), T.CenterCrop(int(img_size))])
+
+
+def _relevance_hook_base():
+    from semilearn.core.hooks import Hook
+
+    return Hook
+
+
+class RelevanceHook(_relevance_hook_base()):
+    """With ``relevance_dir`` set, save relevance overlays of a fixed set of eval images during training.
+
+    The first ``num_images`` images of the eval set (seen-class test images, always the same ones)
+    are drawn after every evaluation (``<relevance_dir>/iter_<n>/``) and at the end
+    (``<relevance_dir>/final/``), with the EMA weights the evaluation uses. File names carry the
+    image index and its class. Only rank 0 writes; nets without a ``relevance`` output are skipped
+    with one warning.
+
+    Args:
+        num_images: How many eval images to draw.
+    """
+
+    def __init__(self, num_images: int = 8) -> None:
+        self.num_images = num_images
+        self._disabled = False
+
+    def _save(self, algorithm, tag: str) -> None:
+        import torch
+
+        args = algorithm.args
+        if self._disabled or not args.relevance_dir or args.rank != 0:
+            return
+        ds = algorithm.dataset_dict["eval"]
+        idx = list(range(min(self.num_images, len(ds))))
+        images = [ds.__sample__(i)[0] for i in idx]
+        x = torch.stack([ds.transform(img) for img in images]).to(algorithm.device)
+        model = algorithm.model
+        model.eval()
+        algorithm.ema.apply_shadow()
+        try:
+            with torch.no_grad(), algorithm.amp_cm():
+                out = model(x)
+        finally:
+            algorithm.ema.restore()
+            model.train()
+        if not isinstance(out, dict) or "relevance" not in out:
+            algorithm.print_fn(f"relevance_dir: algorithm {algorithm.algorithm!r} produces no relevance map; skipped")
+            self._disabled = True
+            return
+        rel = out["relevance"].float().cpu().numpy()
+        view = view_transform(args.img_size, args.crop_ratio)
+        names = algorithm.openset_info.seen_class_names if algorithm.openset_info is not None else None
+        folder = os.path.join(args.relevance_dir, tag)
+        for j, i in enumerate(idx):
+            label = int(ds.targets[i])
+            cls = (names[label] if names else str(label)).replace(" ", "_").replace("/", "-")
+            save_relevance_overlay(view(images[j]), rel[j], os.path.join(folder, f"{i:03d}_{cls}.png"))
+        algorithm.print_fn(f"relevance maps of {len(idx)} eval images saved to {folder}")
+
+    def after_train_step(self, algorithm) -> None:
+        if self.every_n_iters(algorithm, algorithm.num_eval_iter):
+            self._save(algorithm, f"iter_{algorithm.it + 1}")
+
+    def after_run(self, algorithm) -> None:
+        self._save(algorithm, "final")
