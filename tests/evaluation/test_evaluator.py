@@ -110,8 +110,11 @@ def test_metrics_for_every_score_and_primary_headline():
     out = openset_metrics_from_outputs(y, logits, scores, "noise", k, 0.5)
     assert out["primary_score"] == "noise" and set(out["scores"]) == {"msp", "energy", "noise"}
     for name, arr in scores.items():
-        ref = compute_openset_metrics(y, logits.argmax(1), arr, 0.5, k)
+        bounded = arr.min() >= 0 and arr.max() <= 1
+        assert bounded == (name != "energy")
+        ref = compute_openset_metrics(y, logits.argmax(1), arr, 0.5 if bounded else "otsu", k)
         assert out["scores"][name] == {key: ref[key] for key in SCORE_KEYS}
+    assert out["scores"]["energy"]["threshold"] < 0  # energy's own (Otsu) cut, not the probability 0.5
     ref = compute_openset_metrics(y, logits.argmax(1), scores["noise"], 0.5, k)
     assert all(out[key] == ref[key] for key in ("closed_acc", "auroc", "h_score", "threshold"))
     assert (out["num_test_seen"], out["num_test_unseen"]) == (12, 8)

@@ -40,7 +40,7 @@ logger = logging.getLogger("usb_cfsg")
 HEADLINE_KEYS: Tuple[str, ...] = ("closed_acc", "auroc", "fpr95", "open_bacc", "unknown_recall", "h_score",
                                   "macro_f1")
 #: Per-score metrics under ``"scores"`` in openset_metrics.json.
-SCORE_KEYS: Tuple[str, ...] = ("auroc", "fpr95", "open_bacc", "unknown_recall", "h_score", "macro_f1")
+SCORE_KEYS: Tuple[str, ...] = ("auroc", "fpr95", "open_bacc", "unknown_recall", "h_score", "macro_f1", "threshold")
 #: Top-level keys of openset_metrics.json, in file order.
 JSON_KEYS: Tuple[str, ...] = ("algorithm", "dataset", "num_seen", "num_test_seen", "num_test_unseen",
                               "primary_score", *HEADLINE_KEYS, "threshold", "scores", "checkpoint")
@@ -75,6 +75,19 @@ def _validated_scores(scores: Mapping[str, Any], primary: str, n: int, source: s
     return out
 
 
+def score_threshold(score: np.ndarray, threshold: Any) -> Any:
+    """The rejection threshold used for one score.
+
+    The configured ``ood_threshold`` is a probability-like cut: it is used for scores that lie in
+    [0, 1] (msp, ova, mcm, glmcm, fused). A score on another scale (energy = -logsumexp of the
+    logits) gets the Otsu threshold of its own values instead, so its threshold-based metrics are
+    not degenerate; the threshold used is recorded per score in the JSON.
+    """
+    if threshold == "otsu" or (np.min(score) >= 0.0 and np.max(score) <= 1.0):
+        return threshold
+    return "otsu"
+
+
 def openset_metrics_from_outputs(
     y_open: np.ndarray,
     logits: np.ndarray,
@@ -91,7 +104,8 @@ def openset_metrics_from_outputs(
         scores: Score name -> unknown score [N] (higher = more unknown).
         primary: The headline score's name.
         num_seen: K.
-        threshold: Rejection threshold for every score (``score >= threshold`` is unknown), or "otsu".
+        threshold: Rejection threshold (``score >= threshold`` is unknown), or "otsu"; see
+            :func:`score_threshold` for scores outside [0, 1].
 
     Returns:
         ``{"num_test_seen", "num_test_unseen", "primary_score", <HEADLINE_KEYS>, "threshold",
@@ -109,7 +123,7 @@ def openset_metrics_from_outputs(
     per_score = {}
     for name, arr in checked.items():
         try:
-            per_score[name] = compute_openset_metrics(y, closed_pred, arr, threshold, num_seen)
+            per_score[name] = compute_openset_metrics(y, closed_pred, arr, score_threshold(arr, threshold), num_seen)
         except MetricInputError as exc:
             raise MetricInputError(f"score {name!r}: {exc}") from None
     head = per_score[primary]
