@@ -82,8 +82,9 @@ def test_resume_from_bad_checkpoint_fails_loudly(cub_root, tmp_path):
     assert train.cli(argv) == 2  # the CLI reports it as an error, never a silent restart
 
 
-def test_two_process_gloo(cub_root, tmp_path):
-    argv = tiny_run_argv(cub_root, str(tmp_path), "ddp", iters=4, num_eval_iter=2, world_size=2,
+@pytest.mark.parametrize("algorithm", ["fixmatch", "cfsg_clip"])
+def test_two_process_gloo(cub_root, tmp_path, algorithm):
+    argv = tiny_run_argv(cub_root, str(tmp_path), "ddp", algorithm=algorithm, iters=4, num_eval_iter=2, world_size=2,
                          multiprocessing_distributed="true")
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=ROOT, env=env,
@@ -94,3 +95,4 @@ def test_two_process_gloo(cub_root, tmp_path):
     ckpt = safe_load(str(tmp_path / "ddp" / "latest_model.pth"))
     assert ckpt["it"] == 4 and ckpt["config"]["world_size"] == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved without the DDP wrapper
+    assert (tmp_path / "ddp" / "openset_metrics.json").is_file()  # rank 0 evaluated and wrote the results
