@@ -73,9 +73,6 @@ class PluginMixin:
         self.openset_info = info
         self.args.lb_dest_len = len(dataset_dict["train_lb"])
         self.args.ulb_dest_len = len(dataset_dict["train_ulb"]) if dataset_dict["train_ulb"] is not None else 0
-        self.print_fn(f"{info.dataset}: {info.num_seen} seen classes, labeled {self.args.lb_dest_len}, unlabeled "
-                      f"{self.args.ulb_dest_len}, eval {len(dataset_dict['eval'])}, open-set test "
-                      f"{len(dataset_dict['test_open'])}")
         return dataset_dict
 
     def set_data_loader(self):
@@ -209,7 +206,7 @@ class PluginMixin:
         try:
             from ..progress import progress
 
-            for data in progress(self.loader_dict[dest], desc=f"evaluating {dest}"):
+            for data in progress(self.loader_dict[dest], desc=f"evaluating {dest} (batches)"):
                 x = self._to_device(data["x_lb"])
                 with self.amp_cm():
                     out = self.model(x)
