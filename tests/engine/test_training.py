@@ -1,5 +1,6 @@
 """End-to-end training through train.py on CPU: USB's fixmatch, exact resume, 2-process gloo."""
 import os
+import re
 import subprocess
 import sys
 
@@ -96,3 +97,23 @@ def test_two_process_gloo(cub_root, tmp_path, algorithm):
     assert ckpt["it"] == 4 and ckpt["config"]["world_size"] == 2
     assert not any(k.startswith("module.") for k in ckpt["model"])  # saved without the DDP wrapper
     assert (tmp_path / "ddp" / "openset_metrics.json").is_file()  # rank 0 evaluated and wrote the results
+
+
+@pytest.mark.parametrize("algorithm", ["fixmatch", "cfsg_clip"])
+def test_amp_runs_as_bf16_autocast_on_cpu(cub_root, tmp_path, algorithm):
+    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "amp", algorithm=algorithm, iters=4, num_eval_iter=2,
+                                   num_log_iter=1, amp="true")) == 0
+    log = (tmp_path / "amp" / "log.txt").read_text()
+    losses = [float(v) for v in re.findall(r"train/total_loss: ([-\d.naif]+)", log)]
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
+    ckpt = safe_load(str(tmp_path / "amp" / "latest_model.pth"))
+    assert all(t.dtype == torch.float32 for t in ckpt["model"].values() if t.is_floating_point())
+
+
+def test_autocast_factory_picks_bf16_on_cpu():
+    from usb_cfsg.engine.device import autocast_factory, grad_scaler
+
+    with autocast_factory(torch.device("cpu"), True)():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert not grad_scaler(torch.device("cpu"), True).is_enabled()  # no loss scaling needed for bf16
