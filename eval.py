@@ -1,8 +1,13 @@
-"""Evaluate a checkpoint on the open-set test set: ``python eval.py --load_path CKPT [--c CONFIG] [--out_dir DIR]``.
+"""Evaluate a checkpoint on the open-set test set.
+
+    python eval.py --load_path CKPT [--c CONFIG] [--out_dir DIR] [--relevance-dir DIR] [--key value ...]
+
 
 Writes openset_metrics.json, roc.png, score_hist.png and confusion.csv to ``--out_dir`` (default:
 the run folder ``<save_dir>/<save_name>/``). Without ``--c`` the config stored in the checkpoint is
-used; ``--key value`` pairs override it. Exit status 2 on a configuration or checkpoint error.
+used; ``--key value`` pairs override it. ``--relevance-dir DIR`` also saves relevance overlays of
+the first eval images (nets with a relevance map, e.g. cfsg_clip) to ``DIR/eval/``. Exit status 2 on
+a configuration or checkpoint error.
 """
 import sys
 

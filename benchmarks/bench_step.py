@@ -2,11 +2,13 @@
 
 Each algorithm runs in its own process: build it on a synthetic CUB replica (images resized to
 ``--img_size``), run warm-up steps, then time ``--steps`` full training steps (``train_step`` +
-USB's ParamUpdateHook: forward, backward, optimizer). Memory is the peak resident set size
-during the timed steps minus the size before them (sampled every 5 ms), i.e. the step's working
-memory on CPU, and on CUDA the peak allocated memory.
+USB's ParamUpdateHook: forward, backward, optimizer). The two algorithms alternate for
+``--rounds`` rounds (machine noise hits both) and the medians over all timed steps are compared.
+Memory is the peak resident set size during the steps (warm-up included) minus the size before
+the first step (sampled every 5 ms), i.e. the training step's working memory on CPU; on CUDA
+the peak allocated memory.
 
-    python benchmarks/bench_step.py --net clip_vit_b32 --img_size 224 --batch_size 8 --steps 5
+    python benchmarks/bench_step.py --net clip_vit_b32 --img_size 224 --batch_size 8 --steps 5 --rounds 2
 """
 from __future__ import annotations
 
@@ -52,8 +54,6 @@ def measure(alg: str, a: argparse.Namespace, data_dir: str) -> dict:
             alg_obj.out_dict, alg_obj.log_dict = alg_obj.train_step(**batch)
             alg_obj.call_hook("after_train_step", "ParamUpdateHook")
 
-        for batch in batches[:a.warmup]:
-            step(batch)
         proc, peak, stop = psutil.Process(), [0], threading.Event()
 
         def sample():
@@ -64,9 +64,11 @@ def measure(alg: str, a: argparse.Namespace, data_dir: str) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
-        base = proc.memory_info().rss
+        base = proc.memory_info().rss  # model, optimizer and data built; no step run yet
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
+        for batch in batches[:a.warmup]:
+            step(batch)
         times = []
         for batch in batches[a.warmup:]:
             t0 = time.perf_counter()
@@ -90,6 +92,7 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=8)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--amp", action="store_true")
@@ -104,16 +107,23 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         data = str(write_cub_replica(tmp, num_classes=4, per_class_train=8, per_class_test=2, quirks=False).parent)
-        results = []
-        for alg in ("fixmatch", "cfsg_clip"):
-            cmd = [sys.executable, __file__, *sys.argv[1:], "--_child", alg, "--_data", data]
-            proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
-            if proc.returncode != 0:
-                sys.exit(proc.stderr[-3000:])
-            results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        runs: dict = {"fixmatch": [], "cfsg_clip": []}
+        for _ in range(a.rounds):
+            for alg in runs:
+                cmd = [sys.executable, __file__, *sys.argv[1:], "--_child", alg, "--_data", data]
+                proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=ROOT))
+                if proc.returncode != 0:
+                    sys.exit(proc.stderr[-3000:])
+                runs[alg].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    results = []
+    for alg, rs in runs.items():
+        times = sorted(t for r in rs for t in r["step_s_all"])
+        results.append({"algorithm": alg, "step_s_median": times[len(times) // 2], "step_s_all": times,
+                        "peak_rss_delta_mb": sorted(r["peak_rss_delta_mb"] for r in rs)[len(rs) // 2],
+                        **({"cuda_peak_mb": max(r["cuda_peak_mb"] for r in rs)} if "cuda_peak_mb" in rs[0] else {})})
     fm, cf = results
     summary = {"net": a.net, "img_size": a.img_size, "batch_size": a.batch_size, "uratio": 1, "device": a.device,
-               "threads": a.threads, "results": results,
+               "threads": a.threads, "rounds": a.rounds, "results": results,
                "time_ratio": cf["step_s_median"] / fm["step_s_median"],
                "memory_ratio": cf["peak_rss_delta_mb"] / max(fm["peak_rss_delta_mb"], 1e-9)}
     print(f"{'algorithm':<10} {'step s (median)':>16} {'step memory MB':>15}")

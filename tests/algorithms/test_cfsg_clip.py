@@ -1,7 +1,10 @@
 """cfsg_clip through train.py: 40 iterations end to end, logged diagnostics, prototypes in checkpoints."""
+import json
+
 import torch
 from PIL import Image
 
+import eval as eval_cli
 import train
 from tests.conftest import tiny_run_argv
 from usb_cfsg.algorithms import get_algorithm_class
@@ -42,6 +45,18 @@ def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
     assert torch.equal(model["prototypes.mu"], ema["prototypes.mu"])  # the EMA model gets them too
     assert model["text.raw"].shape == (3, 384) and "text.proj.weight" in model
     assert len(ckpt["class_names"]) == 3
+
+    # the open-set evaluation reports every CFSG score, headline = ood_score (default fused)
+    metrics = json.loads((run / "openset_metrics.json").read_text())
+    assert metrics["algorithm"] == "cfsg_clip" and metrics["primary_score"] == "fused"
+    assert list(metrics["scores"]) == ["ova", "mcm", "glmcm", "fused"]
+    # eval.py reproduces it from the checkpoint alone and draws relevance maps of the eval images
+    assert eval_cli.cli(["--load_path", str(run / "latest_model.pth"), "--out_dir", str(tmp_path / "ev"),
+                         "--relevance-dir", str(tmp_path / "rel_eval")]) == 0
+    again_metrics = json.loads((tmp_path / "ev" / "openset_metrics.json").read_text())
+    assert {k: again_metrics[k] for k in ("closed_acc", "auroc", "scores")} == {
+        k: metrics[k] for k in ("closed_acc", "auroc", "scores")}
+    assert len(list((tmp_path / "rel_eval" / "eval").glob("*.png"))) == 6
 
     # resume from the finished run: nothing left to train, and the prototypes survive load -> save
     again = tiny_run_argv(cub_root, str(tmp_path), "cfsg", algorithm="cfsg_clip", iters=40, num_eval_iter=20,

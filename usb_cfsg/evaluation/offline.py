@@ -166,7 +166,12 @@ def evaluate_checkpoint(argv: Sequence[str]) -> Dict[str, Any]:
     algorithm = load_eval_algorithm(args, ckpt, args.load_path)
     out_dir = args.out_dir or run_dir(args)
     logger.info("evaluating %s (EMA weights) on the open-set test set; writing to %s", args.load_path, out_dir)
-    return evaluate_openset(algorithm, "test_open", out_dir=out_dir, checkpoint=os.path.abspath(args.load_path))
+    record = evaluate_openset(algorithm, "test_open", out_dir=out_dir, checkpoint=os.path.abspath(args.load_path))
+    if args.relevance_dir:
+        from .relevance import RelevanceHook
+
+        RelevanceHook().save(algorithm, "eval")
+    return record
 
 
 __all__ = ["EVAL_SPECS", "build_eval_config", "evaluate_checkpoint", "load_eval_algorithm",

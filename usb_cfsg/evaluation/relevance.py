@@ -110,7 +110,8 @@ class RelevanceHook(_relevance_hook_base()):
         self.num_images = num_images
         self._disabled = False
 
-    def _save(self, algorithm, tag: str) -> None:
+    def save(self, algorithm, tag: str) -> None:
+        """Draw the overlays into ``<relevance_dir>/<tag>/`` (eval.py calls this with tag ``eval``)."""
         import torch
 
         args = algorithm.args
@@ -145,7 +146,7 @@ class RelevanceHook(_relevance_hook_base()):
 
     def after_train_step(self, algorithm) -> None:
         if self.every_n_iters(algorithm, algorithm.num_eval_iter):
-            self._save(algorithm, f"iter_{algorithm.it + 1}")
+            self.save(algorithm, f"iter_{algorithm.it + 1}")
 
     def after_run(self, algorithm) -> None:
-        self._save(algorithm, "final")
+        self.save(algorithm, "final")
