@@ -58,6 +58,9 @@ class PluginMixin:
         super().__init__(args, net_builder, tb_log, logger, **kw)
         self.ngpus_per_node = max(1, args.world_size)  # USB computes rank % ngpus_per_node (0 on CPU)
         self.amp_cm = autocast_factory(self.device, bool(args.amp))
+        if args.amp and self.device.type == "cpu":
+            self.print_fn("amp on CPU runs bf16 autocast: correct everywhere, but much slower than fp32 on CPUs "
+                          "without bf16 units (AVX512-BF16/AMX); use --amp false for CPU speed")
         self.loss_scaler = grad_scaler(self.device, bool(args.amp))
 
     # ----------------------------------------------------------------- data
