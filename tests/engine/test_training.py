@@ -117,3 +117,10 @@ def test_autocast_factory_picks_bf16_on_cpu():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     assert not grad_scaler(torch.device("cpu"), True).is_enabled()  # no loss scaling needed for bf16
+
+
+def test_a_failed_start_does_not_block_the_next_run(tmp_path):
+    argv = tiny_run_argv(str(tmp_path / "no_data"), str(tmp_path), "fm", iters=2)
+    assert train.cli(argv) == 2  # missing dataset: an error naming the layout
+    assert (tmp_path / "fm" / "config.yaml").is_file() and not list((tmp_path / "fm").glob("*.pth"))
+    assert train.cli(argv) == 2  # the same error again, not "run folder already exists"

@@ -27,7 +27,7 @@ def layout_error(name: str, missing: Path, layout: str, hint: str = "") -> Datas
     Returns:
         The error, to be raised by the caller.
     """
-    text = f"{name}: missing {missing}\nExpected layout:\n{layout.rstrip()}"
+    text = f"{name}: missing {Path(missing).absolute()}\nExpected layout:\n{layout.rstrip()}"
     if hint:
         text += "\n" + hint
     return DatasetError(text)

@@ -65,10 +65,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: What a run writes before its first checkpoint; a folder holding only these is from a failed start.
+_START_FILES = {"config.yaml", "log.txt", "split.json", "tensorboard"}
+
+
 def prepare_run_dir(args: Namespace) -> str:
-    """Create the run folder; an existing one needs ``overwrite`` or ``resume`` (nothing is lost silently)."""
+    """Create the run folder; an existing one needs ``overwrite`` or ``resume`` (nothing is lost silently).
+
+    A folder holding only what a run writes before its first checkpoint (a start that failed, e.g.
+    on missing data) is reused without asking.
+    """
     path = run_dir(args)
-    if os.path.isdir(path) and os.listdir(path) and not args.resume:
+    if os.path.isdir(path) and not set(os.listdir(path)) <= _START_FILES and not args.resume:
         if not args.overwrite:
             raise ConfigError(f"run folder {path!r} already exists: pass --overwrite true to replace it, "
                               f"--resume true --load_path {os.path.join(path, 'latest_model.pth')} to continue, "
