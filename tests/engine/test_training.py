@@ -11,6 +11,7 @@ import yaml
 import train
 from tests.conftest import tiny_run_argv
 from usb_cfsg.engine.hooks import ThroughputHook
+from usb_cfsg.engine.launch import free_port
 from usb_cfsg.engine.checkpoint import safe_load
 from usb_cfsg.errors import CheckpointError
 
@@ -83,13 +84,17 @@ def test_resume_from_bad_checkpoint_fails_loudly(cub_root, tmp_path):
     assert train.cli(argv) == 2  # the CLI reports it as an error, never a silent restart
 
 
-@pytest.mark.parametrize("algorithm", ["fixmatch", "cfsg_clip"])
-def test_two_process_gloo(cub_root, tmp_path, algorithm):
-    argv = tiny_run_argv(cub_root, str(tmp_path), "ddp", algorithm=algorithm, iters=4, num_eval_iter=2, world_size=2,
-                         multiprocessing_distributed="true")
+@pytest.mark.parametrize("launcher,algorithm", [("spawn", "fixmatch"), ("spawn", "cfsg_clip"), ("torchrun", "fixmatch")])
+def test_two_process_gloo(cub_root, tmp_path, launcher, algorithm):
+    argv = tiny_run_argv(cub_root, str(tmp_path), "ddp", algorithm=algorithm, iters=4, num_eval_iter=2)
+    if launcher == "spawn":  # train.py starts the processes
+        cmd = [sys.executable, os.path.join(ROOT, "train.py"), *argv, "--world_size", "2",
+               "--multiprocessing_distributed", "true"]
+    else:  # torchrun starts them; train.py reads RANK / WORLD_SIZE / LOCAL_RANK
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+               str(free_port()), os.path.join(ROOT, "train.py"), *argv]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), *argv], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (tmp_path / "ddp" / "log.txt").read_text()
     assert "process 0/2 on cpu (gloo)" in log
@@ -124,3 +129,11 @@ def test_a_failed_start_does_not_block_the_next_run(tmp_path):
     assert train.cli(argv) == 2  # missing dataset: an error naming the layout
     assert (tmp_path / "fm" / "config.yaml").is_file() and not list((tmp_path / "fm").glob("*.pth"))
     assert train.cli(argv) == 2  # the same error again, not "run folder already exists"
+
+
+@pytest.mark.parametrize("algorithm", ["flexmatch", "freematch", "softmatch", "meanteacher", "fullysupervised"])
+def test_other_usb_algorithms_train_and_report_on_cpu(cub_root, tmp_path, algorithm):
+    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "alg", algorithm=algorithm, iters=2, num_eval_iter=2,
+                                   use_tensorboard="false")) == 0
+    metrics = (tmp_path / "alg" / "openset_metrics.json").read_text()
+    assert f'"algorithm": "{algorithm}"' in metrics and '"primary_score": "msp"' in metrics

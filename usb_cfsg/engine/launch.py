@@ -173,8 +173,14 @@ def _train(args: Namespace, device: torch.device, path: str, log: logging.Logger
     algorithm.ema_model = place_model(algorithm.ema_model, device, args.distributed)
     if args.resume:
         algorithm.load_model(args.load_path)
+    if hasattr(algorithm, "warmup"):  # USB's train.py runs these stages (e.g. Dash's warm-up)
+        log.info("warmup stage")
+        algorithm.warmup()
     log.info("training %s for %d iterations", args.algorithm, args.num_train_iter)
     algorithm.train()
+    if hasattr(algorithm, "finetune"):
+        log.info("finetune stage")
+        algorithm.finetune()
     results = dict(getattr(algorithm, "results_dict", {}) or {})
     for key, value in results.items():
         log.info("result %s: %s", key, value)
