@@ -8,6 +8,7 @@ import sys
 import usb_cfsg  # noqa: F401  (top level: mp.spawn children re-import this module and need the registrations)
 from usb_cfsg.config import build_config, describe_keys, load_yaml, parse_cli_pairs
 from usb_cfsg.engine import main
+from usb_cfsg.engine.launch import setup_logging
 from usb_cfsg.errors import UsbCfsgError
 
 
@@ -24,6 +25,7 @@ def cli(argv=None) -> int:
         if any(a in ("--help", "-h", "--help-keys") for a in argv):
             print(_help(argv))
             return 0
+        setup_logging(None)  # console logging for what the config step reports; main() adds log.txt
         main(build_config(argv))
     except UsbCfsgError as exc:
         print(f"error: {exc}", file=sys.stderr)

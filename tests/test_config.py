@@ -84,3 +84,14 @@ def test_cli_syntax_errors():
         parse_cli_pairs(["--lr"])
     with pytest.raises(ConfigError, match="unexpected command-line argument 'lr'"):
         parse_cli_pairs(["lr", "0.1"])
+
+
+def test_switching_algorithm_on_the_command_line_keeps_the_yaml_usable(tmp_path, caplog):
+    cfg = write(tmp_path, {"algorithm": "cfsg_clip", "use_sfm": False, "vsi_topk": 2, "p_cutoff": 0.9, "lr": 0.1})
+    with caplog.at_level("WARNING", logger="usb_cfsg"):
+        args = build_config(["--c", cfg, "--algorithm", "fixmatch"])
+    assert args.algorithm == "fixmatch" and args.p_cutoff == 0.9 and args.lr == 0.1  # shared keys kept
+    assert not hasattr(args, "use_sfm") and "ignoring the cfsg_clip keys use_sfm, vsi_topk" in caplog.text
+    typo = write(tmp_path, {"algorithm": "cfsg_clip", "use_sfn": False}, "typo.yaml")
+    with pytest.raises(ConfigError, match="unknown config key 'use_sfn'"):
+        build_config(["--c", typo, "--algorithm", "fixmatch"])

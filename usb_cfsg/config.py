@@ -341,6 +341,7 @@ def build_config(
     specs.update(algorithm_specs(_algorithm_class(str(algorithm))))
     specs.update(extra_specs or {})
 
+    file_values = _drop_other_algorithm_keys(file_values, str(algorithm), specs, config_file)
     values = {name: spec.default for name, spec in specs.items()}
     for source, given in ((f"config file {config_file}", file_values), ("the command line", cli),
                           ("overrides", overrides)):
@@ -356,6 +357,25 @@ def build_config(
     ns = argparse.Namespace(**values)
     ns.c = config_file
     return ns
+
+
+def _drop_other_algorithm_keys(file_values: Dict[str, Any], algorithm: str, specs: Dict[str, KeySpec],
+                               config_file: Optional[str]) -> Dict[str, Any]:
+    """Switching ``--algorithm`` on the command line keeps the YAML usable.
+
+    Keys that the YAML's own algorithm defines and the chosen one does not (``use_sfm`` of a
+    cfsg_clip config run with ``--algorithm fixmatch``) are dropped with a logged notice; any other
+    unknown key is still an error.
+    """
+    file_algorithm = file_values.get("algorithm")
+    if not file_algorithm or file_algorithm == algorithm:
+        return file_values
+    own = algorithm_specs(_algorithm_class(str(file_algorithm)))
+    dropped = sorted(k for k in file_values if k not in specs and k in own)
+    if dropped:
+        logger.warning("algorithm %s (command line) replaces %s (%s): ignoring the %s keys %s", algorithm,
+                       file_algorithm, config_file, file_algorithm, ", ".join(dropped))
+    return {k: v for k, v in file_values.items() if k not in dropped}
 
 
 def _check_relations(values: Dict[str, Any]) -> None:
