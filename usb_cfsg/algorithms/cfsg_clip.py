@@ -85,9 +85,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         num_lb = y_lb.shape[0]
         with self.amp_cm():
             out = self.model(torch.cat((x_lb, x_ulb_w, x_ulb_s)))
-            lb = {k: v[:num_lb] for k, v in out.items()}
-            w = {k: _split(v, num_lb)[1] for k, v in out.items()}
-            s = {k: _split(v, num_lb)[2] for k, v in out.items()}
+            parts = {k: _split(v, num_lb) for k, v in out.items()}
+            lb, w, s = ({k: p[i] for k, p in parts.items()} for i in range(3))
 
             ce_coarse = F.cross_entropy(lb["logits_coarse"].float(), y_lb)
             ce_fine = F.cross_entropy(lb["logits_fine"].float(), y_lb)
