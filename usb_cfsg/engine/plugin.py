@@ -52,8 +52,10 @@ class PluginMixin:
     net_head: str = "clip"
     device: torch.device
 
-    def __init__(self, args, net_builder, tb_log=None, logger=None, device: Optional[torch.device] = None, **kw):
+    def __init__(self, args, net_builder, tb_log=None, logger=None, device: Optional[torch.device] = None,
+                 record_split: bool = True, **kw):
         self.device = device or torch.device("cpu")
+        self.record_split = record_split  # write split.json to the run folder (training; not eval.py)
         self.openset_info = None
         super().__init__(args, net_builder, tb_log, logger, **kw)
         self.ngpus_per_node = max(1, args.world_size)  # USB computes rank % ngpus_per_node (0 on CPU)
@@ -71,7 +73,8 @@ class PluginMixin:
         from ..datasets import build_openset_datasets
 
         mean, std = self.net_mean_std()
-        run_dir = os.path.join(self.args.save_dir, self.args.save_name) if self.args.rank == 0 else None
+        record = self.record_split and self.args.rank == 0
+        run_dir = os.path.join(self.args.save_dir, self.args.save_name) if record else None
         dataset_dict, info = build_openset_datasets(self.args, self.algorithm, mean, std, run_dir)
         self.openset_info = info
         self.args.lb_dest_len = len(dataset_dict["train_lb"])
@@ -329,12 +332,16 @@ def plugin_class(name: str) -> Type[Any]:
     return type(f"Plugin{base.__name__}", (PluginMixin, base), {"__module__": __name__})
 
 
-def build_algorithm(args, net_builder, tb_log=None, logger_=None, device: Optional[torch.device] = None):
-    """Instantiate the registered algorithm ``args.algorithm`` with :class:`PluginMixin` in front."""
+def build_algorithm(args, net_builder, tb_log=None, logger_=None, device: Optional[torch.device] = None,
+                    record_split: bool = True):
+    """Instantiate the registered algorithm ``args.algorithm`` with :class:`PluginMixin` in front.
+
+    ``record_split=False`` builds the datasets without writing ``split.json`` (evaluation).
+    """
     if not hasattr(args, "distributed"):  # set by the launcher; a single process otherwise (eval, benchmarks)
         args.distributed = False
     return plugin_class(args.algorithm)(args=args, net_builder=net_builder, tb_log=tb_log, logger=logger_,
-                                        device=device)
+                                        device=device, record_split=record_split)
 
 
 __all__ = ["PluginMixin", "build_algorithm", "clip_net_kwargs", "plugin_class"]

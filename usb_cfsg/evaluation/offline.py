@@ -8,17 +8,16 @@ shadow is the checkpoint's ``ema_model``, applied by ``predict_loader``), so eva
 ``latest_model.pth`` reproduces the run's ``openset_metrics.json``.
 
 Nothing in the run folder is removed or changed, except the output files when ``out_dir`` is the
-run folder (the default). Building the datasets rewrites the run's ``split.json``; it is put back
-byte for byte, with a warning if the split built now differs from the recorded one.
+run folder (the default). The datasets are built without writing ``split.json``; a warning says
+when the split built now differs from the one the run recorded.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
 from argparse import Namespace
-from typing import Any, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Any, Dict, Sequence, Tuple
 
 from ..config import KeySpec, algorithm_specs, base_specs, build_config, parse_cli_pairs
 from ..errors import CheckpointError, ConfigError
@@ -80,41 +79,21 @@ def build_eval_config(argv: Sequence[str]) -> Tuple[Namespace, Dict[str, Any]]:
     return args, ckpt
 
 
-@contextlib.contextmanager
-def _keep_split_record(run_dir: str) -> Iterator[None]:
-    """Leave ``run_dir/split.json`` (and the folder) as found, whatever building the datasets writes."""
+def _warn_if_split_differs(run_dir: str, info: Any) -> None:
+    """Warn when the split rebuilt now is not the one the run recorded in ``run_dir/split.json``."""
     from ..datasets.build import SPLIT_FILE
 
     path = os.path.join(run_dir, SPLIT_FILE)
-    dir_existed = os.path.isdir(run_dir)
-    before: Optional[bytes] = None
-    if os.path.isfile(path):
-        with open(path, "rb") as fh:
-            before = fh.read()
+    if info is None or not os.path.isfile(path):
+        return
     try:
-        yield
-    finally:
-        after: Optional[bytes] = None
-        if os.path.isfile(path):
-            with open(path, "rb") as fh:
-                after = fh.read()
-        if before is None:
-            if after is not None:
-                os.remove(path)
-            if not dir_existed and os.path.isdir(run_dir) and not os.listdir(run_dir):
-                os.rmdir(run_dir)
-        elif after != before:
-            try:
-                old, new = json.loads(before).get("split"), json.loads(after or b"{}").get("split")
-            except ValueError:
-                old, new = None, None
-            if old != new:
-                logger.warning("the data split built now differs from the one the run recorded in %s (the data "
-                               "or split settings changed): the labeled/unlabeled split is not the run's", path)
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as fh:
-                fh.write(before)
-            os.replace(tmp, path)
+        with open(path, "rb") as fh:
+            recorded = json.loads(fh.read()).get("split")
+    except ValueError:
+        recorded = None
+    if recorded != json.loads(json.dumps(info.split.to_dict())):
+        logger.warning("the data split built now differs from the one the run recorded in %s (the data "
+                       "or split settings changed): the labeled/unlabeled split is not the run's", path)
 
 
 def load_eval_algorithm(args: Namespace, ckpt: Dict[str, Any], load_path: str):
@@ -137,9 +116,9 @@ def load_eval_algorithm(args: Namespace, ckpt: Dict[str, Any], load_path: str):
     args.gpu = device.index if device.type == "cuda" else None
     seed_everything(args.seed)
     net_builder = get_net_builder(args.net, args.net_from_name)
-    with _keep_split_record(run_dir(args)):
-        algorithm = build_algorithm(args, net_builder, None, logger, device=device)
+    algorithm = build_algorithm(args, net_builder, None, logger, device=device, record_split=False)
     info = algorithm.openset_info
+    _warn_if_split_differs(run_dir(args), info)
     stored_names = ckpt.get("class_names")
     if info is not None and stored_names is not None and list(stored_names) != list(info.seen_class_names):
         raise CheckpointError(f"{load_path!r} was trained on seen classes {list(stored_names)[:5]}..., but the "
