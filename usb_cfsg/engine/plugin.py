@@ -136,16 +136,21 @@ class PluginMixin:
 
     # ------------------------------------------------------ open-set scores
     @classmethod
-    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args) -> Tuple[Dict[str, np.ndarray], str]:
-        """Open-set scores from the net outputs and the config alone (the override point).
+    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args,
+                               calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
+        """Open-set scores from the net outputs, the config and a calibration (the override point).
 
         Default for any USB algorithm, from ``outputs["logits"]`` [N, K]: ``msp`` = 1 - max softmax
-        and ``energy`` = -logsumexp(logits). Every score is higher = more likely unknown.
+        and ``energy`` = -logsumexp(logits). Every score is higher = more likely unknown. Neither
+        needs a calibration; algorithms whose scores do (cfsg_clip's ``fused``) read its ``ranges``.
 
         Args:
             outputs: What :meth:`predict_loader` collects (every batch-dim tensor the net returns),
                 as numpy arrays of one length N; ``y`` is not included.
             args: The run's configuration.
+            calibration: ``{"ranges": {score: [lo, hi]}, "thresholds": {score: t}, "source": str, ...}``
+                fitted on training data by :func:`usb_cfsg.evaluation.evaluator.fit_calibration`, or
+                None (not calibrated yet).
 
         Returns:
             ``(scores, primary)``: score name -> float array [N], and the name of the headline score.
@@ -155,9 +160,20 @@ class PluginMixin:
         total = np.exp(logits - top[:, None]).sum(axis=1)  # max softmax = 1 / total
         return {"msp": 1.0 - 1.0 / total, "energy": -(top + np.log(total))}, "msp"
 
-    def unknown_scores(self, outputs: Dict[str, np.ndarray]) -> Tuple[Dict[str, np.ndarray], str]:
+    @classmethod
+    def scores_with_calibration(cls, outputs: Dict[str, np.ndarray], args,
+                                calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
+        """:meth:`compute_unknown_scores`, passing ``calibration`` only to overrides that accept it."""
+        import inspect
+
+        if calibration is not None and "calibration" in inspect.signature(cls.compute_unknown_scores).parameters:
+            return cls.compute_unknown_scores(outputs, args, calibration=calibration)
+        return cls.compute_unknown_scores(outputs, args)
+
+    def unknown_scores(self, outputs: Dict[str, np.ndarray],
+                       calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
         """``(scores, primary)`` for this run: :meth:`compute_unknown_scores` with ``self.args``."""
-        return self.compute_unknown_scores(outputs, self.args)
+        return self.scores_with_calibration(outputs, self.args, calibration)
 
     # ---------------------------------------------------------------- steps
     def _to_device(self, var):
