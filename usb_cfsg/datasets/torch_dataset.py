@@ -78,8 +78,27 @@ class OpenSetDataset(BasicDataset):
         """Decode item ``idx`` to RGB (errors name the file) and return it with its label."""
         return load_rgb(self.data[idx]), int(self.targets[idx])
 
+    #: When True (set by an algorithm's ``set_dataset``, e.g. OpenMatch's two weak views), labeled
+    #: items also carry ``x_lb_w2`` and unlabeled items ``x_ulb_w2``: a second weak view of the same image.
+    second_weak_view: bool = False
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
+        if self.second_weak_view and self.transform is not None:
+            return self._with_second_weak_view(idx)
         out = super().__getitem__(idx)
         if self.is_ulb and "idx_ulb" in out:
             out["y_ulb"] = int(self.targets[idx])
+        return out
+
+    def _with_second_weak_view(self, idx: int) -> dict[str, Any]:
+        img, target = self.__sample__(idx)
+        if isinstance(img, np.ndarray):
+            from PIL import Image
+
+            img = Image.fromarray(img)
+        if not self.is_ulb:
+            return {"idx_lb": idx, "x_lb": self.transform(img), "x_lb_w2": self.transform(img), "y_lb": target}
+        out = {"idx_ulb": idx, "x_ulb_w": self.transform(img), "x_ulb_w2": self.transform(img), "y_ulb": target}
+        if self.strong_transform is not None:
+            out["x_ulb_s"] = self.strong_transform(img)
         return out
