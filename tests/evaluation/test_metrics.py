@@ -31,6 +31,8 @@ from usb_cfsg.evaluation.metrics import MetricInputError
 #        .9 beats 5, .7 beats 5, .5 beats 4 (not .6) -> 14/15
 # fpr95: 3 unknowns, need ceil(0.95 * 3) = 3 -> t = 3rd highest unknown score = 0.5;
 #        seen scores >= 0.5: {0.6} -> 1/5 = 0.2
+# fpr95_id (seen = positive, accepted when score <= t): 5 seen, need ceil(0.95 * 5) = 5 accepted
+#        -> t = highest seen score = 0.6; unknown scores <= 0.6: {0.5} -> 1/3
 # confusion (rows truth 0,1,2; columns pred 0,1,2):
 #        truth 0 -> preds 0, 2, 1 -> [1, 1, 1]
 #        truth 1 -> preds 1, 0    -> [1, 1, 0]
@@ -53,6 +55,7 @@ EXPECTED = {
     "closed_acc": 3 / 5,
     "auroc": 14 / 15,
     "fpr95": 1 / 5,
+    "fpr95_id": 1 / 3,
     "open_bacc": 1 / 2,
     "unknown_recall": 2 / 3,
     "h_score": 1 / 2,
@@ -70,6 +73,7 @@ def test_hand_worked_individual_functions() -> None:
     assert m.closed_set_accuracy(Y, CLOSED, K) == pytest.approx(3 / 5)
     assert m.auroc(SCORE, Y == K) == pytest.approx(14 / 15)
     assert m.fpr_at_tpr(SCORE, Y == K) == pytest.approx(1 / 5)
+    assert m.fpr_at_tpr_id(SCORE, Y == K) == pytest.approx(1 / 3)
     assert m.open_balanced_accuracy(Y, open_pred, K) == pytest.approx(1 / 2)
     assert m.unknown_recall(Y, open_pred, K) == pytest.approx(2 / 3)
     assert m.open_seen_accuracy(Y, open_pred, K) == pytest.approx(2 / 5)
@@ -84,7 +88,7 @@ def test_hand_worked_compute_openset_metrics() -> None:
     for key in m.METRIC_KEYS:
         expected_type = int if key.startswith("num_") else float
         assert type(out[key]) is expected_type, key
-    for key in ("closed_acc", "auroc", "fpr95", "open_bacc", "unknown_recall", "h_score", "macro_f1"):
+    for key in ("closed_acc", "auroc", "fpr95", "fpr95_id", "open_bacc", "unknown_recall", "h_score", "macro_f1"):
         assert 0.0 <= out[key] <= 1.0
 
 
@@ -138,6 +142,44 @@ def test_matches_sklearn_on_random_inputs(seed: int, ties: bool) -> None:
     seen_acc = skm.accuracy_score(y[seen], open_pred[seen])
     rec = out["unknown_recall"]
     assert out["h_score"] == pytest.approx(2 * seen_acc * rec / (seen_acc + rec), abs=1e-12)
+
+
+def _fpr95_id_by_definition(score: np.ndarray, unknown: np.ndarray) -> float:
+    """Smallest t accepting (score <= t) at least 95% of the seen samples; fraction of unknowns accepted."""
+    for t in np.unique(score):
+        if np.mean(score[~unknown] <= t) >= 0.95 - 1e-12:
+            return float(np.mean(score[unknown] <= t))
+    raise AssertionError("unreachable")
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("ties", [False, True])
+def test_fpr95_id_matches_the_in_distribution_positive_recipe(seed: int, ties: bool) -> None:
+    y, closed, score = _random_case(seed, ties=ties)
+    unknown = y == 5
+    # MCM/GL-MCM's recipe: in-distribution positive, in-distribution score = -unknown score
+    fpr, tpr, _ = skm.roc_curve(~unknown, -score, drop_intermediate=False)
+    expected = float(fpr[np.argmax(tpr >= 0.95)])
+    assert m.fpr_at_tpr_id(score, unknown) == pytest.approx(expected, abs=1e-12)
+    assert m.fpr_at_tpr_id(score, unknown) == pytest.approx(_fpr95_id_by_definition(score, unknown), abs=1e-12)
+    assert m.compute_openset_metrics(y, closed, score, 0.0, 5)["fpr95_id"] == m.fpr_at_tpr_id(score, unknown)
+
+
+def test_fpr95_conventions_differ() -> None:
+    # 20 seen scores 0..19, 20 unknown scores 10..29 (overlap 10..19).
+    # fpr95 (unknown positive): 19 unknowns needed -> t = 11; seen >= 11: 11..19 -> 9/20.
+    # fpr95_id (seen positive): 19 seen accepted -> t = 18; unknowns <= 18: 10..18 -> 9/20.
+    score = np.concatenate([np.arange(20.0), np.arange(10.0, 30.0)])
+    unknown = np.array([False] * 20 + [True] * 20)
+    assert m.fpr_at_tpr(score, unknown) == pytest.approx(9 / 20)
+    assert m.fpr_at_tpr_id(score, unknown) == pytest.approx(9 / 20)
+    # Skewed: the unknowns spread wide above, the seen samples tight -> the two conventions part.
+    score = np.concatenate([np.full(19, 0.0), [5.0], np.linspace(1.0, 10.0, 20)])
+    # fpr95: 19 unknowns needed -> t = 1 + 9/19 (2nd lowest); seen >= t: {5.0} -> 1/20
+    assert m.fpr_at_tpr(score, unknown) == pytest.approx(1 / 20)
+    # fpr95_id: 19 of 20 seen accepted -> t = 0.0; no unknown scores <= 0 -> 0
+    assert m.fpr_at_tpr_id(score, unknown) == 0.0
+    assert math.isnan(m.fpr_at_tpr_id([0.1, 0.2], [False, False]))
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -260,7 +302,7 @@ def test_all_unknown_test_set(eval_log) -> None:
     assert len(eval_log.warnings()) == 1
 
 
-@pytest.mark.parametrize("fn", [m.auroc, m.fpr_at_tpr])
+@pytest.mark.parametrize("fn", [m.auroc, m.fpr_at_tpr, m.fpr_at_tpr_id])
 def test_detection_metrics_without_unknowns_are_nan(fn, eval_log) -> None:
     assert math.isnan(fn([0.1, 0.2, 0.3], [False, False, False]))
     assert math.isnan(fn([0.1, 0.2, 0.3], [True, True, True]))

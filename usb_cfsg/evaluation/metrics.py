@@ -21,11 +21,14 @@ should map NaN to ``None`` first.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-from typing import Dict, List, Sequence, Tuple, Union
+import warnings
+from typing import Dict, Iterator, List, Sequence, Tuple, Union
 
 import numpy as np
+from sklearn import metrics as skm
 
 from ..errors import UsbCfsgError
 
@@ -38,6 +41,7 @@ METRIC_KEYS: Tuple[str, ...] = (
     "closed_acc",
     "auroc",
     "fpr95",
+    "fpr95_id",
     "open_bacc",
     "unknown_recall",
     "h_score",
@@ -197,63 +201,56 @@ def _warn_undefined(num_seen_samples: int, num_unknown: int, what: str) -> bool:
 
 
 # --------------------------------------------------------------------------- core computations
+#
+# Everything scikit-learn computes is delegated to it (roc_auc_score, roc_curve, confusion_matrix,
+# balanced_accuracy_score, f1_score, accuracy_score); the input checks above and the NaN rules
+# (an undefined metric is NaN with one warning, never an exception from inside scikit-learn)
+# stay here. Otsu's threshold is ours: scikit-learn has none, and scikit-image's bins the scores.
 
 
-def _average_ranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``x`` in ascending order, tied values sharing their average rank."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    new_group = np.empty(xs.size, dtype=bool)
-    new_group[0] = True
-    new_group[1:] = xs[1:] != xs[:-1]
-    starts = np.flatnonzero(new_group)
-    counts = np.diff(np.append(starts, xs.size))
-    group_rank = starts + (counts + 1) / 2.0
-    ranks = np.empty(xs.size, dtype=np.float64)
-    ranks[order] = group_rank[np.cumsum(new_group) - 1]
-    return ranks
+@contextlib.contextmanager
+def _quiet_sklearn() -> Iterator[None]:
+    """Silence scikit-learn's warnings about classes absent from the truth or the prediction.
+
+    The cases they flag are handled by the NaN rules above (and documented per function).
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
 
 
 def _auroc(score: np.ndarray, positive: np.ndarray) -> float:
-    """Mann-Whitney AUROC; both classes must be present."""
-    n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    rank_sum = float(_average_ranks(score)[positive].sum())
-    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
-
-
-def _tpr_threshold(score: np.ndarray, positive: np.ndarray, tpr: float) -> float:
-    """Largest threshold ``t`` such that the fraction of positives with ``score >= t`` is >= tpr."""
-    pos_scores = np.sort(score[positive])[::-1]
-    # The 1e-9 absorbs float error in tpr * n (0.95 * 20 must need 19 positives, not 20).
-    needed = max(1, math.ceil(tpr * pos_scores.size - 1e-9))
-    return float(pos_scores[needed - 1])
-
-
-def _fpr_at_tpr(score: np.ndarray, positive: np.ndarray, tpr: float) -> float:
-    threshold = _tpr_threshold(score, positive, tpr)
-    return float(np.mean(score[~positive] >= threshold))
+    """AUROC (ties count one half); both classes must be present."""
+    return float(skm.roc_auc_score(positive.astype(np.int64), score))
 
 
 def _roc_points(score: np.ndarray, positive: np.ndarray) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(fpr, tpr, thresholds) at every distinct score, led by (0, 0) at +inf; NaN for an empty group."""
+    with _quiet_sklearn():
+        fpr, tpr, thresholds = skm.roc_curve(positive.astype(np.int64), score, pos_label=1, drop_intermediate=False)
+    thresholds = np.asarray(thresholds, dtype=np.float64).copy()
+    thresholds[0] = np.inf  # scikit-learn < 1.3 wrote max(score) + 1 here
     n_pos = int(positive.sum())
-    n_neg = positive.size - n_pos
-    order = np.argsort(-score, kind="mergesort")
-    s = score[order]
-    p = positive[order]
-    last_of_group = np.append(s[1:] != s[:-1], True)
-    tps = np.append(0.0, np.cumsum(p)[last_of_group].astype(np.float64))
-    fps = np.append(0.0, np.cumsum(~p)[last_of_group].astype(np.float64))
-    thresholds = np.append(np.inf, s[last_of_group])
-    tpr = tps / n_pos if n_pos else np.full(tps.shape, np.nan)
-    fpr = fps / n_neg if n_neg else np.full(fps.shape, np.nan)
-    return fpr, tpr, thresholds
+    if n_pos == 0:
+        tpr = np.full(tpr.shape, np.nan)
+    if n_pos == positive.size:
+        fpr = np.full(fpr.shape, np.nan)
+    return fpr.astype(np.float64), tpr.astype(np.float64), thresholds
+
+
+def _fpr_at_tpr(score: np.ndarray, positive: np.ndarray, tpr: float) -> float:
+    """FPR at the first point of the full ROC curve whose TPR reaches ``tpr``."""
+    fpr, tprs, _ = _roc_points(score, positive)
+    n_pos = int(positive.sum())
+    # Compare true-positive counts, not rates: 0.95 * 20 must need 19 positives, not 20 (1e-9 absorbs
+    # the float error in tpr * n).
+    needed = max(1, math.ceil(tpr * n_pos - 1e-9))
+    index = int(np.argmax(np.rint(tprs * n_pos) >= needed))
+    return float(fpr[index])
 
 
 def _confusion(y_open: np.ndarray, open_pred: np.ndarray, num_seen: int) -> np.ndarray:
-    n = num_seen + 1
-    return np.bincount(y_open * n + open_pred, minlength=n * n).reshape(n, n)
+    return skm.confusion_matrix(y_open, open_pred, labels=np.arange(num_seen + 1)).astype(np.int64)
 
 
 def _harmonic(a: float, b: float) -> float:
@@ -264,26 +261,24 @@ def _harmonic(a: float, b: float) -> float:
     return 2.0 * a * b / (a + b)
 
 
-def _metrics_from_confusion(cm: np.ndarray) -> Dict[str, float]:
-    """open_bacc, unknown_recall, seen_acc, h_score and macro_f1 from a (K+1)x(K+1) matrix."""
-    k = cm.shape[0] - 1
-    cm = cm.astype(np.float64)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    diag = np.diag(cm)
-    present = support > 0
-    open_bacc = float(np.mean(diag[present] / support[present]))
-    unknown_recall = float(diag[k] / support[k]) if support[k] > 0 else float("nan")
-    n_seen = support[:k].sum()
-    seen_acc = float(diag[:k].sum() / n_seen) if n_seen > 0 else float("nan")
-    in_union = (support + predicted) > 0
-    f1 = 2.0 * diag[in_union] / (support[in_union] + predicted[in_union])
+def _open_metrics(y_open: np.ndarray, open_pred: np.ndarray, num_seen: int) -> Dict[str, float]:
+    """open_bacc, unknown_recall, seen_acc, h_score and macro_f1 of a (K+1)-way prediction."""
+    k = num_seen
+    unknown = y_open == k
+    seen = ~unknown
+    with _quiet_sklearn():
+        # classes absent from the truth are skipped (their recall is undefined)
+        open_bacc = float(skm.balanced_accuracy_score(y_open, open_pred))
+        # the average runs over the classes in the truth or the prediction; each has 2TP+FP+FN > 0
+        f1 = float(skm.f1_score(y_open, open_pred, average="macro", zero_division=0))
+        recall = float(skm.accuracy_score(y_open[unknown], open_pred[unknown])) if unknown.any() else float("nan")
+        seen_acc = float(skm.accuracy_score(y_open[seen], open_pred[seen])) if seen.any() else float("nan")
     return {
         "open_bacc": open_bacc,
-        "unknown_recall": unknown_recall,
+        "unknown_recall": recall,
         "seen_acc": seen_acc,
-        "h_score": _harmonic(seen_acc, unknown_recall),
-        "macro_f1": float(np.mean(f1)),
+        "h_score": _harmonic(seen_acc, recall),
+        "macro_f1": f1,
     }
 
 
@@ -350,10 +345,9 @@ def closed_set_accuracy(y_open: ArrayLike, closed_pred: ArrayLike, num_seen: int
 def auroc(unknown_score: ArrayLike, is_unknown: ArrayLike) -> float:
     """Area under the ROC curve of detecting unknown samples (unknown = positive).
 
-    Computed exactly as the Mann-Whitney statistic: the probability that a random unknown sample
-    scores higher than a random seen sample, ties counting one half. This equals
-    ``sklearn.metrics.roc_auc_score(is_unknown, unknown_score)`` (trapezoidal area under the ROC
-    curve, where tied scores form one diagonal step). All-tied scores give 0.5.
+    ``sklearn.metrics.roc_auc_score(is_unknown, unknown_score)``: the trapezoidal area under the
+    ROC curve, equal to the probability that a random unknown sample scores higher than a random
+    seen sample, ties counting one half. All-tied scores give 0.5.
 
     Args:
         unknown_score: Score per sample, higher = more likely unknown.
@@ -407,6 +401,41 @@ def fpr_at_tpr(unknown_score: ArrayLike, is_unknown: ArrayLike, tpr: float = 0.9
     if _warn_undefined(positive.size - n_pos, n_pos, f"FPR@{tpr:.0%}TPR"):
         return float("nan")
     return _fpr_at_tpr(score, positive, tpr)
+
+
+def fpr_at_tpr_id(unknown_score: ArrayLike, is_unknown: ArrayLike, tpr: float = 0.95) -> float:
+    """FPR95 with the **in-distribution** (seen-class) samples as the positive class (MCM, GL-MCM).
+
+    The convention of the MCM and GL-MCM papers (and of most CLIP-based OOD detection work): keep
+    the threshold at which a fraction ``tpr`` of the seen-class samples is accepted as
+    in-distribution, and report the fraction of unknown samples that are accepted too. In terms of
+    the unknown score: ``t`` is the **smallest** score such that at least ``tpr`` of the seen
+    samples have ``score <= t``, and the result is the fraction of unknown samples with
+    ``score <= t``. It equals :func:`fpr_at_tpr` of ``-unknown_score`` with the positives
+    swapped; ties at ``t`` count as accepted (the pessimistic choice, as in :func:`fpr_at_tpr`).
+
+    :func:`fpr_at_tpr` (``fpr95``, unknown = positive, OpenOOD's convention) and this function
+    (``fpr95_id``) generally differ; compare a number only with numbers of the same convention.
+
+    Args:
+        unknown_score: Score per sample, higher = more likely unknown.
+        is_unknown: True for unknown (unseen-class) samples.
+        tpr: Required fraction of seen samples accepted, in ``(0, 1]``.
+
+    Returns:
+        FPR in ``[0, 1]``; NaN (with a logged warning) when only one of the two groups is present.
+
+    Raises:
+        MetricInputError: On non-finite scores, a length mismatch or ``tpr`` outside ``(0, 1]``.
+    """
+    tpr = _check_tpr(tpr)
+    score = _scores("unknown_score", unknown_score)
+    positive = _is_unknown(is_unknown)
+    _same_length(unknown_score=score, is_unknown=positive)
+    n_pos = int(positive.sum())
+    if _warn_undefined(positive.size - n_pos, n_pos, f"FPR@{tpr:.0%}TPR (in-distribution positive)"):
+        return float("nan")
+    return _fpr_at_tpr(-score, ~positive, tpr)
 
 
 def roc_curve(unknown_score: ArrayLike, is_unknown: ArrayLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -489,7 +518,11 @@ def confusion_matrix(y_open: ArrayLike, open_pred: ArrayLike, num_seen: int) -> 
 
 
 def _open_inputs(y_open: ArrayLike, open_pred: ArrayLike, num_seen: int) -> Dict[str, float]:
-    return _metrics_from_confusion(confusion_matrix(y_open, open_pred, num_seen))
+    k = _check_num_seen(num_seen)
+    y = _y_open(y_open, k)
+    pred = _open_pred(open_pred, k)
+    _same_length(y_open=y, open_pred=pred)
+    return _open_metrics(y, pred, k)
 
 
 def open_balanced_accuracy(y_open: ArrayLike, open_pred: ArrayLike, num_seen: int) -> float:
@@ -660,7 +693,8 @@ def compute_openset_metrics(
 
     Returns:
         A dict with the keys of :data:`METRIC_KEYS`: ``closed_acc`` (:func:`closed_set_accuracy`),
-        ``auroc``, ``fpr95`` (:func:`fpr_at_tpr` at 0.95), ``open_bacc``, ``unknown_recall``,
+        ``auroc``, ``fpr95`` (:func:`fpr_at_tpr` at 0.95, unknown = positive), ``fpr95_id``
+        (:func:`fpr_at_tpr_id` at 0.95, in-distribution = positive), ``open_bacc``, ``unknown_recall``,
         ``h_score``, ``macro_f1`` (fractions in ``[0, 1]``, Python floats), ``threshold`` (the
         threshold used, a float) and ``num_test_seen``, ``num_test_unseen`` (Python ints).
         Metrics undefined on this test set are NaN; one warning is logged naming them.
@@ -685,14 +719,14 @@ def compute_openset_metrics(
     n_seen = y.size - n_unseen
     seen = ~unknown
     open_pred = np.where(score >= t, k, pred)
-    derived = _metrics_from_confusion(_confusion(y, open_pred, k))
+    derived = _open_metrics(y, open_pred, k)
 
     nan = float("nan")
     undefined: List[str] = []
     if n_seen == 0:
         undefined.append("closed_acc")
     if n_seen == 0 or n_unseen == 0:
-        undefined += ["auroc", "fpr95"]
+        undefined += ["auroc", "fpr95", "fpr95_id"]
     if n_unseen == 0:
         undefined.append("unknown_recall")
     if n_seen == 0 or n_unseen == 0:
@@ -705,6 +739,7 @@ def compute_openset_metrics(
         "closed_acc": float(np.mean(pred[seen] == y[seen])) if n_seen else nan,
         "auroc": float(_auroc(score, unknown)) if both else nan,
         "fpr95": _fpr_at_tpr(score, unknown, 0.95) if both else nan,
+        "fpr95_id": _fpr_at_tpr(-score, seen, 0.95) if both else nan,
         "open_bacc": derived["open_bacc"],
         "unknown_recall": derived["unknown_recall"],
         "h_score": derived["h_score"],
@@ -723,6 +758,7 @@ __all__ = [
     "compute_openset_metrics",
     "confusion_matrix",
     "fpr_at_tpr",
+    "fpr_at_tpr_id",
     "h_score",
     "macro_f1",
     "open_balanced_accuracy",
