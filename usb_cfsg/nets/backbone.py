@@ -93,26 +93,78 @@ class ClipBackbone(nn.Module):
         """``ln_post`` then ``proj``: tokens [B, T, W] -> joint space [B, T, D]."""
         return self.visual.ln_post(tokens) @ self.visual.proj
 
-    def value_features(self, last_input: torch.Tensor) -> torch.Tensor:
-        """Dense features through the last block's value path (MaskCLIP / ClearCLIP).
+    def check_value_path(self) -> None:
+        """Fail loudly unless the last block has the structure :meth:`value_features` relies on.
 
-        The last block's query-key attention is skipped: each token's value vector goes through
-        the attention output projection, then ``ln_post`` and ``proj``. Such patch features align
-        with text far better than the final patch tokens of a pretrained CLIP.
+        Required (open_clip's ``ResidualAttentionBlock``): ``ln_1``; ``attn`` an
+        ``nn.MultiheadAttention`` with one packed ``in_proj_weight`` (query, key, value rows, in that
+        order) and an ``out_proj``; ``ls_1`` either ``nn.Identity`` or a LayerScale with a ``gamma``
+        of shape [W]. Other blocks (e.g. open_clip's ``CustomResidualAttentionBlock`` with its own
+        attention, q/k normalisation or scaled cosine attention) raise :class:`ConfigError` instead
+        of producing wrong dense features.
+
+        Raises:
+            ConfigError: The block structure differs, naming what was found.
+        """
+        block = self.tuned_blocks[-1]
+        name = type(block).__name__
+        attn = getattr(block, "attn", None)
+        problems = []
+        if not isinstance(getattr(block, "ln_1", None), nn.Module):
+            problems.append("no ln_1 before the attention")
+        if not isinstance(attn, nn.MultiheadAttention):
+            problems.append(f"attn is {type(attn).__name__}, not nn.MultiheadAttention")
+        elif attn.in_proj_weight is None or tuple(attn.in_proj_weight.shape) != (3 * self.width, self.width):
+            problems.append("attn has no packed in_proj_weight [3W, W] (separate q/k/v projections)")
+        ls_1 = getattr(block, "ls_1", nn.Identity())
+        gamma = getattr(ls_1, "gamma", None)
+        if not isinstance(ls_1, nn.Identity) and not (isinstance(gamma, torch.Tensor)
+                                                       and tuple(gamma.shape) == (self.width,)):
+            problems.append(f"ls_1 is {type(ls_1).__name__}, neither nn.Identity nor a LayerScale with gamma [W]")
+        if problems:
+            raise ConfigError(
+                f"the last visual block ({name}) does not have the structure of open_clip's ResidualAttentionBlock "
+                f"that value-path dense features (sfm_dense: value, the glmcm score) rely on: {'; '.join(problems)}. "
+                "Use a CLIP ViT built from open_clip's standard blocks (ViT-B-16, ViT-B-32, ViT-L-14, ...)")
+
+    def value_features(self, last_input: torch.Tensor) -> torch.Tensor:
+        """Dense features of all tokens through the last block's value path (MaskCLIP / ClearCLIP).
+
+        The last block's query-key attention, its residual connection and its MLP are skipped:
+        each token's value vector ``W_v ln_1(x) + b_v`` goes through the attention output
+        projection and the block's LayerScale ``ls_1`` (identity in OpenAI CLIP), then ``ln_post``
+        and ``proj``. Such patch features align with text far better than the final patch tokens of
+        a pretrained CLIP. The block structure is checked first (:meth:`check_value_path`).
 
         Args:
-            last_input: The last block's input tokens [B, T, W].
+            last_input: The last block's input tokens [B, T, W] (class token first).
 
         Returns:
-            Tensor [B, T, D].
+            Tensor [B, T, D] in the joint space, not normalised.
         """
+        self.check_value_path()
         block = self.tuned_blocks[-1]
         attn = block.attn
         x = block.ln_1(last_input)
         w_v = attn.in_proj_weight[2 * self.width:]
         b_v = attn.in_proj_bias[2 * self.width:] if attn.in_proj_bias is not None else None
-        v = attn.out_proj(F.linear(x, w_v, b_v))
+        v = block.ls_1(attn.out_proj(F.linear(x, w_v, b_v)))
         return self.project(v)
+
+    def dense_features(self, last_input: torch.Tensor) -> torch.Tensor:
+        """Value-path patch features [B, N, D] (joint space, not normalised); contract C2.
+
+        :meth:`value_features` without the class token: the local features of GL-MCM (Miyai et al.)
+        and of the SFM's patch-text affinity (``sfm_dense: value``).
+
+        Args:
+            last_input: The last block's input tokens [B, 1 + N, W], e.g. the second output of
+                ``tuned(trunk(images), return_last_input=True)``.
+
+        Returns:
+            Tensor [B, N, D].
+        """
+        return self.value_features(last_input)[:, 1:]
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Global feature [B, D] and patch features [B, N, D] in the joint space."""
