@@ -33,7 +33,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["usb_cfsg", "usb_cfsg.*"]),
-    package_data={"usb_cfsg": ["nets/model_configs/*.json"]},
+    package_data={"usb_cfsg": ["nets/model_configs/*.json", "datasets/ssb_splits.json"]},
     install_requires=REQUIRES,
     extras_require={
         # offline sentence encoder for class-name embeddings (text_encoder: minilm)

@@ -91,7 +91,9 @@ class BaseConfig:
     include_lb_to_ulb: bool = _help("Also use labeled images as unlabeled (USB).", True)
     img_size: int = _help("Input size in pixels.", 224)
     crop_ratio: float = _help("Resize to img_size/crop_ratio before cropping.", 0.875)
-    class_split: Literal["first", "random"] = _help("Seen classes: the first K in the dataset's order, or seeded random.", "first")
+    class_split: Literal["first", "random", "ssb"] = _help(
+        "Seen classes: the first K in the dataset's order, seeded random, or ssb (the Semantic Shift Benchmark's "
+        "known classes; cub200, fgvc_aircraft, stanford_cars).", "first")
     split_seed: int = _help("Seed of the class split and the labeled/unlabeled split.", 0)
     seen_classes: Optional[List[Any]] = _help_list("Explicit seen classes (names or indices); overrides class_split.")
     ulb_unseen_ratio: Optional[float] = _help("Cap unseen-class images to this fraction of the unlabeled set.", None)

@@ -18,6 +18,8 @@ from .transforms import build_transforms
 logger = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.json"
+#: Key in the dataset dict of the unlabeled training images with the evaluation transform.
+CALIBRATION_SET = "train_ulb_eval"
 
 
 @dataclass
@@ -32,6 +34,10 @@ class OpenSetInfo:
         prompt_templates: Text prompt templates with one ``{}``.
         num_seen: ``K``.
         split: The split itself.
+        test_difficulty: With ``class_split: ssb``, per open-set test image (``test_open`` order) the
+            Semantic Shift Benchmark difficulty of its class ("Easy", "Medium", "Hard"; ``""`` for
+            a seen-class image); None otherwise.
+        unseen_difficulty: With ``class_split: ssb``, unseen class name -> difficulty; None otherwise.
     """
 
     dataset: str
@@ -40,6 +46,8 @@ class OpenSetInfo:
     prompt_templates: tuple[str, ...]
     num_seen: int
     split: OpenSetSplit
+    test_difficulty: Optional[list[str]] = None
+    unseen_difficulty: Optional[dict[str, str]] = None
 
     @property
     def class_names(self) -> list[str]:
@@ -107,6 +115,7 @@ def write_split_json(path: Path, source: SourceData, info: OpenSetInfo, data_dir
         "unseen_class_names": info.unseen_class_names,
         "config": config,
         "split": split.to_dict(),
+        "ssb_difficulty": info.unseen_difficulty,
         "sizes": {
             "train_lb": int(len(split.lb_indices)),
             "train_ulb": int(len(split.ulb_indices)),
@@ -145,8 +154,10 @@ def build_openset_datasets(
 
     Returns:
         ``(datasets, info)``: ``datasets`` has ``'train_lb'``, ``'train_ulb'``, ``'eval'``
-        (seen-class test images, labels ``0..K-1``), ``'test'`` (``None``) and ``'test_open'``
-        (all test images, unseen classes labelled ``K``).
+        (seen-class test images, labels ``0..K-1``), ``'test'`` (``None``), ``'test_open'``
+        (all test images, unseen classes labelled ``K``) and :data:`CALIBRATION_SET`
+        (``'train_ulb_eval'``: the unlabeled training images with the evaluation transform, for the
+        evaluator's calibration on training data).
 
     Raises:
         DatasetError: On a missing or malformed dataset or an impossible split.
@@ -171,20 +182,43 @@ def build_openset_datasets(
         "skip_bad_images": bool(getattr(args, "skip_bad_images", False)),
         "class_names": _as_list(getattr(args, "class_names", None), "class_names"),
     }
+    ssb = config["class_split"] == "ssb"
+    if ssb and config["seen_classes"] is not None:
+        raise DatasetError("class_split: ssb fixes the seen classes, but seen_classes is given too; drop one of them")
+    if ssb:  # fail before reading any data
+        from .ssb import SSB_DATASETS
+
+        if config["dataset"] not in SSB_DATASETS:
+            raise DatasetError(f"class_split: ssb exists for {sorted(SSB_DATASETS)} only, not {config['dataset']!r}; "
+                               f"use class_split: first or random, or list seen_classes")
+        if config["num_classes"] != SSB_DATASETS[config["dataset"]][1]:
+            known = SSB_DATASETS[config["dataset"]][1]
+            raise DatasetError(f"class_split: ssb on {config['dataset']} fixes {known} known classes, but num_classes = "
+                               f"{config['num_classes']}; set num_classes: {known} (and num_labels a multiple of {known})")
     source = read_source(
         config["dataset"],
         config["data_dir"],
         download=config["download"],
         skip_bad_images=config["skip_bad_images"],
-        class_names=config["class_names"],
+        # with ssb the benchmark's indices are resolved on the dataset's own names; display names come after
+        class_names=None if ssb else config["class_names"],
     )
+    seen_classes = config["seen_classes"]
+    ssb_split = None
+    if ssb:
+        from .common import apply_class_names
+        from .ssb import ssb_classes
+
+        ssb_split = ssb_classes(source.name, config["num_classes"], source.class_names, source.train_targets)
+        seen_classes = ssb_split.seen_classes
+        source.class_names = apply_class_names(source.name, source.class_names, config["class_names"])
     split = make_openset_split(
         source,
         num_seen=config["num_classes"],
         num_labels=config["num_labels"],
         class_split=config["class_split"],
         split_seed=config["split_seed"],
-        seen_classes=config["seen_classes"],
+        seen_classes=seen_classes,
         ulb_unseen_ratio=config["ulb_unseen_ratio"],
         include_lb_to_ulb=config["include_lb_to_ulb"],
         seed=config["seed"],
@@ -205,10 +239,14 @@ def build_openset_datasets(
     te_items, te_t = subset(split.test_indices, False)
     datasets = {
         "train_lb": OpenSetDataset(alg, lb_items, split.relabel(lb_t), k, weak, is_ulb=False, strong_transform=strong),
-        "train_ulb": OpenSetDataset(alg, ulb_items, split.relabel(ulb_t), k, weak, is_ulb=True, strong_transform=strong),
+        "train_ulb": OpenSetDataset(alg, ulb_items, split.relabel(ulb_t), k, weak, is_ulb=True, strong_transform=strong,
+                                    second_weak_view=getattr(args, "ova_views", None) == "weak_weak"),
         "eval": OpenSetDataset(alg, ev_items, split.relabel(ev_t), k, evaluate),
         "test": None,
         "test_open": OpenSetDataset(alg, te_items, split.open_label(te_t), k + 1, evaluate),
+        # the unlabeled images with the evaluation transform: where the evaluator fits its score
+        # ranges and thresholds (training data only; its labels are never read)
+        CALIBRATION_SET: OpenSetDataset(alg, ulb_items, split.open_label(ulb_t), k + 1, evaluate),
     }
     info = OpenSetInfo(
         dataset=source.name,
@@ -218,6 +256,11 @@ def build_openset_datasets(
         num_seen=k,
         split=split,
     )
+    if ssb_split is not None:
+        from .ssb import difficulty_of_images
+
+        info.test_difficulty = difficulty_of_images(te_t, ssb_split.difficulty)
+        info.unseen_difficulty = {source.class_names[c]: ssb_split.difficulty[c] for c in split.unseen_classes}
     n_unseen_ulb = int((split.relabel(ulb_t) >= k).sum())
     logger.info(
         "%s: %d seen / %d unseen classes; labeled %d, unlabeled %d (%d of unseen classes), eval %d, open-set test %d",

@@ -4,8 +4,10 @@ Given a :class:`~usb_cfsg.datasets.base.SourceData` with ``C`` classes:
 
 * **Seen classes** (``K = num_seen``): the first ``K`` in the dataset's class order
   (``class_split="first"``), ``K`` drawn with ``numpy.random.default_rng(split_seed)``
-  (``"random"``, then kept in the dataset's class order), or exactly ``seen_classes`` (names or
-  indices, in the order given). Seen classes are relabelled ``0..K-1`` in that order; the other
+  (``"random"``, then kept in the dataset's class order), the Semantic Shift Benchmark's known
+  classes (``"ssb"``, CUB-200-2011, FGVC-Aircraft and Stanford Cars only; the caller resolves
+  them with :func:`usb_cfsg.datasets.ssb.ssb_classes` and passes them as ``seen_classes``), or
+  exactly ``seen_classes`` (names or indices, in the order given). Seen classes are relabelled ``0..K-1`` in that order; the other
   classes, in the dataset's order, become ``K..C-1``.
 * **Labeled set**: ``num_labels / K`` training images of every seen class.
 * **Unlabeled set**: every training image (``include_lb_to_ulb=True``, USB's default) or every
@@ -184,6 +186,10 @@ def _choose_seen(
             f"num_classes (seen classes) = {num_seen}, but {source.name} has {num_classes} classes; "
             f"use 1..{num_classes} (usually fewer than {num_classes}, so that some classes stay unseen)"
         )
+    if class_split == "ssb" and seen_classes is None:
+        raise DatasetError("class_split 'ssb' needs the benchmark's known classes: resolve them with "
+                           "usb_cfsg.datasets.ssb.ssb_classes(...) and pass them as seen_classes (build_openset_datasets "
+                           "does this)")
     if seen_classes is not None:
         if isinstance(seen_classes, (str, bytes)) or not isinstance(seen_classes, Sequence):
             raise DatasetError(f"seen_classes must be a list of class names or indices, got {seen_classes!r}")
@@ -199,7 +205,7 @@ def _choose_seen(
     if class_split == "random":
         rng = np.random.default_rng(split_seed)
         return sorted(int(c) for c in rng.choice(num_classes, size=num_seen, replace=False))
-    raise DatasetError(f"class_split must be 'first' or 'random', got {class_split!r}")
+    raise DatasetError(f"class_split must be 'first', 'random' or 'ssb', got {class_split!r}")
 
 
 def _order_key(items: Sequence[Any]) -> np.ndarray:
@@ -234,7 +240,8 @@ def make_openset_split(
         source: The dataset.
         num_seen: ``K``, the number of seen classes.
         num_labels: Total labeled images; must be a multiple of ``K``.
-        class_split: ``"first"`` or ``"random"`` (ignored when ``seen_classes`` is given).
+        class_split: ``"first"``, ``"random"`` (both ignored when ``seen_classes`` is given) or
+            ``"ssb"`` (recorded; ``seen_classes`` must then hold the benchmark's known classes).
         split_seed: Seed of the random class split.
         seen_classes: Names or indices of the seen classes, in label order (``K`` of them).
         ulb_unseen_ratio: Upper bound on the fraction of unseen-class images in the unlabeled
