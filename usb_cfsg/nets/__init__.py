@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from ..errors import RegistryError
 from .backbone import ClipBackbone, unwrap
-from .clip import BUILDERS, CLIP_ARCHS, NET_HEADS, OPENAI_MEAN, OPENAI_STD, ClipNet, build_clip_net
+from .clip import BUILDERS, CLIP_ARCHS, GENERIC_NET, NET_HEADS, OPENAI_MEAN, OPENAI_STD, ClipNet, build_clip_net
 from .cfsg import CFSGNet
 
-__all__ = ["BUILDERS", "CFSGNet", "CLIP_ARCHS", "NET_HEADS", "ClipBackbone", "ClipNet", "build_clip_net", "unwrap",
+__all__ = ["BUILDERS", "CFSGNet", "CLIP_ARCHS", "GENERIC_NET", "NET_HEADS", "ClipBackbone", "ClipNet", "build_clip_net", "unwrap",
            "OPENAI_MEAN", "OPENAI_STD", "register_nets"]
 
 
