@@ -239,8 +239,7 @@ def build_openset_datasets(
     te_items, te_t = subset(split.test_indices, False)
     datasets = {
         "train_lb": OpenSetDataset(alg, lb_items, split.relabel(lb_t), k, weak, is_ulb=False, strong_transform=strong),
-        "train_ulb": OpenSetDataset(alg, ulb_items, split.relabel(ulb_t), k, weak, is_ulb=True, strong_transform=strong,
-                                    second_weak_view=getattr(args, "ova_views", None) == "weak_weak"),
+        "train_ulb": OpenSetDataset(alg, ulb_items, split.relabel(ulb_t), k, weak, is_ulb=True, strong_transform=strong),
         "eval": OpenSetDataset(alg, ev_items, split.relabel(ev_t), k, evaluate),
         "test": None,
         "test_open": OpenSetDataset(alg, te_items, split.open_label(te_t), k + 1, evaluate),

@@ -4,7 +4,6 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import numpy as np
-from PIL import Image
 from semilearn.datasets.cv_datasets.datasetbase import BasicDataset
 
 from .images import load_rgb
@@ -38,9 +37,7 @@ class OpenSetDataset(BasicDataset):
     'y_lb'}`` labeled; ``{'idx_ulb', 'x_ulb_w', 'x_ulb_s'}`` unlabeled for FixMatch-style
     algorithms). Unlabeled items additionally carry ``'y_ulb'``: the true relabelled class
     (``>= num_classes`` means an unseen class), for diagnostics only; USB's ``process_batch``
-    drops it unless an algorithm's ``train_step`` asks for it. With ``second_weak_view``,
-    unlabeled items also carry ``'x_ulb_w_2'``, a second, independent weak augmentation of the
-    same image (OpenMatch's two weak views for its open-set losses).
+    drops it unless an algorithm's ``train_step`` asks for it.
 
     Args:
         alg: Algorithm name (decides which views are returned, as in USB).
@@ -50,8 +47,6 @@ class OpenSetDataset(BasicDataset):
         transform: Weak (or eval) transform.
         is_ulb: Whether this is the unlabeled set.
         strong_transform: Strong transform (required for unlabeled sets of most algorithms).
-        second_weak_view: Unlabeled items are ``{'idx_ulb', 'x_ulb_w', 'x_ulb_w_2', 'x_ulb_s',
-            'y_ulb'}`` whatever ``alg`` (for algorithms whose ``train_step`` takes ``x_ulb_w_2``).
     """
 
     def __init__(
@@ -63,7 +58,6 @@ class OpenSetDataset(BasicDataset):
         transform: Any,
         is_ulb: bool = False,
         strong_transform: Optional[Any] = None,
-        second_weak_view: bool = False,
     ) -> None:
         data = as_storage(items)
         labels = np.asarray(targets, dtype=np.int64)
@@ -79,7 +73,6 @@ class OpenSetDataset(BasicDataset):
             strong_transform=strong_transform,
             onehot=False,
         )
-        self.second_weak_view = bool(second_weak_view)
 
     def __sample__(self, idx: int) -> tuple[Any, int]:
         """Decode item ``idx`` to RGB (errors name the file) and return it with its label."""
@@ -92,22 +85,10 @@ class OpenSetDataset(BasicDataset):
     def __getitem__(self, idx: int) -> dict[str, Any]:
         if self.second_weak_view and self.transform is not None:
             return self._with_second_weak_view(idx)
-        if self.is_ulb and self.second_weak_view:
-            return self._two_weak_views(idx)
         out = super().__getitem__(idx)
         if self.is_ulb and "idx_ulb" in out:
             out["y_ulb"] = int(self.targets[idx])
         return out
-
-    def _two_weak_views(self, idx: int) -> dict[str, Any]:
-        """USB's FixMatch-style unlabeled item plus ``'x_ulb_w_2'``, the image decoded once."""
-        if self.transform is None or self.strong_transform is None:
-            raise ValueError("second_weak_view needs both a weak and a strong transform")
-        img, target = self.__sample__(idx)
-        if isinstance(img, np.ndarray):
-            img = Image.fromarray(img)
-        return {"idx_ulb": idx, "x_ulb_w": self.transform(img), "x_ulb_w_2": self.transform(img),
-                "x_ulb_s": self.strong_transform(img), "y_ulb": int(target)}
 
     def _with_second_weak_view(self, idx: int) -> dict[str, Any]:
         img, target = self.__sample__(idx)
