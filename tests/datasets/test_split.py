@@ -127,7 +127,7 @@ def test_ulb_unseen_ratio_above_the_natural_ratio_drops_nothing() -> None:
                                           r"fewer than the 11 labels per class"),
         (dict(num_seen=9, num_labels=9), r"num_classes \(seen classes\) = 9, but toy has 8 classes"),
         (dict(num_seen=0, num_labels=9), r"num_classes \(seen classes\) = 0"),
-        (dict(num_seen=2, num_labels=2, class_split="last"), r"class_split must be 'first' or 'random', got 'last'"),
+        (dict(num_seen=2, num_labels=2, class_split="last"), r"class_split must be 'first', 'random' or 'ssb', got 'last'"),
         (dict(num_seen=2, num_labels=2, ulb_unseen_ratio=1.0), r"ulb_unseen_ratio must be in \[0, 1\)"),
         (dict(num_seen=2, num_labels=2, seen_classes=["Laysan Albatros", 0]),
          r"unknown class 'Laysan Albatros', did you mean 'Laysan Albatross'"),
@@ -171,3 +171,111 @@ def test_json_round_trip() -> None:
     for field in ("lb_indices", "ulb_indices", "eval_indices", "test_indices", "class_to_label"):
         assert getattr(back, field).tolist() == getattr(split, field).tolist()
     assert back.seen_classes == split.seen_classes and back.unseen_classes == split.unseen_classes
+
+
+# ------------------------------------------------------------------ the Semantic Shift Benchmark split
+
+
+def _ssb_entry(dataset: str) -> dict:
+    from usb_cfsg.datasets.ssb import SSB_FILE
+
+    return json.loads(SSB_FILE.read_text(encoding="utf-8"))["datasets"][dataset]
+
+
+def _expected_names_by_ssb_index(dataset: str, base) -> list[str]:
+    """SSB index -> class name, read from the publisher's files the way the benchmark's code numbers them."""
+    from usb_cfsg.datasets.cub200 import pretty_class_name
+
+    if dataset == "cub200":  # class id in image_class_labels.txt minus 1 = classes.txt order
+        lines = (base / "classes.txt").read_text().split("\n")
+        by_id = {int(line.split()[0]): line.split(maxsplit=1)[1] for line in lines if line.strip()}
+        return [pretty_class_name(by_id[i + 1]) for i in range(len(by_id))]
+    if dataset == "stanford_cars":  # class id of the annotations minus 1 = cars_meta.mat order
+        import scipy.io
+
+        meta = scipy.io.loadmat(str(base / "devkit" / "cars_meta.mat"))["class_names"]
+        return [str(np.asarray(n).reshape(-1)[0]).strip() for n in meta.reshape(-1)]
+    # fgvc_aircraft: numpy.unique of the variant names of images_variant_trainval.txt
+    lines = (base / "images_variant_trainval.txt").read_text().split("\n")
+    return [str(n) for n in np.unique([line.split(" ", 1)[1] for line in lines if line.strip()])]
+
+
+@pytest.mark.parametrize("dataset,total,known", [("cub200", 200, 100), ("stanford_cars", 196, 98),
+                                                 ("fgvc_aircraft", 100, 50)])
+def test_ssb_index_convention_on_replicas_with_every_class(tmp_path, dataset: str, total: int, known: int) -> None:
+    from tests.datasets import replicas
+    from usb_cfsg.datasets import read_source
+    from usb_cfsg.datasets.ssb import ssb_classes
+
+    writer = {"cub200": replicas.write_cub_replica, "stanford_cars": replicas.write_cars_replica,
+              "fgvc_aircraft": replicas.write_aircraft_replica}[dataset]
+    base = writer(tmp_path / "data", num_classes=total, per_class_train=1, per_class_test=1, image_size=8,
+                  quirks=False, shuffle_seed=3)
+    source = read_source(dataset, str(base))
+    names_by_index = _expected_names_by_ssb_index(dataset, base)
+    entry = _ssb_entry(dataset)
+    ssb = ssb_classes(dataset, known, source.class_names, source.train_targets)
+    assert [source.class_names[c] for c in ssb.seen_classes] == [names_by_index[i] for i in entry["known_classes"]]
+    for group, indices in entry["unknown_classes"].items():
+        got = sorted(source.class_names[c] for c, g in ssb.difficulty.items() if g == group)
+        assert got == sorted(names_by_index[i] for i in indices), group
+    if dataset == "fgvc_aircraft":  # the replica's variants.txt is not sorted: the names decide, not positions
+        assert source.class_names != sorted(source.class_names)
+        assert ssb.seen_classes != entry["known_classes"]
+
+    split = make_openset_split(source, num_seen=known, num_labels=known, class_split="ssb",
+                               seen_classes=ssb.seen_classes)
+    assert split.seen_classes == ssb.seen_classes and split.params["class_split"] == "ssb"
+    assert set(split.unseen_classes) == set(ssb.difficulty)
+
+
+def test_ssb_through_build_carries_difficulty_per_test_image(tmp_path) -> None:
+    from tests.datasets import replicas
+    from tests.datasets.conftest import make_args
+    from usb_cfsg.datasets import build_openset_datasets
+
+    base = replicas.write_aircraft_replica(tmp_path / "data", num_classes=100, per_class_train=1, per_class_test=2,
+                                           image_size=8, quirks=False)
+    display = [f"plane {i}" for i in range(100)]
+    args = make_args(dataset="fgvc_aircraft", data_dir=str(base), num_classes=50, num_labels=50, class_split="ssb",
+                     class_names=display)
+    dsets, info = build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.25,) * 3, str(tmp_path / "run"))
+    names_by_index = _expected_names_by_ssb_index("fgvc_aircraft", base)
+    variants = (base / "variants.txt").read_text().split("\n")
+    entry = _ssb_entry("fgvc_aircraft")
+    # display names replace the variant names after the benchmark's classes were resolved on the variant names
+    assert info.seen_class_names == [display[variants.index(names_by_index[i])] for i in entry["known_classes"]]
+    y = np.asarray(dsets["test_open"].targets)
+    assert len(info.test_difficulty) == len(y) == 200
+    assert all((d == "") == (t < 50) for d, t in zip(info.test_difficulty, y))
+    counts = {g: info.test_difficulty.count(g) for g in ("Easy", "Medium", "Hard")}
+    assert counts == {g: 2 * len(entry["unknown_classes"][g]) for g in counts}
+    assert info.unseen_difficulty[display[variants.index(names_by_index[entry["unknown_classes"]["Hard"][0]])]] == "Hard"
+    assert len(dsets["train_ulb_eval"]) == len(dsets["train_ulb"])
+    record = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert record["config"]["class_split"] == "ssb" and len(record["ssb_difficulty"]) == 50
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"num_classes": 40, "num_labels": 40}, "fixes 50 known classes, but num_classes = 40; set num_classes: 50"),
+    ({"dataset": "flowers102"}, "ssb exists for"),
+    ({"seen_classes": [0, 1]}, "seen_classes is given too"),
+])
+def test_ssb_errors_name_the_fix(overrides: dict, message: str) -> None:
+    from tests.datasets.conftest import make_args
+    from usb_cfsg.datasets import build_openset_datasets
+
+    values = dict(dataset="fgvc_aircraft", data_dir="/nonexistent", num_classes=50, num_labels=50, class_split="ssb")
+    args = make_args(**{**values, **overrides})
+    with pytest.raises(DatasetError, match=message):  # before any data is read
+        build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.25,) * 3, None)
+    with pytest.raises(DatasetError, match="needs the benchmark's known classes"):
+        make_openset_split(make_source(), num_seen=2, num_labels=2, class_split="ssb")
+
+
+def test_ssb_file_keeps_its_provenance() -> None:
+    from usb_cfsg.datasets.ssb import SSB_FILE, load_ssb_file
+
+    data = load_ssb_file()
+    assert "sgvaze/osr_closed_set_all_you_need" in data["source"] and "index_convention" in data
+    assert SSB_FILE.parent.name == "datasets" and set(data["datasets"]) == {"cub200", "fgvc_aircraft", "stanford_cars"}
