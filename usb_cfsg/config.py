@@ -11,7 +11,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
@@ -41,15 +43,23 @@ class BaseConfig:
 
     # --- saving & loading (USB names) ---
     save_dir: str = _help("Parent folder of run folders.", "./saved_models")
-    save_name: str = _help("Run folder name: the run lives in <save_dir>/<save_name>/.", "fixmatch")
-    resume: bool = _help("Resume from load_path (model, EMA, optimizer, scheduler, iteration, RNG).", False)
-    load_path: Optional[str] = _help("Checkpoint to resume from or evaluate.", None)
-    overwrite: bool = _help("Replace an existing run folder (otherwise an existing folder is an error).", False)
+    save_name: Optional[str] = _help(
+        "Run folder name: the run lives in <save_dir>/<save_name>/ (default: USB's naming "
+        "<algorithm>_<dataset>_<num_labels>_<seed>).", None)
+    resume: bool = _help("Resume from load_path (model, EMA, optimizer, scheduler, iteration, RNG); every key that "
+                         "shapes training must equal the checkpoint's.", False)
+    resume_extend: bool = _help("On resume, accept a changed num_train_iter (and epoch): the lr schedule is recomputed "
+                                "for the new length, with a logged notice of what changes.", False)
+    load_path: Optional[str] = _help("Checkpoint to resume from or evaluate (resume default: "
+                                     "<save_dir>/<save_name>/latest_model.pth).", None)
+    overwrite: bool = _help("Replace an existing finished run folder (otherwise an existing folder is an error); the "
+                            "old folder is deleted only once the new run has started.", False)
     use_tensorboard: bool = _help("Write TensorBoard events to the run folder.", True)
     use_wandb: bool = _help("Log to Weights & Biases (USB's WANDBHook).", False)
     use_aim: bool = _help("Log to Aim (USB's AimHook).", False)
     # --- training schedule (USB names) ---
-    epoch: int = _help("Number of epochs; num_train_iter must be divisible by it.", 1)
+    epoch: int = _help("Number of epochs; num_train_iter must be divisible by it (num_train_iter given alone on the "
+                       "command line adjusts it, with a notice).", 1)
     num_train_iter: int = _help("Total training iterations.", 20)
     num_warmup_iter: int = _help("Linear warm-up iterations of the cosine schedule.", 0)
     num_eval_iter: int = _help("Evaluate (and checkpoint) every this many iterations.", 10)
@@ -67,6 +77,8 @@ class BaseConfig:
     weight_decay: float = _help("Weight decay.", 5e-4)
     layer_decay: float = _help("Layer-wise lr decay (1.0 = none); uses the net's group_matcher.", 1.0)
     clip_grad: float = _help("Clip gradient norm to this value (0 = off).", 0.0)
+    max_bad_steps: int = _help("A step whose loss is not finite is skipped with a warning; this many in a row stop "
+                               "the run with an error (the last checkpoint is kept).", 5)
     # --- network ---
     net: str = _help("Network name (ours: clip_vit_b16, clip_vit_b32, clip_vit_l14, clip_tiny; or any semilearn net).", "clip_vit_b16")
     net_from_name: bool = _help("Take `net` from torchvision.models (USB).", False)
@@ -321,6 +333,24 @@ def build_config(
 ) -> argparse.Namespace:
     """Resolve a run's configuration: defaults < YAML < command line < ``overrides``.
 
+    Everything that can be checked without reading data or building a model is checked here, in one
+    error listing every problem: types and choices, ranges (``lr > 0``, ``sfm_keep_ratio`` in
+    (0, 1], ...), combinations (``num_labels`` a multiple of ``num_classes``, ``rank < world_size``) and the algorithm's own rules (its ``validate_config`` classmethod, see
+    :func:`validate_values`).
+
+    Derived values (documented decisions):
+
+    * ``save_name`` not given: USB's naming ``<algorithm>_<dataset>_<num_labels>_<seed>``, so two
+      algorithms on the same data never share a run folder.
+    * ``--algorithm`` on the command line replacing the config file's algorithm: the file's
+      ``save_name`` and ``load_path`` name the file algorithm's run, so they are replaced by the
+      default naming (with a notice) unless given on the command line too.
+    * ``resume: true`` without ``load_path``: ``<save_dir>/<save_name>/latest_model.pth``.
+    * ``num_train_iter`` given on the command line (or in ``overrides``) without ``epoch``, and not
+      divisible by the file's/default ``epoch``: ``epoch`` becomes the largest divisor of
+      ``num_train_iter`` not above it, with a notice (USB users override ``num_train_iter`` for quick
+      tries all the time). Both given explicitly and not divisible is an error.
+
     Args:
         argv: Command-line tokens (``--c FILE`` and ``--key value`` pairs).
         config_file: A YAML file, when not given as ``--c`` in ``argv``.
@@ -331,7 +361,7 @@ def build_config(
         The resolved configuration as a Namespace (what USB algorithms read).
 
     Raises:
-        ConfigError: unknown key, wrong type, missing config file.
+        ConfigError: unknown key, wrong type, value out of range, missing config file.
     """
     cli = parse_cli_pairs(argv)
     config_file = cli.pop("c", config_file)
@@ -339,11 +369,13 @@ def build_config(
     overrides = dict(overrides or {})
 
     algorithm = overrides.get("algorithm", cli.get("algorithm", file_values.get("algorithm", BaseConfig.algorithm)))
+    algorithm_cls = _algorithm_class(str(algorithm))
     specs = base_specs()
-    specs.update(algorithm_specs(_algorithm_class(str(algorithm))))
+    specs.update(algorithm_specs(algorithm_cls))
     specs.update(extra_specs or {})
 
-    file_values = _drop_other_algorithm_keys(file_values, str(algorithm), specs, config_file)
+    explicit = set(cli) | set(overrides)
+    file_values = _drop_other_algorithm_keys(file_values, str(algorithm), specs, config_file, explicit)
     values = {name: spec.default for name, spec in specs.items()}
     for source, given in ((f"config file {config_file}", file_values), ("the command line", cli),
                           ("overrides", overrides)):
@@ -355,19 +387,53 @@ def build_config(
         for key, val in given.items():
             values[key] = coerce(specs[key], val, source)
 
-    _check_relations(values)
+    _derive(values, explicit)
     ns = argparse.Namespace(**values)
+    problems = validate_values(ns, algorithm_cls)
+    if problems:
+        where = f" (config file {config_file})" if config_file else ""
+        raise ConfigError(f"invalid configuration{where}: " + "; ".join(problems))
     ns.c = config_file
     return ns
 
 
+def default_save_name(values: Any) -> str:
+    """USB's run naming: ``<algorithm>_<dataset>_<num_labels>_<seed>``."""
+    get = values.get if isinstance(values, dict) else lambda k: getattr(values, k)
+    return f"{get('algorithm')}_{get('dataset')}_{get('num_labels')}_{get('seed')}"
+
+
+def _derive(values: Dict[str, Any], explicit: set) -> None:
+    """Fill the derived values described in :func:`build_config` (in place)."""
+    if values.get("use_pretrain") is False:
+        values["pretrained"] = None
+    if not values.get("save_name"):
+        values["save_name"] = default_save_name(values)
+    if values.get("resume") and not values.get("load_path"):
+        values["load_path"] = os.path.join(values["save_dir"], values["save_name"], "latest_model.pth")
+    iters, epoch = values.get("num_train_iter"), values.get("epoch")
+    if (isinstance(iters, int) and isinstance(epoch, int) and iters >= 1 and epoch >= 1 and iters % epoch
+            and "num_train_iter" in explicit and "epoch" not in explicit):
+        new = max(d for d in range(1, epoch + 1) if iters % d == 0)
+        logger.warning("num_train_iter %d is not divisible by epoch %d: using epoch %d (the largest divisor of %d "
+                       "not above %d); give --epoch to choose another", iters, epoch, new, iters, epoch)
+        values["epoch"] = new
+    warm = values.get("num_warmup_iter")
+    if isinstance(iters, int) and isinstance(warm, int) and warm > iters >= 1:
+        logger.warning("num_warmup_iter %d exceeds num_train_iter %d: the learning rate rises linearly for the "
+                       "whole run", warm, iters)
+
+
 def _drop_other_algorithm_keys(file_values: Dict[str, Any], algorithm: str, specs: Dict[str, KeySpec],
-                               config_file: Optional[str]) -> Dict[str, Any]:
+                               config_file: Optional[str], explicit: Optional[set] = None) -> Dict[str, Any]:
     """Switching ``--algorithm`` on the command line keeps the YAML usable.
 
     Keys that the YAML's own algorithm defines and the chosen one does not (``use_sfm`` of a
     cfsg_clip config run with ``--algorithm fixmatch``) are dropped with a logged notice; any other
-    unknown key is still an error.
+    unknown key is still an error. The YAML's ``save_name`` and ``load_path`` belong to the YAML
+    algorithm's run: unless given on the command line too, they are dropped (with a notice), so
+    the default naming ``<algorithm>_<dataset>_<num_labels>_<seed>`` applies and the two runs never
+    share a folder.
     """
     file_algorithm = file_values.get("algorithm")
     if not file_algorithm or file_algorithm == algorithm:
@@ -377,24 +443,98 @@ def _drop_other_algorithm_keys(file_values: Dict[str, Any], algorithm: str, spec
     if dropped:
         logger.warning("algorithm %s (command line) replaces %s (%s): ignoring the %s keys %s", algorithm,
                        file_algorithm, config_file, file_algorithm, ", ".join(dropped))
-    return {k: v for k, v in file_values.items() if k not in dropped}
+    naming = [k for k in ("save_name", "load_path") if file_values.get(k) and k not in (explicit or set())]
+    if naming:
+        logger.warning("algorithm %s (command line) replaces %s (%s): not using the file's %s, which name the %s "
+                       "run; the run folder is <save_dir>/<algorithm>_<dataset>_<num_labels>_<seed> unless "
+                       "--save_name is given", algorithm, file_algorithm, config_file, " and ".join(naming),
+                       file_algorithm)
+    return {k: v for k, v in file_values.items() if k not in dropped and k not in naming}
 
 
-def _check_relations(values: Dict[str, Any]) -> None:
-    for key in ("num_train_iter", "epoch", "num_eval_iter", "num_log_iter", "batch_size", "eval_batch_size",
-                "uratio", "world_size", "num_classes"):
-        if values[key] < 1:
-            raise ConfigError(f"config key {key!r} must be >= 1, got {values[key]}")
-    if values["num_train_iter"] % values["epoch"] != 0:
-        raise ConfigError(f"num_train_iter ({values['num_train_iter']}) must be divisible by epoch "
-                          f"({values['epoch']}); e.g. set epoch: 1")
-    if values.get("use_pretrain") is False:
-        values["pretrained"] = None
-    if values["resume"] and not values["load_path"]:
-        raise ConfigError("resume: true needs load_path: <checkpoint>, e.g. "
-                          "<save_dir>/<save_name>/latest_model.pth")
-    if values["num_workers"] < 0:
-        raise ConfigError(f"num_workers must be >= 0, got {values['num_workers']}")
+_INTERVAL = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])\s*$")
+
+
+def check_ranges(args: Any, rules: Sequence[Tuple[str, str]]) -> List[str]:
+    """Check numeric keys against intervals written as text; returns the problems found.
+
+    Args:
+        args: The configuration (Namespace or dict); keys it lacks, or whose value is None, are skipped.
+        rules: ``(key, interval)`` pairs, e.g. ``("sfm_keep_ratio", "(0, 1]")`` or ``("lr", "(0, inf)")``.
+            Every checked value must also be finite.
+
+    Returns:
+        One message per violated rule, e.g. ``"sfm_keep_ratio must be in (0, 1], got 1.5"``.
+    """
+    get = args.get if isinstance(args, dict) else (lambda k, d=None: getattr(args, k, d))
+    problems = []
+    for key, interval in rules:
+        value = get(key, None)
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        match = _INTERVAL.match(interval)
+        if match is None:
+            raise ValueError(f"bad interval {interval!r} for {key!r}")
+        lo_b, lo, hi, hi_b = match.groups()
+        lo_v, hi_v = float(lo), float(hi)
+        ok = math.isfinite(value)
+        ok = ok and (value > lo_v if lo_b == "(" else value >= lo_v)
+        ok = ok and (value < hi_v if hi_b == ")" else value <= hi_v)
+        if not ok:
+            problems.append(f"{key} must be in {interval}, got {value!r}")
+    return problems
+
+
+#: Ranges of the common keys (BaseConfig).
+BASE_RANGES: Tuple[Tuple[str, str], ...] = (
+    ("num_train_iter", "[1, inf)"), ("epoch", "[1, inf)"), ("num_eval_iter", "[1, inf)"),
+    ("num_log_iter", "[1, inf)"), ("num_warmup_iter", "[0, inf)"), ("num_labels", "[1, inf)"),
+    ("batch_size", "[1, inf)"), ("uratio", "[1, inf)"), ("eval_batch_size", "[1, inf)"), ("ema_m", "[0, 1]"),
+    ("ulb_loss_ratio", "[0, inf)"), ("lr", "(0, inf)"), ("momentum", "[0, 1)"), ("weight_decay", "[0, inf)"),
+    ("layer_decay", "(0, 1]"), ("clip_grad", "[0, inf)"), ("max_bad_steps", "[1, inf)"),
+    ("num_tuned_blocks", "[0, inf)"), ("num_classes", "[1, inf)"), ("num_workers", "[0, inf)"),
+    ("img_size", "[1, inf)"), ("crop_ratio", "(0, 1]"), ("split_seed", "[0, inf)"), ("ulb_unseen_ratio", "[0, 1]"),
+    ("ood_threshold", "(-inf, inf)"), ("seed", "[0, inf)"), ("gpu", "[0, inf)"), ("world_size", "[1, inf)"),
+    ("rank", "[0, inf)"),
+)
+
+#: Ranges of keys that USB's own algorithms define in get_argument() (checked when the algorithm has them).
+USB_ALGORITHM_RANGES: Tuple[Tuple[str, str], ...] = (
+    ("p_cutoff", "[0, 1]"), ("T", "(0, inf)"), ("ema_p", "[0, 1]"), ("unsup_warm_up", "[0, inf)"),
+)
+
+
+def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List[str]:
+    """Every problem of a resolved configuration that can be found without data or a model.
+
+    Checks the common keys (:data:`BASE_RANGES` and combinations), the keys of USB's algorithms
+    (:data:`USB_ALGORITHM_RANGES`), then calls ``algorithm_cls.validate_config(args)`` when the
+    algorithm defines it (a classmethod returning a list of problem strings; our PluginMixin
+    provides the default, which returns none).
+
+    Returns:
+        Problem messages; empty when the configuration is valid.
+    """
+    problems = check_ranges(args, BASE_RANGES) + check_ranges(args, USB_ALGORITHM_RANGES)
+    get = lambda k: getattr(args, k, None)  # noqa: E731
+    iters, epoch = get("num_train_iter"), get("epoch")
+    if isinstance(iters, int) and isinstance(epoch, int) and iters >= 1 and epoch >= 1 and iters % epoch:
+        problems.append(f"num_train_iter ({iters}) must be divisible by epoch ({epoch}); e.g. set epoch: "
+                        f"{max(d for d in range(1, epoch + 1) if iters % d == 0)}")
+    k, labels = get("num_classes"), get("num_labels")
+    if isinstance(k, int) and isinstance(labels, int) and k >= 1 and labels >= 1 and labels % k:
+        problems.append(f"num_labels ({labels}) must be a positive multiple of num_classes ({k}), so that every "
+                        f"seen class gets the same number of labels; e.g. {k * max(1, labels // k)}")
+    rank, world = get("rank"), get("world_size")
+    if isinstance(rank, int) and isinstance(world, int) and world >= 1 and rank >= world:
+        problems.append(f"rank ({rank}) must be below world_size ({world})")
+    name = get("save_name")
+    if isinstance(name, str) and (name.strip() in ("", ".", "..") or name != name.strip()):
+        problems.append(f"save_name {name!r} is not a folder name; e.g. {default_save_name(args)!r}")
+    if algorithm_cls is not None and hasattr(algorithm_cls, "validate_config"):
+        own = algorithm_cls.validate_config(args)
+        problems.extend(own or [])
+    return problems
 
 
 def config_to_dict(args: argparse.Namespace) -> Dict[str, Any]:
@@ -414,11 +554,31 @@ def config_to_dict(args: argparse.Namespace) -> Dict[str, Any]:
     return out
 
 
+#: Keys that describe one invocation (how it was started), not the run; see :func:`run_config_dict`.
+INVOCATION_KEYS = ("resume", "resume_extend", "load_path")
+
+
+def run_config_dict(args: argparse.Namespace) -> Dict[str, Any]:
+    """The run's configuration, as ``config.yaml`` stores it.
+
+    Like :func:`config_to_dict`, with the invocation keys normalised: ``resume: false``,
+    ``resume_extend: false`` and ``load_path: <save_dir>/<save_name>/latest_model.pth`` (USB's
+    convention). So ``python train.py --c <run>/config.yaml`` repeats the run from the start (into
+    the same folder under the run's ``overwrite``), and adding ``--resume true`` continues it, whatever
+    the invocation that wrote the file was.
+    """
+    out = config_to_dict(args)
+    out["resume"] = False
+    out["resume_extend"] = False
+    out["load_path"] = os.path.join(str(args.save_dir), str(args.save_name), "latest_model.pth")
+    return out
+
+
 def save_config(args: argparse.Namespace, path: str) -> None:
-    """Write the resolved config as YAML, atomically."""
+    """Write the run's configuration (:func:`run_config_dict`) as YAML, atomically."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
-        yaml.safe_dump(config_to_dict(args), fh, sort_keys=True)
+        yaml.safe_dump(run_config_dict(args), fh, sort_keys=True)
     os.replace(tmp, path)
 
 

@@ -107,6 +107,16 @@ class PluginMixin:
         """
         return cls.net_head, {}
 
+    @classmethod
+    def validate_config(cls, args) -> list:
+        """Problems of this algorithm's own config keys (ranges, combinations), as messages.
+
+        Called by ``usb_cfsg.config.build_config`` before any data is read or any model built, so a
+        value out of range fails in a second. The override point for our algorithms (e.g.
+        ``sfm_keep_ratio`` in (0, 1]); ``usb_cfsg.config.check_ranges`` checks intervals. Default: none.
+        """
+        return []
+
     def set_model(self):
         a = self.args
         if not getattr(self.net_builder, "usb_cfsg_clip", False):
