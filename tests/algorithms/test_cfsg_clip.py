@@ -69,3 +69,185 @@ def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
     reloaded = safe_load(str(run / "latest_model.pth"))
     assert torch.equal(reloaded["model"]["prototypes.mu"], model["prototypes.mu"])
     assert torch.equal(reloaded["ema_model"]["prototypes.mu"], ema["prototypes.mu"])
+
+
+# ------------------------------------------------------------------ train_step with controlled outputs
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from argparse import Namespace  # noqa: E402
+from contextlib import nullcontext  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from tests.engine.test_training import ROOT  # noqa: E402
+from usb_cfsg.engine.launch import free_port  # noqa: E402
+from usb_cfsg.engine.plugin import plugin_class  # noqa: E402
+from usb_cfsg.errors import ConfigError  # noqa: E402
+from usb_cfsg.modules import ClassPrototypes, ova_consistency, ova_entropy  # noqa: E402
+
+K, D = 4, 3
+
+
+class ControlledNet(torch.nn.Module):
+    """Stands in for the CFSG net: image i (x = [[i]]) gets row i of fixed output tables.
+
+    Logits are parameters (so the losses' gradients can be inspected per row); ``score_ova`` and
+    ``feat_local`` are fixed; the prototypes are the real module.
+    """
+
+    def __init__(self, logits, logits_ova, score_ova, feat_local):
+        super().__init__()
+        self.logits = torch.nn.Parameter(torch.as_tensor(logits, dtype=torch.float32))
+        self.logits_ova = torch.nn.Parameter(torch.as_tensor(logits_ova, dtype=torch.float32))
+        self.register_buffer("score_ova", torch.as_tensor(score_ova, dtype=torch.float32))
+        self.register_buffer("feat_local", torch.as_tensor(feat_local, dtype=torch.float32))
+        self.prototypes = ClassPrototypes(K, D, momentum=0.5)
+
+    def forward(self, x):
+        i = x.view(-1).long()
+        logits = self.logits[i]
+        return {"logits": logits, "logits_coarse": logits, "logits_fine": logits, "logits_ova": self.logits_ova[i],
+                "feat": self.feat_local[i], "feat_local": self.feat_local[i], "score_ova": self.score_ova[i]}
+
+
+def _peaked(cls, conf):
+    """Logits over K classes whose softmax gives ``conf`` to class ``cls`` and spreads the rest evenly."""
+    rest = (1 - conf) / (K - 1)
+    return [float(np.log(conf if k == cls else rest)) for k in range(K)]
+
+
+def controlled_step_setup(it=10, start_fix=0, ova_views="weak_weak", p_cutoff=0.95, ood_threshold=0.5):
+    """A cfsg_clip instance around a ControlledNet with 2 labeled and 4 unlabeled images.
+
+    Rows: 0-1 labeled (classes 0, 0); 2-5 weak views of unlabeled u0..u3; 6-9 strong views;
+    10-13 second weak views. Unlabeled images (weak view):
+      u0: inlier (score 0.1), confident (0.99) on class 1   -> selected
+      u1: inlier (0.2), unsure (0.6) on class 3              -> not selected (confidence)
+      u2: outlier (0.9), confident (0.99) on class 2         -> not selected (OVA says unknown)
+      u3: outlier (0.8), unsure (0.5) on class 2             -> not selected
+    The strong views predict other classes (3, 0, 1, 1), so pseudo-labels from them would differ.
+    """
+    weak = [(1, 0.99), (3, 0.6), (2, 0.99), (2, 0.5)]
+    strong = [(3, 0.97), (0, 0.9), (1, 0.99), (1, 0.9)]
+    logits = [_peaked(0, 0.7), _peaked(0, 0.8)] + [_peaked(*w) for w in weak] + [_peaked(*s) for s in strong] \
+        + [_peaked(*w) for w in weak]
+    g = torch.Generator().manual_seed(0)
+    logits_ova = torch.randn(14, 2, K, generator=g)
+    score_ova = [0.0, 0.0, 0.1, 0.2, 0.9, 0.8] + [0.5] * 8
+    feat_local = torch.randn(14, D, generator=g)
+    net = ControlledNet(logits, logits_ova, score_ova, feat_local)
+    alg = object.__new__(plugin_class("cfsg_clip"))
+    alg.model, alg.amp_cm, alg.it, alg.distributed, alg.num_classes = net, nullcontext, it, False, K
+    alg.lambda_ova, alg.lambda_em, alg.lambda_socr, alg.lambda_fix = 0.0, 0.0, 0.0, 1.0
+    alg.p_cutoff, alg.ood_threshold, alg.start_fix, alg.ova_views = p_cutoff, ood_threshold, start_fix, ova_views
+    ids = torch.arange(14, dtype=torch.float32).view(-1, 1)
+    batch = dict(x_lb=ids[0:2], y_lb=torch.tensor([0, 0]), x_ulb_w=ids[2:6], x_ulb_s=ids[6:10],
+                 x_ulb_w2=ids[10:14], y_ulb=torch.tensor([1, 3, 7, 2]))
+    return alg, net, batch
+
+
+def test_fixmatch_term_uses_inlier_and_confident_samples_with_weak_view_pseudo_labels():
+    alg, net, batch = controlled_step_setup()
+    out, log = alg.train_step(**batch)
+    # only u0 is selected: the inlier condition drops u2 although it is confident
+    assert log["train/util_ratio"] == pytest.approx(0.25) and log["train/id_ratio"] == pytest.approx(0.5)
+    strong = net.logits[6:10].detach()
+    expected_fix = F.cross_entropy(strong[:1], torch.tensor([1])).item() / 4  # pseudo-label 1 from u0's WEAK view
+    assert log["train/fix_loss"] == pytest.approx(expected_fix, rel=1e-5)
+    out["loss"].backward()
+    grad = net.logits.grad
+    # the FixMatch gradient reaches the strong view of u0 only, towards the weak view's class
+    assert grad[7:10].abs().sum() == 0 and grad[2:6].abs().sum() == 0  # no gradient through the pseudo-labels
+    torch.testing.assert_close(grad[6], (strong[0].softmax(0) - F.one_hot(torch.tensor(1), K)) / 4)
+    # diagnostics against the true labels: of the 2 inliers by OVA (u0, u1) both are seen classes
+    assert log["train/id_precision"] == 1.0 and log["train/id_recall"] == pytest.approx(2 / 3)
+
+
+def test_prototypes_are_updated_from_labeled_and_selected_samples_only():
+    alg, net, batch = controlled_step_setup()
+    alg.train_step(**batch)
+    assert net.prototypes.initialized.tolist() == [True, True, False, False]  # u1 (class 3), u2 (class 2) not used
+    feats = F.normalize(net.feat_local, dim=-1)
+    torch.testing.assert_close(net.prototypes.mu[0], F.normalize(feats[0] + feats[1], dim=0))  # labeled class 0
+    torch.testing.assert_close(net.prototypes.mu[1], feats[2])  # u0's WEAK view local feature, pseudo-label 1
+
+
+def test_start_fix_delays_the_fixmatch_term_and_unlabeled_prototype_updates():
+    alg, net, batch = controlled_step_setup(it=4, start_fix=5)
+    out, log = alg.train_step(**batch)
+    assert log["train/fix_loss"] == 0.0 and log["train/util_ratio"] == 0.0
+    out["loss"].backward()
+    assert net.logits.grad[6:10].abs().sum() == 0
+    assert net.prototypes.initialized.tolist() == [True, False, False, False]  # labeled only
+    alg.it = 5  # the first step with the FixMatch term
+    out, log = alg.train_step(**batch)
+    assert log["train/fix_loss"] > 0 and net.prototypes.initialized.tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize("ova_views", ["weak_weak", "weak_strong"])
+def test_ova_views_pick_the_second_view_of_the_unlabeled_ova_losses(ova_views):
+    alg, net, batch = controlled_step_setup(ova_views=ova_views)
+    _, log = alg.train_step(**batch)
+    ova = net.logits_ova.detach()
+    second = ova[10:14] if ova_views == "weak_weak" else ova[6:10]
+    assert log["train/em_loss"] == pytest.approx(((ova_entropy(ova[2:6]) + ova_entropy(second)) / 2).item(), rel=1e-5)
+    assert log["train/socr_loss"] == pytest.approx(ova_consistency(ova[2:6], second).item(), rel=1e-5)
+    if ova_views == "weak_weak":
+        batch.pop("x_ulb_w2")
+        with pytest.raises(ValueError, match="x_ulb_w2"):
+            alg.train_step(**batch)
+
+
+def test_unlabeled_items_carry_a_second_weak_view_when_ova_views_is_weak_weak(cub_root):
+    from usb_cfsg.config import build_config
+
+    for views, expected in (("weak_weak", True), ("weak_strong", False)):
+        alg = object.__new__(plugin_class("cfsg_clip"))  # only what set_dataset reads
+        alg.args = build_config(tiny_run_argv(cub_root, "/tmp", "x", algorithm="cfsg_clip", ova_views=views))
+        alg.algorithm, alg.record_split, alg.net_builder = "cfsg_clip", False, None
+        datasets = alg.set_dataset()
+        item = datasets["train_ulb"][0]
+        assert ("x_ulb_w2" in item) == expected, views
+        assert {"x_ulb_w", "x_ulb_s", "y_ulb"} <= set(item)
+        assert "x_lb_w2" not in datasets["train_lb"][0]  # the labeled loss uses one view
+        if expected:
+            assert item["x_ulb_w2"].shape == item["x_ulb_w"].shape
+
+
+# ------------------------------------------------------------------------- unknown scores
+def _outputs():
+    return {"score_ova": np.array([0.1, 0.5, 0.9]), "score_mcm": np.array([0.70, 0.72, 0.74]),
+            "score_glmcm": np.array([0.740, 0.745, 0.749])}
+
+
+def test_fused_score_without_calibration_is_the_plain_mean():
+    cls = get_algorithm_class("cfsg_clip")
+    scores, primary = cls.compute_unknown_scores(_outputs(), Namespace(ood_score="fused"))
+    assert primary == "fused" and list(scores) == ["ova", "mcm", "glmcm", "fused"]
+    np.testing.assert_allclose(scores["fused"], (_outputs()["score_ova"] + _outputs()["score_glmcm"]) / 2)
+
+
+def test_fused_score_maps_ova_and_glmcm_with_the_calibrated_ranges():
+    cls = get_algorithm_class("cfsg_clip")
+    calibration = {"ranges": {"ova": [0.0, 1.0], "glmcm": [0.740, 0.750], "mcm": [0.0, 1.0]},
+                   "thresholds": {}, "source": "train_ulb"}
+    scores, _ = cls.compute_unknown_scores(_outputs(), Namespace(ood_score="glmcm"), calibration)
+    np.testing.assert_allclose(scores["fused"], [(0.1 + 0.0) / 2, (0.5 + 0.5) / 2, (0.9 + 0.9) / 2], atol=1e-9)
+    np.testing.assert_allclose(scores["glmcm"], _outputs()["score_glmcm"])  # the raw scores stay raw
+    with pytest.raises(ValueError, match="glmcm"):
+        cls.compute_unknown_scores(_outputs(), Namespace(ood_score="fused"), {"ranges": {"ova": [0, 1]}})
+
+
+def test_new_switches_are_config_keys_with_their_documented_defaults():
+    from usb_cfsg.config import build_config
+
+    args = build_config(["--algorithm", "cfsg_clip"])
+    assert (args.mcm_temperature, args.ova_bias, args.ova_views, args.sfm_posterior_scale) == (
+        1.0, False, "weak_weak", 100.0)
+    spec = get_algorithm_class("cfsg_clip").net_spec(args)[1]
+    assert spec["mcm_temperature"] == 1.0 and spec["ova_bias"] is False and spec["sfm_posterior_scale"] == 100.0
+    with pytest.raises((ConfigError, SystemExit, ValueError)):
+        build_config(["--algorithm", "cfsg_clip", "--ova_views", "strong_strong"])

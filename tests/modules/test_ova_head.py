@@ -90,13 +90,24 @@ def test_ova_unknown_score_reference():
     assert u.shape == (5,) and (u >= 0).all() and (u <= 1).all()
 
 
-def test_gradients_reach_the_head():
-    head = OVAHead(6, 4)
+@pytest.mark.parametrize("bias", [False, True])
+def test_gradients_reach_the_head(bias):
+    head = OVAHead(6, 4, bias=bias)
     z1, z2 = torch.randn(3, 6), torch.randn(3, 6)
     lo1, lo2 = head(z1), head(z2)
     loss = ova_loss(lo1, torch.tensor([0, 1, 3])) + ova_entropy(lo1) + ova_consistency(lo1, lo2)
     loss.backward()
-    assert head.fc.weight.grad.abs().sum() > 0 and head.fc.bias.grad.abs().sum() > 0
+    assert head.fc.weight.grad.abs().sum() > 0
+    assert (head.fc.bias is not None) == bias
+    if bias:
+        assert head.fc.bias.grad.abs().sum() > 0
+
+
+def test_default_head_has_no_bias_as_openmatch():
+    head = OVAHead(6, 4)
+    assert head.fc.bias is None and "bias=False" in repr(head)
+    # without a bias the zero feature is undecided for every class: p_pos = p_neg = 1/2
+    torch.testing.assert_close(head(torch.zeros(2, 6)).softmax(dim=1), torch.full((2, 2, 4), 0.5))
 
 
 def test_shape_errors():

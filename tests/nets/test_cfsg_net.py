@@ -1,9 +1,13 @@
-"""The CFSG network: outputs, switches, gradients and the role of the prototypes."""
+"""The CFSG network: outputs, switches, gradients, the role of the prototypes, value-path features."""
 import pytest
 import torch
+import torch.nn.functional as F
+from open_clip.transformer import Attention, CustomResidualAttentionBlock, LayerScale
 
 import usb_cfsg  # noqa: F401
-from usb_cfsg.nets import BUILDERS
+from usb_cfsg.errors import ConfigError
+from usb_cfsg.modules import SemanticFilter
+from usb_cfsg.nets import BUILDERS, CFSGNet
 
 
 def make(text_encoder="clip", **switches):
@@ -22,9 +26,10 @@ def test_outputs_shapes_and_ranges():
     torch.testing.assert_close(out["relevance"].sum(1), torch.ones(3))
     assert (out["relevance"] >= 0).all()
     torch.testing.assert_close(out["logits"], (out["logits_coarse"] + out["logits_fine"]) / 2)
-    for name in ("ova", "mcm", "glmcm", "fused"):
+    for name in ("ova", "mcm", "glmcm"):
         s = out[f"score_{name}"]
         assert s.shape == (3,) and ((s >= 0) & (s <= 1)).all(), name
+    assert "score_fused" not in out  # fused needs ranges fitted on training data: the algorithm computes it
     assert torch.allclose(net(torch.zeros(1, 64), only_fc=True), net.fine_head(torch.zeros(1, 64)))
 
 
@@ -89,3 +94,182 @@ def test_minilm_text_embeddings_carry_class_semantics():
     t = net.text()
     offdiag = (t @ t.t()).masked_select(~torch.eye(4, dtype=torch.bool))
     assert offdiag.max() < 0.9  # distinct directions after the learned projection
+
+
+# ---------------------------------------------------------------- value-path dense features
+def _intermediates(net, x):
+    """Trunk tokens H, last block input, final tokens projected (g, p), and text, computed step by step."""
+    bb = net.backbone
+    h = bb.trunk(x)
+    tokens, last_in = bb.tuned(h, return_last_input=True)
+    z = bb.project(tokens)
+    return h, last_in, z[:, 0], z[:, 1:], net.text()
+
+
+def _value_path_by_hand(bb, last_in):
+    """MaskCLIP's value path written out from the last block's weights (no call into the block's modules)."""
+    block, W = bb.tuned_blocks[-1], bb.width
+    x = F.layer_norm(last_in, (W,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+    v = x @ block.attn.in_proj_weight[2 * W:].t() + block.attn.in_proj_bias[2 * W:]
+    o = v @ block.attn.out_proj.weight.t() + block.attn.out_proj.bias
+    if isinstance(block.ls_1, LayerScale):
+        o = o * block.ls_1.gamma
+    post = bb.visual.ln_post
+    return F.layer_norm(o, (W,), post.weight, post.bias, post.eps) @ bb.visual.proj
+
+
+def _self_only_attention(bb, last_in):
+    """The same through the block's own attention, each token attending to itself only (softmax = identity)."""
+    block = bb.tuned_blocks[-1]
+    T = last_in.shape[1]
+    mask = torch.full((T, T), float("-inf")).fill_diagonal_(0.0)
+    x = block.ln_1(last_in)
+    out = block.attn(x, x, x, attn_mask=mask, need_weights=False)[0]
+    return bb.project(block.ls_1(out))
+
+
+def test_value_features_equal_a_direct_computation_through_the_last_block():
+    net = make().eval()
+    with torch.no_grad():
+        _, last_in, _, p, _ = _intermediates(net, torch.randn(2, 3, 64, 64))
+        got = net.backbone.value_features(last_in)
+        torch.testing.assert_close(got, _value_path_by_hand(net.backbone, last_in), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(got, _self_only_attention(net.backbone, last_in), rtol=1e-4, atol=1e-5)
+        dense = net.backbone.dense_features(last_in)
+    assert got.shape == (2, 17, 64) and dense.shape == (2, 16, 64)  # class token + 4x4 patches; D = 64
+    torch.testing.assert_close(dense, got[:, 1:])
+    # not the final patch tokens: the value path skips the query-key attention, residual and MLP
+    assert not torch.allclose(dense, p, atol=1e-3)
+
+
+def test_value_features_apply_the_last_blocks_layerscale():
+    net = make().eval()
+    block = net.backbone.tuned_blocks[-1]
+    block.ls_1 = LayerScale(net.backbone.width, 0.5)
+    with torch.no_grad():
+        block.ls_1.gamma.uniform_(0.1, 2.0)
+        _, last_in, *_ = _intermediates(net, torch.randn(2, 3, 64, 64))
+        torch.testing.assert_close(net.backbone.value_features(last_in), _value_path_by_hand(net.backbone, last_in),
+                                   rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(net.backbone.value_features(last_in),
+                                   _self_only_attention(net.backbone, last_in), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("change", ["custom_block", "custom_attention", "unknown_layerscale"])
+def test_another_block_structure_fails_loudly(change):
+    net = make()
+    bb, W = net.backbone, net.backbone.width
+    if change == "custom_block":  # open_clip's other block type (own attention, optional qk-norm)
+        bb.visual.transformer.resblocks[-1] = CustomResidualAttentionBlock(W, 2)
+        expected = "attn is Attention"
+    elif change == "custom_attention":
+        bb.tuned_blocks[-1].attn = Attention(W, 2)
+        expected = "attn is Attention"
+    else:
+        bb.tuned_blocks[-1].ls_1 = torch.nn.Linear(W, W)
+        expected = "ls_1 is Linear"
+    with pytest.raises(ConfigError, match=expected):
+        bb.value_features(torch.randn(1, 17, W))
+    with pytest.raises(ConfigError, match="ResidualAttentionBlock"):  # the net refuses to be built on it
+        CFSGNet(bb, net.text, 4)
+
+
+# ---------------------------------------------------------------- scores and switches
+def test_glmcm_is_the_published_score_over_all_value_path_patches():
+    net = make().eval()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        out = net(x)
+        _, last_in, g, _, t = _intermediates(net, x)
+        dense = net.backbone.dense_features(last_in)
+
+    def mcm(feat, temperature):  # max_k softmax_k(cos(feat, t_k) / T)
+        return (F.normalize(feat, dim=-1) @ F.normalize(t, dim=-1).t() / temperature).softmax(-1).max(-1).values
+
+    assert net.mcm_temperature == 1.0  # MCM and GL-MCM use T = 1
+    expected = 1 - (mcm(g, 1.0) + mcm(dense, 1.0).max(dim=1).values) / 2
+    torch.testing.assert_close(out["score_glmcm"], expected)
+    torch.testing.assert_close(out["score_mcm"], 1 - mcm(g, 1.0))
+    sharp = make(mcm_temperature=0.01).eval()
+    with torch.no_grad():
+        out_sharp = sharp(x)
+    torch.testing.assert_close(out_sharp["score_glmcm"], 1 - (mcm(g, 0.01) + mcm(dense, 0.01).max(dim=1).values) / 2)
+    torch.testing.assert_close(out_sharp["logits"], out["logits"])  # T changes the scores only
+
+
+@pytest.mark.parametrize("dense_mode", ["value", "tokens"])
+def test_sfm_dense_picks_the_features_of_the_patch_text_affinity(dense_mode):
+    net = make(sfm_dense=dense_mode).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = net(x)
+        _, last_in, g, p, t = _intermediates(net, x)
+        dense = net.backbone.dense_features(last_in)
+        want = net.sfm(g, p, t, affinity_feat=dense if dense_mode == "value" else p)
+        other = net.sfm(g, p, t, affinity_feat=p if dense_mode == "value" else dense)
+    torch.testing.assert_close(out["relevance"], want.relevance)
+    assert torch.equal(out["keep_idx"], want.keep_idx)
+    torch.testing.assert_close(out["feat_local"], want.local)  # pooled from the final patch tokens either way
+    torch.testing.assert_close(out["logits_coarse"], net.coarse_head(want.coarse))
+    assert not torch.allclose(out["relevance"], other.relevance)
+
+
+def test_use_sfm_false_pools_all_patches_and_classifies_the_global_feature():
+    net = make(use_sfm=False).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = net(x)
+        _, _, g, p, _ = _intermediates(net, x)
+    torch.testing.assert_close(out["feat_local"], p.mean(dim=1))
+    torch.testing.assert_close(out["logits_coarse"], net.coarse_head(g))
+    assert out["keep_idx"].shape == (2, 16)
+    with torch.no_grad():
+        on = make(use_sfm=True).eval()(x)  # same seed, same weights: only the switch differs
+    assert not torch.allclose(on["logits_coarse"], out["logits_coarse"])
+    torch.testing.assert_close(on["feat_global"], out["feat_global"])
+
+
+def test_use_vsi_false_runs_the_fine_branch_without_cues():
+    net = make(use_vsi=False).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = net(x)
+        h, _, _, _, _ = _intermediates(net, x)
+        bb = net.backbone
+        kept = torch.gather(h[:, 1:], 1, out["keep_idx"].unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+        z_f = bb.project(bb.tuned(torch.cat([h[:, :1], kept], dim=1))[:, :1])[:, 0]
+        torch.testing.assert_close(out["feat"], z_f)
+        net.prototypes.update(torch.randn(4, 64), torch.arange(4))  # prototypes are unused without VSI
+        torch.testing.assert_close(net(x)["logits_fine"], out["logits_fine"])
+        on = make(use_vsi=True).eval()(x)
+    assert not torch.allclose(on["logits_fine"], out["logits_fine"])
+    torch.testing.assert_close(on["logits_coarse"], out["logits_coarse"])  # the coarse branch is unaffected
+
+
+def test_sfm_posterior_scale_and_ova_bias_reach_the_modules():
+    x = torch.randn(2, 3, 64, 64)
+    default, soft = make().eval(), make(sfm_posterior_scale=1.0, ova_bias=True).eval()
+    assert default.sfm.logit_scale == 100.0 and soft.sfm.logit_scale == 1.0
+    assert default.ova.fc.bias is None and soft.ova.fc.bias is not None  # OpenMatch's head has no bias
+    with torch.no_grad():
+        _, _, g, _, t = _intermediates(default, x)
+        torch.testing.assert_close(default.sfm.class_posterior(g, t), (100 * F.normalize(g, dim=-1)
+                                                                     @ F.normalize(t, dim=-1).t()).softmax(-1))
+        assert not torch.allclose(default(x)["relevance"], soft(x)["relevance"])
+    with pytest.raises(ConfigError, match="sfm_posterior_scale"):
+        make(sfm_posterior_scale=0.0)
+    with pytest.raises(ConfigError, match="mcm_temperature"):
+        make(mcm_temperature=-1.0)
+
+
+def test_cosine_head_weights_are_out_of_weight_decay_in_usbs_optimizer():
+    from semilearn.core.utils import get_optimizer
+
+    net = make()
+    opt = get_optimizer(net, "AdamW", lr=1e-3, weight_decay=0.05)
+    decay_of = {id(p): group["weight_decay"] for group in opt.param_groups for p in group["params"]}
+    params = dict(net.named_parameters())
+    for name in ("coarse_head.weight", "fine_head.weight", "vsi.type_embedding"):
+        assert decay_of[id(params[name])] == 0.0, name
+    for name in ("ova.fc.weight", "vsi.proj.weight", "backbone.visual.proj"):
+        assert decay_of[id(params[name])] == 0.05, name

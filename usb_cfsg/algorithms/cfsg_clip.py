@@ -1,12 +1,15 @@
-"""CFSG-CLIP as a USB algorithm (``algorithm: cfsg_clip``); DESIGN.md §3, steps 4-6.
+"""CFSG-CLIP as a USB algorithm (``algorithm: cfsg_clip``); docs/method.md, losses and scores.
 
-Losses per step (labeled batch x_lb, unlabeled weak/strong views x_ulb_w / x_ulb_s):
+Losses per step (labeled batch x_lb; unlabeled views x_ulb_w, x_ulb_s and, with
+``ova_views: weak_weak``, a second weak view x_ulb_w2):
 
 * labeled: CE(coarse) + CE(fine) + lambda_ova * OVA loss (positive + hardest negative);
-* unlabeled: lambda_em * OVA entropy (both views) + lambda_socr * OVA consistency (weak vs strong)
-  + lambda_fix * FixMatch CE on the strong view, for samples the OVA head calls in-distribution
-  on the weak view (unknown score < ood_threshold) with confidence >= p_cutoff; pseudo-labels from
-  the closed-set (coarse + fine) weak prediction; off for the first ``start_fix`` iterations.
+* unlabeled: lambda_em * OVA entropy (mean over the two OVA views) + lambda_socr * OVA consistency
+  between the two OVA views (``ova_views``: two weak views as OpenMatch [default], or weak and
+  strong) + lambda_fix * FixMatch CE on the strong view, for samples the OVA head calls
+  in-distribution on the weak view (unknown score < ood_threshold) AND with confidence >= p_cutoff;
+  pseudo-labels from the closed-set (coarse + fine) weak prediction; off for the first
+  ``start_fix`` iterations.
 
 Class prototypes (the VSI cues) are EMA means of the filtered local features of labeled samples
 and of the selected unlabeled samples (with their pseudo-labels), averaged over processes.
@@ -14,7 +17,7 @@ and of the selected unlabeled samples (with their pseudo-labels), averaged over 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,14 +27,17 @@ from semilearn.algorithms.utils import SSL_Argument, str2bool
 from semilearn.core.algorithmbase import AlgorithmBase
 
 from ..engine.plugin import PluginMixin
-from ..modules import ova_consistency, ova_entropy, ova_loss
+from ..modules import fused_score, ova_consistency, ova_entropy, ova_loss
 from ..nets.backbone import unwrap
-from ..nets.cfsg import OOD_SCORES
+from ..nets.cfsg import NET_SCORES, OOD_SCORES
 from . import register_algorithm
 
 #: net keyword -> config key, for every switch of the CFSG network
-NET_SWITCHES = ("use_sfm", "use_vsi", "sfm_keep_ratio", "sfm_temperature", "sfm_local_weight", "sfm_dense",
-                "vsi_topk", "proto_momentum", "closed_head", "mcm_temperature")
+NET_SWITCHES = ("use_sfm", "use_vsi", "sfm_keep_ratio", "sfm_temperature", "sfm_posterior_scale", "sfm_local_weight",
+                "sfm_dense", "vsi_topk", "proto_momentum", "closed_head", "mcm_temperature", "ova_bias")
+#: the two scores ``fused`` averages (each mapped to [0, 1] with its calibrated range)
+FUSED_FROM = ("ova", "glmcm")
+OVA_VIEWS = ("weak_weak", "weak_strong")
 
 
 def _choice(*options: str):
@@ -45,9 +51,9 @@ def _choice(*options: str):
     return parse
 
 
-def _split(t: torch.Tensor, num_lb: int) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    rest_w, rest_s = t[num_lb:].chunk(2)
-    return t[:num_lb], rest_w, rest_s
+def _split(t: torch.Tensor, num_lb: int, num_views: int) -> Tuple[torch.Tensor, ...]:
+    """``t`` = [labeled; view 1; ...; view n] (equal-sized unlabeled views) -> (labeled, view 1, ..., view n)."""
+    return (t[:num_lb],) + tuple(t[num_lb:].chunk(num_views))
 
 
 @register_algorithm("cfsg_clip")
@@ -66,11 +72,39 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         self.ood_threshold = args.ood_threshold
         self.start_fix = args.start_fix
         self.ood_score = args.ood_score
+        self.ova_views = args.ova_views
+        if self.ova_views not in OVA_VIEWS:
+            raise ValueError(f"ova_views must be one of {OVA_VIEWS}, got {self.ova_views!r}")
 
     @classmethod
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
         """The CFSG head with every network switch of the config."""
         return cls.net_head, {k: getattr(args, k) for k in NET_SWITCHES}
+
+    @classmethod
+    def validate_config(cls, args: Any) -> list:
+        """Ranges of cfsg_clip's keys, checked by config.py before any data is read (problem strings)."""
+        from ..config import check_ranges
+
+        problems = check_ranges(args, (
+            ("sfm_keep_ratio", "(0, 1]"), ("sfm_temperature", "(0, inf)"), ("sfm_local_weight", "[0, inf)"),
+            ("vsi_topk", "[1, inf)"), ("proto_momentum", "[0, 1]"), ("mcm_temperature", "(0, inf)"),
+            ("lambda_ova", "[0, inf)"), ("lambda_em", "[0, inf)"), ("lambda_socr", "[0, inf)"),
+            ("lambda_fix", "[0, inf)"), ("p_cutoff", "[0, 1]"), ("ood_threshold", "[0, 1]"), ("start_fix", "[0, inf)"),
+            ("num_tuned_blocks", "[0, inf)")))
+        topk, k = getattr(args, "vsi_topk", None), getattr(args, "num_classes", None)
+        if isinstance(topk, int) and isinstance(k, int) and topk > k >= 1:
+            problems.append(f"vsi_topk ({topk}) must not exceed num_classes ({k}): the cues come from the top-k "
+                            f"seen classes; e.g. vsi_topk: {min(3, k)}")
+        return problems
+
+    # ------------------------------------------------------------------ data
+    def set_dataset(self):
+        """Our datasets; with ``ova_views: weak_weak`` unlabeled items carry a second weak view ``x_ulb_w2``."""
+        dataset_dict = super().set_dataset()
+        if self.args.ova_views == "weak_weak" and dataset_dict.get("train_ulb") is not None:
+            dataset_dict["train_ulb"].second_weak_view = True
+        return dataset_dict
 
     # ------------------------------------------------------------------ step
     def _update_prototypes(self, feats: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
@@ -81,20 +115,37 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                 return t
         unwrap(self.model).prototypes.update(feats.detach().float(), labels, mask, reduce_fn=reduce)
 
-    def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s, y_ulb=None):
+    def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s, x_ulb_w2=None, y_ulb=None):
+        """One step on a labeled batch and an unlabeled batch (views in the module docstring).
+
+        Args:
+            x_lb: Labeled images [B_l, 3, H, W]; y_lb: their labels [B_l].
+            x_ulb_w, x_ulb_s: Weak and strong views of the unlabeled images [B_u, 3, H, W].
+            x_ulb_w2: A second weak view [B_u, 3, H, W] (required by ``ova_views: weak_weak``).
+            y_ulb: True unlabeled labels, for logged selection diagnostics only.
+        """
         num_lb = y_lb.shape[0]
+        views = [x_lb, x_ulb_w, x_ulb_s]
+        if self.ova_views == "weak_weak":
+            if x_ulb_w2 is None:
+                raise ValueError("ova_views: weak_weak needs a second weak view of the unlabeled images (x_ulb_w2), "
+                                 "which the dataset did not provide (set_dataset turns OpenSetDataset.second_weak_view "
+                                 "on for train_ulb); or set ova_views: weak_strong")
+            views.append(x_ulb_w2)
         with self.amp_cm():
-            out = self.model(torch.cat((x_lb, x_ulb_w, x_ulb_s)))
-            parts = {k: _split(v, num_lb) for k, v in out.items()}
+            out = self.model(torch.cat(views))
+            parts = {k: _split(v, num_lb, len(views) - 1) for k, v in out.items()}
             lb, w, s = ({k: p[i] for k, p in parts.items()} for i in range(3))
+            # the second view of the OVA losses: another weak view (OpenMatch) or the strong view
+            o2 = {k: p[3] for k, p in parts.items()} if self.ova_views == "weak_weak" else s
 
             ce_coarse = F.cross_entropy(lb["logits_coarse"].float(), y_lb)
             ce_fine = F.cross_entropy(lb["logits_fine"].float(), y_lb)
             l_ova = ova_loss(lb["logits_ova"].float(), y_lb)
             sup_loss = ce_coarse + ce_fine + self.lambda_ova * l_ova
 
-            l_em = (ova_entropy(w["logits_ova"].float()) + ova_entropy(s["logits_ova"].float())) / 2
-            l_socr = ova_consistency(w["logits_ova"].float(), s["logits_ova"].float())
+            l_em = (ova_entropy(w["logits_ova"].float()) + ova_entropy(o2["logits_ova"].float())) / 2
+            l_socr = ova_consistency(w["logits_ova"].float(), o2["logits_ova"].float())
 
             with torch.no_grad():
                 probs_w = torch.softmax(w["logits"].detach().float(), dim=1)
@@ -138,9 +189,40 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
 
     # ------------------------------------------------------------ evaluation
     @classmethod
-    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args: Any) -> Tuple[Dict[str, np.ndarray], str]:
-        """CFSG's unknown scores (the net's ``score_<name>`` outputs) and the primary one (``ood_score``)."""
-        return {name: outputs[f"score_{name}"] for name in OOD_SCORES}, args.ood_score
+    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args: Any,
+                               calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
+        """CFSG's unknown scores and the primary one (``ood_score``); higher = more unknown.
+
+        ``ova``, ``mcm`` and ``glmcm`` are the net's ``score_<name>`` outputs. ``fused`` is
+        :func:`~usb_cfsg.modules.fused_score` over ``ova`` and ``glmcm``: each is mapped to [0, 1]
+        with its range ``calibration["ranges"][name] = [lo, hi]`` (fitted by the evaluator on
+        training data), then the two are averaged. Without a calibration, ``fused`` is the plain
+        mean of the raw scores: UNCALIBRATED, since ``glmcm`` at T = 1 lives in a narrow band
+        just below 1 - 1/K while ``ova`` spans [0, 1], so the mean mostly follows ``ova``.
+
+        Args:
+            outputs: Net outputs as numpy arrays [N] (``score_ova``, ``score_mcm``, ``score_glmcm``).
+            args: The run's configuration (``ood_score``).
+            calibration: ``{"ranges": {name: [lo, hi]}, "thresholds": {...}, "source": str}`` or None.
+
+        Returns:
+            ``(scores, primary)``: name -> float64 array [N] for ``ova``, ``mcm``, ``glmcm``, ``fused``.
+
+        Raises:
+            ValueError: A calibration without ranges for ``ova`` and ``glmcm``.
+        """
+        scores = {name: np.asarray(outputs[f"score_{name}"], dtype=np.float64) for name in NET_SCORES}
+        ranges = None
+        if calibration is not None:
+            given = calibration.get("ranges") or {}
+            missing = [name for name in FUSED_FROM if name not in given]
+            if missing:
+                raise ValueError(f"calibration has no range for {missing} (ranges given: {sorted(given)}); the fused "
+                                 f"score needs ranges of {list(FUSED_FROM)} fitted on training data")
+            ranges = {name: (float(given[name][0]), float(given[name][1])) for name in FUSED_FROM}
+        fused = fused_score({name: torch.from_numpy(scores[name]) for name in FUSED_FROM}, ranges=ranges)
+        scores["fused"] = fused.numpy()
+        return {name: scores[name] for name in OOD_SCORES}, args.ood_score
 
     @staticmethod
     def get_argument():
@@ -152,6 +234,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             SSL_Argument("--use_vsi", str2bool, True, "visual-semantic injection cue tokens in the fine branch"),
             SSL_Argument("--sfm_keep_ratio", float, 0.25, "rho: fraction of patches kept by the SFM"),
             SSL_Argument("--sfm_temperature", float, 0.07, "tau_f: patch-class affinity softmax temperature"),
+            SSL_Argument("--sfm_posterior_scale", float, 100.0,
+                         "s of the SFM class posterior softmax(s cos(g, t)); 100 = CLIP's zero-shot scale"),
             SSL_Argument("--sfm_local_weight", float, 1.0, "lambda_f: weight of the local feature in z_c"),
             SSL_Argument("--sfm_dense", _choice("value", "tokens"), "value",
                          "patch features of the affinity: last block's value path (MaskCLIP) or final tokens"),
@@ -159,7 +243,10 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             SSL_Argument("--proto_momentum", float, 0.99, "EMA momentum of the class prototypes"),
             SSL_Argument("--closed_head", _choice("ensemble", "fine"), "ensemble",
                          "closed-set prediction: (coarse + fine) / 2, or fine only"),
-            SSL_Argument("--mcm_temperature", float, 0.01, "softmax temperature of the MCM / GL-MCM scores"),
+            SSL_Argument("--mcm_temperature", float, 1.0, "T of the MCM / GL-MCM scores (1, as both papers)"),
+            SSL_Argument("--ova_bias", str2bool, False, "bias in the OVA head's linear layer (OpenMatch: none)"),
+            SSL_Argument("--ova_views", _choice(*OVA_VIEWS), "weak_weak",
+                         "unlabeled views of the OVA entropy/consistency: two weak (OpenMatch) or weak and strong"),
             SSL_Argument("--lambda_ova", float, 1.0, "weight of the labeled OVA loss"),
             SSL_Argument("--lambda_em", float, 0.1, "weight of OVA entropy minimisation on unlabeled data"),
             SSL_Argument("--lambda_socr", float, 0.5, "weight of OVA consistency between the two views"),
@@ -167,5 +254,6 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             SSL_Argument("--p_cutoff", float, 0.95, "confidence threshold of pseudo-labels"),
             SSL_Argument("--ood_threshold", float, 0.5, "OVA unknown score below which a sample is an inlier"),
             SSL_Argument("--start_fix", int, 0, "iterations before the FixMatch term starts"),
-            SSL_Argument("--ood_score", _choice(*OOD_SCORES), "fused", "primary unknown score of the evaluator"),
+            SSL_Argument("--ood_score", _choice(*OOD_SCORES), "fused",
+                         "primary unknown score; fused = mean of ova and glmcm on ranges fitted on training data"),
         ]

@@ -22,14 +22,16 @@ class OVAHead(nn.Module):
     Args:
         dim: Feature dimension D.
         num_classes: K.
-        bias: Whether the linear layer has a bias (default True, as OpenMatch).
+        bias: Whether the linear layer has a bias. Default False, as OpenMatch's ``fc_open``
+            (``nn.Linear(dim, 2K, bias=False)``): the binary logits of every class are then linear
+            in the feature, with no learned prior towards "inlier" or "outlier".
 
     Shapes:
         - input ``z``: [B, D]
         - output: logits [B, 2, K] (softmax over dim 1; index 1 positive, index 0 negative).
     """
 
-    def __init__(self, dim: int, num_classes: int, bias: bool = True) -> None:
+    def __init__(self, dim: int, num_classes: int, bias: bool = False) -> None:
         super().__init__()
         if dim < 1 or num_classes < 1:
             raise ValueError(f"dim and num_classes must be positive, got {dim} and {num_classes}")
@@ -42,7 +44,7 @@ class OVAHead(nn.Module):
         return self.fc(z).view(z.shape[0], 2, self.num_classes)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_classes={self.num_classes}"
+        return f"dim={self.dim}, num_classes={self.num_classes}, bias={self.fc.bias is not None}"
 
 
 def _check(logits_open: Tensor) -> None:

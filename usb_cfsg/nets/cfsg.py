@@ -10,6 +10,10 @@
 
 The fine branch re-runs only the last m blocks, on 1 + ρN + k tokens. Every output a user or
 the algorithm needs is in the forward's dict; ``logits``/``feat`` keep USB's contract.
+
+The net returns the per-image unknown scores ``ova``, ``mcm`` and ``glmcm``. The fused score needs
+score ranges fitted on training data, which the net cannot know; it is computed from these outputs
+by ``CFSGCLIP.compute_unknown_scores`` with the evaluator's calibration.
 """
 from __future__ import annotations
 
@@ -20,13 +24,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..modules import (ClassPrototypes, CosineClassifier, OVAHead, SemanticFilter, VisualSemanticInjection,
-                       gather_tokens, glmcm_score, mcm_score, ova_unknown_score)
+from ..modules import (DEFAULT_MCM_TEMPERATURE, DEFAULT_SFM_LOGIT_SCALE, ClassPrototypes, CosineClassifier,
+                       OVAHead, SemanticFilter, VisualSemanticInjection, gather_tokens, glmcm_score, mcm_score,
+                       ova_unknown_score)
 from .backbone import ClipBackbone
 from .clip import NET_HEADS
 from .text import ClassTextEmbeddings
 
-OOD_SCORES = ("ova", "mcm", "glmcm", "fused")
+#: unknown scores the network outputs (as ``score_<name>``), higher = more unknown
+NET_SCORES = ("ova", "mcm", "glmcm")
+#: every unknown score of cfsg_clip: the net's and ``fused`` (computed from ova and glmcm at evaluation)
+OOD_SCORES = NET_SCORES + ("fused",)
 
 
 @NET_HEADS.register("cfsg")
@@ -41,20 +49,24 @@ class CFSGNet(nn.Module):
         use_vsi: Inject category cue tokens into the fine branch (else: re-run on kept patches only).
         sfm_keep_ratio: ρ, fraction of patches kept.
         sfm_temperature: τ_f of the patch-class affinity softmax.
+        sfm_posterior_scale: s of the SFM's class posterior softmax(s·cos(g, t)) (CLIP's 100).
         sfm_local_weight: λ_f, weight of the local feature in the coarse feature.
         sfm_dense: Patch features for the affinity: ``value`` (last block's value path) or ``tokens``.
         vsi_topk: k, number of cue tokens (top-k coarse classes).
         proto_momentum: EMA momentum of the class prototypes.
         closed_head: ``ensemble`` ((coarse + fine) / 2) or ``fine``.
-        mcm_temperature: Temperature of the MCM / GL-MCM softmax over cosine similarities.
+        mcm_temperature: T of the MCM / GL-MCM softmax over cosine similarities (1, as both papers).
+        ova_bias: Whether the OVA head's linear layer has a bias (False, as OpenMatch).
         logit_scale: Scale of the cosine classifiers.
     """
 
     def __init__(self, backbone: ClipBackbone, text: ClassTextEmbeddings, num_classes: int, *,
                  use_sfm: bool = True, use_vsi: bool = True, sfm_keep_ratio: float = 0.25,
-                 sfm_temperature: float = 0.07, sfm_local_weight: float = 1.0,
+                 sfm_temperature: float = 0.07, sfm_posterior_scale: float = DEFAULT_SFM_LOGIT_SCALE,
+                 sfm_local_weight: float = 1.0,
                  sfm_dense: Literal["value", "tokens"] = "value", vsi_topk: int = 3, proto_momentum: float = 0.99,
-                 closed_head: Literal["ensemble", "fine"] = "ensemble", mcm_temperature: float = 0.01,
+                 closed_head: Literal["ensemble", "fine"] = "ensemble",
+                 mcm_temperature: float = DEFAULT_MCM_TEMPERATURE, ova_bias: bool = False,
                  logit_scale: float = 30.0, **unused: Any) -> None:
         super().__init__()
         if sfm_dense not in ("value", "tokens"):
@@ -63,6 +75,11 @@ class CFSGNet(nn.Module):
             raise ConfigError(f"closed_head must be ensemble or fine, got {closed_head!r}")
         if not 0.0 < sfm_keep_ratio <= 1.0:
             raise ConfigError(f"sfm_keep_ratio must be in (0, 1], got {sfm_keep_ratio}")
+        if not mcm_temperature > 0:
+            raise ConfigError(f"mcm_temperature must be positive, got {mcm_temperature} (MCM/GL-MCM use 1.0)")
+        if not sfm_posterior_scale > 0:
+            raise ConfigError(f"sfm_posterior_scale must be positive, got {sfm_posterior_scale} (CLIP's is 100)")
+        backbone.check_value_path()  # value-path dense features feed GL-MCM (and the SFM with sfm_dense: value)
         self.backbone = backbone
         self.text = text
         self.num_classes = num_classes
@@ -75,22 +92,21 @@ class CFSGNet(nn.Module):
         if t0.shape[0] != num_classes:
             raise ConfigError(f"got {t0.shape[0]} class names for num_classes={num_classes}")
         self.sfm = SemanticFilter(keep_ratio=sfm_keep_ratio, temperature=sfm_temperature,
-                                  local_weight=sfm_local_weight)
+                                  logit_scale=sfm_posterior_scale, local_weight=sfm_local_weight)
         self.coarse_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.fine_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.prototypes = ClassPrototypes(num_classes, dim, momentum=proto_momentum)
         self.vsi = VisualSemanticInjection(dim, width, topk=vsi_topk)
-        self.ova = OVAHead(dim, num_classes)
+        self.ova = OVAHead(dim, num_classes, bias=bool(ova_bias))
         self.num_features = dim
 
     def text_embeddings(self) -> torch.Tensor:
         """Seen-class text embeddings t [K, D] (normalised)."""
         return self.text()
 
-    def _coarse(self, g: torch.Tensor, p: torch.Tensor, last_in: torch.Tensor, t: torch.Tensor) -> Dict[str, Any]:
+    def _coarse(self, g: torch.Tensor, p: torch.Tensor, dense: torch.Tensor, t: torch.Tensor) -> Dict[str, Any]:
         if self.use_sfm:
-            dense = self.backbone.value_features(last_in)[:, 1:] if self.sfm_dense == "value" else p
-            s = self.sfm(g, p, t, affinity_feat=dense)
+            s = self.sfm(g, p, t, affinity_feat=dense if self.sfm_dense == "value" else p)
             return dict(coarse=s.coarse, local=s.local, relevance=s.relevance, keep_idx=s.keep_idx)
         B, N, _ = p.shape
         keep = torch.arange(N, device=p.device).expand(B, N)
@@ -111,7 +127,9 @@ class CFSGNet(nn.Module):
             ``logits_coarse``, ``logits_fine`` [B, K], ``logits_ova`` [B, 2, K], ``feat_local`` [B, D],
             ``feat_global`` [B, D], ``relevance`` [B, N] (a distribution over patches),
             ``keep_idx`` [B, n_keep], and unknown scores ``score_ova``, ``score_mcm``,
-            ``score_glmcm``, ``score_fused`` [B] (higher = more unknown).
+            ``score_glmcm`` [B] (higher = more unknown; see :data:`NET_SCORES`). ``glmcm`` is GL-MCM
+            as published: the global MCM plus the largest MCM over the value-path features of all N
+            patches (:meth:`ClipBackbone.dense_features`), both at ``mcm_temperature``.
         """
         if only_fc:
             return self.fine_head(x)
@@ -121,7 +139,8 @@ class CFSGNet(nn.Module):
         z = bb.project(tokens)
         g, p = z[:, 0], z[:, 1:]
         t = self.text().to(z.dtype)
-        c = self._coarse(g, p, last_in, t)
+        dense = bb.dense_features(last_in)
+        c = self._coarse(g, p, dense, t)
         logits_coarse = self.coarse_head(c["coarse"])
 
         fine_in = [h[:, :1]]
@@ -141,20 +160,24 @@ class CFSGNet(nn.Module):
         logits_ova = self.ova(z_f)
         with torch.no_grad():
             pred = logits.argmax(dim=1)
-            kept = gather_tokens(p, c["keep_idx"])
             s_ova = ova_unknown_score(logits_ova.float(), pred)
             s_mcm = mcm_score(g.float(), t.float(), self.mcm_temperature)
-            s_glmcm = glmcm_score(g.float(), kept.float(), t.float(), self.mcm_temperature)
-            s_fused = (s_ova + s_glmcm) / 2
+            s_glmcm = glmcm_score(g.float(), dense.float(), t.float(), self.mcm_temperature)
         return {
             "logits": logits, "feat": z_f, "logits_coarse": logits_coarse, "logits_fine": logits_fine,
             "logits_ova": logits_ova, "feat_local": c["local"], "feat_global": g, "relevance": c["relevance"],
             "keep_idx": c["keep_idx"], "score_ova": s_ova, "score_mcm": s_mcm, "score_glmcm": s_glmcm,
-            "score_fused": s_fused,
         }
 
     def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict:
         return self.backbone.group_matcher(coarse, prefix=f"{prefix}backbone.")
 
     def no_weight_decay(self) -> set:
-        return self.backbone.no_weight_decay(prefix="backbone.") | {"vsi.type_embedding"}
+        """Parameters USB's optimizer builder keeps out of weight decay (besides biases and 1-d ones).
+
+        The cosine heads' weights are normalised in every forward pass, so their norm never reaches
+        the logits: weight decay would only shrink them, which raises the effective learning rate
+        of their direction as training goes on. The type embedding is an embedding (as ViT's).
+        """
+        return self.backbone.no_weight_decay(prefix="backbone.") | {
+            "vsi.type_embedding", "coarse_head.weight", "fine_head.weight"}
