@@ -11,7 +11,7 @@ from typing import Any, Callable, Type
 
 from ..errors import RegistryError, did_you_mean
 
-_MODULES: tuple[str, ...] = ("cfsg_clip",)
+_MODULES: tuple[str, ...] = ("cfsg_clip", "openmatch", "iomatch", "clip_zeroshot")
 
 
 def _semilearn_algorithms():

@@ -1,0 +1,139 @@
+"""Zero-shot CLIP with MCM and GL-MCM unknown scores (``algorithm: clip_zeroshot``); no training.
+
+The classifier is the seen classes' text embeddings t_k (prompt ensemble of the dataset's
+templates): ``logits = s * cos(z, t_k)`` with the image embedding ``z`` (CLIP's class token through
+``ln_post`` and ``proj``) and CLIP's logit scale s = 100 (the argmax does not depend on s).
+
+Unknown scores (higher = more unknown, :mod:`usb_cfsg.modules.scores`):
+
+* ``mcm`` (Ming et al., NeurIPS 2022): ``1 - max_k softmax_k(cos(z, t_k) / T)``;
+* ``glmcm`` (Miyai et al., 2023): ``1 - (S_MCM(z) + max_i S_MCM(l_i)) / 2``, the local features
+  l_i being the value-path (MaskCLIP) dense features of **all** patches of the last block, in the
+  joint space (``ClipBackbone.dense_features``);
+
+with T = ``mcm_temperature`` (default 1, as both papers). The headline score is ``ood_score``.
+
+``num_train_iter`` may be 0; any other value is ignored with a notice (nothing is trained). The run
+folder gets the same files as a trained run: ``config.yaml``, ``latest_model.pth`` (the CLIP weights
+as loaded) and ``openset_metrics.json``. With ``text_encoder: minilm`` the class embeddings pass
+through an untrained random projection, so zero-shot results are at chance level; a warning says so.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from semilearn.algorithms.utils import SSL_Argument
+from semilearn.core.algorithmbase import AlgorithmBase
+
+from ..engine.plugin import PluginMixin
+from ..modules import glmcm_score, mcm_score
+from ..nets.clip import NET_HEADS, ClipNet
+from . import register_algorithm
+
+logger = logging.getLogger("usb_cfsg")
+
+#: CLIP's learned logit scale (exp of 4.6052 in OpenAI's checkpoints): the zero-shot logits' scale.
+CLIP_LOGIT_SCALE = 100.0
+ZS_SCORES = ("mcm", "glmcm")
+
+
+def _one_of(*options: str):
+    """An argparse-style parser accepting only ``options`` (config.py reads ``choices`` for validation)."""
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"expected one of {options}, got {text!r}")
+        return text
+
+    parse.__name__ = "one of " + "|".join(options)
+    parse.choices = options  # type: ignore[attr-defined]
+    return parse
+
+
+def dense_patch_features(backbone, last_input: torch.Tensor) -> torch.Tensor:
+    """Value-path patch features [B, N, D] of the last block (contract C2, ``ClipBackbone.dense_features``)."""
+    if hasattr(backbone, "dense_features"):
+        return backbone.dense_features(last_input)
+    return backbone.value_features(last_input)[:, 1:]
+
+
+@NET_HEADS.register("clip_zeroshot")
+class ZeroShotClipNet(ClipNet):
+    """CLIP image encoder whose classifier is the frozen class text embeddings.
+
+    ``forward`` returns ``logits`` [B, K] (``100 * cos(z, t)``), ``feat`` (z) [B, D] and the
+    unknown scores ``score_mcm``, ``score_glmcm`` [B].
+
+    Args:
+        mcm_temperature: T of the MCM / GL-MCM softmax.
+    """
+
+    def __init__(self, backbone, text, num_classes: int, mcm_temperature: float = 1.0, **unused: Any) -> None:
+        super().__init__(backbone, text, num_classes, logit_scale=CLIP_LOGIT_SCALE)
+        if not mcm_temperature > 0:
+            raise ValueError(f"mcm_temperature must be positive, got {mcm_temperature}")
+        self.mcm_temperature = float(mcm_temperature)
+
+    def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, **kwargs: Any):
+        t = F.normalize(self.text_embeddings, dim=-1)
+        if only_fc:
+            return CLIP_LOGIT_SCALE * F.normalize(x, dim=-1) @ t.to(x.dtype).t()
+        bb = self.backbone
+        tokens, last_in = bb.tuned(bb.trunk(x), return_last_input=True)
+        z = bb.project(tokens[:, :1])[:, 0]
+        if only_feat:
+            return z
+        logits = CLIP_LOGIT_SCALE * F.normalize(z, dim=-1) @ t.to(z.dtype).t()
+        with torch.no_grad():
+            dense = dense_patch_features(bb, last_in)
+            s_mcm = mcm_score(z.float(), t.float(), self.mcm_temperature)
+            s_glmcm = glmcm_score(z.float(), dense.float(), t.float(), self.mcm_temperature)
+        return {"logits": logits, "feat": z, "score_mcm": s_mcm, "score_glmcm": s_glmcm}
+
+
+@register_algorithm("clip_zeroshot")
+class ClipZeroShot(PluginMixin, AlgorithmBase):
+    """Zero-shot CLIP: text embeddings as the classifier, MCM / GL-MCM as unknown scores, no training."""
+
+    net_head = "clip_zeroshot"
+
+    def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
+        super().__init__(args, net_builder, tb_log, logger, **kwargs)
+        if getattr(args, "text_encoder", "clip") != "clip":
+            self.print_fn(f"WARNING clip_zeroshot with text_encoder {args.text_encoder}: the class embeddings pass "
+                          f"through an untrained random projection, so zero-shot results are at chance level; "
+                          f"use text_encoder: clip with a pretrained CLIP")
+
+    @classmethod
+    def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
+        return cls.net_head, {"mcm_temperature": args.mcm_temperature}
+
+    def train(self):
+        """No training: the hooks' before_run / after_run (checkpoint, open-set evaluation) only."""
+        if self.num_train_iter:
+            self.print_fn(f"clip_zeroshot trains nothing: num_train_iter {self.num_train_iter} is ignored; "
+                          f"evaluating the CLIP weights as loaded")
+        self.model.eval()
+        self.epoch = 0
+        self.call_hook("before_run")
+        self.completed_iters = self.it
+        self.call_hook("after_run")
+
+    def train_step(self, x_lb, y_lb):  # pragma: no cover - train() never calls it
+        raise RuntimeError("clip_zeroshot has no training step")
+
+    @classmethod
+    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args: Any,
+                               calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
+        """MCM and GL-MCM (the net's ``score_mcm`` / ``score_glmcm``); headline ``ood_score``."""
+        return {name: np.asarray(outputs[f"score_{name}"], dtype=np.float64) for name in ZS_SCORES}, args.ood_score
+
+    @staticmethod
+    def get_argument():
+        return [
+            SSL_Argument("--mcm_temperature", float, 1.0, "T of the MCM / GL-MCM softmax (both papers: 1)"),
+            SSL_Argument("--ood_score", _one_of(*ZS_SCORES), "mcm", "headline unknown score: mcm or glmcm"),
+        ]
