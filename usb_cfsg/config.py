@@ -94,12 +94,22 @@ class BaseConfig:
     algorithm: str = _help("Registered algorithm (USB's or ours).", "fixmatch")
     use_cat: bool = _help("Concatenate labeled and unlabeled batches in one forward (USB).", True)
     amp: bool = _help("Mixed precision: fp16 + GradScaler on CUDA, bf16 autocast on CPU.", False)
+    amp_dtype: Literal["auto", "bf16", "fp16"] = _help(
+        "Autocast dtype when amp is on: auto = fp16 + GradScaler on CUDA, bf16 on CPU; bf16 on CUDA needs no "
+        "GradScaler; fp16 is CUDA only.", "auto")
+    compile: bool = _help("torch.compile the transformer blocks and heads (falls back to eager with a warning "
+                          "if compilation fails).", False)
+    channels_last: bool = _help("NHWC memory format for the patch-embedding convolution (CUDA only).", False)
     # --- data ---
     data_dir: Optional[str] = _help("Dataset root as its publisher ships it (see README).", "./data")
     dataset: str = _help("Registered dataset name (cub200, stanford_cars, ...).", "cub200")
     num_classes: int = _help("K: number of SEEN classes (the classifier's size).", 100)
     train_sampler: str = _help("USB sampler name (RandomSampler).", "RandomSampler")
     num_workers: int = _help("DataLoader workers per loader (the unlabeled loader uses twice as many, as USB).", 1)
+    persistent_workers: bool = _help("Keep DataLoader workers alive between epochs (same data either way).", True)
+    pin_memory: bool = _help("Page-locked batches for faster host-to-GPU copies (CUDA only).", True)
+    cache_images: bool = _help("Decode and resize every image once and keep them in shared memory for all "
+                               "workers (small datasets; same images as without the cache).", False)
     include_lb_to_ulb: bool = _help("Also use labeled images as unlabeled (USB).", True)
     img_size: int = _help("Input size in pixels.", 224)
     crop_ratio: float = _help("Resize to img_size/crop_ratio before cropping.", 0.875)
@@ -109,6 +119,9 @@ class BaseConfig:
     split_seed: int = _help("Seed of the class split and the labeled/unlabeled split.", 0)
     seen_classes: Optional[List[Any]] = _help_list("Explicit seen classes (names or indices); overrides class_split.")
     ulb_unseen_ratio: Optional[float] = _help("Cap unseen-class images to this fraction of the unlabeled set.", None)
+    pretrain_pool: Optional[str] = _help(
+        "A demo CLIP card (python -m usb_cfsg.demo_clip writes <dir>/card.json): its pretraining images are "
+        "removed from the training set, so none is ever a labeled or unlabeled image.", None)
     download: bool = _help("Download the dataset from its publisher when online.", False)
     skip_bad_images: bool = _help("Skip (and count) missing/corrupt images instead of failing.", False)
     class_names: Optional[List[str]] = _help_list("image_folder: class order (default: sorted folder names).")

@@ -54,6 +54,28 @@ def safe_load(path: str, required: Iterable[str] = ()) -> Dict[str, Any]:
     return ckpt
 
 
+def peek_checkpoint(path: str, required: Iterable[str] = ("format", "it", "config")) -> Dict[str, Any]:
+    """The small entries of a checkpoint (``format``, ``it``, ``config``, ``algorithm``, ...), read cheaply.
+
+    Memory-maps the file (``torch.load(mmap=True)``), so checking a resume before building the
+    run costs milliseconds even for a large model; tensors are not read. Same errors as
+    :func:`safe_load`.
+    """
+    if not path or not os.path.isfile(path):
+        return safe_load(path, required)  # raises the "does not exist" error
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - not a zip archive (mmap needs one) or damaged: full load reports it
+        ckpt = safe_load(path, required)
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path!r} holds a {type(ckpt).__name__}, not a training checkpoint (a dict)")
+    missing = [k for k in required if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"checkpoint {path!r} lacks {missing}; it has {sorted(ckpt)[:20]}. Expected a "
+                              f"checkpoint written by usb_cfsg's train.py (latest_model.pth / model_best.pth)")
+    return {k: v for k, v in ckpt.items() if not isinstance(v, (dict, torch.Tensor)) or k in ("config",)}
+
+
 def rng_state() -> Dict[str, Any]:
     """Every global RNG's state, as tensors and plain Python types."""
     np_state = np.random.get_state()

@@ -28,7 +28,7 @@ from ..errors import CheckpointError
 from ..nets.backbone import unwrap
 from .checkpoint import atomic_save, load_state_strict, rng_state, safe_load, set_rng_state
 from .device import autocast_factory, grad_scaler
-from .hooks import ThroughputHook
+from .hooks import CompactLoggingHook, GuardedParamUpdateHook, StepEndHook, ThroughputHook
 from .sampling import eval_loader, train_loader
 
 logger = logging.getLogger("usb_cfsg")
@@ -89,7 +89,7 @@ class PluginMixin:
             "train_lb": train_loader(d["train_lb"], a.batch_size, self.num_iter_per_epoch, a.seed, a.rank, world,
                                      a.num_workers, pin),
             "train_ulb": train_loader(d["train_ulb"], a.batch_size * a.uratio, self.num_iter_per_epoch, a.seed + 1,
-                                      a.rank, world, 2 * a.num_workers, pin),
+                                      a.rank, world, loader_workers(2 * a.num_workers), pin),
             "eval": eval_loader(d["eval"], a.eval_batch_size, a.num_workers, pin),
         }
         if d.get("test_open") is not None:
@@ -135,14 +135,39 @@ class PluginMixin:
         from ..evaluation.evaluator import OPENSET_HOOK_PRIORITY, OpenSetEvalHook
 
         super().set_hooks()
-        self._hooks = [h for h in self._hooks if type(h).__name__ != "TimerHook"]
-        self.register_hook(ThroughputHook(), "TimerHook", "LOW")
+        self._install_engine_hooks()
         # after EvaluationHook.after_run (HIGH), which saves latest_model.pth and sets results_dict
         self.register_hook(OpenSetEvalHook(), "OpenSetEvalHook", OPENSET_HOOK_PRIORITY)
         if self.args.relevance_dir:
             from ..evaluation.relevance import RelevanceHook
 
             self.register_hook(RelevanceHook(), "RelevanceHook", "LOW")
+
+    def _install_engine_hooks(self) -> None:
+        """Swap USB's ParamUpdateHook, TimerHook and LoggingHook for ours (engine/hooks.py).
+
+        GuardedParamUpdateHook takes ParamUpdateHook's place (non-finite losses skip the step);
+        ThroughputHook goes right before USB's EvaluationHook (its clock excludes evaluation and
+        checkpoint time) and StepEndHook after every other hook; CompactLoggingHook takes
+        LoggingHook's place. Subclasses of USB's hooks (an algorithm's own) are left alone.
+        """
+        from semilearn.core.hooks import LoggingHook, ParamUpdateHook
+        from semilearn.core.hooks.priority import get_priority
+
+        throughput = ThroughputHook()
+        hooks = []
+        for hook in self._hooks:
+            if type(hook).__name__ == "TimerHook":
+                continue
+            if type(hook) is ParamUpdateHook:
+                hook = _named(GuardedParamUpdateHook(getattr(self.args, "max_bad_steps", 5)), hook.name, hook.priority)
+            elif type(hook) is LoggingHook:
+                hook = _named(CompactLoggingHook(throughput), hook.name, hook.priority)
+            hooks.append(hook)
+        at = next((i for i, h in enumerate(hooks) if type(h).__name__ == "EvaluationHook"), len(hooks))
+        hooks.insert(at, _named(throughput, "TimerHook", get_priority("HIGH")))
+        hooks.append(_named(StepEndHook(throughput), "StepEndHook", get_priority("LOWEST")))
+        self._hooks = hooks
 
     # ------------------------------------------------------ open-set scores
     @classmethod
@@ -306,7 +331,10 @@ class PluginMixin:
         return save
 
     def save_model(self, save_name, save_path):
-        atomic_save(self.get_save_dict(), os.path.join(save_path, save_name))
+        save = self.get_save_dict()
+        atomic_save(save, os.path.join(save_path, save_name))
+        if save_name == "latest_model.pth":  # named by the non-finite-loss guard when it stops a run
+            self.last_checkpoint = (os.path.join(save_path, save_name), int(save["it"]))
         self.print_fn(f"model saved: {os.path.join(save_path, save_name)}")
 
     def load_model(self, load_path):
@@ -336,6 +364,21 @@ class PluginMixin:
         self.load_extra_state(ckpt.get("extra") or {})
         self.print_fn(f"resumed from {load_path} at iteration {self.it}")
         return ckpt
+
+
+def _named(hook: Any, name: str, priority: int) -> Any:
+    """Give a hook the ``name`` and ``priority`` that ``register_hook`` would set."""
+    hook.name, hook.priority = name, priority
+    return hook
+
+
+def loader_workers(requested: int) -> int:
+    """``requested`` DataLoader workers capped to the CPUs this process may use (launch.py logs the notice)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(int(requested), cpus))
 
 
 def clip_net_kwargs(args, head: str, head_kwargs: Dict[str, Any], class_names: Optional[Sequence[str]],
