@@ -44,6 +44,7 @@ import os
 import socket
 import urllib.parse
 import urllib.request
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, Optional, Sequence, Tuple, Union
@@ -267,7 +268,9 @@ def read_weights_file(path: str) -> Tuple[Dict[str, torch.Tensor], bool]:
     """
     if is_torchscript_archive(path):
         try:
-            module = torch.jit.load(path, map_location="cpu")
+            with warnings.catch_warnings():  # torch.jit.load is deprecated, but OpenAI's files need it
+                warnings.simplefilter("ignore", FutureWarning)
+                module = torch.jit.load(path, map_location="cpu")
         except Exception as exc:  # noqa: BLE001 - TorchScript raises many types
             raise ConfigError(f"could not read the TorchScript archive {path!r}: {exc}") from None
         state = {k: v.detach() for k, v in module.state_dict().items() if k not in _OPENAI_EXTRA_KEYS}
@@ -358,17 +361,18 @@ def _offline_mode() -> bool:
 
 
 def _hub_cached(repo_id: str, filenames: Sequence[str]) -> Optional[str]:
-    """The first of ``filenames`` of a Hugging Face repository already in the local cache (no network)."""
+    """The first of ``filenames`` of a Hugging Face repository already in the local cache (filesystem only)."""
     try:
-        from huggingface_hub import hf_hub_download
+        from huggingface_hub import try_to_load_from_cache
     except ImportError:
         return None
     for filename in filenames:
         try:
-            return str(hf_hub_download(repo_id=repo_id, filename=filename, local_files_only=True,
-                                       cache_dir=_hub_cache()))
-        except Exception:  # noqa: BLE001 - not cached (or not a valid repo id): try the next
+            found = try_to_load_from_cache(repo_id=repo_id, filename=filename, cache_dir=_hub_cache())
+        except Exception:  # noqa: BLE001 - e.g. an invalid repo id: not cached
             continue
+        if isinstance(found, str) and os.path.isfile(found):
+            return found
     return None
 
 
