@@ -27,7 +27,7 @@ from ..config import config_to_dict
 from ..errors import CheckpointError
 from ..nets.backbone import unwrap
 from .checkpoint import atomic_save, load_state_strict, rng_state, safe_load, set_rng_state
-from .device import autocast_factory, grad_scaler
+from .device import apply_fast_paths, autocast_factory, grad_scaler
 from .hooks import CompactLoggingHook, GuardedParamUpdateHook, StepEndHook, ThroughputHook
 from .sampling import eval_loader, train_loader
 
@@ -59,11 +59,13 @@ class PluginMixin:
         self.openset_info = None
         super().__init__(args, net_builder, tb_log, logger, **kw)
         self.ngpus_per_node = max(1, args.world_size)  # USB computes rank % ngpus_per_node (0 on CPU)
-        self.amp_cm = autocast_factory(self.device, bool(args.amp))
+        self.amp_cm = autocast_factory(self.device, bool(args.amp), getattr(args, "amp_dtype", "auto"))
         if args.amp and self.device.type == "cpu":
             self.print_fn("amp on CPU runs bf16 autocast: correct everywhere, but much slower than fp32 on CPUs "
                           "without bf16 units (AVX512-BF16/AMX); use --amp false for CPU speed")
-        self.loss_scaler = grad_scaler(self.device, bool(args.amp))
+        self.loss_scaler = grad_scaler(self.device, bool(args.amp), getattr(args, "amp_dtype", "auto"))
+        # after set_ema_model's deep copy: compile / channels_last act on the training model only
+        self.compiled = apply_fast_paths(self.model, args, self.device)
 
     # ----------------------------------------------------------------- data
     def net_mean_std(self):
@@ -83,17 +85,18 @@ class PluginMixin:
 
     def set_data_loader(self):
         a, d = self.args, self.dataset_dict
-        pin = self.device.type == "cuda"
+        pin = self.device.type == "cuda" and getattr(a, "pin_memory", True)
+        keep = bool(getattr(a, "persistent_workers", False))
         world = max(1, a.world_size) if self.distributed else 1
         loaders = {
             "train_lb": train_loader(d["train_lb"], a.batch_size, self.num_iter_per_epoch, a.seed, a.rank, world,
-                                     a.num_workers, pin),
+                                     a.num_workers, pin, keep),
             "train_ulb": train_loader(d["train_ulb"], a.batch_size * a.uratio, self.num_iter_per_epoch, a.seed + 1,
-                                      a.rank, world, loader_workers(2 * a.num_workers), pin),
-            "eval": eval_loader(d["eval"], a.eval_batch_size, a.num_workers, pin),
+                                      a.rank, world, loader_workers(2 * a.num_workers), pin, keep),
+            "eval": eval_loader(d["eval"], a.eval_batch_size, a.num_workers, pin, keep),
         }
         if d.get("test_open") is not None:
-            loaders["test_open"] = eval_loader(d["test_open"], a.eval_batch_size, a.num_workers, pin)
+            loaders["test_open"] = eval_loader(d["test_open"], a.eval_batch_size, a.num_workers, pin, keep)
         return loaders
 
     # ---------------------------------------------------------------- model

@@ -110,15 +110,41 @@ class SeededDataset(Dataset):
                 np.random.set_state(np_state)
 
 
+def _worker_options(num_workers: int, pin_memory: bool, persistent_workers: bool) -> dict:
+    """DataLoader keywords for workers: persistent workers only when there are workers."""
+    opts = dict(num_workers=num_workers, pin_memory=pin_memory)
+    if num_workers > 0:
+        opts["persistent_workers"] = bool(persistent_workers)
+    return opts
+
+
 def train_loader(dataset: Dataset, batch_size: int, iters_per_epoch: int, seed: int, rank: int, world_size: int,
-                 num_workers: int, pin_memory: bool = False) -> DataLoader:
-    """An infinite-style training loader (one epoch = ``iters_per_epoch`` batches) that can resume."""
+                 num_workers: int, pin_memory: bool = False, persistent_workers: bool = False) -> DataLoader:
+    """An infinite-style training loader (one epoch = ``iters_per_epoch`` batches) that can resume.
+
+    Args:
+        dataset: The training dataset.
+        batch_size: Items per batch.
+        iters_per_epoch: Batches per epoch.
+        seed: Run seed (data order and per-sample augmentation seeds).
+        rank: This process's rank.
+        world_size: Number of processes.
+        num_workers: DataLoader worker processes.
+        pin_memory: Page-locked batches (faster, asynchronous host-to-GPU copies).
+        persistent_workers: Keep the workers alive between epochs instead of restarting them
+            (and re-copying the dataset into them) at every epoch. The order and the
+            augmentations are the same either way: the sampler runs in the main process and
+            every sample carries its own seed.
+    """
     sampler = ResumableSampler(len(dataset), iters_per_epoch * batch_size, seed, rank, world_size, batch_size)
-    return DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      drop_last=True, pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed))
+    return DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=sampler, drop_last=True,
+                      generator=torch.Generator().manual_seed(seed),
+                      **_worker_options(num_workers, pin_memory, persistent_workers))
 
 
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool = False) -> DataLoader:
+def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool = False,
+                persistent_workers: bool = False) -> DataLoader:
     """A deterministic, unshuffled loader that does not consume the global RNG."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, drop_last=False,
-                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(0))
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
+                      generator=torch.Generator().manual_seed(0),
+                      **_worker_options(num_workers, pin_memory, persistent_workers))
