@@ -21,18 +21,19 @@ def test_summary_of_hand_worked_example() -> None:
     lines = text.splitlines()
     assert lines[0] == "cfsg_clip on toy"
     assert lines[1].split() == ["metric", "value"]
-    body = {line.rsplit(None, 1)[0].strip(): line.rsplit(None, 1)[1] for line in lines[3:10]}
+    body = {line.rsplit(None, 1)[0].strip(): line.rsplit(None, 1)[1] for line in lines[3:11]}
     assert body == {
         "closed-set accuracy (seen)": "60.00%",
         "AUROC (unknown = positive)": "93.33%",
-        "FPR@95%TPR": "20.00%",
+        "FPR@95%TPR (unknown = positive)": "20.00%",
+        "FPR@95%TPR (seen = positive, MCM)": "33.33%",
         "open-set balanced accuracy": "50.00%",
         "unknown recall": "66.67%",
         "H-score": "50.00%",
         "macro-F1 (K+1 classes)": "48.89%",
     }
-    assert [line.split()[-1] for line in lines[10:13]] == ["0.55", "5", "3"]
-    assert lines[11].startswith("seen-class test images") and lines[12].startswith("unseen-class test images")
+    assert [line.split()[-1] for line in lines[11:14]] == ["0.55", "5", "3"]
+    assert lines[12].startswith("seen-class test images") and lines[13].startswith("unseen-class test images")
     assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
 
 
@@ -49,12 +50,31 @@ def test_summary_with_per_score_rows_and_nan() -> None:
     assert any(line.split() == ["AUROC", "(unknown", "=", "positive)", "n/a"] for line in lines)
     assert any(line.split() == ["best_it", "1200"] for line in lines)
     header = next(i for i, line in enumerate(lines) if line.startswith("score"))
-    assert lines[header].split() == ["score", "AUROC", "FPR95", "open", "bAcc", "unk.", "recall", "H-score"]
-    assert lines[header + 2].split() == ["ova", "91.23%", "35.00%", "70.00%", "50.00%", "60.00%"]
-    assert lines[header + 3].split() == ["mcm", "n/a", "40.00%", "-", "-", "-"]
+    assert lines[header].split() == ["score", "AUROC", "FPR95", "FPR95-ID", "open", "bAcc", "unk.", "recall",
+                                     "H-score"]
+    assert lines[header + 2].split() == ["ova", "91.23%", "35.00%", "-", "70.00%", "50.00%", "60.00%"]
+    assert lines[header + 3].split() == ["mcm", "n/a", "40.00%", "-", "-", "-", "-"]
     # Columns line up: each percentage ends at the same column in both rows.
     assert len(lines[header + 2]) == len(lines[header + 3]) == len(lines[header])
 
 
 def test_summary_of_empty_dict() -> None:
     assert format_summary({}) == "Open-set evaluation"
+
+
+def test_summary_shows_difficulty_groups_and_sources() -> None:
+    metrics = m.compute_openset_metrics(Y, CLOSED, SCORE, T, K)
+    metrics["threshold_source"] = "ood_threshold (config); the score lies in [0, 1] on 40 unlabeled training images"
+    metrics["calibration"] = {"source": "40 of 90 unlabeled training images", "ranges": {}, "thresholds": {}}
+    metrics["difficulty"] = {
+        "Easy": {"num_test_unseen": 12, "auroc": 0.95, "fpr95": 0.2, "fpr95_id": 0.1, "unknown_recall": 0.75},
+        "Hard": {"num_test_unseen": 30, "auroc": 0.6, "fpr95": float("nan"), "fpr95_id": 0.7, "unknown_recall": 0.25},
+    }
+    lines = format_summary(metrics).splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("difficulty"))
+    assert lines[header].split() == ["difficulty", "(vs", "all", "seen)", "images", "AUROC", "FPR95", "FPR95-ID",
+                                     "unk.", "recall"]
+    assert lines[header + 2].split() == ["unknown:", "Easy", "12", "95.00%", "20.00%", "10.00%", "75.00%"]
+    assert lines[header + 3].split() == ["unknown:", "Hard", "30", "60.00%", "n/a", "70.00%", "25.00%"]
+    assert lines[-2] == "threshold: " + metrics["threshold_source"]
+    assert lines[-1] == "calibration: 40 of 90 unlabeled training images"

@@ -1,4 +1,10 @@
-"""Plain-text summary of open-set metrics, short enough for one screen of a log or terminal."""
+"""Plain-text summary of open-set metrics, short enough for one screen of a log or terminal.
+
+FPR95 appears in both conventions: ``fpr95`` with the unknown images as the positive class
+(OpenOOD), ``fpr95_id`` with the seen-class (in-distribution) images as the positive class (MCM,
+GL-MCM). With the Semantic Shift Benchmark split a third table gives AUROC, both FPR95s and the
+unknown recall of the headline score per difficulty group of the unknown classes.
+"""
 from __future__ import annotations
 
 import math
@@ -9,7 +15,8 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 HEADLINE: Tuple[Tuple[str, str], ...] = (
     ("closed_acc", "closed-set accuracy (seen)"),
     ("auroc", "AUROC (unknown = positive)"),
-    ("fpr95", "FPR@95%TPR"),
+    ("fpr95", "FPR@95%TPR (unknown = positive)"),
+    ("fpr95_id", "FPR@95%TPR (seen = positive, MCM)"),
     ("open_bacc", "open-set balanced accuracy"),
     ("unknown_recall", "unknown recall"),
     ("h_score", "H-score"),
@@ -20,13 +27,23 @@ HEADLINE: Tuple[Tuple[str, str], ...] = (
 SCORE_COLUMNS: Tuple[Tuple[str, str], ...] = (
     ("auroc", "AUROC"),
     ("fpr95", "FPR95"),
+    ("fpr95_id", "FPR95-ID"),
     ("open_bacc", "open bAcc"),
     ("unknown_recall", "unk. recall"),
     ("h_score", "H-score"),
 )
 
+#: Columns of the per-difficulty table (class_split: ssb): (metrics key, column title).
+DIFFICULTY_COLUMNS: Tuple[Tuple[str, str], ...] = (
+    ("auroc", "AUROC"),
+    ("fpr95", "FPR95"),
+    ("fpr95_id", "FPR95-ID"),
+    ("unknown_recall", "unk. recall"),
+)
+
 _COUNT_KEYS = ("num_test_seen", "num_test_unseen")
-_HANDLED = {key for key, _ in HEADLINE} | set(_COUNT_KEYS) | {"threshold", "scores"}
+_HANDLED = {key for key, _ in HEADLINE} | set(_COUNT_KEYS) | {"threshold", "threshold_source", "scores", "difficulty",
+                                                              "calibration"}
 
 
 def _is_number(value: Any) -> bool:
@@ -76,7 +93,10 @@ def format_summary(metrics: Mapping[str, Any], title: Optional[str] = None) -> s
     that are present (fractions as percentages with 2 decimals, NaN as ``n/a``), the threshold and
     the test-set counts, then any other scalar entries as they are. When ``metrics["scores"]`` is a
     mapping ``{score name: {metric: value}}``, a second table has one row per score name with its
-    AUROC, FPR95, open balanced accuracy, unknown recall and H-score (``-`` where missing).
+    AUROC, FPR95 (both conventions), open balanced accuracy, unknown recall and H-score (``-``
+    where missing). When ``metrics["difficulty"]`` maps difficulty groups to metrics, a third table
+    has one row per group (number of unknown images, AUROC, FPR95, FPR95-ID, unknown recall). The
+    threshold's source and the calibration's source close the summary.
 
     Args:
         metrics: The metrics dictionary.
@@ -110,7 +130,24 @@ def format_summary(metrics: Mapping[str, Any], title: Optional[str] = None) -> s
             score_rows.append([str(name)] + [format_percent(values.get(key)) for key, _ in SCORE_COLUMNS])
         lines.append("")
         lines += _table(["score"] + [t for _, t in SCORE_COLUMNS], score_rows)
+
+    groups = metrics.get("difficulty")
+    if isinstance(groups, Mapping) and groups:
+        group_rows = []
+        for name, values in groups.items():
+            values = values if isinstance(values, Mapping) else {}
+            count = values.get("num_test_unseen")
+            group_rows.append([f"unknown: {name}", "-" if count is None else str(count)]
+                              + [format_percent(values.get(key)) for key, _ in DIFFICULTY_COLUMNS])
+        lines.append("")
+        lines += _table(["difficulty (vs all seen)", "images"] + [t for _, t in DIFFICULTY_COLUMNS], group_rows)
+
+    if isinstance(metrics.get("threshold_source"), str):
+        lines += ["", f"threshold: {metrics['threshold_source']}"]
+    calibration = metrics.get("calibration")
+    if isinstance(calibration, Mapping) and calibration.get("source"):
+        lines.append(f"calibration: {calibration['source']}")
     return "\n".join(lines)
 
 
-__all__ = ["HEADLINE", "SCORE_COLUMNS", "format_percent", "format_summary"]
+__all__ = ["DIFFICULTY_COLUMNS", "HEADLINE", "SCORE_COLUMNS", "format_percent", "format_summary"]
