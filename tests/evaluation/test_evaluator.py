@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from usb_cfsg.engine.plugin import PluginMixin
@@ -24,7 +25,14 @@ from usb_cfsg.evaluation import (
     save_relevance_overlay,
     write_metrics_json,
 )
-from usb_cfsg.evaluation.evaluator import OPENSET_HOOK_PRIORITY, OpenSetEvalHook
+from usb_cfsg.evaluation.evaluator import (
+    DIFFICULTY_KEYS,
+    OPENSET_HOOK_PRIORITY,
+    OpenSetEvalHook,
+    calibration_indices,
+    fit_calibration,
+)
+from usb_cfsg.evaluation.metrics import otsu_threshold
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -104,20 +112,103 @@ def _toy(seed=0, n_seen=12, n_unseen=8, k=3):
     return y, logits, scores, primary, k
 
 
+def _train_scores(seed=5, n=40, k=3):
+    """Scores of "unlabeled training images": a calibration set separate from the test set."""
+    logits = np.random.default_rng(seed).normal(size=(n, k)) * 2.0
+    scores, _ = PluginMixin.compute_unknown_scores({"logits": logits}, Namespace())
+    return logits, scores
+
+
 def test_metrics_for_every_score_and_primary_headline():
     y, logits, scores, primary, k = _toy()
     scores = dict(scores, noise=np.random.default_rng(1).random(y.size))
-    out = openset_metrics_from_outputs(y, logits, scores, "noise", k, 0.5)
+    train_logits, train = _train_scores()
+    train = dict(train, noise=np.random.default_rng(2).random(40))
+    calibration = fit_calibration({"logits": train_logits}, lambda out, cal: (dict(train), "noise"), 0.5, "toy")
+    out = openset_metrics_from_outputs(y, logits, scores, "noise", k, 0.5, calibration=calibration)
     assert out["primary_score"] == "noise" and set(out["scores"]) == {"msp", "energy", "noise"}
     for name, arr in scores.items():
         bounded = arr.min() >= 0 and arr.max() <= 1
         assert bounded == (name != "energy")
-        ref = compute_openset_metrics(y, logits.argmax(1), arr, 0.5 if bounded else "otsu", k)
-        assert out["scores"][name] == {key: ref[key] for key in SCORE_KEYS}
-    assert out["scores"]["energy"]["threshold"] < 0  # energy's own (Otsu) cut, not the probability 0.5
+        t = 0.5 if bounded else otsu_threshold(train["energy"])  # energy's Otsu cut on the TRAINING scores
+        ref = compute_openset_metrics(y, logits.argmax(1), arr, t, k)
+        assert {key: out["scores"][name][key] for key in SCORE_KEYS} == {key: ref[key] for key in SCORE_KEYS}
+        assert out["scores"][name]["threshold_source"] == calibration["threshold_sources"][name]
+    assert out["scores"]["energy"]["threshold"] < 0  # energy's own cut, not the probability 0.5
+    assert "Otsu on 40 unlabeled training images" in out["scores"]["energy"]["threshold_source"]
     ref = compute_openset_metrics(y, logits.argmax(1), scores["noise"], 0.5, k)
-    assert all(out[key] == ref[key] for key in ("closed_acc", "auroc", "h_score", "threshold"))
+    assert all(out[key] == ref[key] for key in ("closed_acc", "auroc", "fpr95", "fpr95_id", "h_score", "threshold"))
     assert (out["num_test_seen"], out["num_test_unseen"]) == (12, 8)
+    assert out["difficulty"] is None
+
+
+def test_thresholds_never_depend_on_the_test_scores(caplog):
+    y, logits, scores, primary, k = _toy()
+    train_logits, _ = _train_scores()
+    calibration = fit_calibration({"logits": train_logits},
+                                  lambda out, cal: PluginMixin.compute_unknown_scores(out, Namespace()), 0.5, "toy")
+    a = openset_metrics_from_outputs(y, logits, scores, primary, k, 0.5, calibration=calibration)
+    shifted = {name: arr * 3.0 - 7.0 if name == "energy" else arr ** 2 for name, arr in scores.items()}
+    b = openset_metrics_from_outputs(y, logits, shifted, primary, k, 0.5, calibration=calibration)
+    for name in scores:
+        assert a["scores"][name]["threshold"] == b["scores"][name]["threshold"] == calibration["thresholds"][name]
+    # the recall moves with the test scores, the threshold does not
+    assert a["scores"]["energy"]["unknown_recall"] != b["scores"]["energy"]["unknown_recall"]
+    # without a calibration a score outside [0, 1] gets no threshold at all (never Otsu on the test scores)
+    with caplog.at_level("WARNING", logger="usb_cfsg"):
+        c = openset_metrics_from_outputs(y, logits, scores, primary, k, 0.5)
+    assert math.isnan(c["scores"]["energy"]["threshold"]) and math.isnan(c["scores"]["energy"]["unknown_recall"])
+    assert c["scores"]["energy"]["auroc"] == a["scores"]["energy"]["auroc"]  # ranking metrics need no threshold
+    assert c["scores"]["msp"]["threshold"] == 0.5
+    assert any("'energy' is not in [0, 1] and has no threshold fitted on training data" in r.getMessage()
+               for r in caplog.records)
+    with pytest.raises(EvaluationError, match="not allowed"):
+        openset_metrics_from_outputs(y, logits, scores, primary, k, "otsu")
+
+
+def test_fit_calibration_ranges_thresholds_and_the_second_pass():
+    import torch
+
+    from usb_cfsg.modules.scores import fit_score_range
+
+    train_logits, train = _train_scores()
+    calls = []
+
+    def score_fn(outputs, calibration):
+        calls.append(None if calibration is None else dict(calibration["ranges"]))
+        raw, primary = PluginMixin.compute_unknown_scores(outputs, Namespace())
+        if calibration is not None:  # a fused-like score that needs the ranges
+            lo, hi = calibration["ranges"]["energy"]
+            raw["scaled"] = np.clip((raw["energy"] - lo) / (hi - lo), 0, 1)
+        else:
+            raw["scaled"] = raw["energy"]
+        return raw, primary
+
+    cal = fit_calibration({"logits": train_logits}, score_fn, 0.3, "forty toy images")
+    assert calls[0] is None and calls[1] == cal["ranges"]  # ranges from the raw pass, thresholds after
+    for name in ("msp", "energy"):
+        assert cal["ranges"][name] == list(fit_score_range(torch.as_tensor(train[name]), (0.01, 0.99)))
+    assert cal["thresholds"]["msp"] == 0.3 and cal["thresholds"]["scaled"] == 0.3  # in [0, 1] after calibration
+    assert cal["thresholds"]["energy"] == otsu_threshold(train["energy"])
+    assert cal["source"] == "forty toy images" and cal["num_images"] == 40 and cal["quantiles"] == [0.01, 0.99]
+    np.testing.assert_array_equal(calibration_indices(10, 4), [0, 3, 6, 9])
+    np.testing.assert_array_equal(calibration_indices(3, 4), [0, 1, 2])
+
+
+def test_difficulty_metrics_compare_all_seen_images_with_one_group():
+    y, logits, scores, primary, k = _toy(n_seen=12, n_unseen=8)
+    groups = [""] * 12 + ["Easy", "Hard", "Easy", "Hard", "Medium", "Easy", "Hard", "Hard"]
+    out = openset_metrics_from_outputs(y, logits, scores, primary, k, 0.5, difficulty=groups)
+    assert list(out["difficulty"]) == ["Easy", "Medium", "Hard"]
+    g = np.asarray(groups)
+    for group in ("Easy", "Medium", "Hard"):
+        mask = (y < k) | (g == group)
+        ref = compute_openset_metrics(y[mask], logits.argmax(1)[mask], scores[primary][mask], 0.5, k)
+        assert out["difficulty"][group] == {key: ref[key] for key in DIFFICULTY_KEYS}
+        assert out["scores"]["msp"]["difficulty"][group] == out["difficulty"][group]
+    assert out["difficulty"]["Hard"]["num_test_unseen"] == 4
+    with pytest.raises(EvaluationError, match="difficulty has 3 entries"):
+        openset_metrics_from_outputs(y, logits, scores, primary, k, 0.5, difficulty=["", "", ""])
 
 
 def test_malformed_scores_are_named():
@@ -149,30 +240,37 @@ class _TB:
         self.calls.append((dict(values), it))
 
 
-def _fake_algorithm(tmp_path, rank=0, only_seen=False):
+def _fake_algorithm(tmp_path, rank=0, only_seen=False, num_train=90):
     y, logits, _, _, k = _toy(n_unseen=0 if only_seen else 8)
     outputs = {"logits": logits.astype(np.float32), "feat": np.ones((y.size, 5), np.float32), "y": y}
+    train_logits = np.random.default_rng(9).normal(size=(num_train, k)).astype(np.float32) * 2
     seen_keys = []
 
     class Fake(PluginMixin):
-        def __init__(self):  # no datasets, no nets
+        def __init__(self):  # no nets; the datasets are index lists
             self.args = Namespace(algorithm="fake", dataset="toy", ood_threshold=0.5, rank=rank,
-                                  save_dir=str(tmp_path / "runs"), save_name="r1")
+                                  save_dir=str(tmp_path / "runs"), save_name="r1", eval_batch_size=16, num_workers=0)
             self.num_classes = k
             self.openset_info = SimpleNamespace(dataset="toy_ds", seen_class_names=["a", "b", "c"])
             self.loader_dict = {"test_open": object()}
+            self.dataset_dict = {"train_ulb_eval": list(range(num_train))}
             self.tb_log = _TB()
             self.it = 7
             self.printed = []
             self.print_fn = self.printed.append
+            self.calibration_images = []
 
         def predict_loader(self, dest, use_ema=True):
+            if dest == "_calibration":  # the calibration's loader over unlabeled training images
+                picked = [int(i) for batch in self.loader_dict[dest] for i in batch]
+                self.calibration_images.append(picked)
+                return {"logits": train_logits[picked], "y": np.full(len(picked), -1)}
             assert dest == "test_open"
             return dict(outputs)
 
-        def unknown_scores(self, net_outputs):
+        def unknown_scores(self, net_outputs, calibration=None):
             seen_keys.append(sorted(net_outputs))
-            return super().unknown_scores(net_outputs)
+            return super().unknown_scores(net_outputs, calibration)
 
     return Fake(), outputs, seen_keys
 
@@ -181,9 +279,16 @@ def test_evaluate_openset_writes_the_report(tmp_path):
     alg, outputs, seen_keys = _fake_algorithm(tmp_path)
     record = evaluate_openset(alg, checkpoint="/x/latest_model.pth")
     run = tmp_path / "runs" / "r1"
-    assert seen_keys == [["feat", "logits"]]  # the labels are not handed to the score function
+    # calibration (raw + calibrated pass) on the unlabeled training images, then the test set; no labels
+    assert seen_keys == [["logits"], ["logits"], ["feat", "logits"]]
+    assert alg.calibration_images == [list(range(90))]
     data = _strict_json(run / "openset_metrics.json")
     assert list(data) == list(JSON_KEYS)
+    cal = data["calibration"]
+    assert cal["num_images"] == 90 and cal["num_available"] == 90 and "unlabeled training images" in cal["source"]
+    assert set(cal["ranges"]) == set(cal["thresholds"]) == {"msp", "energy"}
+    assert data["scores"]["energy"]["threshold"] == cal["thresholds"]["energy"] < 0
+    assert data["threshold_source"].startswith("ood_threshold (config)") and data["difficulty"] is None
     assert data["algorithm"] == "fake" and data["dataset"] == "toy_ds" and data["num_seen"] == 3
     assert data["primary_score"] == "msp" and list(data["scores"]) == ["msp", "energy"]
     assert data["checkpoint"] == "/x/latest_model.pth" and data == record
@@ -194,7 +299,39 @@ def test_evaluate_openset_writes_the_report(tmp_path):
     (values, it), = alg.tb_log.calls
     assert it == 7 and values["test_open/auroc"] == record["auroc"]
     assert values["test_open/energy/fpr95"] == record["scores"]["energy"]["fpr95"]
+    assert values["test_open/fpr95_id"] == record["fpr95_id"]
     assert any("Open-set evaluation: fake on toy_ds" in p for p in alg.printed)
+    assert any(p.startswith("calibration: 90 of 90 unlabeled training images") for p in "\n".join(alg.printed).split("\n"))
+
+
+def test_calibration_is_capped_and_evenly_spread(tmp_path):
+    from usb_cfsg.evaluation.evaluator import calibrate
+
+    alg, _, _ = _fake_algorithm(tmp_path, num_train=1000)
+    cal = calibrate(alg, max_images=50)
+    assert cal["num_images"] == 50 and cal["num_available"] == 1000
+    picked = alg.calibration_images[0]
+    assert picked[0] == 0 and picked[-1] == 999 and len(set(picked)) == 50
+    assert "_calibration" not in alg.loader_dict  # the temporary loader is gone
+    assert calibrate(alg, max_images=50) == cal  # deterministic
+    alg.dataset_dict = {}
+    assert calibrate(alg) is None
+
+
+def test_difficulty_reaches_the_report_and_tensorboard(tmp_path):
+    alg, _, _ = _fake_algorithm(tmp_path)
+    alg.openset_info.test_difficulty = [""] * 12 + ["Easy"] * 3 + ["Hard"] * 5
+    record = evaluate_openset(alg, out_dir=str(tmp_path / "out"))
+    data = _strict_json(tmp_path / "out" / "openset_metrics.json")
+    assert list(data["difficulty"]) == ["Easy", "Hard"] and data["difficulty"]["Hard"]["num_test_unseen"] == 5
+    assert data["difficulty"] == record["difficulty"]
+    (values, _), = alg.tb_log.calls
+    assert values["test_open/Hard/auroc"] == record["difficulty"]["Hard"]["auroc"]
+    text = "\n".join(alg.printed)
+    assert "unknown: Easy" in text and "unknown: Hard" in text
+    alg.openset_info.test_difficulty = [""] * 3
+    with pytest.raises(EvaluationError, match="difficulties"):
+        evaluate_openset(alg, out_dir=str(tmp_path / "out"))
 
 
 def test_undefined_metrics_are_null_and_only_rank_zero_writes(tmp_path):
@@ -230,12 +367,47 @@ def test_hook_runs_after_usb_evaluation_hook_and_extends_results(tmp_path):
 
     alg, _, _ = _fake_algorithm(tmp_path)
     alg.results_dict = {"eval/best_acc": 0.5}
+    ckpt = tmp_path / "runs" / "r1" / "latest_model.pth"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"format": "usb_cfsg.train/1", "model": {"w": torch.ones(2)}, "it": 7}, ckpt)
     ours.after_run(alg)
     assert alg.openset_results["checkpoint"].endswith("r1/latest_model.pth")
+    # the calibration is stored in latest_model.pth, which keeps everything else
+    stored = torch.load(ckpt, weights_only=True)
+    assert stored["calibration"] == alg.openset_results["calibration"] == alg.calibration
+    assert torch.equal(stored["model"]["w"], torch.ones(2)) and stored["it"] == 7
+    assert [p.name for p in ckpt.parent.iterdir() if ".tmp" in p.name] == []
     assert alg.results_dict["test_open/closed_acc"] == alg.openset_results["closed_acc"]
     assert {k for k in alg.results_dict if k.startswith("test_open/")} == {
-        "test_open/" + k for k in ("closed_acc", "auroc", "fpr95", "open_bacc", "unknown_recall", "h_score",
-                                   "macro_f1")}
+        "test_open/" + k for k in ("closed_acc", "auroc", "fpr95", "fpr95_id", "open_bacc", "unknown_recall",
+                                   "h_score", "macro_f1")}
+
+
+def test_openset_curves_at_every_evaluation_reach_the_log_and_tensorboard(tmp_path):
+    from semilearn.core.hooks import LoggingHook
+
+    alg, _, _ = _fake_algorithm(tmp_path, num_train=800)
+    alg.num_eval_iter, alg.num_log_iter, alg.num_train_iter = 5, 100, 12
+    alg.distributed, alg.ema_m, alg.best_eval_acc, alg.best_it = False, 0.0, 0.0, 0
+    hook, logging_hook = OpenSetEvalHook(), LoggingHook()
+    steps = []
+    for it in range(12):
+        alg.it = it
+        alg.log_dict = {"train/sup_loss": 1.0}
+        hook.after_train_step(alg)
+        logging_hook.after_train_step(alg)  # USB's: writes log_dict to TensorBoard at evaluation iterations
+        if "test_open/auroc" in alg.log_dict:
+            steps.append(it)
+    assert steps == [4, 9, 11]  # every num_eval_iter and the last iteration, as USB's EvaluationHook
+    tb = [(values, it) for values, it in alg.tb_log.calls if "test_open/auroc" in values]
+    assert [it for _, it in tb] == [4, 9]  # the final point is the end-of-training evaluation's
+    y, logits, scores, primary, k = _toy()
+    assert tb[0][0]["test_open/auroc"] == pytest.approx(compute_openset_metrics(y, logits.argmax(1), scores["msp"],
+                                                                                0.5, k)["auroc"])
+    assert {"test_open/auroc", "test_open/fpr95", "test_open/unknown_recall"} <= set(tb[0][0])
+    lines = [p for p in alg.printed if "open-set test" in p]
+    assert len(lines) == 3 and lines[0].startswith("5 iteration, open-set test, score msp: auroc ")
+    assert all(len(c) == 500 for c in alg.calibration_images)  # the cheaper in-training calibration
 
 
 # ------------------------------------------------------------------ relevance overlays

@@ -1,22 +1,47 @@
-"""Open-set evaluation of a trained algorithm: metrics for every unknown score, files, logs, hook.
+"""Open-set evaluation of a trained algorithm: calibration, metrics for every unknown score, files, logs, hook.
+
+**Calibration, on training data only.** :func:`calibrate` runs the evaluated weights over at most
+:data:`CALIBRATION_MAX_IMAGES` unlabeled *training* images (evenly spaced over the unlabeled set,
+with the evaluation transform; their labels are never read) and fits, per unknown score,
+
+* a range ``[lo, hi]``: the 1 % and 99 % quantiles (:data:`CALIBRATION_QUANTILES`,
+  :func:`~usb_cfsg.modules.scores.fit_score_range`) of the raw score, which algorithms use to bring
+  scores onto one scale before fusing them (cfsg_clip's ``fused``);
+* a rejection threshold: the configured ``ood_threshold`` for a score whose training values lie in
+  [0, 1] (msp, ova, mcm, glmcm, fused), and for a score on another scale (energy) Otsu's threshold
+  of its training values.
+
+The result, ``{"ranges", "thresholds", "threshold_sources", "source", "num_images", "num_available",
+"quantiles"}`` (contract C1), is passed to ``algorithm.unknown_scores(outputs, calibration)``,
+stored in ``latest_model.pth`` and written to ``openset_metrics.json``. Nothing from the test set
+enters a range or a threshold.
 
 :func:`evaluate_openset` runs ``algorithm.predict_loader("test_open")`` (all test images, unseen
 classes labelled K; the EMA weights, as USB evaluates), takes the closed-set prediction as the
-argmax of ``logits`` and the unknown scores from ``algorithm.unknown_scores(outputs)`` (the
-algorithm decides which scores exist and which is the headline one; every score is higher = more
-unknown), and computes :func:`~usb_cfsg.evaluation.metrics.compute_openset_metrics` for each score
-at the same threshold (``ood_threshold``). Rank 0 writes, into the run folder by default:
+argmax of ``logits`` and the unknown scores from ``algorithm.unknown_scores(outputs, calibration)``
+(the algorithm decides which scores exist and which is the headline one; every score is higher =
+more unknown), and computes :func:`~usb_cfsg.evaluation.metrics.compute_openset_metrics` for each
+score at its calibrated threshold. With the Semantic Shift Benchmark split (``class_split: ssb``) it
+also reports AUROC, both FPR95 conventions and unknown recall per difficulty group (seen-class
+test images against the unknown images of one group). Rank 0 writes, into the run folder by
+default:
 
 * ``openset_metrics.json`` -- strict JSON (NaN written as ``null``), schema :data:`JSON_KEYS`;
 * ``roc.png`` (every score), ``score_hist.png`` (primary score, seen vs unseen, threshold line);
 * ``confusion.csv`` -- (K+1)x(K+1) open-set confusion matrix of the primary score.
 
 :class:`OpenSetEvalHook` does this once at the end of training, after USB's EvaluationHook has
-saved ``latest_model.pth``. It evaluates the **final** EMA weights -- exactly those stored as
+saved ``latest_model.pth``, and stores the calibration in that file (re-saved atomically). During
+training, at every USB evaluation (``num_eval_iter``), it also evaluates the headline score on the
+open-set test set and logs ``test_open/auroc``, ``test_open/fpr95`` and ``test_open/unknown_recall``
+(log line and TensorBoard curves); that costs one pass over the open-set test set plus one over
+:data:`CALIBRATION_MAX_IMAGES_TRAINING` unlabeled training images per evaluation. It evaluates the **final** EMA weights -- exactly those stored as
 ``ema_model`` in ``latest_model.pth``, whose path the JSON records -- not ``model_best.pth``:
 USB picks its best model on ``eval/top-1-acc``, which is measured on the seen-class test images,
 i.e. on part of the open-set test set; reporting the best model would select on the test set.
-``eval.py`` on ``latest_model.pth`` reproduces the numbers exactly.
+``eval.py`` on ``latest_model.pth`` uses the stored calibration and reproduces the numbers
+exactly; on a checkpoint without one (``model_best.pth``, older runs) it fits the calibration on
+the training data the same way.
 """
 from __future__ import annotations
 
@@ -24,26 +49,40 @@ import json
 import logging
 import math
 import os
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from semilearn.core.hooks import Hook
 
 from ..errors import UsbCfsgError
-from .metrics import MetricInputError, compute_openset_metrics, confusion_matrix, open_set_predictions
+from .metrics import MetricInputError, compute_openset_metrics, confusion_matrix, open_set_predictions, otsu_threshold
 from .plots import _atomic_path, save_roc, save_score_hist, write_confusion_csv
 from .report import format_summary
 
 logger = logging.getLogger("usb_cfsg")
 
 #: Headline metrics (of the primary score) in openset_metrics.json, TensorBoard and results.
-HEADLINE_KEYS: Tuple[str, ...] = ("closed_acc", "auroc", "fpr95", "open_bacc", "unknown_recall", "h_score",
-                                  "macro_f1")
-#: Per-score metrics under ``"scores"`` in openset_metrics.json.
-SCORE_KEYS: Tuple[str, ...] = ("auroc", "fpr95", "open_bacc", "unknown_recall", "h_score", "macro_f1", "threshold")
+HEADLINE_KEYS: Tuple[str, ...] = ("closed_acc", "auroc", "fpr95", "fpr95_id", "open_bacc", "unknown_recall",
+                                  "h_score", "macro_f1")
+#: Per-score metrics under ``"scores"`` in openset_metrics.json (numbers; NaN written as null).
+SCORE_KEYS: Tuple[str, ...] = ("auroc", "fpr95", "fpr95_id", "open_bacc", "unknown_recall", "h_score", "macro_f1",
+                               "threshold")
+#: Per-difficulty metrics (``class_split: ssb``): seen-class test images against one group's unknowns.
+DIFFICULTY_KEYS: Tuple[str, ...] = ("num_test_unseen", "auroc", "fpr95", "fpr95_id", "unknown_recall")
 #: Top-level keys of openset_metrics.json, in file order.
 JSON_KEYS: Tuple[str, ...] = ("algorithm", "dataset", "num_seen", "num_test_seen", "num_test_unseen",
-                              "primary_score", *HEADLINE_KEYS, "threshold", "scores", "checkpoint")
+                              "primary_score", *HEADLINE_KEYS, "threshold", "threshold_source", "difficulty", "scores",
+                              "calibration", "checkpoint")
+#: Most unlabeled training images the calibration uses at the end of training and in eval.py.
+CALIBRATION_MAX_IMAGES = 2000
+#: Most unlabeled training images the calibration uses at each evaluation during training.
+CALIBRATION_MAX_IMAGES_TRAINING = 500
+#: Quantiles of a score's training values that make its range.
+CALIBRATION_QUANTILES: Tuple[float, float] = (0.01, 0.99)
+#: Key of the unlabeled training images with the evaluation transform (datasets.build.CALIBRATION_SET).
+CALIBRATION_SET = "train_ulb_eval"
+#: Headline metrics logged at every evaluation during training (``test_open/<key>`` curves).
+CURVE_KEYS: Tuple[str, ...] = ("auroc", "fpr95", "unknown_recall")
 METRICS_FILE = "openset_metrics.json"
 ROC_FILE = "roc.png"
 HIST_FILE = "score_hist.png"
@@ -75,17 +114,187 @@ def _validated_scores(scores: Mapping[str, Any], primary: str, n: int, source: s
     return out
 
 
-def score_threshold(score: np.ndarray, threshold: Any) -> Any:
-    """The rejection threshold used for one score.
+def _in_unit_interval(score: np.ndarray) -> bool:
+    return bool(np.min(score) >= 0.0 and np.max(score) <= 1.0)
 
-    The configured ``ood_threshold`` is a probability-like cut: it is used for scores that lie in
-    [0, 1] (msp, ova, mcm, glmcm, fused). A score on another scale (energy = -logsumexp of the
-    logits) gets the Otsu threshold of its own values instead, so its threshold-based metrics are
-    not degenerate; the threshold used is recorded per score in the JSON.
+
+def fit_thresholds(scores: Mapping[str, np.ndarray], threshold: float, where: str
+                   ) -> Tuple[Dict[str, float], Dict[str, str]]:
+    """Rejection threshold per score from **training** scores, and where each came from.
+
+    A score whose training values lie in [0, 1] (msp, ova, mcm, glmcm, fused) gets the configured
+    probability-like cut ``threshold`` (``ood_threshold``); a score on another scale (energy =
+    -logsumexp of the logits) gets Otsu's threshold of its training values, so its threshold-based
+    metrics are not degenerate.
+
+    Args:
+        scores: Score name -> values on the calibration (training) images.
+        threshold: The configured ``ood_threshold``.
+        where: Description of the training images, for the sources.
+
+    Returns:
+        ``(thresholds, sources)``, both keyed by score name.
     """
-    if threshold == "otsu" or (np.min(score) >= 0.0 and np.max(score) <= 1.0):
-        return threshold
-    return "otsu"
+    thresholds: Dict[str, float] = {}
+    sources: Dict[str, str] = {}
+    for name, values in scores.items():
+        arr = np.asarray(values, dtype=np.float64)
+        if _in_unit_interval(arr):
+            thresholds[name] = float(threshold)
+            sources[name] = f"ood_threshold (config); the score lies in [0, 1] on {where}"
+        else:
+            thresholds[name] = otsu_threshold(arr)
+            sources[name] = f"Otsu on {where} (the score is not in [0, 1])"
+    return thresholds, sources
+
+
+def fit_calibration(
+    outputs: Mapping[str, np.ndarray],
+    score_fn: Callable[..., Tuple[Dict[str, np.ndarray], str]],
+    threshold: float,
+    source: str,
+    quantiles: Tuple[float, float] = CALIBRATION_QUANTILES,
+) -> Dict[str, Any]:
+    """Fit score ranges and thresholds on net outputs of **training** images (contract C1).
+
+    Args:
+        outputs: Net outputs on the calibration images (no labels), as :meth:`predict_loader` gives them.
+        score_fn: ``score_fn(outputs, calibration) -> (scores, primary)``, e.g. ``algorithm.unknown_scores``.
+        threshold: The configured ``ood_threshold``.
+        source: What the images are (recorded as ``calibration["source"]``).
+        quantiles: Quantiles of each raw score that make its range.
+
+    Returns:
+        ``{"ranges": {score: [lo, hi]}, "thresholds": {score: t}, "threshold_sources": {score: str},
+        "source": str, "num_images": int, "quantiles": [q_lo, q_hi]}``. Ranges are fitted on the
+        uncalibrated scores; thresholds on the scores computed with those ranges (what is evaluated).
+
+    Raises:
+        EvaluationError: No outputs, or malformed scores.
+    """
+    import torch
+
+    from ..modules.scores import fit_score_range
+
+    n = int(np.asarray(outputs["logits"]).shape[0]) if "logits" in outputs else 0
+    if n == 0:
+        raise EvaluationError("no calibration images: the calibration needs unlabeled training images")
+    raw, primary = score_fn(dict(outputs), None)
+    raw = _validated_scores(raw, primary, n, "unknown_scores (calibration)")
+    ranges = {name: [float(v) for v in fit_score_range(torch.as_tensor(arr), quantiles)] for name, arr in raw.items()}
+    calibration: Dict[str, Any] = {"ranges": ranges, "thresholds": {}, "threshold_sources": {}, "source": source,
+                                   "num_images": n, "quantiles": [float(q) for q in quantiles]}
+    calibrated, primary = score_fn(dict(outputs), calibration)
+    calibrated = _validated_scores(calibrated, primary, n, "unknown_scores (calibration)")
+    thresholds, sources = fit_thresholds(calibrated, threshold, f"{n} unlabeled training images")
+    calibration["thresholds"] = thresholds
+    calibration["threshold_sources"] = sources
+    return calibration
+
+
+def calibration_indices(available: int, cap: int) -> np.ndarray:
+    """``min(available, cap)`` indices spread evenly over ``0 .. available-1`` (deterministic)."""
+    if available <= cap:
+        return np.arange(available)
+    return np.unique(np.linspace(0, available - 1, cap).round().astype(np.int64))
+
+
+def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optional[Dict[str, Any]]:
+    """Fit the calibration of ``algorithm``'s current (EMA) weights on unlabeled training images.
+
+    Uses ``algorithm.dataset_dict["train_ulb_eval"]`` (the unlabeled set with the evaluation
+    transform), at most ``max_images`` of them spread evenly over it, so the same run gives the
+    same images. Returns None (with a warning) when the run has no unlabeled training images.
+    """
+    from torch.utils.data import Subset
+
+    from ..engine.sampling import eval_loader
+
+    dataset = (getattr(algorithm, "dataset_dict", None) or {}).get(CALIBRATION_SET)
+    if dataset is None or len(dataset) == 0:
+        logger.warning("no unlabeled training images to calibrate the unknown scores on: score ranges are not "
+                       "fitted and scores outside [0, 1] get no threshold")
+        return None
+    args = algorithm.args
+    indices = calibration_indices(len(dataset), int(max_images))
+    device = getattr(algorithm, "device", None)
+    pin = getattr(device, "type", "cpu") == "cuda"
+    loader = eval_loader(Subset(dataset, indices.tolist()), int(args.eval_batch_size),
+                         int(getattr(args, "num_workers", 0) or 0), pin)
+    key = "_calibration"
+    algorithm.loader_dict[key] = loader
+    try:
+        outputs = algorithm.predict_loader(key)
+    finally:
+        algorithm.loader_dict.pop(key, None)
+    outputs.pop("y", None)  # the labels of unlabeled images are never used
+    source = (f"{len(indices)} of {len(dataset)} unlabeled training images (train_ulb, evaluation transform, evenly "
+              f"spaced), EMA weights at iteration {int(getattr(algorithm, 'it', 0))}")
+    calibration = fit_calibration(outputs, algorithm.unknown_scores, float(args.ood_threshold), source)
+    calibration["num_available"] = int(len(dataset))
+    return calibration
+
+
+def _threshold_for(name: str, arr: np.ndarray, threshold: Any, calibration: Optional[Mapping[str, Any]]
+                   ) -> Tuple[Optional[float], str]:
+    """The threshold of one score and its source; None when none may be used."""
+    if isinstance(threshold, str):
+        raise EvaluationError(f"threshold {threshold!r}: a threshold fitted on the test scores is not allowed; "
+                              f"thresholds come from ood_threshold or the calibration on training data")
+    fitted = (calibration or {}).get("thresholds") or {}
+    if name in fitted:
+        sources = (calibration or {}).get("threshold_sources") or {}
+        return float(fitted[name]), str(sources.get(name, (calibration or {}).get("source", "calibration")))
+    if _in_unit_interval(arr):
+        return float(threshold), "ood_threshold (config), no calibration on training data"
+    logger.warning("score %r is not in [0, 1] and has no threshold fitted on training data: its threshold-based "
+                   "metrics are reported as NaN (calibrate on the unlabeled training set)", name)
+    return None, "none: the score is not in [0, 1] and was not calibrated on training data"
+
+
+def _score_metrics(y: np.ndarray, closed_pred: np.ndarray, arr: np.ndarray, t: Optional[float], k: int
+                   ) -> Dict[str, Any]:
+    if t is not None:
+        return compute_openset_metrics(y, closed_pred, arr, t, k)
+    out = compute_openset_metrics(y, closed_pred, arr, float("inf"), k)
+    for key in ("open_bacc", "unknown_recall", "h_score", "macro_f1", "threshold"):
+        out[key] = float("nan")
+    return out
+
+
+def difficulty_metrics(
+    y_open: np.ndarray,
+    closed_pred: np.ndarray,
+    score: np.ndarray,
+    threshold: Optional[float],
+    num_seen: int,
+    difficulty: Sequence[str],
+) -> Dict[str, Dict[str, Any]]:
+    """Metrics per unknown-class difficulty group: all seen-class images against one group's unknowns.
+
+    Args:
+        y_open: Labels ``0..K`` (``K`` = unknown).
+        closed_pred: Closed-set predictions.
+        score: One unknown score [N].
+        threshold: Its threshold (None: unknown recall is NaN).
+        num_seen: K.
+        difficulty: Per image its group (``"Easy"``, ``"Medium"``, ``"Hard"``; ``""`` for seen images).
+
+    Returns:
+        ``{group: {<DIFFICULTY_KEYS>}}`` for the groups present, easiest first.
+    """
+    from ..datasets.ssb import DIFFICULTIES
+
+    groups = np.asarray([str(d) for d in difficulty])
+    unknown = y_open == num_seen
+    present = sorted({str(g) for g in groups[unknown]} - {""},
+                     key=lambda g: (DIFFICULTIES.index(g) if g in DIFFICULTIES else len(DIFFICULTIES), g))
+    out: Dict[str, Dict[str, Any]] = {}
+    for group in present:
+        mask = ~unknown | (groups == group)
+        m = _score_metrics(y_open[mask], closed_pred[mask], score[mask], threshold, num_seen)
+        out[group] = {key: m[key] for key in DIFFICULTY_KEYS}
+    return out
 
 
 def openset_metrics_from_outputs(
@@ -95,6 +304,8 @@ def openset_metrics_from_outputs(
     primary: str,
     num_seen: int,
     threshold: Any,
+    calibration: Optional[Mapping[str, Any]] = None,
+    difficulty: Optional[Sequence[str]] = None,
 ) -> Dict[str, Any]:
     """Headline and per-score open-set metrics from per-sample arrays.
 
@@ -104,12 +315,18 @@ def openset_metrics_from_outputs(
         scores: Score name -> unknown score [N] (higher = more unknown).
         primary: The headline score's name.
         num_seen: K.
-        threshold: Rejection threshold (``score >= threshold`` is unknown), or "otsu"; see
-            :func:`score_threshold` for scores outside [0, 1].
+        threshold: The configured ``ood_threshold`` (``score >= threshold`` is unknown), used for
+            scores the calibration has no threshold for when they lie in [0, 1].
+        calibration: What :func:`fit_calibration` fitted on training data; its ``thresholds`` win.
+            A score outside [0, 1] without a calibrated threshold gets NaN threshold-based metrics:
+            no threshold is ever fitted on these (test) scores.
+        difficulty: Optional per-image difficulty group (``""`` for seen images), see
+            :func:`difficulty_metrics`.
 
     Returns:
         ``{"num_test_seen", "num_test_unseen", "primary_score", <HEADLINE_KEYS>, "threshold",
-        "scores": {name: {<SCORE_KEYS>}}}``; undefined metrics are NaN.
+        "threshold_source", "difficulty", "scores": {name: {<SCORE_KEYS>, "threshold_source",
+        "difficulty"}}}``; undefined metrics are NaN, ``difficulty`` None without groups.
 
     Raises:
         EvaluationError: Malformed scores. MetricInputError: malformed labels or non-finite scores.
@@ -120,12 +337,19 @@ def openset_metrics_from_outputs(
         raise EvaluationError(f"logits have shape {logits.shape}, expected ({y.shape[0]}, {num_seen})")
     closed_pred = logits.argmax(axis=1)
     checked = _validated_scores(scores, primary, y.shape[0], "unknown_scores")
-    per_score = {}
+    if difficulty is not None and len(difficulty) != y.shape[0]:
+        raise EvaluationError(f"difficulty has {len(difficulty)} entries, expected {y.shape[0]} (one per test image)")
+    per_score: Dict[str, Dict[str, Any]] = {}
     for name, arr in checked.items():
+        t, source = _threshold_for(name, arr, threshold, calibration)
         try:
-            per_score[name] = compute_openset_metrics(y, closed_pred, arr, score_threshold(arr, threshold), num_seen)
+            m = _score_metrics(y, closed_pred, arr, t, num_seen)
+            m["threshold_source"] = source
+            m["difficulty"] = (difficulty_metrics(y, closed_pred, arr, t, num_seen, difficulty)
+                               if difficulty is not None else None)
         except MetricInputError as exc:
             raise MetricInputError(f"score {name!r}: {exc}") from None
+        per_score[name] = m
     head = per_score[primary]
     result: Dict[str, Any] = {
         "num_test_seen": head["num_test_seen"],
@@ -134,7 +358,11 @@ def openset_metrics_from_outputs(
     }
     result.update({k: head[k] for k in HEADLINE_KEYS})
     result["threshold"] = head["threshold"]
-    result["scores"] = {name: {k: m[k] for k in SCORE_KEYS} for name, m in per_score.items()}
+    result["threshold_source"] = head["threshold_source"]
+    result["difficulty"] = head["difficulty"] or None
+    result["scores"] = {name: {**{k: m[k] for k in SCORE_KEYS}, "threshold_source": m["threshold_source"],
+                               **({"difficulty": m["difficulty"]} if m["difficulty"] else {})}
+                        for name, m in per_score.items()}
     return result
 
 
@@ -180,13 +408,16 @@ def write_openset_files(
     k = int(record["num_seen"])
     primary = record["primary_score"]
     threshold = float(record["threshold"])
+    has_threshold = math.isfinite(threshold)
     is_unknown = np.asarray(y_open) == k
-    open_pred = open_set_predictions(np.asarray(logits).argmax(axis=1), scores[primary], threshold, k)
+    # without a threshold (an uncalibrated score outside [0, 1]) nothing is rejected in confusion.csv
+    open_pred = open_set_predictions(np.asarray(logits).argmax(axis=1), scores[primary],
+                                     threshold if has_threshold else float("inf"), k)
     files = {
         "roc": save_roc(os.path.join(out_dir, ROC_FILE), scores, is_unknown,
                         title=f"Unknown detection ROC: {record['algorithm']} on {record['dataset']}"),
         "score_hist": save_score_hist(os.path.join(out_dir, HIST_FILE), scores[primary], is_unknown, primary,
-                                      threshold=threshold),
+                                      threshold=threshold if has_threshold else None),
         "confusion": write_confusion_csv(os.path.join(out_dir, CONFUSION_FILE),
                                          confusion_matrix(y_open, open_pred, k), class_names),
     }
@@ -203,7 +434,20 @@ def _tb_scalars(record: Mapping[str, Any]) -> Dict[str, float]:
     scalars = {f"{TB_PREFIX}{k}": record[k] for k in HEADLINE_KEYS}
     for name, values in record["scores"].items():
         scalars.update({f"{TB_PREFIX}{name}/{k}": values[k] for k in SCORE_KEYS})
+    for group, values in (record.get("difficulty") or {}).items():
+        scalars.update({f"{TB_PREFIX}{group}/{k}": values[k] for k in DIFFICULTY_KEYS if k != "num_test_unseen"})
     return {k: float(v) for k, v in scalars.items() if v is not None and math.isfinite(float(v))}
+
+
+def _difficulty(algorithm: Any, dest: str, n: int) -> Optional[List[str]]:
+    """Per-image unknown difficulty of the open-set test set (class_split: ssb), else None."""
+    info = getattr(algorithm, "openset_info", None)
+    groups = getattr(info, "test_difficulty", None) if dest == "test_open" else None
+    if groups is None:
+        return None
+    if len(groups) != n:
+        raise EvaluationError(f"the split records {len(groups)} test-image difficulties but {dest!r} has {n} images")
+    return list(groups)
 
 
 def evaluate_openset(
@@ -211,15 +455,18 @@ def evaluate_openset(
     dest: str = "test_open",
     out_dir: Optional[str] = None,
     checkpoint: Optional[str] = None,
+    calibration: Optional[Mapping[str, Any]] = None,
 ) -> Dict[str, Any]:
     """Evaluate ``algorithm`` on the open-set test loader and write the report (rank 0).
 
     Args:
         algorithm: A built algorithm with :class:`~usb_cfsg.engine.plugin.PluginMixin` (``predict_loader``,
-            ``unknown_scores``, ``openset_info``, ``args``).
+            ``unknown_scores``, ``openset_info``, ``args``, ``dataset_dict``).
         dest: Loader key; ``test_open`` = all test images, unseen classes labelled K.
         out_dir: Where to write; default the run folder ``<save_dir>/<save_name>/``.
         checkpoint: Path of the checkpoint holding the evaluated weights, recorded in the JSON.
+        calibration: The calibration to use (e.g. the one stored in the checkpoint); None fits it
+            now with :func:`calibrate` on the unlabeled training images.
 
     Returns:
         The record written to openset_metrics.json (keys :data:`JSON_KEYS`), NaN where undefined.
@@ -234,14 +481,17 @@ def evaluate_openset(
         raise EvaluationError(f"no {dest!r} loader to evaluate (loaders: {sorted(loaders)}); the dataset must "
                               f"provide the open-set test split")
     k = int(algorithm.num_classes)
+    if calibration is None:
+        calibration = calibrate(algorithm)
     outputs = algorithm.predict_loader(dest)
     y = np.asarray(outputs["y"])
     if "logits" not in outputs:
         raise EvaluationError(f"the net returned no 'logits' (outputs: {sorted(outputs)})")
     net_outputs = {key: value for key, value in outputs.items() if key != "y"}
-    scores, primary = algorithm.unknown_scores(net_outputs)
+    scores, primary = algorithm.unknown_scores(net_outputs, calibration=calibration)
     scores = _validated_scores(scores, primary, y.shape[0], f"{type(algorithm).__name__}.unknown_scores")
-    metrics = openset_metrics_from_outputs(y, outputs["logits"], scores, primary, k, args.ood_threshold)
+    metrics = openset_metrics_from_outputs(y, outputs["logits"], scores, primary, k, args.ood_threshold,
+                                           calibration=calibration, difficulty=_difficulty(algorithm, dest, y.shape[0]))
 
     info = getattr(algorithm, "openset_info", None)
     record: Dict[str, Any] = {
@@ -250,6 +500,7 @@ def evaluate_openset(
         "num_seen": k,
     }
     record.update(metrics)
+    record["calibration"] = dict(calibration) if calibration is not None else None
     record["checkpoint"] = checkpoint
     record = {key: record[key] for key in JSON_KEYS}
 
@@ -268,14 +519,59 @@ def evaluate_openset(
     return record
 
 
-class OpenSetEvalHook(Hook):
-    """Evaluate the open-set test set once, at the end of training (see the module docstring).
+def openset_curve_point(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES_TRAINING
+                        ) -> Tuple[Dict[str, float], str]:
+    """The headline score's :data:`CURVE_KEYS` on ``test_open`` now, keyed ``test_open/<key>``, and its name.
 
-    Registered by PluginMixin.set_hooks at :data:`OPENSET_HOOK_PRIORITY`, so its ``after_run``
-    runs after USB's EvaluationHook (which saves ``latest_model.pth`` and sets ``results_dict``).
-    Stores the record as ``algorithm.openset_results`` and adds ``test_open/<metric>`` entries of
-    the headline metrics to ``algorithm.results_dict``.
+    Calibrated on at most ``max_images`` unlabeled training images (cheaper than the final
+    evaluation's :data:`CALIBRATION_MAX_IMAGES`). Writes no file.
     """
+    calibration = calibrate(algorithm, max_images)
+    outputs = algorithm.predict_loader("test_open")
+    y = np.asarray(outputs.pop("y"))
+    scores, primary = algorithm.unknown_scores(outputs, calibration=calibration)
+    metrics = openset_metrics_from_outputs(y, outputs["logits"], {primary: scores[primary]}, primary,
+                                           int(algorithm.num_classes), algorithm.args.ood_threshold,
+                                           calibration=calibration)
+    return {f"{TB_PREFIX}{key}": float(metrics[key]) for key in CURVE_KEYS}, primary
+
+
+def store_calibration(path: str, calibration: Optional[Mapping[str, Any]]) -> None:
+    """Re-save the checkpoint at ``path`` atomically with ``calibration`` added (plain types only)."""
+    from ..engine.checkpoint import atomic_save, safe_load
+
+    ckpt = safe_load(path)
+    ckpt["calibration"] = json.loads(json.dumps(_json_safe(calibration))) if calibration is not None else None
+    atomic_save(ckpt, path)
+
+
+class OpenSetEvalHook(Hook):
+    """Open-set metrics during training and the full evaluation at its end (see the module docstring).
+
+    Registered by PluginMixin.set_hooks at :data:`OPENSET_HOOK_PRIORITY`, so its ``after_train_step``
+    runs after USB's EvaluationHook and before the LoggingHook, and its ``after_run`` after USB's
+    EvaluationHook.after_run (which saves ``latest_model.pth`` and sets ``results_dict``).
+
+    * ``after_train_step`` (at USB's evaluation iterations): :func:`openset_curve_point`; the values
+      go into ``algorithm.log_dict`` (so the logging hook writes them to TensorBoard at the step
+      of ``eval/*``) and into one log line.
+    * ``after_run``: :func:`evaluate_openset` with a fresh :func:`calibrate`; stores the
+      calibration in ``latest_model.pth`` (rank 0), the record as ``algorithm.openset_results``,
+      and ``test_open/<metric>`` entries of the headline metrics in ``algorithm.results_dict``.
+    """
+
+    def after_train_step(self, algorithm) -> None:
+        if not (self.every_n_iters(algorithm, algorithm.num_eval_iter) or self.is_last_iter(algorithm)):
+            return
+        if "test_open" not in (getattr(algorithm, "loader_dict", None) or {}):
+            return
+        values, primary = openset_curve_point(algorithm)
+        log_dict = getattr(algorithm, "log_dict", None)
+        if isinstance(log_dict, dict):
+            log_dict.update({key: value for key, value in values.items() if math.isfinite(value)})
+        if int(getattr(algorithm.args, "rank", 0) or 0) == 0:
+            shown = ", ".join(f"{key[len(TB_PREFIX):]} {value:.4f}" for key, value in values.items())
+            algorithm.print_fn(f"{algorithm.it + 1} iteration, open-set test, score {primary}: {shown}")
 
     def after_run(self, algorithm) -> None:
         if "test_open" not in (getattr(algorithm, "loader_dict", None) or {}):
@@ -283,7 +579,11 @@ class OpenSetEvalHook(Hook):
             return
         checkpoint = os.path.abspath(os.path.join(algorithm.args.save_dir, algorithm.args.save_name,
                                                   "latest_model.pth"))
-        record = evaluate_openset(algorithm, "test_open", checkpoint=checkpoint)
+        calibration = calibrate(algorithm)
+        record = evaluate_openset(algorithm, "test_open", checkpoint=checkpoint, calibration=calibration)
+        if int(getattr(algorithm.args, "rank", 0) or 0) == 0 and os.path.isfile(checkpoint):
+            store_calibration(checkpoint, calibration)
+        algorithm.calibration = calibration
         algorithm.openset_results = record
         results = getattr(algorithm, "results_dict", None)
         if isinstance(results, dict):
@@ -303,11 +603,22 @@ def load_metrics_json(path: str) -> Dict[str, Any]:
     for values in (data.get("scores") or {}).values():
         for key in SCORE_KEYS:
             values[key] = nan(values.get(key))
+        for group in (values.get("difficulty") or {}).values():
+            for key in DIFFICULTY_KEYS:
+                group[key] = nan(group.get(key))
+    for group in (data.get("difficulty") or {}).values():
+        for key in DIFFICULTY_KEYS:
+            group[key] = nan(group.get(key))
     return data
 
 
 __all__ = [
+    "CALIBRATION_MAX_IMAGES",
+    "CALIBRATION_MAX_IMAGES_TRAINING",
+    "CALIBRATION_QUANTILES",
     "CONFUSION_FILE",
+    "CURVE_KEYS",
+    "DIFFICULTY_KEYS",
     "EvaluationError",
     "HEADLINE_KEYS",
     "HIST_FILE",
@@ -317,9 +628,16 @@ __all__ = [
     "OpenSetEvalHook",
     "ROC_FILE",
     "SCORE_KEYS",
+    "calibrate",
+    "calibration_indices",
+    "difficulty_metrics",
     "evaluate_openset",
+    "fit_calibration",
+    "fit_thresholds",
     "load_metrics_json",
+    "openset_curve_point",
     "openset_metrics_from_outputs",
+    "store_calibration",
     "write_metrics_json",
     "write_openset_files",
 ]

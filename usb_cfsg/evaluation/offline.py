@@ -5,7 +5,10 @@ The configuration comes from ``--c FILE`` (e.g. the run folder's ``config.yaml``
 ``model`` and ``ema_model`` are loaded strictly; optimizer and scheduler state are ignored. The
 evaluation uses the EMA weights exactly as the end-of-training evaluation did (an ``EMA`` whose
 shadow is the checkpoint's ``ema_model``, applied by ``predict_loader``), so evaluating
-``latest_model.pth`` reproduces the run's ``openset_metrics.json``.
+``latest_model.pth`` reproduces the run's ``openset_metrics.json``. The score calibration (ranges
+and thresholds fitted on training data) is the one stored in the checkpoint; a checkpoint without
+one (``model_best.pth``, runs from before calibrations) is calibrated now on the unlabeled training
+images, exactly as the end of training does (:func:`~usb_cfsg.evaluation.evaluator.calibrate`).
 
 Nothing in the run folder is removed or changed, except the output files when ``out_dir`` is the
 run folder (the default). The datasets are built without writing ``split.json``; a warning says
@@ -116,7 +119,8 @@ def load_eval_algorithm(args: Namespace, ckpt: Dict[str, Any], load_path: str):
     args.gpu = device.index if device.type == "cuda" else None
     seed_everything(args.seed)
     net_builder = get_net_builder(args.net, args.net_from_name)
-    algorithm = build_algorithm(args, net_builder, None, logger, device=device, record_split=False)
+    algorithm = build_algorithm(args, net_builder, None, logger, device=device, record_split=False,
+                                weights_from_checkpoint=True)
     info = algorithm.openset_info
     _warn_if_split_differs(run_dir(args), info)
     stored_names = ckpt.get("class_names")
@@ -139,13 +143,21 @@ def load_eval_algorithm(args: Namespace, ckpt: Dict[str, Any], load_path: str):
 def evaluate_checkpoint(argv: Sequence[str]) -> Dict[str, Any]:
     """eval.py: configuration, algorithm, weights, :func:`evaluate_openset`; returns the metrics record."""
     from ..engine.launch import run_dir
-    from .evaluator import evaluate_openset
+    from .evaluator import calibrate, evaluate_openset
 
     args, ckpt = build_eval_config(argv)
     algorithm = load_eval_algorithm(args, ckpt, args.load_path)
     out_dir = args.out_dir or run_dir(args)
+    calibration = ckpt.get("calibration")
+    if isinstance(calibration, dict):
+        logger.info("using the score calibration stored in %s (fitted on %s)", args.load_path,
+                    calibration.get("source", "training data"))
+    else:
+        logger.info("%s stores no score calibration: fitting it on the unlabeled training images", args.load_path)
+        calibration = calibrate(algorithm)
     logger.info("evaluating %s (EMA weights) on the open-set test set; writing to %s", args.load_path, out_dir)
-    record = evaluate_openset(algorithm, "test_open", out_dir=out_dir, checkpoint=os.path.abspath(args.load_path))
+    record = evaluate_openset(algorithm, "test_open", out_dir=out_dir, checkpoint=os.path.abspath(args.load_path),
+                              calibration=calibration)
     if args.relevance_dir:
         from .relevance import RelevanceHook
 

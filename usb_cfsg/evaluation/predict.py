@@ -3,24 +3,38 @@
 The checkpoint is self-describing: train.py stores the resolved ``config``, the seen ``class_names``,
 the normalisation ``mean_std``, the ``algorithm`` and the ``ema_model`` weights. The network is
 rebuilt from the config with the same builder arguments as training (``PluginMixin.net_spec``,
-:func:`~usb_cfsg.engine.plugin.clip_net_kwargs`), with no pretrained download (the weights come
-from the checkpoint), and the EMA weights -- the ones every evaluation uses -- are loaded strictly.
+:func:`~usb_cfsg.engine.plugin.clip_net_kwargs`), with no pretrained download and no network access
+(the weights come from the checkpoint; the CLIP activation still follows the run's ``pretrained`` /
+``pretrain_path``), and the EMA weights -- the ones every evaluation uses -- are loaded strictly.
 Images get the evaluation transform (resize the short side to ``img_size / crop_ratio``, centre
 crop ``img_size``, normalise).
 
 Output, one JSON object per line on stdout, in input order::
 
-    {"path", "label", "class_index", "confidence", "unknown_score", "is_unknown"}
+    {"path", "label", "class_index", "closest_class", "confidence", "unknown_score", "is_unknown"}
 
-* ``unknown_score``: the algorithm's primary open-set score (``compute_unknown_scores``; higher =
-  more unknown); ``is_unknown``: ``unknown_score >= threshold`` (``--threshold``, default the
-  run's ``ood_threshold``).
+* ``unknown_score``: the algorithm's primary open-set score (``compute_unknown_scores`` with the
+  checkpoint's ``calibration``, the score ranges fitted on training data at the end of training;
+  higher = more unknown); ``is_unknown``: ``unknown_score >= threshold`` (``--threshold``, default
+  the threshold the calibration fitted for that score, else the run's ``ood_threshold``).
 * ``label``: the predicted seen-class name, or ``"unknown"``; ``class_index``: its index in the
   checkpoint's ``class_names``, or **-1 for unknown** (never K, so it cannot be mistaken for a
   class index).
-* ``confidence``: the max softmax probability of the closed-set logits (reported also for
-  unknown images: how confident the closed-set guess was).
-* With ``--relevance-dir``: ``"relevance"``, the path of the overlay PNG.
+* ``closest_class``: the closed-set classifier's choice among the K seen classes (its argmax),
+  given for every image, unknown ones included; it equals ``label`` when the image is not unknown.
+* ``confidence``: the closed-set classifier's softmax probability of ``closest_class`` (its max over
+  the K seen classes, in [1/K, 1]). For an ``"unknown"`` answer it is still that number: how
+  strongly the closed-set head would have picked ``closest_class`` had the image been taken as
+  seen. It is **not** the probability that the image is unknown (that is what ``unknown_score``
+  measures); a confident closed-set guess can still be unknown (fine-grained look-alikes), which
+  is why the open-set decision uses ``unknown_score`` alone.
+* ``relevance`` (only with ``--relevance-dir DIR``, nets with a relevance map such as cfsg_clip's):
+  the path of a PNG in ``DIR`` named ``<image stem>_relevance.png`` (``_2``, ``_3``, ... when stems
+  repeat). It shows the image at its own size (short side at least 256 px) with the semantic
+  filter's patch relevance -- which patches the coarse branch weighted most for the classes it
+  considers likely; min-max scaled per image, so only relative within one image -- drawn over the
+  centre crop the network saw (the rest dimmed), a colour bar, and the answer as title
+  (``label``; for an unknown image also ``closest_class`` and ``unknown_score``).
 
 An unreadable image gives ``{"path", "error"}`` and the rest continue (exit status 1 at the end).
 """
@@ -66,20 +80,15 @@ def net_head_spec(cls: type, args: Namespace) -> Tuple[str, Dict[str, Any]]:
     return head, dict(kwargs)
 
 
-def score_function(cls: type, args: Namespace) -> Callable[[Dict[str, np.ndarray]], Tuple[Dict[str, np.ndarray], str]]:
+def score_function(cls: type, args: Namespace, calibration: Optional[Dict[str, Any]] = None
+                   ) -> Callable[[Dict[str, np.ndarray]], Tuple[Dict[str, np.ndarray], str]]:
     """``outputs -> (scores, primary)`` as the algorithm's ``compute_unknown_scores``, without building it."""
+    if hasattr(cls, "scores_with_calibration"):
+        return lambda outputs: cls.scores_with_calibration(outputs, args, calibration)
     return lambda outputs: cls.compute_unknown_scores(outputs, args)
 
 
 # ----------------------------------------------------------------- the predictor
-
-
-class _DropRandomInitWarning(logging.Filter):
-    """Hide the random-initialisation warnings of building a net whose weights come from a checkpoint."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return "RANDOM INITIALISATION" not in message and "No pretrained weights loaded" not in message
 
 
 @dataclass
@@ -95,6 +104,20 @@ class Predictor:
     scores: Callable[[Dict[str, np.ndarray]], Tuple[Dict[str, np.ndarray], str]]
     algorithm: str
     amp_cm: Callable[[], Any]
+    #: The checkpoint's calibration (fitted on training data), or None.
+    calibration: Optional[Dict[str, Any]] = None
+    #: The network's input size and the evaluation crop ratio (relevance figures map the crop back).
+    img_size: int = 224
+    crop_ratio: float = 0.875
+    #: Whether ``threshold`` was given explicitly; if not, the calibrated threshold of the primary score wins.
+    threshold_given: bool = True
+
+    def threshold_for(self, primary: str) -> float:
+        """The threshold applied to the primary score."""
+        fitted = (self.calibration or {}).get("thresholds") or {}
+        if not self.threshold_given and primary in fitted:
+            return float(fitted[primary])
+        return self.threshold
 
     def forward(self, images: Sequence[Any]) -> Dict[str, np.ndarray]:
         """Net outputs with a batch dimension, as float numpy arrays (what predict_loader collects)."""
@@ -119,12 +142,14 @@ class Predictor:
         top = logits.max(axis=1)
         confidence = 1.0 / np.exp(logits - top[:, None]).sum(axis=1)
         pred = logits.argmax(axis=1)
+        threshold = self.threshold_for(primary)
         out = []
         for i in range(logits.shape[0]):
-            is_unknown = bool(unknown[i] >= self.threshold)
+            is_unknown = bool(unknown[i] >= threshold)
             out.append({
                 "label": "unknown" if is_unknown else self.class_names[int(pred[i])],
                 "class_index": -1 if is_unknown else int(pred[i]),
+                "closest_class": self.class_names[int(pred[i])],
                 "confidence": float(confidence[i]),
                 "unknown_score": float(unknown[i]) if math.isfinite(unknown[i]) else None,
                 "is_unknown": is_unknown,
@@ -141,7 +166,7 @@ def _config(ckpt: Dict[str, Any], path: str) -> Namespace:
     if missing:
         raise CheckpointError(f"{path!r}: the stored config lacks {missing}; expected a checkpoint written by "
                               f"usb_cfsg's train.py")
-    defaults = {"pretrain_path": None, "prompt_templates": None, "net_from_name": False, "amp": False,
+    defaults = {"pretrain_path": None, "clip_model": None, "prompt_templates": None, "net_from_name": False, "amp": False,
                 "ood_threshold": 0.5, "algorithm": ckpt["algorithm"]}
     return Namespace(**{**defaults, **cfg})
 
@@ -152,7 +177,8 @@ def load_predictor(path: str, device: str = "auto", threshold: Optional[float] =
     Args:
         path: ``latest_model.pth`` / ``model_best.pth`` of a run.
         device: ``auto``, ``cpu`` or ``cuda``.
-        threshold: Unknown-score threshold; default the run's ``ood_threshold``.
+        threshold: Unknown-score threshold; default the threshold the checkpoint's calibration fitted for the
+            primary score on training data, else the run's ``ood_threshold``.
 
     Raises:
         CheckpointError: Not a train.py checkpoint, or fields missing/inconsistent (the message names
@@ -182,22 +208,13 @@ def load_predictor(path: str, device: str = "auto", threshold: Optional[float] =
     cls = plugin_class(str(ckpt["algorithm"]))
     dev = resolve_device(device)
     builder = get_net_builder(args.net, bool(args.net_from_name))
-    quiet = _DropRandomInitWarning()
-    loggers = (logger, logging.getLogger())  # ours, and the root logger open_clip warns on
-    for log in loggers:
-        log.addFilter(quiet)
-    try:
-        with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON lines
-            if getattr(builder, "usb_cfsg_clip", False):
-                head, head_kwargs = net_head_spec(cls, args)
-                kwargs = clip_net_kwargs(args, head, head_kwargs, names, args.prompt_templates)
-                kwargs.update(pretrained=None, pretrained_path=None)  # the weights come from the checkpoint
-                net = builder(**kwargs)
-            else:
-                net = builder(num_classes=int(args.num_classes), pretrained=False, pretrained_path=None)
-    finally:
-        for log in loggers:
-            log.removeFilter(quiet)
+    with contextlib.redirect_stdout(sys.stderr):  # keep stdout for the JSON lines
+        if getattr(builder, "usb_cfsg_clip", False):
+            head, head_kwargs = net_head_spec(cls, args)
+            kwargs = clip_net_kwargs(args, head, head_kwargs, names, args.prompt_templates)
+            net = builder(**kwargs, weights_from_checkpoint=True)  # no CLIP weights read or fetched
+        else:
+            net = builder(num_classes=int(args.num_classes), pretrained=False, pretrained_path=None)
     load_state_strict(net, ckpt["ema_model"], "ema_model", path)
     net = net.to(dev).eval()
     _, _, transform = build_transforms(int(args.img_size), float(args.crop_ratio), mean, std)
@@ -206,10 +223,13 @@ def load_predictor(path: str, device: str = "auto", threshold: Optional[float] =
         raise UsbCfsgError("--threshold is NaN")
     from .relevance import view_transform
 
+    calibration = ckpt.get("calibration") if isinstance(ckpt.get("calibration"), dict) else None
     return Predictor(net=net, device=dev, transform=transform, view=view_transform(args.img_size, args.crop_ratio),
                      class_names=list(names),
-                     threshold=t, scores=score_function(cls, args), algorithm=str(ckpt["algorithm"]),
-                     amp_cm=autocast_factory(dev, bool(args.amp)))
+                     threshold=t, scores=score_function(cls, args, calibration), algorithm=str(ckpt["algorithm"]),
+                     amp_cm=autocast_factory(dev, bool(args.amp)), calibration=calibration,
+                     img_size=int(args.img_size), crop_ratio=float(args.crop_ratio),
+                     threshold_given=threshold is not None)
 
 
 # ----------------------------------------------------------------- inputs and the run
@@ -257,6 +277,19 @@ class _OverlayNames:
         return os.path.join(self.folder, name)
 
 
+#: What an error line suggests (predict.py has no skip_bad_images key: it always goes on with the other images).
+_UNREADABLE_FIX = "predict.py skipped it and went on with the other images; replace or remove the file"
+
+
+def _answer(record: Dict[str, Any]) -> str:
+    """The title of a relevance figure: the answer, and for an unknown image what the closed-set head thought."""
+    if record["is_unknown"]:
+        score = record["unknown_score"]
+        return (f"unknown (closest seen class: {record['closest_class']}, unknown score "
+                f"{score:.2f})" if score is not None else "unknown")
+    return f"{record['label']} (confidence {record['confidence']:.2f})"
+
+
 def predict_paths(predictor: Predictor, paths: Sequence[str], batch_size: int = 32,
                   relevance_dir: Optional[str] = None, write: Callable[[str], None] = print) -> int:
     """Predict every image in ``paths`` and ``write`` one JSON line per image, in order.
@@ -268,7 +301,7 @@ def predict_paths(predictor: Predictor, paths: Sequence[str], batch_size: int = 
         PredictError: ``relevance_dir`` given but the network has no ``relevance`` output.
     """
     from ..datasets.images import load_rgb
-    from .relevance import save_relevance_overlay
+    from .relevance import save_relevance_figure
 
     if batch_size < 1:
         raise UsbCfsgError(f"--batch_size must be >= 1, got {batch_size}")
@@ -279,7 +312,7 @@ def predict_paths(predictor: Predictor, paths: Sequence[str], batch_size: int = 
         failed: Dict[int, str] = {}
         for i, path in enumerate(chunk):
             try:
-                images[i] = load_rgb(path)
+                images[i] = load_rgb(path, fix=_UNREADABLE_FIX)
             except (UsbCfsgError, OSError, ValueError) as exc:
                 failed[i] = " ".join(str(exc).split())
         records: Dict[int, Dict[str, Any]] = {}
@@ -298,7 +331,8 @@ def predict_paths(predictor: Predictor, paths: Sequence[str], batch_size: int = 
                 records[i] = recs[j]
                 if names is not None:
                     target = names(chunk[i])
-                    save_relevance_overlay(predictor.view(images[i]), outputs["relevance"][j], target)
+                    save_relevance_figure(images[i], outputs["relevance"][j], target, title=_answer(records[i]),
+                                          img_size=predictor.img_size, crop_ratio=predictor.crop_ratio)
                     records[i]["relevance"] = target
         for i, path in enumerate(chunk):
             if i in failed:
