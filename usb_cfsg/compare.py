@@ -1,0 +1,403 @@
+"""Compare algorithms (and variants of them) over seeds on the same data, split, network and budget.
+
+::
+
+    python -m usb_cfsg.compare --c config/demo/cfsg_fmnist.yaml \\
+        --algorithms fixmatch openmatch iomatch clip_zeroshot cfsg_clip \\
+        --variants "cfsg_no_sfm:cfsg_clip,use_sfm=false" "cfsg_no_vsi:cfsg_clip,use_vsi=false" \\
+        --seeds 0 1 2 --save_dir saved_models/compare [--jobs N] [--key value ...]
+
+Every run is a separate ``python train.py`` process (isolation: one run's failure or memory
+cannot affect another). All rows share the base config; a row whose algorithm differs from the
+base config's drops the base algorithm's own keys (so e.g. cfsg_clip's ``start_fix`` never leaks
+into openmatch, whose default differs), takes its own algorithm's defaults, then the variant's
+``key=value`` pairs; ``--key value`` pairs after the known options apply to every run. The
+config each row runs is written to ``<save_dir>/configs/<row>.yaml``; runs live in
+``<save_dir>/runs/<row>_seed<seed>/`` and their output in ``<save_dir>/logs/``.
+
+A run is finished when its ``openset_metrics.json`` exists and its ``config.yaml`` matches what the
+runner would run now; finished runs are skipped, so an interrupted comparison resumes where it
+stopped (unfinished runs start again from scratch). A failed run is reported and the others go on.
+At the end ``results.csv`` (one line per row and seed) and ``results.md`` (rows = algorithms and
+variants, columns = the headline metrics of each row's primary unknown score, mean ± sample std
+over seeds, in %) are written to ``save_dir``; the exit status is 1 when any run failed.
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as futures
+import csv
+import json
+import logging
+import math
+import os
+import re
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import yaml
+
+from .errors import ConfigError
+
+logger = logging.getLogger("usb_cfsg")
+
+#: (JSON key, results.md column) of the reported metrics, in table order.
+METRICS: Tuple[Tuple[str, str], ...] = (
+    ("closed_acc", "closed acc"),
+    ("auroc", "AUROC"),
+    ("fpr95", "FPR95"),
+    ("open_bacc", "open bAcc"),
+    ("unknown_recall", "unknown recall"),
+    ("seen_acc", "seen acc (K+1)"),
+    ("h_score", "H-score"),
+    ("macro_f1", "macro-F1"),
+)
+METRICS_FILE = "openset_metrics.json"
+#: Keys the runner sets per run; they never make a finished run stale.
+RUN_KEYS = ("save_dir", "save_name", "overwrite", "resume", "load_path")
+#: Keys the launcher fills in at start (device index, rendezvous); not part of what a run computes.
+_RUNTIME_KEYS = ("gpu", "dist_url", "rank")
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One line of the table: an algorithm, or a named variant of one (``overrides`` as strings)."""
+
+    name: str
+    algorithm: str
+    overrides: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclass
+class Run:
+    """One (row, seed) training run."""
+
+    row: Row
+    seed: int
+    run_dir: Path
+    log_file: Path
+    argv: List[str] = field(default_factory=list)
+    status: str = "pending"  # pending | skipped | done | failed
+    detail: str = ""
+
+
+def parse_variant(text: str) -> Row:
+    """``"name:algorithm,key=value,..."`` -> :class:`Row`.
+
+    Raises:
+        ConfigError: malformed text, with the expected form.
+    """
+    form = 'expected "name:algorithm[,key=value...]", e.g. "cfsg_no_sfm:cfsg_clip,use_sfm=false"'
+    if ":" not in text:
+        raise ConfigError(f"variant {text!r}: {form}")
+    name, rest = text.split(":", 1)
+    parts = [p.strip() for p in rest.split(",")]
+    algorithm, pairs = parts[0], parts[1:]
+    if not _NAME.match(name.strip()) or not algorithm:
+        raise ConfigError(f"variant {text!r}: {form} (names use letters, digits, _ . -)")
+    overrides = []
+    for pair in pairs:
+        if "=" not in pair or not pair.split("=", 1)[0].strip():
+            raise ConfigError(f"variant {text!r}: {pair!r} is not key=value; {form}")
+        key, value = pair.split("=", 1)
+        overrides.append((key.strip().lstrip("-"), value.strip()))
+    return Row(name.strip(), algorithm, tuple(overrides))
+
+
+def _pairs(argv: Sequence[str]) -> List[Tuple[str, str]]:
+    from .config import parse_cli_pairs
+
+    return list(parse_cli_pairs(argv).items())
+
+
+def row_config(base: Dict[str, Any], base_file: str, algorithm: str) -> Dict[str, Any]:
+    """The base YAML for ``algorithm``: without the base algorithm's own keys when it differs."""
+    from .algorithms import get_algorithm_class
+    from .config import algorithm_specs, base_specs
+
+    cfg = dict(base)
+    base_alg = base.get("algorithm")
+    if base_alg and base_alg != algorithm:
+        common = set(base_specs())
+        own = set(algorithm_specs(get_algorithm_class(str(base_alg)))) - common
+        dropped = sorted(k for k in cfg if k in own)
+        if dropped:
+            logger.info("%s: dropping %s's keys of %s: %s", algorithm, base_alg, base_file, ", ".join(dropped))
+        cfg = {k: v for k, v in cfg.items() if k not in own}
+    cfg["algorithm"] = algorithm
+    return cfg
+
+
+def run_argv(config_file: Path, run: Run, save_dir: Path, extra: Sequence[Tuple[str, str]]) -> List[str]:
+    """train.py's arguments of one run (no interpreter, no script)."""
+    argv = ["--c", str(config_file), "--algorithm", run.row.algorithm, "--seed", str(run.seed),
+            "--save_dir", str(save_dir), "--save_name", run.run_dir.name, "--overwrite", "true",
+            "--resume", "false", "--load_path", "none"]
+    for key, value in list(run.row.overrides) + list(extra):
+        argv += [f"--{key}", value]
+    return argv
+
+
+def _comparable(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in RUN_KEYS and k not in _RUNTIME_KEYS}
+
+
+def expected_config(argv: Sequence[str]) -> Dict[str, Any]:
+    """The resolved config (as written to config.yaml) that train.py would run with ``argv``."""
+    from .config import build_config, config_to_dict
+
+    return _comparable(config_to_dict(build_config(argv)))
+
+
+def is_finished(run: Run, expected: Dict[str, Any]) -> Tuple[bool, str]:
+    """Whether ``run`` finished with exactly this configuration (else why not)."""
+    if not (run.run_dir / METRICS_FILE).is_file():
+        return False, "no openset_metrics.json"
+    cfg_file = run.run_dir / "config.yaml"
+    try:
+        saved = _comparable(yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {})
+    except (OSError, yaml.YAMLError) as exc:
+        return False, f"unreadable {cfg_file} ({exc})"
+    if saved != expected:
+        diff = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
+        return False, f"config changed since it ran ({', '.join(diff)})"
+    return True, ""
+
+
+def _execute(run: Run, python: str, train_py: str, env: Dict[str, str]) -> Run:
+    cmd = [python, train_py, *run.argv]
+    run.log_file.parent.mkdir(parents=True, exist_ok=True)
+    start = time.time()
+    with open(run.log_file, "w", encoding="utf-8") as log:
+        log.write("$ " + shlex.join(cmd) + "\n")
+        log.flush()
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.path.dirname(train_py))
+    took = time.time() - start
+    if proc.returncode == 0 and (run.run_dir / METRICS_FILE).is_file():
+        run.status, run.detail = "done", f"{took:.0f} s"
+    else:
+        tail = _tail(run.log_file)
+        run.status = "failed"
+        run.detail = f"exit {proc.returncode} after {took:.0f} s; log {run.log_file}" + (f": {tail}" if tail else "")
+    return run
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln]
+    return (errors or lines or [""])[-1][:300]
+
+
+def _finite(values: Sequence[Any]) -> List[float]:
+    out = []
+    for v in values:
+        if v is None:
+            continue
+        v = float(v)
+        if math.isfinite(v):
+            out.append(v)
+    return out
+
+
+def mean_std(values: Sequence[Any]) -> Tuple[float, float, int]:
+    """Mean and sample standard deviation (ddof 1; 0 for one value) of the finite values, and their count."""
+    vals = _finite(values)
+    if not vals:
+        return float("nan"), float("nan"), 0
+    m = sum(vals) / len(vals)
+    s = math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+    return m, s, len(vals)
+
+
+def format_cell(values: Sequence[Any], num_runs: int) -> str:
+    """``mean±std`` in % with two decimals; ``n/a`` without values; ``(n/N)`` when some runs lack it."""
+    m, s, n = mean_std(values)
+    if n == 0:
+        return "n/a"
+    text = f"{100 * m:.2f}±{100 * s:.2f}" if n > 1 else f"{100 * m:.2f}"
+    return text + (f" ({n}/{num_runs})" if n < num_runs else "")
+
+
+def collect(runs: Sequence[Run]) -> List[Dict[str, Any]]:
+    """One record per run with an openset_metrics.json: row, algorithm, seed, primary score, metrics."""
+    records = []
+    for run in runs:
+        path = run.run_dir / METRICS_FILE
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text(encoding="utf-8"))
+        rec = {"row": run.row.name, "algorithm": run.row.algorithm, "seed": run.seed,
+               "primary_score": data.get("primary_score")}
+        for key, _ in METRICS:
+            rec[key] = data.get(key)
+        rec["run_dir"] = str(run.run_dir)
+        records.append(rec)
+    return records
+
+
+def write_csv(path: Path, records: Sequence[Dict[str, Any]]) -> None:
+    """results.csv: one line per row and seed, metrics as fractions (empty = undefined)."""
+    columns = ["row", "algorithm", "seed", "primary_score", *[k for k, _ in METRICS], "run_dir"]
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=columns)
+        writer.writeheader()
+        for rec in records:
+            writer.writerow({k: ("" if rec.get(k) is None else rec.get(k)) for k in columns})
+    os.replace(tmp, path)
+
+
+def render_markdown(rows: Sequence[Row], records: Sequence[Dict[str, Any]], seeds: Sequence[int], command: str,
+                    failed: Sequence[Run]) -> str:
+    """results.md: rows = algorithms/variants, columns = metrics, mean ± std over seeds (in %)."""
+    head = ["algorithm", "score", *[title for _, title in METRICS], "seeds"]
+    lines = [
+        "# Open-set comparison",
+        "",
+        f"Command: `{command}`",
+        "",
+        f"Seeds {', '.join(map(str, seeds))}; cells are mean±std (sample std) over seeds in %, for each row's "
+        "primary unknown score (column `score`). FPR95: false-positive rate at 95% TPR with unknown as positive "
+        "(lower is better). open bAcc, unknown recall, seen acc (accuracy of seen-class images in the K+1-way "
+        "prediction), H-score and macro-F1 use the evaluator's threshold.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|",
+    ]
+    for row in rows:
+        recs = [r for r in records if r["row"] == row.name]
+        name = row.name if row.name == row.algorithm else f"{row.name} ({row.algorithm}, " + ", ".join(
+            f"{k}={v}" for k, v in row.overrides) + ")"
+        scores = sorted({str(r["primary_score"]) for r in recs}) or ["-"]
+        cells = [format_cell([r[k] for r in recs], len(seeds)) for k, _ in METRICS]
+        lines.append("| " + " | ".join([name, "/".join(scores), *cells, f"{len(recs)}/{len(seeds)}"]) + " |")
+    if failed:
+        lines += ["", "Failed runs:", ""]
+        lines += [f"- {run.row.name} seed {run.seed}: {run.detail}" for run in failed]
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m usb_cfsg.compare", description=__doc__.split("\n\n")[0],
+                                epilog="Any further --key value pair is passed to every run (e.g. --num_train_iter 200).")
+    p.add_argument("--c", required=True, help="base config (YAML) shared by every run")
+    p.add_argument("--algorithms", nargs="*", default=[], help="registered algorithm names, one row each")
+    p.add_argument("--variants", nargs="*", default=[], help='"name:algorithm,key=value,..." rows')
+    p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
+    p.add_argument("--save_dir", required=True, help="comparison folder (configs/, runs/, logs/, results.*)")
+    p.add_argument("--jobs", type=int, default=1, help="runs at the same time (default 1: one after another)")
+    p.add_argument("--python", default=sys.executable, help="interpreter of the runs (default: this one)")
+    p.add_argument("--train_py", default=None, help="train.py to run (default: the repository's)")
+    return p
+
+
+def plan(opts: argparse.Namespace, extra_argv: Sequence[str]) -> Tuple[List[Row], List[Run], Dict[str, Any]]:
+    """Validate everything and lay out the runs (writes the per-row configs); nothing is trained."""
+    from .algorithms import get_algorithm_class
+    from .config import load_yaml
+
+    rows = [Row(a, a) for a in opts.algorithms] + [parse_variant(v) for v in opts.variants]
+    if not rows:
+        raise ConfigError("nothing to compare: give --algorithms and/or --variants")
+    names = [r.name for r in rows]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(f"row names must be unique, got {dupes} more than once")
+    for row in rows:
+        get_algorithm_class(row.algorithm)  # unknown names fail here, with suggestions
+    if len(set(opts.seeds)) != len(opts.seeds):
+        raise ConfigError(f"--seeds repeats a seed: {opts.seeds}")
+    if opts.jobs < 1:
+        raise ConfigError(f"--jobs must be >= 1, got {opts.jobs}")
+    extra = _pairs(extra_argv)
+    reserved = sorted({k for k, _ in extra} & {"c", "algorithm", "seed", *RUN_KEYS})
+    if reserved:
+        raise ConfigError(f"{', '.join('--' + k for k in reserved)} cannot be passed through: the runner sets them "
+                          f"per run (rows with --algorithms/--variants, seeds with --seeds, folders with --save_dir)")
+    base = load_yaml(opts.c)
+    save_dir = Path(opts.save_dir).resolve()
+    runs_dir = save_dir / "runs"
+    (save_dir / "configs").mkdir(parents=True, exist_ok=True)
+    runs, expected = [], {}
+    for row in rows:
+        cfg_file = save_dir / "configs" / f"{row.name}.yaml"
+        text = yaml.safe_dump(row_config(base, opts.c, row.algorithm), sort_keys=False)
+        if not cfg_file.is_file() or cfg_file.read_text(encoding="utf-8") != text:
+            cfg_file.write_text(text, encoding="utf-8")
+        for seed in opts.seeds:
+            run = Run(row, seed, runs_dir / f"{row.name}_seed{seed}", save_dir / "logs" / f"{row.name}_seed{seed}.log")
+            run.argv = run_argv(cfg_file, run, runs_dir, extra)
+            expected[run.run_dir.name] = expected_config(run.argv)  # every key checked before anything runs
+            runs.append(run)
+    return rows, runs, expected
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the comparison; returns the exit status (0 all runs finished, 1 some failed, 2 bad arguments)."""
+    from .engine.launch import setup_logging
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    setup_logging(None)
+    opts, extra_argv = build_parser().parse_known_args(argv)
+    try:
+        rows, runs, expected = plan(opts, extra_argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    save_dir = Path(opts.save_dir).resolve()
+    train_py = os.path.abspath(opts.train_py or Path(__file__).resolve().parent.parent / "train.py")
+    if not os.path.isfile(train_py):
+        print(f"error: {train_py} does not exist; pass --train_py /path/to/train.py (the repository's entry point)",
+              file=sys.stderr)
+        return 2
+    env = dict(os.environ)
+    root = os.path.dirname(train_py)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+
+    todo = []
+    for run in runs:
+        done, why = is_finished(run, expected[run.run_dir.name])
+        if done:
+            run.status, run.detail = "skipped", "finished before"
+        else:
+            if why != "no openset_metrics.json":
+                logger.info("%s seed %d runs again: %s", run.row.name, run.seed, why)
+            todo.append(run)
+    logger.info("comparison in %s: %d runs, %d finished before, %d to run (%d at a time)", save_dir, len(runs),
+                len(runs) - len(todo), len(todo), opts.jobs)
+    with futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+        pending = {pool.submit(_execute, run, opts.python, train_py, env): run for run in todo}
+        for i, fut in enumerate(futures.as_completed(pending), 1):
+            run = fut.result()
+            level = logging.INFO if run.status == "done" else logging.ERROR
+            logger.log(level, "[%d/%d] %s seed %d: %s (%s)", i, len(todo), run.row.name, run.seed, run.status,
+                       run.detail)
+
+    records = collect(runs)
+    failed = [r for r in runs if r.status == "failed"]
+    command = "python -m usb_cfsg.compare " + shlex.join(argv)
+    write_csv(save_dir / "results.csv", records)
+    md = render_markdown(rows, records, opts.seeds, command, failed)
+    tmp = save_dir / "results.md.tmp"
+    tmp.write_text(md, encoding="utf-8")
+    os.replace(tmp, save_dir / "results.md")
+    logger.info("results: %s and %s", save_dir / "results.md", save_dir / "results.csv")
+    logger.info("\n%s", md)
+    if failed:
+        logger.error("%d of %d runs failed: %s", len(failed), len(runs),
+                     "; ".join(f"{r.row.name} seed {r.seed}" for r in failed))
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
