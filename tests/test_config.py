@@ -1,4 +1,6 @@
 """Configuration: precedence, validation and error messages users see."""
+import os
+
 import pytest
 import yaml
 
@@ -72,10 +74,65 @@ def test_unknown_algorithm_suggests():
 
 
 def test_relations_checked():
+    with pytest.raises(ConfigError, match=r"num_train_iter \(10\) must be divisible by epoch \(3\); e.g. set epoch: 2"):
+        build_config(["--num_train_iter", "10", "--epoch", "3"])  # both explicit: the user decides
+    with pytest.raises(ConfigError, match=r"num_labels \(10\) must be a positive multiple of num_classes \(4\)"):
+        build_config(["--num_labels", "10", "--num_classes", "4"])
+    # resume without load_path continues the run folder's latest checkpoint (USB's convention)
+    args = build_config(["--resume", "true", "--save_dir", "out", "--save_name", "run"])
+    assert args.load_path == os.path.join("out", "run", "latest_model.pth")
+
+
+def test_every_out_of_range_value_is_reported_at_once(tmp_path):
+    cfg = write(tmp_path, {"algorithm": "cfsg_clip", "sfm_keep_ratio": 1.5, "lr": 0.0, "ema_m": 2.0,
+                           "num_classes": 3, "num_labels": 6, "vsi_topk": 5, "crop_ratio": float("nan")})
+    with pytest.raises(ConfigError) as info:
+        build_config(["--c", cfg, "--momentum", "1.0"])
+    text = str(info.value)
+    for part in ("lr must be in (0, inf), got 0.0", "ema_m must be in [0, 1], got 2.0", "momentum must be in [0, 1)",
+                 "crop_ratio must be in (0, 1], got nan", "sfm_keep_ratio must be in (0, 1], got 1.5",
+                 "vsi_topk (5) must not exceed num_classes (3)"):
+        assert part in text, part
+    assert text.startswith(f"invalid configuration (config file {cfg}): ")
+    with pytest.raises(ConfigError, match=r"p_cutoff must be in \[0, 1\], got 1.5"):  # USB's algorithms too
+        build_config(["--algorithm", "fixmatch", "--p_cutoff", "1.5"])
+
+
+def test_num_train_iter_alone_on_the_command_line_adjusts_epoch(tmp_path, caplog):
+    cfg = write(tmp_path, {"epoch": 20, "num_train_iter": 20000})
+    with caplog.at_level("WARNING", logger="usb_cfsg"):
+        args = build_config(["--c", cfg, "--num_train_iter", "30"])
+    assert (args.num_train_iter, args.epoch) == (30, 15)
+    assert "num_train_iter 30 is not divisible by epoch 20: using epoch 15" in caplog.text
+    assert build_config(["--c", cfg, "--num_train_iter", "40"]).epoch == 20  # divisible: unchanged
     with pytest.raises(ConfigError, match="divisible by epoch"):
-        build_config(["--num_train_iter", "10", "--epoch", "3"])
-    with pytest.raises(ConfigError, match="resume: true needs load_path"):
-        build_config(["--resume", "true"])
+        build_config(["--c", cfg, "--num_train_iter", "30", "--epoch", "20"])
+
+
+def test_default_save_name_differs_per_algorithm_and_the_readme_commands_do_not_collide(caplog):
+    args = build_config(["--dataset", "cub200", "--num_labels", "400", "--seed", "1"])
+    assert args.save_name == "fixmatch_cub200_400_1"
+    cub = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "config", "cfsg_cub.yaml")
+    cfsg = build_config(["--c", cub])
+    with caplog.at_level("WARNING", logger="usb_cfsg"):
+        fixmatch = build_config(["--c", cub, "--algorithm", "fixmatch"])
+    assert cfsg.save_name != fixmatch.save_name == "fixmatch_cub200_400_0"
+    assert fixmatch.load_path is None and "not using the file's save_name and load_path" in caplog.text
+    explicit = build_config(["--c", cub, "--algorithm", "fixmatch", "--save_name", "fixmatch_cub"])
+    assert explicit.save_name == "fixmatch_cub"
+
+
+def test_saved_config_holds_the_run_not_the_invocation(tmp_path):
+    from usb_cfsg.config import save_config
+
+    args = build_config(["--resume", "true", "--load_path", "elsewhere.pth", "--resume_extend", "true",
+                         "--save_dir", str(tmp_path), "--save_name", "r"])
+    save_config(args, str(tmp_path / "config.yaml"))
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    assert saved["resume"] is False and saved["resume_extend"] is False
+    assert saved["load_path"] == os.path.join(str(tmp_path), "r", "latest_model.pth")
+    again = build_config(["--c", str(tmp_path / "config.yaml")])  # the saved file is a valid config
+    assert again.save_name == "r" and again.resume is False
 
 
 def test_cli_syntax_errors():

@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -221,7 +222,9 @@ class GuardedParamUpdateHook(ParamUpdateHook):
         algorithm.model.zero_grad(set_to_none=True)
         algorithm.optimizer.zero_grad(set_to_none=True)
         if algorithm.scheduler is not None:
-            algorithm.scheduler.step()
+            with warnings.catch_warnings():  # torch warns when no optimizer.step() came first; skipping is intended
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)`")
+                algorithm.scheduler.step()
         self.bad_streak += 1
         step = algorithm.it + 1
         terms = non_finite_terms(algorithm.log_dict) or ["the loss returned by train_step"]
