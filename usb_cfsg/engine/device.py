@@ -121,7 +121,7 @@ class CompileFallback:
             try:
                 return self.compiled(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
-                self.failed = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+                self.failed = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
                 logger.warning("compile: torch.compile of %s failed (%s); running it eagerly. "
                                "Set compile: false to skip the attempt.", self.name, self.failed)
         return self.eager(*args, **kwargs)

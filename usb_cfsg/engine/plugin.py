@@ -78,6 +78,10 @@ class PluginMixin:
         record = self.record_split and self.args.rank == 0
         run_dir = os.path.join(self.args.save_dir, self.args.save_name) if record else None
         dataset_dict, info = build_openset_datasets(self.args, self.algorithm, mean, std, run_dir)
+        if getattr(self.args, "cache_images", False):
+            from ..datasets.cache import attach_image_cache
+
+            attach_image_cache(dataset_dict)
         self.openset_info = info
         self.args.lb_dest_len = len(dataset_dict["train_lb"])
         self.args.ulb_dest_len = len(dataset_dict["train_ulb"]) if dataset_dict["train_ulb"] is not None else 0

@@ -1,0 +1,251 @@
+"""GPU fast paths, exercised on CPU: autocast dtypes, compile with fallback, channels_last,
+the decoded-image cache and persistent loader workers."""
+from __future__ import annotations
+
+import logging
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from usb_cfsg.engine.device import (amp_dtype, apply_channels_last, apply_fast_paths, autocast_factory,
+                                    compile_model, grad_scaler)
+from usb_cfsg.engine.sampling import SeededDataset, train_loader
+from usb_cfsg.errors import ConfigError
+
+CPU = torch.device("cpu")
+
+
+class _Records(logging.Handler):
+    """Collects what a logger emits (our loggers may not propagate to pytest's caplog)."""
+
+    def __init__(self, name):
+        super().__init__(logging.DEBUG)
+        self.logger, self.lines = logging.getLogger(name), []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+    @property
+    def text(self):
+        return "\n".join(self.lines)
+
+    def __enter__(self):
+        self.level = self.logger.level
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.logger.removeHandler(self)
+        self.logger.setLevel(self.level)
+
+
+@pytest.fixture(scope="module")
+def tiny_cfsg():
+    from usb_cfsg.nets.clip import build_clip_net
+
+    torch.manual_seed(0)
+    return build_clip_net("clip-tiny", 3, None, head="cfsg", img_size=64, num_tuned_blocks=2,
+                          class_names=["red bird", "green bird", "blue bird"]).eval()
+
+
+# ------------------------------------------------------------------ amp_dtype
+def test_amp_dtype_resolution_and_scaler():
+    assert amp_dtype(CPU, "auto") == torch.bfloat16
+    assert amp_dtype(CPU, "bf16") == torch.bfloat16
+    with pytest.raises(ConfigError, match="fp16 needs CUDA"):
+        amp_dtype(CPU, "fp16")
+    with pytest.raises(ConfigError, match="auto, bf16, fp16"):
+        amp_dtype(CPU, "fp32")
+    # bf16 never needs loss scaling; on CPU the scaler is always a pass-through
+    assert not grad_scaler(CPU, True, "bf16").is_enabled()
+    assert not grad_scaler(CPU, True, "auto").is_enabled()
+
+
+def test_bf16_autocast_runs_the_cfsg_net_in_bf16(tiny_cfsg):
+    x = torch.randn(2, 3, 64, 64)
+    with autocast_factory(CPU, True, "bf16")():
+        out = tiny_cfsg(x)
+    assert out["feat"].dtype == torch.bfloat16
+    ref = tiny_cfsg(x)
+    assert torch.isfinite(out["logits"].float()).all()
+    # same prediction path, bf16 rounding only
+    assert torch.allclose(out["logits"].float(), ref["logits"], atol=0.5)
+    with autocast_factory(CPU, False, "bf16")():
+        assert tiny_cfsg(x)["feat"].dtype == torch.float32
+
+
+def test_config_keys_validate():
+    from usb_cfsg.config import build_config
+
+    args = build_config(["--amp", "true", "--amp_dtype", "bf16", "--compile", "true", "--cache_images", "true",
+                         "--persistent_workers", "false", "--channels_last", "true"])
+    assert (args.amp_dtype, args.compile, args.cache_images, args.persistent_workers, args.channels_last) == (
+        "bf16", True, True, False, True)
+    with pytest.raises(ConfigError, match="amp_dtype"):
+        build_config(["--amp_dtype", "float16"])
+
+
+# -------------------------------------------------------------------- compile
+def _eager_reference(net, x):
+    net.zero_grad()
+    out = net(x)
+    (out["logits"].sum() + out["logits_ova"].sum()).backward()
+    grads = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    return out, grads
+
+
+def test_compile_matches_eager_and_keeps_state_dict_keys(tiny_cfsg):
+    import copy
+
+    net = copy.deepcopy(tiny_cfsg)
+    x = torch.randn(2, 3, 64, 64)
+    ref, ref_grads = _eager_reference(net, x)
+    keys = list(net.state_dict())
+    wrappers = compile_model(net, backend="aot_eager")
+    assert len(wrappers) == len(net.backbone.visual.transformer.resblocks) + 4  # blocks + coarse/fine/ova/vsi
+    out, grads = _eager_reference(net, x)
+    assert all(w.failed is None for w in wrappers)
+    assert list(net.state_dict()) == keys  # checkpoints stay loadable
+    torch.testing.assert_close(out["logits"], ref["logits"], rtol=1e-4, atol=1e-4)
+    assert set(grads) == set(ref_grads)
+    for name in grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-3, atol=1e-4)
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(tiny_cfsg):
+    import copy
+
+    def broken_backend(gm, example_inputs):
+        raise RuntimeError("no compiler for you")
+
+    net = copy.deepcopy(tiny_cfsg)
+    x = torch.randn(2, 3, 64, 64)
+    ref = net(x)["logits"]
+    with _Records("usb_cfsg") as log:
+        wrappers = compile_model(net, backend=broken_backend)
+        out = net(x)["logits"]
+    assert all(w.failed and "no compiler for you" in w.failed for w in wrappers)
+    assert "running it eagerly" in log.text and "compile: false" in log.text
+    torch.testing.assert_close(out, ref)
+    with _Records("usb_cfsg") as log:
+        net(x)  # later calls go straight to eager, without new warnings
+    assert "running it eagerly" not in log.text
+
+
+def test_apply_fast_paths_reads_the_config(tiny_cfsg):
+    import copy
+
+    net = copy.deepcopy(tiny_cfsg)
+    assert apply_fast_paths(net, SimpleNamespace(compile=False, channels_last=False), CPU) is None
+    wrappers = apply_fast_paths(net, SimpleNamespace(compile=True, channels_last=True), CPU, backend="eager")
+    assert wrappers and net.backbone.visual.conv1.weight.is_contiguous()  # channels_last is CUDA-only
+
+
+def test_channels_last_gives_the_same_output():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 4, stride=4), nn.Flatten(), nn.Linear(8 * 4 * 4, 2))
+    x = torch.randn(2, 3, 16, 16)
+    ref = net(x)
+    assert apply_channels_last(net) == 1
+    assert net[0].weight.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(net(x), ref, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- image cache
+def _datasets(cub_root, alg="fixmatch"):
+    from usb_cfsg.datasets import build_openset_datasets
+
+    args = SimpleNamespace(dataset="cub200", data_dir=cub_root, num_classes=3, num_labels=6, include_lb_to_ulb=True,
+                           img_size=32, crop_ratio=0.875, seed=0)
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    return build_openset_datasets(args, alg, mean, std, None)[0]
+
+
+def test_cached_images_equal_uncached_images(cub_root):
+    from usb_cfsg.datasets.cache import attach_image_cache
+
+    plain, cached = _datasets(cub_root), _datasets(cub_root)
+    summary = attach_image_cache(cached, threads=2)
+    names = [k for k, v in cached.items() if v is not None]
+    assert set(summary["datasets"]) == set(names) >= {"train_lb", "train_ulb", "eval", "test_open"}
+    # labeled images reused as unlabeled and seen test images in eval + test_open are stored once
+    n_items = sum(len(cached[k]) for k in names)
+    n_train, n_test = len(cached["train_ulb"]), len(cached["test_open"])
+    assert n_train + n_test <= summary["unique_images"] < n_items
+    assert summary["datasets"]["train_ulb"]["shape"] == [36, 36, 3]  # floor(32 / 0.875): the Resize((r, r)) head
+    assert summary["datasets"]["eval"]["shape"] == [32, 32, 3]  # Resize + CenterCrop head
+    for name in names:
+        a, b = SeededDataset(plain[name]), SeededDataset(cached[name])
+        for idx in range(len(plain[name])):
+            key = (idx, 1234 + idx) if name.startswith("train") else idx
+            pa, pb = a[key], b[key]
+            assert pa.keys() == pb.keys()
+            for k, v in pa.items():
+                if isinstance(v, torch.Tensor):
+                    assert torch.equal(v, pb[k]), (name, idx, k)
+                else:
+                    assert v == pb[k], (name, idx, k)
+
+
+def test_cache_lives_in_shared_memory_and_serves_workers(cub_root):
+    from usb_cfsg.datasets.cache import CachedSample, attach_image_cache
+
+    cached = _datasets(cub_root)
+    attach_image_cache(cached, threads=1)
+    sample = cached["train_ulb"].__sample__
+    assert isinstance(sample, CachedSample) and sample.images.is_shared()
+    batches = [b["x_ulb_w"] for b in train_loader(cached["train_ulb"], 4, 2, 0, 0, 1, num_workers=2,
+                                                     persistent_workers=True)]
+    ref = [b["x_ulb_w"] for b in train_loader(_datasets(cub_root)["train_ulb"], 4, 2, 0, 0, 1, num_workers=0)]
+    assert len(batches) == len(ref) == 2
+    for x, y in zip(batches, ref):
+        assert torch.equal(x, y)
+
+
+def test_cache_skips_datasets_without_a_resize_head(cub_root):
+    from torchvision import transforms as T
+
+    from usb_cfsg.datasets.cache import attach_image_cache
+
+    ds = _datasets(cub_root)
+    ds["eval"].transform = T.Compose([T.RandomHorizontalFlip(), T.ToTensor()])
+    with _Records("usb_cfsg.datasets.cache") as log:
+        summary = attach_image_cache({"eval": ds["eval"]})
+    assert summary["datasets"] == {} and "does not start with a resize" in log.text
+
+
+# --------------------------------------------------------- persistent workers
+class _Numbers(torch.utils.data.Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return torch.tensor([i, int(torch.randint(0, 10 ** 6, ()))])
+
+
+def _epochs(loader, epochs, start=0):
+    out = []
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        loader.sampler.set_start_iteration(start if epoch == 0 else 0)
+        out.append(torch.cat(list(loader)))
+    return out
+
+
+def test_persistent_workers_give_the_same_order_and_augmentation_across_epochs_and_resume():
+    ds = _Numbers()
+    ref = _epochs(train_loader(ds, 2, 4, 7, 0, 1, num_workers=0), 3)
+    keep = train_loader(ds, 2, 4, 7, 0, 1, num_workers=2, persistent_workers=True)
+    assert keep.persistent_workers
+    got = _epochs(keep, 3)
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
+    assert not torch.equal(ref[0], ref[1])  # epochs differ: the check is not vacuous
+    resumed = _epochs(train_loader(ds, 2, 4, 7, 0, 1, num_workers=2, persistent_workers=True), 2, start=2)
+    assert torch.equal(resumed[0], ref[0][4:]) and torch.equal(resumed[1], ref[1])
+    assert not train_loader(ds, 2, 4, 7, 0, 1, num_workers=0, persistent_workers=True).persistent_workers
+    assert np.array_equal(ref[2].numpy(), got[2].numpy())
