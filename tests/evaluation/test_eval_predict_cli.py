@@ -83,12 +83,16 @@ def test_training_ends_with_the_openset_report(run):
     for key in HEADLINE_KEYS:
         assert isinstance(data[key], float) and 0.0 <= data[key] <= 1.0, key
     for name, values in data["scores"].items():
-        assert list(values) == list(SCORE_KEYS)
-        assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for k, v in values.items() if k != "threshold"), name
+        assert list(values) == list(SCORE_KEYS) + ["threshold_source"]
+        assert all(isinstance(values[k], float) and 0.0 <= values[k] <= 1.0 for k in SCORE_KEYS if k != "threshold"), name
         if name == data["primary_score"]:
             assert all(values[k] == data[k] for k in SCORE_KEYS)
-    # written after latest_model.pth (the hook runs after USB's EvaluationHook.after_run)
-    assert os.path.getmtime(d / "openset_metrics.json") >= os.path.getmtime(run["ckpt"])
+    # ranges and thresholds fitted on the unlabeled training images, stored in latest_model.pth as well
+    assert data["calibration"]["num_images"] == 24 and "unlabeled training images" in data["calibration"]["source"]
+    assert torch.load(run["ckpt"], weights_only=True)["calibration"] == data["calibration"]
+    assert "Otsu on 24 unlabeled training images" in data["scores"]["energy"]["threshold_source"]
+    # written after USB's EvaluationHook.after_run saved latest_model.pth (re-saved with the calibration)
+    assert os.path.getmtime(d / "openset_metrics.json") >= os.path.getmtime(d / "split.json")
 
     for name in ("roc.png", "score_hist.png"):
         assert (d / name).read_bytes()[:8] == PNG_MAGIC
@@ -111,6 +115,8 @@ def test_tensorboard_has_openset_scalars(run):
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"test_open/auroc", "test_open/closed_acc", "test_open/msp/auroc", "test_open/energy/auroc"} <= tags
+    # curves, not one point: every evaluation during training (num_eval_iter 2 of 4) adds one
+    assert len(acc.Scalars("test_open/auroc")) >= 2 and len(acc.Scalars("test_open/unknown_recall")) >= 2
 
 
 # ------------------------------------------------------------------ eval.py
@@ -136,6 +142,7 @@ def test_eval_reproduces_the_run(run, tmp_path, with_config):
     ours, theirs = _strict_json(out / "openset_metrics.json"), _strict_json(run["dir"] / "openset_metrics.json")
     _assert_same_numbers(ours, theirs)
     assert ours["checkpoint"] == theirs["checkpoint"]
+    assert ours["calibration"] == theirs["calibration"]  # the stored one, fitted on training data
     assert (out / "roc.png").is_file() and (out / "score_hist.png").is_file()
     assert (out / "confusion.csv").read_text() == (run["dir"] / "confusion.csv").read_text()
     assert _folder_digest(run["dir"]) == before  # the run folder is left as it was
