@@ -41,8 +41,11 @@ Recipe of the fine-grained benchmark (ViT-B/16 CLIP, 224 px, one GPU) and why
   FixMatch recipe (USB's cosine schedule, 7/16 of a cycle, ends at 0.2 x lr, so the last
   iterations already move the weights little).
 * amp true (fp16 + GradScaler on CUDA), eval_batch_size 128, num_workers 4, crop_ratio 0.875 (USB).
-* Open-set split: class_split first (seen = the first K classes in the dataset's order), split_seed 0,
-  every unlabeled image kept (ulb_unseen_ratio none), ood_threshold 0.5.
+* Open-set split: class_split ssb for CUB-200-2011, Stanford Cars and FGVC-Aircraft (the Semantic Shift
+  Benchmark's known classes, 100 / 98 / 50, the split fine-grained open-set work reports on; unknown classes
+  graded Easy / Medium / Hard, with metrics per group), class_split first for Flowers-102 and Stanford Dogs
+  (seen = the first K classes in the dataset's order; no SSB split exists), split_seed 0, every unlabeled
+  image kept (ulb_unseen_ratio none), ood_threshold 0.5.
 * Label budgets: 4 and 10 labeled images per seen class; num_labels = K x per-class.
 * FixMatch: USB's values (hard_label true, T 0.5, p_cutoff 0.95, ulb_loss_ratio 1.0).
 * data_dir ./data for every dataset: each reader (usb_cfsg/datasets/<name>.py) accepts the folder that
@@ -90,6 +93,8 @@ OPENSET_FG_DATASETS: Tuple[Tuple[str, int, int, str], ...] = (
     ("flowers102", 102, 51, "102flowers.tgz (unpacked: jpg/), imagelabels.mat, setid.mat in ./data/flowers-102/"),
     ("stanford_dogs", 120, 60, "images.tar and lists.tar unpacked in ./data/stanford_dogs/"),
 )
+#: Datasets with a Semantic Shift Benchmark split: their benchmark configs use class_split ssb.
+SSB_SPLIT_DATASETS: Tuple[str, ...] = ("cub200", "stanford_cars", "fgvc_aircraft")
 OPENSET_FG_ALGORITHMS: Tuple[str, ...] = ("fixmatch", "cfsg_clip")
 LABELS_PER_CLASS: Tuple[int, ...] = (4, 10)
 SEEDS: Tuple[int, ...] = (0,)
@@ -287,11 +292,14 @@ def openset_fg_files() -> Dict[str, str]:
                     save_name = f"{algorithm}_{dataset}_{num_labels}_{seed}"
                     cfg = dict(algorithm=algorithm, save_dir=OPENSET_FG_SAVE_DIR, save_name=save_name,
                                load_path=f"{OPENSET_FG_SAVE_DIR}/{save_name}/latest_model.pth", **FG_RECIPE)
-                    cfg.update(dataset=dataset, num_classes=seen, num_labels=num_labels, seed=seed)
+                    ssb = dataset in SSB_SPLIT_DATASETS
+                    cfg.update(dataset=dataset, num_classes=seen, num_labels=num_labels, seed=seed,
+                               class_split="ssb" if ssb else "first")
                     cfg, comments = _with_algorithm(cfg, algorithm)
+                    which = " (the Semantic Shift Benchmark's known classes)" if ssb else ""
                     header = _generated_header([
-                        f"{algorithm} on {dataset}: {seen} of {total} classes seen, {per_class} labels per seen class, "
-                        f"seed {seed}.",
+                        f"{algorithm} on {dataset}: {seen} of {total} classes seen{which}, {per_class} labels per seen "
+                        f"class, seed {seed}.",
                         "Recipe and reasons: the docstring of scripts/make_configs.py.",
                         f"Data: {data_note}",
                         f"Run: python train.py --c config/openset_fg/{algorithm}/{save_name}.yaml",
@@ -305,12 +313,12 @@ def cfsg_cub_file() -> Dict[str, str]:
     save_dir, save_name = "./saved_models", "cfsg_cub"
     cfg = dict(algorithm="cfsg_clip", save_dir=save_dir, save_name=save_name,
                load_path=f"{save_dir}/{save_name}/latest_model.pth", **FG_RECIPE)
-    cfg.update(dataset="cub200", num_classes=100, num_labels=400, seed=0)
+    cfg.update(dataset="cub200", num_classes=100, num_labels=400, seed=0, class_split="ssb")
     cfg, comments = _with_algorithm(cfg, "cfsg_clip")
     header = _generated_header([
-        "CFSG-CLIP on CUB-200-2011: ViT-B/16 CLIP (pretrained openai), classes 1-100 seen, 101-200 unseen,",
-        "4 labeled images per seen class (num_labels 400). Same recipe as config/openset_fg/cfsg_clip/"
-        "cfsg_clip_cub200_400_0.yaml.",
+        "CFSG-CLIP on CUB-200-2011: ViT-B/16 CLIP (pretrained openai), the Semantic Shift Benchmark split (100",
+        "known classes seen, 100 unseen graded Easy / Medium / Hard), 4 labeled images per seen class (num_labels 400).",
+        "Same recipe as config/openset_fg/cfsg_clip/cfsg_clip_cub200_400_0.yaml.",
         "Data: tar xzf CUB_200_2011.tgz -C ./data    (-> ./data/CUB_200_2011/)",
         "Offline: --pretrain_path /path/to/ViT-B-16.pt (an OpenAI or open_clip checkpoint).",
         "Run: python train.py --c config/cfsg_cub.yaml   (any key can be overridden: --key value)",
