@@ -117,7 +117,11 @@ def array_to_rgb(arr: np.ndarray) -> Image.Image:
     )
 
 
-def load_rgb(source: Union[str, os.PathLike, np.ndarray]) -> Image.Image:
+#: What a dataset error suggests by default (training and eval.py read datasets, where the key exists).
+DATASET_FIX = "replace the file, or set skip_bad_images: true to drop unreadable images"
+
+
+def load_rgb(source: Union[str, os.PathLike, np.ndarray], fix: str = DATASET_FIX) -> Image.Image:
     """Load an image file (or take an image array) and return it as 8-bit RGB.
 
     Handles grayscale, CMYK, RGBA/LA (composited on white), palette images with or without
@@ -125,32 +129,51 @@ def load_rgb(source: Union[str, os.PathLike, np.ndarray]) -> Image.Image:
 
     Args:
         source: Path of an image file, or an image array (see :func:`array_to_rgb`).
+        fix: What the error message suggests (predict.py, which has no ``skip_bad_images`` key,
+            passes its own).
 
     Returns:
         A fully decoded RGB ``PIL.Image`` that holds no open file.
 
     Raises:
-        DatasetError: When the file is missing, unreadable, truncated or not an image; the message
-            names the path.
+        DatasetError: When the file is missing, unreadable, truncated, not an image or too large
+            to decode (more pixels than ``PIL.Image.MAX_IMAGE_PIXELS``, a decompression bomb); the
+            one-line message names the path.
     """
     if isinstance(source, np.ndarray):
         return array_to_rgb(source)
     path = os.fspath(source)
-    fix = "replace the file, or set skip_bad_images: true to drop unreadable images"
     try:
         img = Image.open(path)
     except FileNotFoundError:
-        raise DatasetError(f"image file not found: {path}; restore it, or set skip_bad_images: true") from None
+        raise DatasetError(f"image file not found: {path}; {fix}") from None
+    except IsADirectoryError:
+        raise DatasetError(f"not an image file but a folder: {path}; {fix}") from None
     except UnidentifiedImageError:
         raise DatasetError(
             f"not an image PIL can read: {path} (corrupt file, or a format PIL does not support); {fix}"
         ) from None
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"image {path} is too large to decode safely ({_one_line(exc)}); {fix}") from None
     except OSError as exc:
-        raise DatasetError(f"cannot read image {path}: {exc}; {fix}") from None
+        raise DatasetError(f"cannot read image {path}: {_one_line(exc)}; {fix}") from None
+    except Exception as exc:  # noqa: BLE001 - PIL's format plugins raise many types on malformed headers
+        raise DatasetError(f"corrupt image {path}: {type(exc).__name__}: {_one_line(exc)}; {fix}") from None
     try:
         img.load()
         return to_rgb(img)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise DatasetError(f"corrupt or truncated image {path}: {exc}; {fix}") from None
+    except Image.DecompressionBombError as exc:
+        raise DatasetError(f"image {path} is too large to decode safely ({_one_line(exc)}); {fix}") from None
+    except MemoryError:
+        raise DatasetError(f"image {path} ({img.size[0]}x{img.size[1]} px) does not fit in memory; {fix}") from None
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt data: OSError, ValueError, SyntaxError, struct.error, ...
+        raise DatasetError(f"corrupt or truncated image {path}: {type(exc).__name__}: {_one_line(exc)}; "
+                           f"{fix}") from None
     finally:
         img.close()
+
+
+def _one_line(exc: BaseException, limit: int = 300) -> str:
+    """An exception's message on one line, cut to ``limit`` characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
