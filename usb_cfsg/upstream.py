@@ -38,8 +38,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -67,6 +68,7 @@ REPO_ROOT = PACKAGE_ROOT.parent
 PACKAGE_MAP: Tuple[Tuple[str, str], ...] = (
     ("usb_cfsg.modules", "semilearn.nets.clip.modules"),
     ("usb_cfsg.nets", "semilearn.nets.clip"),
+    ("usb_cfsg.demo_clip", "semilearn.nets.clip.demo_clip"),
     ("usb_cfsg.datasets", "semilearn.datasets.openset_datasets"),
     ("usb_cfsg.evaluation", "semilearn.core.hooks.openset"),
     ("usb_cfsg.engine", "semilearn.core.openset"),
@@ -82,7 +84,6 @@ PLUGIN_ONLY: Dict[str, str] = {
     "usb_cfsg.evaluation.offline": "eval.py of the plug-in (checkpoint format of its own launcher)",
     "usb_cfsg.evaluation.predict": "predict.py of the plug-in",
     "usb_cfsg.compare": "multi-algorithm comparison runner over the plug-in's train.py",
-    "usb_cfsg.demo_clip": "offline stand-in CLIP for the Fashion-MNIST demo",
     "usb_cfsg.upstream": "this generator",
 }
 #: Paper links of the algorithms, for the docs' list (an algorithm without one is listed without a link).
@@ -781,11 +782,6 @@ def _class_summary(module: str, cls_name: str) -> str:
     return ""
 
 
-def _module_summary(module: str) -> str:
-    doc = ast.get_docstring(ast.parse(module_file(module).read_text(encoding="utf-8"))) or ""
-    return " ".join(doc.split("\n\n")[0].split())
-
-
 def _config_files(algorithms: Sequence[str]) -> Dict[str, bytes]:
     files = {}
     for alg in algorithms:
@@ -815,7 +811,11 @@ def feature_patches() -> List[Patch]:
     grouped = set(support) | set(nets) | set(datasets) | set(hooks) | {p for g in per_alg.values() for p in g}
     if set(files) - grouped:
         raise UpstreamError(f"moved files without a patch: {sorted(set(files) - grouped)}")
-    moved_list = lambda prefix: ", ".join(sorted(m for m in modules if target_path(m).startswith(prefix)))  # noqa: E731
+
+    def moved(prefix: str) -> str:
+        names = sorted(m for m in modules if target_path(m).startswith(prefix))
+        return textwrap.fill(f"Moved from: {', '.join(names)}.", 72, break_on_hyphens=False)
+
     builders = sorted(importlib.import_module("usb_cfsg.nets").BUILDERS)
     dataset_names = importlib.import_module("usb_cfsg.datasets").DATASETS.names()
 
@@ -840,8 +840,10 @@ atomic checkpoints with RNG state that load weights-only, and a device-agnostic
 step. config.py declares every key these algorithms read, with its type,
 default and help (train.py uses it in a later patch).
 
-The code is the usb_cfsg plug-in's (github.com/usb-cfsg), moved: imports
-point to the semilearn layout, nothing else differs. Modules: {moved_list("semilearn/core/openset/")}.
+The code is the usb_cfsg plug-in's, moved: imports point to the semilearn
+layout, nothing else differs.
+
+{moved("semilearn/core/openset/")}
 
 Tested: the plug-in's test suite (CPU) covers these modules; in this tree the
 open-set algorithms of the following patches train through train.py with
@@ -863,6 +865,8 @@ names, and heads built on both. This adds them as semilearn nets, so that
   filtering, visual-semantic injection, one-vs-all heads, MCM/GL-MCM scores);
 * semilearn/nets/clip/modules: the building blocks, each usable alone;
 * semilearn/nets/__init__.py exports the builders {", ".join(builders)}.
+
+{moved("semilearn/nets/clip/")}
 
 Builders take USB's (num_classes, pretrained, pretrained_path) and the
 open-set algorithms' class names and switches; `pretrained` is an open_clip
@@ -899,6 +903,8 @@ so USB's own algorithms train on the seen classes of these datasets too
 (eval = seen-class test images). The open-set algorithms build the same
 datasets plus the open-set test set through their mixin.
 
+{moved("semilearn/datasets/openset_datasets/")}
+
 The code is the usb_cfsg plug-in's, moved: imports point to the semilearn
 layout, nothing else differs.
 
@@ -934,7 +940,7 @@ def dataset_names():
             subject="Add the open-set evaluation hook (semilearn.core.hooks.openset)",
             summary="OpenSetEvalHook: every unknown score's AUROC, FPR@95, open-set balanced accuracy, H-score, "
                     "macro-F1, per-difficulty metrics, openset_metrics.json, ROC/histogram/confusion files.",
-            body="""\
+            body=f"""\
 USB evaluates closed-set accuracy only. Open-set SSL is judged on how well
 unknown-class test images are told apart: this adds the open-set evaluator as
 a hook the open-set algorithms register (after EvaluationHook). At each
@@ -946,6 +952,8 @@ accuracy, unknown recall, H-score and macro-F1, per SSB difficulty where the
 split has them, into the log, TensorBoard and <save_dir>/<save_name>/
 openset_metrics.json, with ROC curves, score histograms and the confusion
 matrix. New dependency: matplotlib (Agg backend, files only).
+
+{moved("semilearn/core/hooks/openset/")}
 
 The code is the usb_cfsg plug-in's, moved: imports point to the semilearn
 layout, nothing else differs.
@@ -966,10 +974,7 @@ cases); in this tree a CPU run writes openset_metrics.json.""",
             subject=f"Add the {m} algorithm ({name})",
             summary=f"`algorithm: {m}`: {_class_summary(module, cls)} Registered through ALL_MODULES.",
             body=f"""\
-{name} as a semilearn algorithm, `algorithm: {m}`:
-{_class_summary(module, cls)}
-
-{_module_summary(module)}
+{textwrap.fill(f"{name} as a semilearn algorithm (`algorithm: {m}`). {_class_summary(module, cls)}", 72)}
 
 It is registered like the built-in algorithms (ALL_MODULES in
 semilearn/core/utils/registry.py) and runs with PluginMixin in front of
@@ -979,8 +984,8 @@ Its keys are in get_argument(), as for the built-in algorithms.
 The code is the usb_cfsg plug-in's, moved: imports point to the semilearn
 layout, nothing else differs.
 
-Tested: the plug-in's tests of this algorithm (CPU, tiny CLIP); in this tree,
-`python train.py --c <config>` with `algorithm: {m}` is registered and trains.""",
+Tested: the plug-in's tests of this algorithm (CPU, tiny CLIP); in this
+tree, {m} is registered and `python train.py --c <config>` trains it.""",
             files=alg_files,
             edits=[Edit("semilearn/core/utils/registry.py", f"'{previous}']),", f"'{previous}', '{m}']),")],
         ))
@@ -1178,7 +1183,7 @@ without the rest); the rest add the open-set code, register it the way USB regis
 commit message says what, why and how it was tested.
 
 Where the code goes: `usb_cfsg/algorithms/<alg>.py` to `semilearn/algorithms/<alg>/<alg>.py`;
-`usb_cfsg/nets/` to `semilearn/nets/clip/`; `usb_cfsg/modules/` to `semilearn/nets/clip/modules/`;
+`usb_cfsg/nets/` and `usb_cfsg/demo_clip.py` to `semilearn/nets/clip/`; `usb_cfsg/modules/` to `semilearn/nets/clip/modules/`;
 `usb_cfsg/datasets/` to `semilearn/datasets/openset_datasets/`; `usb_cfsg/evaluation/` (evaluator,
 metrics, plots, report, relevance) to `semilearn/core/hooks/openset/`; `usb_cfsg/engine/` (mixin,
 device, sampling, checkpoints, hooks), `config.py`, `errors.py`, `registry.py`, `progress.py` and the
