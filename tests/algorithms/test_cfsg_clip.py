@@ -251,3 +251,52 @@ def test_new_switches_are_config_keys_with_their_documented_defaults():
     assert spec["mcm_temperature"] == 1.0 and spec["ova_bias"] is False and spec["sfm_posterior_scale"] == 100.0
     with pytest.raises((ConfigError, SystemExit, ValueError)):
         build_config(["--algorithm", "cfsg_clip", "--ova_views", "strong_strong"])
+
+
+# --------------------------------------------------------------------- 2 processes (gloo)
+_DUMP_SCRIPT = '''
+import sys
+import torch
+sys.path.insert(0, {root!r})
+import train
+from usb_cfsg.algorithms.cfsg_clip import CFSGCLIP
+from usb_cfsg.nets.backbone import unwrap
+
+out_dir, local_sums = sys.argv[1], []
+update, run = CFSGCLIP._update_prototypes, CFSGCLIP.train
+
+
+def spy(self, feats, labels, mask):  # this process's own per-class sums, before the all-reduce
+    local_sums.append(unwrap(self.model).prototypes.class_sums(feats.detach().float(), labels, mask))
+    update(self, feats, labels, mask)
+
+
+def train_and_dump(self):
+    run(self)
+    protos = unwrap(self.model).prototypes
+    torch.save({{"mu": protos.mu.clone(), "initialized": protos.initialized.clone(), "local": local_sums}},
+               f"{{out_dir}}/rank{{self.args.rank}}.pt")
+
+
+CFSGCLIP._update_prototypes, CFSGCLIP.train = spy, train_and_dump
+sys.exit(train.cli(sys.argv[2:]))
+'''
+
+
+def test_two_processes_end_with_identical_prototypes(cub_root, tmp_path):
+    script = tmp_path / "run_and_dump.py"
+    script.write_text(_DUMP_SCRIPT.format(root=ROOT))
+    argv = tiny_run_argv(cub_root, str(tmp_path), "ddp", algorithm="cfsg_clip", iters=3, num_eval_iter=3,
+                         use_tensorboard="false", text_encoder="minilm", p_cutoff=0.0, ood_threshold=1.0)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(script), str(tmp_path), *argv]
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert len(r0["local"]) == len(r1["local"]) == 3
+    # each process saw other images (its own shard) ...
+    assert any(not torch.equal(a[0], b[0]) for a, b in zip(r0["local"], r1["local"]))
+    # ... and both apply the summed update: identical prototypes, every seen class set
+    assert torch.equal(r0["mu"], r1["mu"]) and torch.equal(r0["initialized"], r1["initialized"])
+    assert r0["initialized"].all()
