@@ -111,6 +111,13 @@ class ClipZeroShot(PluginMixin, AlgorithmBase):
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
         return cls.net_head, {"mcm_temperature": args.mcm_temperature}
 
+    @classmethod
+    def validate_config(cls, args) -> list:
+        """``mcm_temperature`` must be positive (checked before any data is read)."""
+        from ..config import check_ranges
+
+        return check_ranges(args, (("mcm_temperature", "(0, inf)"),))
+
     def train(self):
         """No training: the hooks' before_run / after_run (checkpoint, open-set evaluation) only."""
         if self.num_train_iter:

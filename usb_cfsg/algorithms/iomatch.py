@@ -140,9 +140,6 @@ class IOMatch(PluginMixin, AlgorithmBase):
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
-        for key in ("mb_loss_ratio", "op_loss_ratio", "ulb_loss_ratio"):
-            if getattr(args, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(args, key)}")
         self.p_cutoff, self.q_cutoff = args.p_cutoff, args.q_cutoff
         self.lambda_mb, self.lambda_op = args.mb_loss_ratio, args.op_loss_ratio
         self.dist_align = bool(args.dist_align)
@@ -159,6 +156,17 @@ class IOMatch(PluginMixin, AlgorithmBase):
     @classmethod
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
         return cls.net_head, {"proj_dim": args.proj_dim}
+
+    @classmethod
+    def validate_config(cls, args) -> list:
+        """Ranges of IOMatch's keys (checked before any data is read)."""
+        from ..config import check_ranges
+
+        problems = check_ranges(args, (("p_cutoff", "[0, 1]"), ("q_cutoff", "[0, 1]"), ("mb_loss_ratio", "[0, inf)"),
+                                       ("op_loss_ratio", "[0, inf)"), ("da_len", "[1, inf)"), ("proj_dim", "[1, inf)")))
+        if getattr(args, "op_start", -1) < -1:
+            problems.append(f"op_start must be >= 0 iterations or -1 (auto), got {args.op_start}")
+        return problems
 
     def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s):
         num_lb = y_lb.shape[0]

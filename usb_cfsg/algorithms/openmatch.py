@@ -141,11 +141,6 @@ class OpenMatch(PluginMixin, AlgorithmBase):
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
-        for key in ("lambda_ova", "lambda_em", "lambda_socr", "lambda_fix"):
-            if getattr(args, key) < 0:
-                raise ConfigError(f"{key} must be >= 0, got {getattr(args, key)}")
-        if not 0.0 < args.select_threshold <= 1.0:
-            raise ConfigError(f"select_threshold must be in (0, 1], got {args.select_threshold}")
         self.lambda_ova, self.lambda_em = args.lambda_ova, args.lambda_em
         self.lambda_socr, self.lambda_fix = args.lambda_socr, args.lambda_fix
         self.p_cutoff, self.T = args.p_cutoff, args.T
@@ -162,6 +157,20 @@ class OpenMatch(PluginMixin, AlgorithmBase):
     @classmethod
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
         return cls.net_head, {}
+
+    @classmethod
+    def validate_config(cls, args) -> list:
+        """Ranges of OpenMatch's keys (checked before any data is read)."""
+        from ..config import check_ranges
+
+        problems = check_ranges(args, (("lambda_ova", "[0, inf)"), ("lambda_em", "[0, inf)"),
+                                       ("lambda_socr", "[0, inf)"), ("lambda_fix", "[0, inf)"), ("p_cutoff", "[0, 1]"),
+                                       ("T", "(0, inf)"), ("select_threshold", "(0, 1]")))
+        if getattr(args, "start_fix", -1) < -1:
+            problems.append(f"start_fix must be >= 0 iterations or -1 (auto), got {args.start_fix}")
+        if getattr(args, "select_interval", -1) == 0 or getattr(args, "select_interval", -1) < -1:
+            problems.append(f"select_interval must be >= 1 iteration or -1 (auto), got {args.select_interval}")
+        return problems
 
     # ----------------------------------------------------------------- data
     def set_dataset(self):
