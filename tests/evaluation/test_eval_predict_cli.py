@@ -148,6 +148,21 @@ def test_eval_reproduces_the_run(run, tmp_path, with_config):
     assert _folder_digest(run["dir"]) == before  # the run folder is left as it was
 
 
+def test_eval_builds_the_net_for_the_checkpoint_quietly(run, tmp_path, capfd):
+    """No random-init warning, no optimizer, no weights fetched: even a run configured with a
+    pretrained tag evaluates offline (conftest sets HF_HUB_OFFLINE)."""
+    out = tmp_path / "quiet"
+    rc = eval_cli.cli(["--load_path", str(run["ckpt"]), "--out_dir", str(out), "--pretrained", "openai"])
+    captured = capfd.readouterr()
+    text = captured.out + captured.err
+    assert rc == 0, text
+    assert "evaluating" in text  # the log is what was captured
+    for noise in ("RANDOM INITIALISATION", "initialized randomly", "Create optimizer and scheduler", "Retrying"):
+        assert noise not in text, noise
+    ours, theirs = _strict_json(out / "openset_metrics.json"), _strict_json(run["dir"] / "openset_metrics.json")
+    _assert_same_numbers(ours, theirs)
+
+
 def test_eval_errors_exit_2_with_one_line(run, tmp_path, capsys):
     bad = tmp_path / "plain.pth"
     torch.save(torch.zeros(3), bad)
@@ -182,18 +197,22 @@ def test_predict_folder_with_a_corrupt_file(run, tmp_path, capsys):
     assert len(lines) == 6
     errors = [line for line in lines if "error" in line]
     assert len(errors) == 1 and set(errors[0]) == {"path", "error"} and errors[0]["path"].endswith("broken.png")
+    # the hint fits predict.py, which has no skip_bad_images key
+    assert "skip_bad_images" not in errors[0]["error"] and "went on with the other images" in errors[0]["error"]
     names = _strict_json(run["dir"] / "split.json")["seen_class_names"]
     for line in lines:
         if "error" in line:
             continue
-        assert set(line) == {"path", "label", "class_index", "confidence", "unknown_score", "is_unknown"}
+        assert set(line) == {"path", "label", "class_index", "closest_class", "confidence", "unknown_score",
+                             "is_unknown"}
         assert 1 / K - 1e-9 <= line["confidence"] <= 1.0
+        assert line["closest_class"] in names
         assert line["unknown_score"] == pytest.approx(1.0 - line["confidence"])  # msp
         assert line["is_unknown"] == (line["unknown_score"] >= 0.5)
         if line["is_unknown"]:
             assert (line["label"], line["class_index"]) == ("unknown", -1)
         else:
-            assert line["label"] == names[line["class_index"]]
+            assert line["label"] == names[line["class_index"]] == line["closest_class"]
     assert "1 of 6 images" in captured.err
 
 
@@ -212,10 +231,15 @@ def test_predict_matches_the_evaluation_outputs(run):
     np.testing.assert_allclose([line["confidence"] for line in lines], prob.max(1), atol=1e-5)
     expected = [-1 if 1 - p >= 0.5 else int(i) for p, i in zip(prob.max(1), logits.argmax(1))]
     assert [line["class_index"] for line in lines] == expected
+    # confidence is the closed-set probability of closest_class, for unknown answers too
+    names = predictor.class_names
+    assert [line["closest_class"] for line in lines] == [names[i] for i in logits.argmax(1)]
 
 
 def test_predict_relevance_overlays(run, tmp_path, capsys):
-    image = next((run["data"] / "CUB_200_2011" / "images").rglob("*.jpg"))
+    source = next((run["data"] / "CUB_200_2011" / "images").rglob("*.jpg"))
+    image = tmp_path / "wide.png"  # an input larger than the 32 px the net sees, not square
+    Image.open(source).convert("RGB").resize((300, 260)).save(image)
     # fixmatch's net has no relevance output: a clear error, nothing on stdout
     rc = predict_cli.main(["--load_path", str(run["ckpt"]), "--relevance-dir", str(tmp_path / "rel"), str(image)])
     captured = capsys.readouterr()
@@ -240,9 +264,19 @@ def test_predict_relevance_overlays(run, tmp_path, capsys):
                   write=lambda s: lines.append(json.loads(s)))
     overlays = [Path(line["relevance"]) for line in lines]
     assert len(set(overlays)) == 2
-    for path in overlays:
+    for line, path in zip(lines, overlays):
         with Image.open(path) as img:
-            assert img.format == "PNG" and img.size == (32, 32)
+            assert img.format == "PNG"
+            # the image at its own size, plus room for the colour bar and the title
+            assert 300 + 60 <= img.size[0] <= 300 + 120 and 260 + 20 <= img.size[1] <= 260 + 60
+            title = img.info["Title"]
+            pixels = np.asarray(img.convert("RGB")).astype(int)
+        assert title.startswith("unknown (closest seen class: " if line["is_unknown"] else line["label"])
+        assert line["closest_class"] in title
+        # a colour bar: a column right of the image running through the colormap (blue at the bottom, red on top)
+        bar = pixels[:, 300 + 12 + 7]
+        coloured = bar[(bar.max(axis=1) - bar.min(axis=1)) > 100]
+        assert len(coloured) > 100 and coloured[0][0] > coloured[0][2] and coloured[-1][2] > coloured[-1][0]
 
 
 @pytest.mark.parametrize("kind", ["tensor", "no-config", "foreign-format", "not-torch"])
@@ -272,3 +306,18 @@ def test_predict_rejects_wrong_checkpoints(run, tmp_path, capsys, kind):
 def test_train_cli_entry_point_reports_config_errors(capsys):
     assert train_cli.cli(["--algorithm", "fixmatch", "--no_such_key", "1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [(300, 260), (40, 30), (64, 200)])
+def test_relevance_figure_maps_the_networks_crop_back(size):
+    """The box the relevance map is drawn on is the crop the evaluation transform feeds the net."""
+    from usb_cfsg.evaluation.relevance import crop_box, view_transform
+
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = Image.fromarray(np.stack([xx * 255 // max(1, w - 1), yy * 255 // max(1, h - 1),
+                                    np.zeros_like(xx)], axis=-1).astype(np.uint8), "RGB")
+    seen = np.asarray(view_transform(64, 0.875)(img)).astype(float)
+    left, top, right, bottom = crop_box(w, h, 64, 0.875)
+    again = np.asarray(img.crop((round(left), round(top), round(right), round(bottom))).resize((64, 64))).astype(float)
+    assert np.abs(seen - again)[..., :2].mean() < 6.0

@@ -354,7 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
     parser.add_argument("--relevance-dir", "--relevance_dir", dest="relevance_dir", default=None,
-                        help="save relevance-map overlays here (nets with a 'relevance' output, e.g. cfsg_clip)")
+                        help="save a relevance figure per image here: the image at its size, the patch relevance "
+                             "over the crop the net saw, a colour bar, the answer as title (nets with a "
+                             "'relevance' output, e.g. cfsg_clip)")
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     return parser
 
