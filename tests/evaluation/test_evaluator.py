@@ -428,3 +428,31 @@ def test_relevance_overlay(tmp_path):
     with pytest.raises(ValueError, match="alpha"):
         save_relevance_overlay(img, rel, tmp_path / "x.png", alpha=2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.png"]
+
+
+# ------------------------------------------------------------------ predict.py uses the stored calibration
+
+
+def test_predict_scores_and_threshold_come_from_the_checkpoint_calibration():
+    from usb_cfsg.evaluation.predict import Predictor, score_function
+
+    class Ranged(PluginMixin):
+        @classmethod
+        def compute_unknown_scores(cls, outputs, args, calibration=None):
+            lo, hi = ((calibration or {}).get("ranges") or {}).get("raw", (0.0, 1.0))
+            return {"raw": np.clip((outputs["logits"][:, 0] - lo) / (hi - lo), 0.0, 1.0)}, "raw"
+
+    calibration = {"ranges": {"raw": [2.0, 4.0]}, "thresholds": {"raw": 0.25}, "source": "training images"}
+    logits = {"logits": np.array([[3.0, 0.0], [2.2, 0.0]])}
+    scores, primary = score_function(Ranged, Namespace(), calibration)(logits)
+    np.testing.assert_allclose(scores["raw"], [0.5, 0.1])  # the ranges were applied
+
+    def predictor(threshold, given):
+        return Predictor(net=None, device=None, transform=None, view=None, class_names=["a", "b"], threshold=threshold,
+                         scores=score_function(Ranged, Namespace(), calibration), algorithm="ranged", amp_cm=None,
+                         calibration=calibration, threshold_given=given)
+
+    records, _ = predictor(0.5, False).records(logits)  # default: the calibrated threshold 0.25, not ood_threshold
+    assert [r["is_unknown"] for r in records] == [True, False]
+    records, _ = predictor(0.6, True).records(logits)  # --threshold wins
+    assert [r["is_unknown"] for r in records] == [False, False]
