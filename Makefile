@@ -3,8 +3,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+# The demo CLIP (python -m usb_cfsg.demo_clip), kept outside git; config/demo/*_fmnist.yaml point here.
+DEMO_CLIP := ./saved_models/demo_clip
 
-.PHONY: test demo install fmnist clean-venv
+.PHONY: test demo demo-clip demo-randinit install fmnist clean-venv
 
 $(VENV)/.installed: setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,8 +23,16 @@ fmnist:
 	@test -f $(FMNIST) || (echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
 	  (apt-get install -y -q dataset-fashion-mnist || sudo apt-get install -y -q dataset-fashion-mnist) >/dev/null)
 
-demo: $(VENV)/.installed fmnist
+# Built once (about 4 min on 2 cores); rebuilt only when its card or weights are missing or do not match.
+demo-clip: $(VENV)/.installed fmnist
+	$(PY) -m usb_cfsg.demo_clip --out $(DEMO_CLIP) --reuse
+
+demo: demo-clip
 	$(PY) train.py --c config/demo/cfsg_fmnist.yaml
+
+# The same demo on a randomly initialised clip_tiny (no image-text alignment).
+demo-randinit: $(VENV)/.installed fmnist
+	$(PY) train.py --c config/demo/cfsg_fmnist_randinit.yaml
 
 clean-venv:
 	rm -rf $(VENV)

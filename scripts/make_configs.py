@@ -11,7 +11,8 @@ Files written (paths relative to the output folder)::
 
     openset_fg/<alg>/<alg>_<dataset>_<num_labels>_<seed>.yaml   the benchmark (USB naming)
     cfsg_cub.yaml                                                the config the README points to
-    demo/cfsg_fmnist.yaml, demo/fixmatch_fmnist.yaml             the CPU demo on Fashion-MNIST
+    demo/<alg>_fmnist.yaml             the CPU demo on Fashion-MNIST, on the demo CLIP (usb_cfsg.demo_clip)
+    demo/<alg>_fmnist_randinit.yaml    the same on a randomly initialised clip_tiny
 
 The output is deterministic: a fixed key order (``SECTIONS``), values written by PyYAML, no dates.
 The keys of ``cfsg_clip`` come from ``CFSGCLIP.get_argument()``, each written with its default, so a
@@ -54,10 +55,19 @@ Recipe of the fine-grained benchmark (ViT-B/16 CLIP, 224 px, one GPU) and why
 
 CPU demo (Fashion-MNIST, classes 0-5 seen, 6-9 unseen)
 -------------------------------------------------------
-* net clip_tiny (width 128, 4 blocks, patch 16), pretrained none: no weights can be downloaded here.
-* text_encoder minilm: the text tower of a randomly initialised CLIP maps every class name to nearly
-  the same embedding (they collapse), so the class-name embeddings come from the offline MiniLM
-  sentence encoder through a learned projection instead.
+Every demo algorithm (``DEMO_ALGORITHMS``) gets one file per backbone (``DEMO_BACKBONES``, one function
+each), identical except for the backbone keys:
+
+* ``<alg>_fmnist.yaml``, the demo CLIP: net clip_tiny with pretrain_path
+  ./saved_models/demo_clip/demo_clip_tiny.pt, text_encoder clip. The demo CLIP is clip_tiny trained
+  contrastively (both towers) by ``python -m usb_cfsg.demo_clip`` on a fixed half of Fashion-MNIST's
+  training images with captions over all ten class names: a toy-scale stand-in for a pretrained CLIP,
+  not CLIP, which has the image-text alignment CFSG-CLIP builds on. ``make demo`` builds it once.
+  pretrain_pool names its card, so its pretraining images are never labeled or unlabeled images here.
+* ``<alg>_fmnist_randinit.yaml``, random init: net clip_tiny, pretrained none (no weights can be
+  downloaded here), text_encoder minilm: the text tower of a randomly initialised CLIP maps every class
+  name to nearly the same embedding (they collapse), so the class-name embeddings come from the offline
+  MiniLM sentence encoder through a learned projection instead. cfsg_clip's headline score is ova there.
 * img_size 64 (4 x 4 patches of 16 px; Fashion-MNIST's 28 px images are resized up), crop_ratio 0.875.
 * num_labels 60 (10 per seen class), batch_size 16, uratio 2, AdamW lr 1e-3, weight_decay 0.01, no
   warm-up, ema_m 0.99 (a short run: the EMA must follow within tens of iterations).
@@ -75,7 +85,7 @@ import difflib
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import yaml
 
@@ -168,10 +178,7 @@ DEMO_RECIPE: Dict[str, Any] = dict(
     clip_grad=0.0,
     amp=False,
     net="clip_tiny",
-    pretrained=None,
-    pretrain_path=None,
     num_tuned_blocks=2,
-    text_encoder="minilm",
     data_dir="./data",
     dataset="fmnist_openset",
     num_classes=6,
@@ -196,7 +203,7 @@ SECTIONS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("training schedule", ("epoch", "num_train_iter", "num_warmup_iter", "num_eval_iter", "num_log_iter",
                            "num_labels", "batch_size", "uratio", "eval_batch_size", "ema_m")),
     ("optimizer", ("optim", "lr", "weight_decay", "layer_decay", "clip_grad", "amp")),
-    ("network", ("net", "pretrained", "pretrain_path", "num_tuned_blocks", "text_encoder")),
+    ("network", ("net", "pretrained", "pretrain_path", "pretrain_pool", "num_tuned_blocks", "text_encoder")),
     ("data and open-set split", ("data_dir", "dataset", "num_classes", "img_size", "crop_ratio", "class_split",
                                  "split_seed", "ulb_unseen_ratio", "include_lb_to_ulb", "num_workers")),
     ("open-set evaluation", ("ood_threshold",)),
@@ -328,30 +335,101 @@ def cfsg_cub_file() -> Dict[str, str]:
     return {"cfsg_cub.yaml": render(cfg, header, comments)}
 
 
-def demo_files() -> Dict[str, str]:
-    """``demo/cfsg_fmnist.yaml`` and ``demo/fixmatch_fmnist.yaml``: the same CPU budget, two algorithms."""
-    files: Dict[str, str] = {}
-    for algorithm, stem in (("cfsg_clip", "cfsg_fmnist"), ("fixmatch", "fixmatch_fmnist")):
-        save_dir = DEMO_RECIPE["save_dir"]
-        cfg = dict(algorithm=algorithm, save_name=stem, load_path=f"{save_dir}/{stem}/latest_model.pth",
-                   **DEMO_RECIPE)
-        if algorithm == "cfsg_clip":
-            cfg["ood_score"] = DEMO_OOD_SCORE
-        cfg, comments = _with_algorithm(cfg, algorithm)
-        if algorithm == "cfsg_clip":
-            comments["ood_score"] = ("headline score: ova. mcm/glmcm (and fused, which averages ova and glmcm) "
-                                     "rest on a pretrained CLIP's image-text alignment, which a random init lacks")
-        other = "fixmatch_fmnist" if algorithm == "cfsg_clip" else "cfsg_fmnist"
-        header = _generated_header([
-            f"CPU demo: {algorithm} on Fashion-MNIST, classes 0-5 seen (T-shirt/top ... Sandal), 6-9 unseen,",
-            f"10 labeled images per seen class. Identical to config/demo/{other}.yaml except the algorithm keys.",
-            "Data: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), found when ./data lacks it.",
-            "clip_tiny from a random init (pretrained: none); text_encoder minilm because the class-name",
+#: The demo CLIP built by ``python -m usb_cfsg.demo_clip --out DEMO_CLIP_DIR`` (``make demo`` does it once).
+DEMO_CLIP_DIR = "./saved_models/demo_clip"
+#: Demo algorithms and the stem of their files: config/demo/<stem>_fmnist.yaml (demo CLIP) and
+#: config/demo/<stem>_fmnist_randinit.yaml (random init). To add an algorithm, append it here; its keys
+#: come from ``algorithm_keys`` (give demo-specific values per backbone in ``DemoBackbone.algorithm_keys``).
+DEMO_ALGORITHMS: Tuple[Tuple[str, str], ...] = (("cfsg_clip", "cfsg"), ("fixmatch", "fixmatch"))
+
+
+class DemoBackbone(NamedTuple):
+    """One backbone of the CPU demo.
+
+    Attributes:
+        suffix: Appended to ``<stem>_fmnist`` in file and run names ("" for the default backbone).
+        keys: Network keys (``net`` is the recipe's clip_tiny).
+        description: Header lines saying what the backbone is.
+        algorithm_keys: Per algorithm, keys whose demo value differs from the algorithm's default,
+            as ``key -> (value, comment)``.
+    """
+
+    suffix: str
+    keys: Dict[str, Any]
+    description: Tuple[str, ...]
+    algorithm_keys: Dict[str, Dict[str, Tuple[Any, str]]] = {}
+
+
+def demo_clip_backbone() -> DemoBackbone:
+    """The demo CLIP (the default demo): aligned clip_tiny weights and their pretraining pool."""
+    return DemoBackbone(
+        suffix="",
+        keys=dict(pretrained=None, pretrain_path=f"{DEMO_CLIP_DIR}/demo_clip_tiny.pt",
+                  pretrain_pool=f"{DEMO_CLIP_DIR}/card.json", text_encoder="clip"),
+        description=(
+            "Backbone: the demo CLIP, clip_tiny trained contrastively (image and text towers) by",
+            "python -m usb_cfsg.demo_clip on a fixed half of Fashion-MNIST's training images with captions over",
+            "all ten class names: a toy-scale stand-in for a pretrained CLIP, not CLIP. text_encoder clip: its",
+            "own text tower gives the class embeddings. pretrain_pool names its card, so none of its pretraining",
+            "images is ever a labeled or unlabeled image of this run.",
+            f"Build it first (once, ~4 min on 2 cores): make demo  (or python -m usb_cfsg.demo_clip --out "
+            f"{DEMO_CLIP_DIR})",
+        ),
+    )
+
+
+def randinit_backbone() -> DemoBackbone:
+    """A randomly initialised clip_tiny with MiniLM class embeddings (no alignment at all)."""
+    return DemoBackbone(
+        suffix="_randinit",
+        keys=dict(pretrained=None, pretrain_path=None, text_encoder="minilm"),
+        description=(
+            "Backbone: clip_tiny from a random init (pretrained: none); text_encoder minilm because the class-name",
             "embeddings of a random-init CLIP text tower collapse to nearly one vector: the names come from the",
             "offline MiniLM sentence encoder through a learned projection.",
-            f"Run: python train.py --c config/demo/{stem}.yaml",
-        ])
-        files[f"demo/{stem}.yaml"] = render(cfg, header, comments)
+        ),
+        algorithm_keys={"cfsg_clip": {"ood_score": (
+            DEMO_OOD_SCORE, "headline score: ova. mcm/glmcm (and fused, which averages ova and glmcm) rest on a "
+                            "pretrained CLIP's image-text alignment, which a random init lacks")}},
+    )
+
+
+#: Every demo algorithm gets one file per backbone.
+DEMO_BACKBONES: Tuple[Callable[[], DemoBackbone], ...] = (demo_clip_backbone, randinit_backbone)
+
+
+def demo_file(algorithm: str, stem: str, backbone: DemoBackbone) -> Tuple[str, str]:
+    """``(relative path, text)`` of one demo config."""
+    name = f"{stem}_fmnist{backbone.suffix}"
+    save_dir = DEMO_RECIPE["save_dir"]
+    cfg = dict(algorithm=algorithm, save_name=name, load_path=f"{save_dir}/{name}/latest_model.pth", **DEMO_RECIPE)
+    cfg.update(backbone.keys)
+    overrides = dict(backbone.algorithm_keys.get(algorithm, {}))
+    cfg.update({key: value for key, (value, _) in overrides.items()})
+    cfg, comments = _with_algorithm(cfg, algorithm)
+    comments.update({key: note for key, (_, note) in overrides.items()})
+    others = [f"{s}_fmnist{backbone.suffix}" for a, s in DEMO_ALGORITHMS if a != algorithm]
+    others_text = others[0] if len(others) == 1 else "{" + ",".join(others) + "}"
+    header = _generated_header([
+        f"CPU demo: {algorithm} on Fashion-MNIST, classes 0-5 seen (T-shirt/top ... Sandal), 6-9 unseen,",
+        "10 labeled images per seen class. Identical to the other demo configs of this backbone",
+        f"(config/demo/{others_text}.yaml) except the algorithm keys." if others else
+        "Same recipe as every demo config of this backbone.",
+        "Data: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), found when ./data lacks it.",
+        *backbone.description,
+        f"Run: python train.py --c config/demo/{name}.yaml",
+    ])
+    return f"demo/{name}.yaml", render(cfg, header, comments)
+
+
+def demo_files() -> Dict[str, str]:
+    """``demo/<stem>_fmnist[<suffix>].yaml`` for every demo algorithm and backbone: the same CPU budget."""
+    files: Dict[str, str] = {}
+    for make_backbone in DEMO_BACKBONES:
+        backbone = make_backbone()
+        for algorithm, stem in DEMO_ALGORITHMS:
+            rel, text = demo_file(algorithm, stem, backbone)
+            files[rel] = text
     return files
 
 

@@ -61,6 +61,8 @@ def test_configs_exist():
     assert (CONFIG_DIR / "cfsg_cub.yaml").is_file()
     assert (CONFIG_DIR / "demo" / "cfsg_fmnist.yaml").is_file()
     assert (CONFIG_DIR / "demo" / "fixmatch_fmnist.yaml").is_file()
+    assert (CONFIG_DIR / "demo" / "cfsg_fmnist_randinit.yaml").is_file()
+    assert (CONFIG_DIR / "demo" / "fixmatch_fmnist_randinit.yaml").is_file()
     assert OPENSET_FG
 
 
@@ -137,7 +139,8 @@ def test_benchmark_algorithms_share_the_recipe():
     alg_keys = set(algorithm_specs(_algorithm_class("cfsg_clip"))) | set(
         algorithm_specs(_algorithm_class("fixmatch"))) | {"ulb_loss_ratio"}
     naming = {"algorithm", "save_name", "load_path"}
-    pairs = [(CONFIG_DIR / "demo" / "cfsg_fmnist.yaml", CONFIG_DIR / "demo" / "fixmatch_fmnist.yaml")]
+    pairs = [(CONFIG_DIR / "demo" / f"cfsg_fmnist{suffix}.yaml", CONFIG_DIR / "demo" / f"fixmatch_fmnist{suffix}.yaml")
+             for suffix in ("", "_randinit")]
     for path in (CONFIG_DIR / "openset_fg" / "cfsg_clip").glob("*.yaml"):
         pairs.append((path, CONFIG_DIR / "openset_fg" / "fixmatch" / path.name.replace("cfsg_clip_", "fixmatch_", 1)))
     for cfsg_path, fix_path in pairs:
@@ -154,8 +157,15 @@ def test_demo_and_readme_config_values():
     assert (cub["num_classes"], cub["num_labels"], cub["save_name"]) == (100, 400, "cfsg_cub")
     demo = _raw(CONFIG_DIR / "demo" / "cfsg_fmnist.yaml")
     assert (demo["dataset"], demo["num_classes"], demo["net"]) == ("fmnist_openset", 6, "clip_tiny")
-    assert demo["pretrained"] is None and demo["text_encoder"] == "minilm"
+    assert demo["pretrained"] is None and demo["text_encoder"] == "clip"
+    assert demo["pretrain_path"] == "./saved_models/demo_clip/demo_clip_tiny.pt"
+    assert demo["pretrain_pool"] == "./saved_models/demo_clip/card.json"
     assert demo["overwrite"] is True
+    randinit = _raw(CONFIG_DIR / "demo" / "cfsg_fmnist_randinit.yaml")
+    assert randinit["pretrained"] is None and randinit["pretrain_path"] is None and randinit["text_encoder"] == "minilm"
+    assert "pretrain_pool" not in randinit and randinit["ood_score"] == "ova"
+    differ = {k for k in set(demo) | set(randinit) if demo.get(k, "<absent>") != randinit.get(k, "<absent>")}
+    assert differ == {"save_name", "load_path", "pretrain_path", "pretrain_pool", "text_encoder", "ood_score"}
 
 
 def test_committed_configs_match_generator(tmp_path):

@@ -122,6 +122,9 @@ class BaseConfig:
     pretrain_pool: Optional[str] = _help(
         "A demo CLIP card (python -m usb_cfsg.demo_clip writes <dir>/card.json): its pretraining images are "
         "removed from the training set, so none is ever a labeled or unlabeled image.", None)
+    pretrain_pool: Optional[str] = _help(
+        "A demo CLIP card (python -m usb_cfsg.demo_clip writes <dir>/card.json): its pretraining images are "
+        "removed from the training set, so none is ever a labeled or unlabeled image.", None)
     download: bool = _help("Download the dataset from its publisher when online.", False)
     skip_bad_images: bool = _help("Skip (and count) missing/corrupt images instead of failing.", False)
     class_names: Optional[List[str]] = _help_list("image_folder: class order (default: sorted folder names).")

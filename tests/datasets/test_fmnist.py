@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import gzip
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from tests.datasets.replicas import write_fmnist_replica
-from usb_cfsg.datasets import fmnist, make_openset_split, read_source
-from usb_cfsg.errors import DatasetError
+from usb_cfsg.datasets import build_openset_datasets, fmnist, make_openset_split, read_source
+from usb_cfsg.errors import ConfigError, DatasetError
 
 NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 DEBIAN = Path(fmnist.DEBIAN_DIR)
@@ -91,3 +92,64 @@ def test_real_debian_fashion_mnist() -> None:
     assert len(split.lb_indices) == 60 and len(split.eval_indices) == 6000 and len(split.test_indices) == 10000
     unseen_frac = float((split.relabel(src.train_targets[split.ulb_indices]) >= 6).mean())
     assert 0.29 < unseen_frac <= 0.3
+
+
+def _card(path: Path, pool: np.ndarray, num_train: int) -> Path:
+    """A demo CLIP card holding only what the data side reads (the builder is tested in tests/test_demo_clip.py)."""
+    path.write_text(json.dumps({"dataset": "fmnist_openset",
+                                "pool": {"num_train": num_train, "indices": [int(i) for i in pool]}}))
+    return path
+
+
+def test_pretrain_pool_never_enters_the_split(tmp_path: Path, no_debian: Path, args_factory) -> None:
+    """With pretrain_pool, labeled and unlabeled images are exactly the training images outside the pool."""
+    from usb_cfsg.demo_clip import select_pool
+
+    write_fmnist_replica(tmp_path / "data", num_train=200, num_test=20)
+    src = read_source("fmnist_openset", str(tmp_path / "data"))
+    where = {img.tobytes(): i for i, img in enumerate(src.train_items)}
+    assert len(where) == 200  # every replica image is distinct, so items map back to their index
+    pool = select_pool(src.train_targets, 0.5, seed=0)
+    card = _card(tmp_path / "card.json", pool, 200)
+    args = args_factory(dataset="fmnist_openset", data_dir=str(tmp_path / "data"), num_classes=6, num_labels=12,
+                        img_size=28, pretrain_pool=str(card))
+    datasets, info = build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
+    lb = {where[np.asarray(img).tobytes()] for img in datasets["train_lb"].data}
+    ulb = {where[np.asarray(img).tobytes()] for img in datasets["train_ulb"].data}
+    assert len(lb) == 12
+    assert lb.isdisjoint(pool.tolist()) and ulb.isdisjoint(pool.tolist())
+    assert lb | ulb == set(range(200)) - set(pool.tolist())  # the rest of the training set, all of it
+    assert len(datasets["test_open"]) == 20  # the test set is untouched
+    without, _ = build_openset_datasets(args_factory(dataset="fmnist_openset", data_dir=str(tmp_path / "data"),
+                                                     num_classes=6, num_labels=12, img_size=28),
+                                        "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
+    assert len(without["train_ulb"]) == 200
+
+
+def test_pretrain_pool_of_another_training_set_is_refused(tmp_path: Path, no_debian: Path, args_factory) -> None:
+    write_fmnist_replica(tmp_path / "data", num_train=40, num_test=10)
+    card = _card(tmp_path / "card.json", np.arange(0, 60, 2), 60)
+    args = args_factory(dataset="fmnist_openset", data_dir=str(tmp_path / "data"), num_classes=6, num_labels=12,
+                        img_size=28, pretrain_pool=str(card))
+    with pytest.raises(DatasetError, match="indexes 60 training images, this fmnist_openset has 40"):
+        build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
+    args.pretrain_pool = str(tmp_path / "missing" / "card.json")
+    with pytest.raises(ConfigError, match="does not exist; build one with: python -m usb_cfsg.demo_clip"):
+        build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
+
+
+@pytest.mark.skipif(not HAVE_DEBIAN, reason=f"Fashion-MNIST not installed in {DEBIAN} (apt-get install dataset-fashion-mnist)")
+def test_real_fashion_mnist_split_is_disjoint_from_the_demo_pool(tmp_path: Path) -> None:
+    """On the real data with the demo's split settings: no pretraining image is labeled or unlabeled."""
+    from usb_cfsg.demo_clip import select_pool, without_pretrain_pool
+
+    src = read_source("fmnist_openset", None)
+    pool = select_pool(src.train_targets, 0.5, seed=0)
+    card = _card(tmp_path / "card.json", pool, 60000)
+    rest = without_pretrain_pool(src, str(card))
+    keep = np.setdiff1d(np.arange(60000), pool)
+    assert len(rest.train_items) == 30000 and np.bincount(rest.train_targets).tolist() == [3000] * 10
+    split = make_openset_split(rest, num_seen=6, num_labels=60, seed=0)
+    original = keep[np.concatenate([split.lb_indices, split.ulb_indices])]
+    assert np.intersect1d(original, pool).size == 0
+    assert np.array_equal(rest.train_items[split.lb_indices], src.train_items[keep[split.lb_indices]])

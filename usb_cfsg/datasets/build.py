@@ -143,7 +143,8 @@ def build_openset_datasets(
     Reads ``args.dataset, data_dir, num_classes`` (= K, seen classes), ``num_labels, img_size,
     crop_ratio, seed, include_lb_to_ulb`` and, when present, ``class_split`` ("first"),
     ``split_seed`` (0), ``seen_classes`` (None), ``ulb_unseen_ratio`` (None), ``download``
-    (False), ``skip_bad_images`` (False), ``class_names`` (None). Sets nothing on ``args``.
+    (False), ``skip_bad_images`` (False), ``class_names`` (None), ``pretrain_pool`` (None: a demo
+    CLIP card whose pretraining images are dropped from the training set). Sets nothing on ``args``.
 
     Args:
         args: USB's argument namespace (or any object with those attributes).
@@ -181,6 +182,7 @@ def build_openset_datasets(
         "download": bool(getattr(args, "download", False)),
         "skip_bad_images": bool(getattr(args, "skip_bad_images", False)),
         "class_names": _as_list(getattr(args, "class_names", None), "class_names"),
+        "pretrain_pool": getattr(args, "pretrain_pool", None) or None,
     }
     ssb = config["class_split"] == "ssb"
     if ssb and config["seen_classes"] is not None:
@@ -203,6 +205,10 @@ def build_openset_datasets(
         # with ssb the benchmark's indices are resolved on the dataset's own names; display names come after
         class_names=None if ssb else config["class_names"],
     )
+    if config["pretrain_pool"]:  # a demo CLIP card: its pretraining images never enter the split
+        from ..demo_clip import without_pretrain_pool
+
+        source = without_pretrain_pool(source, config["pretrain_pool"])
     seen_classes = config["seen_classes"]
     ssb_split = None
     if ssb:

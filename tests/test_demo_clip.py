@@ -1,0 +1,167 @@
+"""The demo CLIP builder (usb_cfsg.demo_clip): caption encoding, loss, pool, card, loading by pretrain_path."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tests.datasets.replicas import write_fmnist_replica
+from usb_cfsg import demo_clip
+from usb_cfsg.errors import ConfigError, DatasetError
+
+
+@pytest.fixture(scope="module")
+def tiny_clip():
+    import open_clip
+
+    from usb_cfsg.nets.clip import _ensure_configs
+
+    _ensure_configs()
+    torch.manual_seed(0)
+    return open_clip.create_model(demo_clip.ARCH, pretrained=None, force_image_size=64), \
+        open_clip.get_tokenizer(demo_clip.ARCH)
+
+
+def test_caption_encoder_is_encode_text_and_writes_back(tiny_clip) -> None:
+    model, tokenizer = tiny_clip
+    model = __import__("copy").deepcopy(model)
+    captions = [t.format(n) for n in ("T-shirt/top", "Ankle boot", "Bag") for t in demo_clip.CAPTION_TEMPLATES]
+    tokens = tokenizer(captions)
+    enc = demo_clip.CaptionEncoder(model, tokens)
+    assert enc.length < tokens.shape[1]  # the context is cut to the longest caption
+    assert enc.rows.shape[0] == len(torch.unique(tokens[:, :enc.length]))  # only the rows the captions use
+    with torch.no_grad():
+        assert torch.allclose(enc(model), model.encode_text(tokens), atol=1e-5)
+        enc.rows.add_(torch.randn_like(enc.rows))  # as training would change them
+        before = model.encode_text(tokens)
+        enc.write_back(model)
+        after = model.encode_text(tokens)
+    assert not torch.allclose(before, after, atol=1e-3)
+    with torch.no_grad():
+        assert torch.allclose(enc(model), after, atol=1e-5)
+
+
+def test_soft_infonce_rewards_class_alignment() -> None:
+    caption_class = torch.arange(3).repeat_interleave(2)  # 3 classes x 2 templates
+    txt = F.normalize(torch.eye(3).repeat_interleave(2, dim=0), dim=-1)
+    labels = torch.tensor([0, 1, 1, 2])
+    aligned = F.normalize(torch.eye(3)[labels], dim=-1)
+    wrong = F.normalize(torch.eye(3)[(labels + 1) % 3], dim=-1)
+    scale = torch.tensor(10.0)
+    good = demo_clip.soft_infonce(aligned, txt, labels, caption_class, scale)
+    bad = demo_clip.soft_infonce(wrong, txt, labels, caption_class, scale)
+    assert good < bad
+    # classes absent from the batch contribute no caption->image term
+    only_zero = torch.tensor([0, 0])
+    loss = demo_clip.soft_infonce(aligned[:1].repeat(2, 1), txt, only_zero, caption_class, scale)
+    assert torch.isfinite(loss)
+    img = aligned.clone().requires_grad_(True)
+    demo_clip.soft_infonce(img, txt, labels, caption_class, scale).backward()
+    assert img.grad is not None and torch.isfinite(img.grad).all()
+
+
+def test_pool_is_stratified_seeded_and_sorted() -> None:
+    targets = np.repeat(np.arange(10), 60)
+    pool = demo_clip.select_pool(targets, 0.5, seed=3)
+    assert np.bincount(targets[pool]).tolist() == [30] * 10
+    assert np.all(np.diff(pool) > 0)
+    assert np.array_equal(pool, demo_clip.select_pool(targets, 0.5, seed=3))
+    assert not np.array_equal(pool, demo_clip.select_pool(targets, 0.5, seed=4))
+
+
+def test_batch_augment_takes_crops_of_the_resized_images() -> None:
+    rng = np.random.default_rng(0)
+    resized = rng.integers(0, 256, size=(4, 9, 9), dtype=np.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    aug = demo_clip.BatchAugment(resized, 6, mean, std)
+    out = aug(torch.tensor([2, 0, 2]), torch.Generator().manual_seed(1))
+    assert out.shape == (3, 3, 6, 6)
+    for b, src in enumerate([2, 0, 2]):
+        pixels = np.round((out[b, 0].numpy() * std[0] + mean[0]) * 255).astype(int)
+        assert np.allclose(out[b, 1].numpy() * std[1] + mean[1], pixels / 255, atol=1e-4)
+        windows = [resized[src, y:y + 6, x:x + 6].astype(int) for y in range(4) for x in range(4)]
+        assert any((w == pixels).all() or (w[:, ::-1] == pixels).all() for w in windows)
+
+
+def test_card_errors_say_how_to_build_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="python -m usb_cfsg.demo_clip --out"):
+        demo_clip.load_card(str(tmp_path / "card.json"))
+    (tmp_path / "card.json").write_text(json.dumps({"dataset": "fmnist_openset"}))
+    with pytest.raises(ConfigError, match="not a demo CLIP card"):
+        demo_clip.load_card(str(tmp_path))
+    card = {"dataset": "fmnist_openset", "pool": {"num_train": 10, "indices": [1, 3]}}
+    assert demo_clip.pool_indices(card, 10).tolist() == [1, 3]
+    with pytest.raises(DatasetError, match="made on 'fmnist_openset', not 'cub200'"):
+        demo_clip.pool_indices(card, 10, "cub200")
+    with pytest.raises(DatasetError, match="indexes 10 training images"):
+        demo_clip.pool_indices(card, 12)
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    """A demo CLIP built on a 100-image replica with a 3-step budget (seconds)."""
+    root = tmp_path_factory.mktemp("demo_clip")
+    data = write_fmnist_replica(root / "data", num_train=100, num_test=40)
+    recipe = demo_clip.Recipe(steps=3, batch_size=16, warmup_steps=1)
+    card = demo_clip.build_demo_clip(str(root / "out"), recipe, seed=0, data_dir=str(data))
+    return root / "out", card, data
+
+
+def test_card_records_pool_recipe_figures_and_hash(built) -> None:
+    out, card, _ = built
+    on_disk = json.loads((out / demo_clip.CARD_FILE).read_text())
+    assert on_disk == card
+    assert (card["dataset"], card["net"], card["img_size"], card["steps"], card["seed"]) == (
+        "fmnist_openset", "clip_tiny", 64, 3, 0)
+    assert card["recipe"]["batch_size"] == 16 and len(card["recipe"]["templates"]) == 5
+    assert len(card["recipe"]["class_names"]) == 10
+    pool = np.asarray(card["pool"]["indices"])
+    assert card["pool"]["num_train"] == 100 and card["pool"]["size"] == len(pool) == 50
+    assert np.bincount(np.arange(100)[pool] % 10).tolist() == [5] * 10  # the replica's labels cycle 0..9
+    zs = card["zero_shot"]
+    assert zs["num_images"] == 40 and zs["seen_classes"] == list(range(6)) and zs["mcm_temperature"] == 1.0
+    for key in ("acc_all", "acc_seen", "mcm_auroc"):
+        assert 0.0 <= zs[key] <= 100.0
+    weights = out / card["weights"]["file"]
+    assert hashlib.sha256(weights.read_bytes()).hexdigest() == card["weights"]["sha256"]
+    assert demo_clip.card_is_current(str(out))
+
+
+def test_weights_load_through_pretrain_path(built) -> None:
+    """The file loads into clip_tiny at the demo's img_size, and text_encoder clip uses its text tower."""
+    from usb_cfsg.nets.clip import build_clip_net, create_clip
+    from usb_cfsg.nets.text import clip_text_embeddings
+
+    out, card, _ = built
+    path = str(out / card["weights"]["file"])
+    model, tokenizer = create_clip("clip-tiny", None, path, 64)
+    saved = torch.load(path, weights_only=True)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, saved[key]), key
+    names = card["recipe"]["class_names"][:6]
+    net = build_clip_net("clip-tiny", 6, None, path, img_size=64, class_names=names, text_encoder="clip",
+                         prompt_templates=card["zero_shot"]["templates"])
+    expected = clip_text_embeddings(model, tokenizer, names, card["zero_shot"]["templates"])
+    assert torch.allclose(net.text_embeddings, expected, atol=1e-5)
+
+
+def test_command_line_reuses_a_current_card_and_rebuilds_a_stale_one(built, monkeypatch, caplog) -> None:
+    out, card, data = built
+    calls = []
+    monkeypatch.setattr(demo_clip, "build_demo_clip", lambda *a, **k: calls.append(a) or card)
+    assert demo_clip.main(["--out", str(out), "--reuse", "--data-dir", str(data)]) == 0
+    assert calls == []
+    weights = out / card["weights"]["file"]
+    original = weights.read_bytes()
+    try:
+        weights.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))
+        assert not demo_clip.card_is_current(str(out))
+        assert demo_clip.main(["--out", str(out), "--reuse", "--steps", "2", "--data-dir", str(data)]) == 0
+        assert len(calls) == 1 and calls[0][1].steps == 2
+    finally:
+        weights.write_bytes(original)

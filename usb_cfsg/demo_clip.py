@@ -1,0 +1,661 @@
+"""The demo CLIP: an offline stand-in for a pretrained CLIP, trained here on part of Fashion-MNIST.
+
+No pretrained CLIP weights can be downloaded on our machines, and a randomly initialised CLIP has no
+image-text alignment at all, so nothing CFSG-CLIP builds on (MCM, GL-MCM, the SFM's patch-text
+affinity, text-initialised heads) can be shown with it. This module trains the ``clip_tiny``
+architecture (width 128, 4 visual blocks, patch 16; a 2-block text tower) *contrastively*, both
+towers, on a fixed pretraining pool of Fashion-MNIST **training** images, with captions built from
+all ten class names and five templates. It is a toy-scale stand-in for a pretrained CLIP, not CLIP:
+its "web" is 30,000 clothing pictures and 50 captions.
+
+It plays the role a web-pretrained CLIP plays for CUB: it has seen images of every class, the
+ones the open-set split later calls unseen included, together with their names. The open-set SSL
+data must then come from the *other* training images: a config naming the card
+(``pretrain_pool: <dir>/card.json``) makes ``fmnist_openset`` drop the pool from its training set.
+
+Recipe (what ``build_demo_clip`` does):
+
+* Pool: a class-stratified, seeded half of the 60,000 training images (3,000 per class).
+* Images as the demo sees them: the 28 px image resized (PIL bilinear) to ``floor(64 / 0.875) = 73``
+  px once, then per step a random 64 px crop and a random horizontal flip (the demo's weak view),
+  normalised with CLIP's mean/std. Evaluation uses the demo's eval transform (resize, center crop).
+  Training runs at the demo's ``img_size`` 64 (a 4 x 4 patch grid), so no positional-embedding
+  resizing happens when the demo loads the weights.
+* Captions: every class name in five templates (50 captions). Each step encodes the 50 distinct
+  captions once (not once per image), through a copy of only the token-embedding rows they use
+  (written back into the full table at the end) and a context cut to the longest caption, which is
+  exact for CLIP's causal text transformer and saves AdamW from updating 3.2 M unused rows.
+* Loss: InfoNCE in both directions with soft targets: an image's positives are the five captions of
+  its class; a caption's positives are the batch's images of its class. Learned logit scale (CLIP's
+  init 1/0.07, capped at 100).
+* AdamW (betas 0.9/0.98, eps 1e-6), weight decay on matrices only, linear warm-up then cosine decay.
+
+Run: ``python -m usb_cfsg.demo_clip --out ./saved_models/demo_clip`` (``make demo`` does this once).
+Writes ``<out>/demo_clip_tiny.pt`` (an open_clip state dict: ``pretrain_path`` loads it) and
+``<out>/card.json`` (pool indices, recipe, steps, seed, zero-shot figures on the test set, sha256).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import ConfigError, DatasetError
+
+if TYPE_CHECKING:
+    from .datasets.base import SourceData
+
+logger = logging.getLogger("usb_cfsg")
+
+#: Files written into ``--out``.
+WEIGHTS_FILE = "demo_clip_tiny.pt"
+CARD_FILE = "card.json"
+CARD_FORMAT = 1
+#: The architecture (net name, open_clip name) and the demo's input geometry.
+NET = "clip_tiny"
+ARCH = "clip-tiny"
+DATASET = "fmnist_openset"
+#: Five caption templates: the three Fashion-MNIST prompt templates the demo uses, and two more.
+CAPTION_TEMPLATES: Tuple[str, ...] = (
+    "a photo of a {}.",
+    "a photo of a {}, a type of clothing.",
+    "a black and white photo of a {}.",
+    "a low resolution photo of a {}.",
+    "a cropped photo of the {}.",
+)
+#: The demo's seen classes (``class_split: first``, ``num_classes: 6``): MCM uses their prompts.
+DEMO_SEEN = 6
+
+
+@dataclass
+class Recipe:
+    """How the demo CLIP is trained (all of it goes into the card).
+
+    Attributes:
+        steps: Optimiser steps.
+        batch_size: Images per step (all 50 captions are encoded every step).
+        lr: Peak AdamW learning rate.
+        weight_decay: AdamW weight decay (matrices only; no decay on gains, biases, embeddings).
+        warmup_steps: Linear warm-up steps, then cosine decay to 0.
+        pool_fraction: Fraction of each class's training images in the pretraining pool.
+        pool_seed: Seed of the pool (fixed, so cards of different training seeds share the pool).
+        img_size: Input size (the demo's ``img_size``).
+        crop_ratio: The demo's ``crop_ratio``: images are resized to ``floor(img_size / crop_ratio)``.
+        templates: Caption templates.
+        init_logit_scale: Initial logit scale (CLIP: 1 / 0.07).
+        max_logit_scale: Cap of the learned logit scale (CLIP: 100).
+    """
+
+    steps: int = 600
+    batch_size: int = 256
+    lr: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 30
+    pool_fraction: float = 0.5
+    pool_seed: int = 0
+    img_size: int = 64
+    crop_ratio: float = 0.875
+    templates: Tuple[str, ...] = field(default=CAPTION_TEMPLATES)
+    init_logit_scale: float = 1.0 / 0.07
+    max_logit_scale: float = 100.0
+
+    def check(self) -> None:
+        """Raise ConfigError on values that cannot work."""
+        if self.steps < 1 or self.batch_size < 2:
+            raise ConfigError(f"steps must be >= 1 and batch_size >= 2, got {self.steps} and {self.batch_size}")
+        if not 0.0 < self.pool_fraction < 1.0:
+            raise ConfigError(f"pool_fraction must lie in (0, 1) so the demo keeps training images of its own, "
+                              f"got {self.pool_fraction}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
+            raise ConfigError(f"lr must be > 0, weight_decay and warmup_steps >= 0, got {self.lr}, "
+                              f"{self.weight_decay}, {self.warmup_steps}")
+        if not 0.0 < self.crop_ratio <= 1.0:
+            raise ConfigError(f"crop_ratio must lie in (0, 1], got {self.crop_ratio}")
+        for t in self.templates:
+            if "{}" not in t:
+                raise ConfigError(f"caption template {t!r} has no '{{}}' for the class name")
+
+
+# ------------------------------------------------------------------------------------------ pool
+def select_pool(targets: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A class-stratified, seeded subset of the training images.
+
+    Args:
+        targets: Class of every training image.
+        fraction: Fraction of each class's images to take (rounded down, at least one).
+        seed: Seed of the choice.
+
+    Returns:
+        Sorted int64 indices into the training set.
+    """
+    targets = np.asarray(targets)
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for c in np.unique(targets):
+        idx = np.flatnonzero(targets == c)
+        take = max(1, int(math.floor(len(idx) * fraction)))
+        chosen.append(rng.permutation(idx)[:take])
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
+
+
+def load_card(path: str) -> Dict[str, Any]:
+    """Read and check a demo CLIP card.
+
+    Args:
+        path: ``card.json`` written by :func:`build_demo_clip` (or the folder holding it).
+
+    Returns:
+        The card.
+
+    Raises:
+        ConfigError: When the file is missing or not a demo CLIP card; the message says how to build one.
+    """
+    p = Path(path).expanduser()
+    if p.is_dir():
+        p = p / CARD_FILE
+    build = "build one with: python -m usb_cfsg.demo_clip --out ./saved_models/demo_clip (or make demo)"
+    if not p.is_file():
+        raise ConfigError(f"pretrain_pool {str(p)!r} does not exist; {build}")
+    try:
+        card = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"pretrain_pool {str(p)!r} is not a readable JSON card ({exc}); {build}") from None
+    pool = card.get("pool") if isinstance(card, dict) else None
+    if not isinstance(pool, dict) or not isinstance(pool.get("indices"), list) or "num_train" not in pool:
+        raise ConfigError(f"pretrain_pool {str(p)!r} is not a demo CLIP card (no pool.indices / pool.num_train); {build}")
+    return card
+
+
+def pool_indices(card: Dict[str, Any], num_train: int, dataset: str = DATASET) -> np.ndarray:
+    """The pretraining pool of a card, checked against the training set it indexes.
+
+    Args:
+        card: From :func:`load_card`.
+        num_train: Size of the training set being read.
+        dataset: The dataset being read.
+
+    Returns:
+        Sorted unique int64 indices.
+
+    Raises:
+        DatasetError: When the card was made for another dataset or another training-set size.
+    """
+    if card.get("dataset") != dataset:
+        raise DatasetError(f"pretrain_pool: the card was made on {card.get('dataset')!r}, not {dataset!r}; "
+                           f"remove pretrain_pool or use a card built on {dataset}")
+    if int(card["pool"]["num_train"]) != int(num_train):
+        raise DatasetError(f"pretrain_pool: the card's pool indexes {card['pool']['num_train']} training images, "
+                           f"this {dataset} has {num_train}; rebuild the demo CLIP on these files")
+    idx = np.unique(np.asarray(card["pool"]["indices"], dtype=np.int64))
+    if idx.size and (idx[0] < 0 or idx[-1] >= num_train):
+        raise DatasetError(f"pretrain_pool: pool indices outside 0..{num_train - 1}")
+    return idx
+
+
+def without_pretrain_pool(source: "SourceData", card_path: str) -> "SourceData":
+    """The dataset with a demo CLIP card's pretraining images removed from its training set.
+
+    The open-set split then draws labeled and unlabeled images from the remaining training images
+    only (its indices index that remainder); the test set is untouched.
+
+    Args:
+        source: The dataset as its reader returns it.
+        card_path: The card (``pretrain_pool`` in a config).
+
+    Returns:
+        A copy of ``source`` whose ``train_items``/``train_targets`` exclude the pool.
+
+    Raises:
+        ConfigError: When the card is missing or malformed.
+        DatasetError: When the card was made on another dataset or another training-set size.
+    """
+    from .datasets.build import take
+
+    card = load_card(card_path)
+    n = len(source.train_items)
+    pool = pool_indices(card, n, source.name)
+    keep = np.setdiff1d(np.arange(n, dtype=np.int64), pool)
+    logger.info("%s: %d of %d training images are the demo CLIP's pretraining pool (%s) and are left out; "
+                "labeled and unlabeled images come from the other %d", source.name, len(pool), n, card_path, len(keep))
+    return dataclasses.replace(source, train_items=take(source.train_items, keep),
+                               train_targets=np.asarray(source.train_targets)[keep])
+
+
+# -------------------------------------------------------------------------------------- images
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 grayscale images [N, H, W] to [N, size, size] the way the demo's transforms do.
+
+    (torchvision's ``Resize((size, size))`` on a PIL image: PIL bilinear.)
+    """
+    from PIL import Image
+
+    out = np.empty((len(images), size, size), dtype=np.uint8)
+    for i, img in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+    return out
+
+
+def eval_tensors(images: np.ndarray, img_size: int, crop_ratio: float, mean: Sequence[float],
+                 std: Sequence[float]) -> torch.Tensor:
+    """The demo's eval transform applied to uint8 grayscale images: a float tensor [N, 3, S, S]."""
+    from .datasets.images import load_rgb
+    from .datasets.transforms import build_transforms
+
+    evaluate = build_transforms(img_size, crop_ratio, mean, std)[2]
+    return torch.stack([evaluate(load_rgb(img)) for img in images])
+
+
+class BatchAugment:
+    """The demo's weak view on a batch: random ``img_size`` crop of pre-resized images, random flip.
+
+    Args:
+        resized: uint8 [N, R, R] images already resized to ``floor(img_size / crop_ratio)``.
+        img_size: Crop size.
+        mean: Per-channel mean (3 values).
+        std: Per-channel std (3 values).
+    """
+
+    def __init__(self, resized: np.ndarray, img_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
+        self.images = torch.from_numpy(np.ascontiguousarray(resized))
+        self.size = img_size
+        self.span = self.images.shape[-1] - img_size + 1
+        self.scale = (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1)
+        self.shift = (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1)
+
+    def __call__(self, idx: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        b = len(idx)
+        oy = torch.randint(0, self.span, (b,), generator=gen)
+        ox = torch.randint(0, self.span, (b,), generator=gen)
+        flip = torch.rand(b, generator=gen) < 0.5
+        ar = torch.arange(self.size)
+        rows = (oy[:, None] + ar)[:, :, None]
+        cols = ox[:, None] + torch.where(flip[:, None], ar.flip(0), ar)
+        crops = self.images[idx[:, None, None], rows, cols[:, None, :]].float().unsqueeze(1)
+        return crops * self.scale - self.shift
+
+
+# ------------------------------------------------------------------------------------- captions
+class CaptionEncoder(nn.Module):
+    """Encodes a fixed set of captions with an open_clip CLIP text tower, cheaply and exactly.
+
+    Holds a trainable copy of only the token-embedding rows the captions use, and cuts the context
+    to the longest caption: CLIP's text transformer is causal and pools at the end-of-text token,
+    so positions after it never influence the result. :meth:`write_back` copies the trained rows
+    into the model's full token-embedding table.
+
+    Args:
+        model: An open_clip ``CLIP`` (``text_pool_type`` argmax).
+        tokens: Tokenised captions [C, context_length].
+    """
+
+    def __init__(self, model: nn.Module, tokens: torch.Tensor) -> None:
+        super().__init__()
+        if getattr(model, "text_pool_type", "argmax") != "argmax":
+            raise ValueError("CaptionEncoder needs an open_clip CLIP with argmax (end-of-text) pooling")
+        length = int((tokens != 0).sum(dim=1).max())
+        tokens = tokens[:, :length]
+        vocab, local = torch.unique(tokens, return_inverse=True)
+        self.register_buffer("vocab", vocab)
+        self.register_buffer("local", local)
+        self.register_buffer("eot", tokens.argmax(dim=-1))
+        self.rows = nn.Parameter(model.token_embedding.weight.detach()[vocab].clone())
+        self.length = length
+
+    def forward(self, model: nn.Module) -> torch.Tensor:
+        """Caption embeddings [C, D] (not normalised), as ``model.encode_text`` would give them."""
+        n = self.length
+        x = F.embedding(self.local, self.rows) + model.positional_embedding[:n]
+        x = model.transformer(x, attn_mask=model.attn_mask[:n, :n])
+        x = model.ln_final(x)
+        x = x[torch.arange(x.shape[0]), self.eot]
+        proj = model.text_projection
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    @torch.no_grad()
+    def write_back(self, model: nn.Module) -> None:
+        """Copy the trained rows into ``model.token_embedding``."""
+        model.token_embedding.weight[self.vocab] = self.rows.detach()
+
+
+def soft_infonce(img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor, caption_class: torch.Tensor,
+                 scale: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE in which every same-class caption/image is a positive (soft targets).
+
+    Args:
+        img: Normalised image embeddings [B, D].
+        txt: Normalised caption embeddings [C, D].
+        labels: Class of each image [B].
+        caption_class: Class of each caption [C].
+        scale: Logit scale (a scalar tensor).
+
+    Returns:
+        Mean of the image->caption and caption->image cross-entropies.
+    """
+    logits = scale * img @ txt.t()  # [B, C]
+    pos = (labels[:, None] == caption_class[None, :]).float()
+    i2t = -(pos / pos.sum(1, keepdim=True) * logits.log_softmax(dim=1)).sum(1).mean()
+    present = pos.sum(0) > 0  # captions whose class has images in the batch
+    t_logp = logits.t()[present].log_softmax(dim=1)
+    t_pos = pos.t()[present]
+    t2i = -(t_pos / t_pos.sum(1, keepdim=True) * t_logp).sum(1).mean()
+    return 0.5 * (i2t + t2i)
+
+
+# ------------------------------------------------------------------------------------ zero-shot
+@torch.no_grad()
+def zero_shot_figures(model: nn.Module, tokenizer: Any, images: torch.Tensor, targets: np.ndarray,
+                      class_names: Sequence[str], templates: Sequence[str], num_seen: int = DEMO_SEEN,
+                      temperature: float = 1.0, batch_size: int = 1000) -> Dict[str, float]:
+    """Zero-shot accuracy (all classes, seen classes) and MCM AUROC of a CLIP on preprocessed images.
+
+    MCM uses the prompts of the first ``num_seen`` classes only, temperature ``temperature``; unseen-
+    class images are the positives (unknown = positive, as everywhere in this project).
+
+    Returns:
+        ``{"acc_all": ..., "acc_seen": ..., "mcm_auroc": ...}`` in percent.
+    """
+    from .evaluation.metrics import auroc
+    from .modules.scores import mcm_score
+    from .nets.text import clip_text_embeddings
+
+    model.eval()
+    text = clip_text_embeddings(model, tokenizer, class_names, templates)
+    feats = torch.cat([F.normalize(model.encode_image(images[i:i + batch_size]), dim=-1)
+                       for i in range(0, len(images), batch_size)])
+    targets = np.asarray(targets)
+    pred_all = (feats @ text.t()).argmax(1).numpy()
+    seen = targets < num_seen
+    pred_seen = (feats[torch.from_numpy(seen)] @ text[:num_seen].t()).argmax(1).numpy()
+    score = mcm_score(feats, text[:num_seen], temperature).numpy()
+    return {
+        "acc_all": round(100.0 * float((pred_all == targets).mean()), 2),
+        "acc_seen": round(100.0 * float((pred_seen == targets[seen]).mean()), 2),
+        "mcm_auroc": round(100.0 * auroc(score, ~seen), 2),
+    }
+
+
+# ------------------------------------------------------------------------------------- training
+def _lr_at(step: int, recipe: Recipe) -> float:
+    if step < recipe.warmup_steps:
+        return recipe.lr * (step + 1) / recipe.warmup_steps
+    t = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+    return recipe.lr * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def _param_groups(model: nn.Module, captions: CaptionEncoder, weight_decay: float) -> List[Dict[str, Any]]:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.ndim >= 2 and "embedding" not in name and "class_embedding" not in name else no_decay).append(p)
+    no_decay.append(captions.rows)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class _Progress:
+    """A tqdm bar on a terminal; a log line every ``every_s`` seconds otherwise."""
+
+    def __init__(self, total: int, desc: str, every_s: float = 15.0) -> None:
+        self.total, self.desc, self.every_s = total, desc, every_s
+        self.start = self.last = time.perf_counter()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=False)
+
+    def update(self, step: int, **info: float) -> None:
+        text = {k: f"{v:.3g}" for k, v in info.items()}
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(text, refresh=False)
+            return
+        now = time.perf_counter()
+        if now - self.last >= self.every_s or step == self.total:
+            self.last = now
+            rate = step / max(now - self.start, 1e-9)
+            logger.info("%s: step %d/%d (%.2f it/s, ETA %.0f s) %s", self.desc, step, self.total, rate,
+                        (self.total - step) / max(rate, 1e-9), " ".join(f"{k} {v}" for k, v in text.items()))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def train_demo_clip(model: nn.Module, tokenizer: Any, resized: np.ndarray, targets: np.ndarray,
+                    class_names: Sequence[str], recipe: Recipe, seed: int,
+                    mean: Sequence[float], std: Sequence[float]) -> Dict[str, float]:
+    """Train ``model`` (both towers) contrastively in place.
+
+    Args:
+        model: An open_clip CLIP with ``image_size == recipe.img_size``.
+        tokenizer: Its tokenizer.
+        resized: Pool images, uint8 [N, R, R], R = floor(img_size / crop_ratio).
+        targets: Their classes [N].
+        class_names: All class names (captions are made for each).
+        recipe: The recipe.
+        seed: Seed of the batch order and augmentation.
+        mean: Image normalisation mean.
+        std: Image normalisation std.
+
+    Returns:
+        ``{"final_loss": ..., "logit_scale": ..., "train_s": ...}``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    captions = [t.format(name) for name in class_names for t in recipe.templates]
+    caption_class = torch.arange(len(class_names)).repeat_interleave(len(recipe.templates))
+    encoder = CaptionEncoder(model, tokenizer(captions))
+    model.token_embedding.weight.requires_grad_(False)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(recipe.init_logit_scale))
+    opt = torch.optim.AdamW(_param_groups(model, encoder, recipe.weight_decay), lr=recipe.lr,
+                            betas=(0.9, 0.98), eps=1e-6)
+    augment = BatchAugment(resized, recipe.img_size, mean, std)
+    labels_all = torch.from_numpy(np.asarray(targets, dtype=np.int64))
+    n = len(labels_all)
+    order, cursor = torch.randperm(n, generator=gen), 0
+    bar = _Progress(recipe.steps, "training the demo CLIP")
+    model.train()
+    start = time.perf_counter()
+    loss_ema = float("nan")
+    max_log = math.log(recipe.max_logit_scale)
+    try:
+        for step in range(recipe.steps):
+            if cursor + recipe.batch_size > n:
+                order, cursor = torch.randperm(n, generator=gen), 0
+            idx = order[cursor:cursor + recipe.batch_size]
+            cursor += recipe.batch_size
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, recipe)
+            img = F.normalize(model.encode_image(augment(idx, gen)), dim=-1)
+            txt = F.normalize(encoder(model), dim=-1)
+            loss = soft_infonce(img, txt, labels_all[idx], caption_class, model.logit_scale.exp())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            with torch.no_grad():
+                model.logit_scale.clamp_(0.0, max_log)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise FloatingPointError(f"demo CLIP loss became {value} at step {step}; lower --lr")
+            loss_ema = value if step == 0 else 0.95 * loss_ema + 0.05 * value
+            bar.update(step + 1, loss=loss_ema, scale=float(model.logit_scale.detach().exp()))
+    finally:
+        bar.close()
+    encoder.write_back(model)
+    model.token_embedding.weight.requires_grad_(True)
+    model.eval()
+    return {"final_loss": round(loss_ema, 4), "logit_scale": round(float(model.logit_scale.exp()), 3),
+            "train_s": round(time.perf_counter() - start, 1)}
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_json(path: Path, data: Dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_demo_clip(out: str, recipe: Optional[Recipe] = None, seed: int = 0, data_dir: Optional[str] = None,
+                    eval_limit: Optional[int] = None) -> Dict[str, Any]:
+    """Train the demo CLIP, evaluate it zero-shot on the test set, write the weights and the card.
+
+    Args:
+        out: Output folder (created).
+        recipe: Training recipe (default :class:`Recipe`).
+        seed: Seed of the model initialisation, batch order and augmentation.
+        data_dir: Fashion-MNIST folder (default: ``./data``, then Debian's folder).
+        eval_limit: Evaluate on the first this-many test images only (tests); None = all 10,000.
+
+    Returns:
+        The card (also written to ``<out>/card.json``).
+    """
+    import open_clip
+
+    from .datasets.fmnist import PROMPT_TEMPLATES, read_fmnist
+    from .nets.clip import OPENAI_MEAN, OPENAI_STD, _ensure_configs
+
+    recipe = recipe or Recipe()
+    recipe.check()
+    t0 = time.perf_counter()
+    src = read_fmnist(data_dir if data_dir is not None else "./data")
+    train_targets = np.asarray(src.train_targets)
+    pool = select_pool(train_targets, recipe.pool_fraction, recipe.pool_seed)
+    resized_side = int(math.floor(recipe.img_size / recipe.crop_ratio))
+    logger.info("demo CLIP: pool of %d of %d training images (fraction %.2f per class, pool seed %d); "
+                "resizing to %d px", len(pool), len(train_targets), recipe.pool_fraction, recipe.pool_seed,
+                resized_side)
+    resized = resize_images(np.asarray(src.train_items)[pool], resized_side)
+    test_n = len(src.test_items) if eval_limit is None else min(int(eval_limit), len(src.test_items))
+    test_images = eval_tensors(np.asarray(src.test_items)[:test_n], recipe.img_size, recipe.crop_ratio,
+                               OPENAI_MEAN, OPENAI_STD)
+    test_targets = np.asarray(src.test_targets)[:test_n]
+
+    _ensure_configs()
+    torch.manual_seed(seed)
+    model = open_clip.create_model(ARCH, pretrained=None, force_image_size=recipe.img_size)
+    tokenizer = open_clip.get_tokenizer(ARCH)
+    logger.info("demo CLIP: training %s (both towers) for %d steps of %d images on %d threads",
+                ARCH, recipe.steps, recipe.batch_size, torch.get_num_threads())
+    stats = train_demo_clip(model, tokenizer, resized, train_targets[pool], src.class_names, recipe, seed,
+                            OPENAI_MEAN, OPENAI_STD)
+    figures = zero_shot_figures(model, tokenizer, test_images, test_targets, src.class_names, PROMPT_TEMPLATES)
+    logger.info("demo CLIP zero-shot on %d test images: 10-way accuracy %.1f%%, seen 6-way %.1f%%, "
+                "MCM AUROC %.1f%% (classes 0-5 seen, T = 1)", test_n, figures["acc_all"], figures["acc_seen"],
+                figures["mcm_auroc"])
+
+    out_dir = Path(out).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS_FILE
+    tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, weights)
+    card = {
+        "format": CARD_FORMAT,
+        "what": "demo CLIP: clip_tiny trained contrastively on part of Fashion-MNIST's training set; a toy-scale "
+                "stand-in for a pretrained CLIP, not CLIP",
+        "dataset": DATASET,
+        "net": NET,
+        "arch": ARCH,
+        "img_size": recipe.img_size,
+        "weights": {"file": WEIGHTS_FILE, "sha256": sha256_file(weights)},
+        "seed": seed,
+        "steps": recipe.steps,
+        "recipe": {**asdict(recipe), "templates": list(recipe.templates), "class_names": list(src.class_names),
+                   "loss": "symmetric InfoNCE, same-class captions/images as positives (soft targets)",
+                   "optimizer": "AdamW betas (0.9, 0.98) eps 1e-6, warm-up then cosine",
+                   "augmentation": "resize to floor(img_size/crop_ratio), random img_size crop, horizontal flip"},
+        "training": {**stats, "threads": torch.get_num_threads(), "torch": torch.__version__},
+        "zero_shot": {
+            "split": "test",
+            "num_images": int(test_n),
+            "templates": list(PROMPT_TEMPLATES),
+            "seen_classes": list(range(DEMO_SEEN)),
+            "mcm_temperature": 1.0,
+            "acc_all": figures["acc_all"],
+            "acc_seen": figures["acc_seen"],
+            "mcm_auroc": figures["mcm_auroc"],
+            "note": "accuracies and AUROC in percent; MCM over the six seen classes' prompts, unknown = positive",
+        },
+        "pool": {"num_train": int(len(train_targets)), "fraction": recipe.pool_fraction, "seed": recipe.pool_seed,
+                 "size": int(len(pool)), "indices": pool.tolist()},
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "use": {"pretrain_path": str(weights), "pretrain_pool": str(out_dir / CARD_FILE), "net": NET,
+                "text_encoder": "clip", "img_size": recipe.img_size},
+    }
+    _write_json(out_dir / CARD_FILE, card)
+    logger.info("demo CLIP: wrote %s and %s in %.0f s", weights, out_dir / CARD_FILE, card["wall_s"])
+    return card
+
+
+def card_is_current(out: str) -> bool:
+    """Whether ``out`` holds a card whose weights file exists and matches the card's sha256."""
+    out_dir = Path(out).expanduser()
+    try:
+        card = load_card(str(out_dir / CARD_FILE))
+    except ConfigError:
+        return False
+    weights = out_dir / card.get("weights", {}).get("file", WEIGHTS_FILE)
+    return weights.is_file() and sha256_file(weights) == card.get("weights", {}).get("sha256")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Command line: ``python -m usb_cfsg.demo_clip --out DIR [--steps N] [--seed S]``."""
+    defaults = Recipe()
+    parser = argparse.ArgumentParser(prog="python -m usb_cfsg.demo_clip",
+                                     description="Train the demo CLIP (clip_tiny) on part of Fashion-MNIST and "
+                                                 "write DIR/demo_clip_tiny.pt and DIR/card.json.")
+    parser.add_argument("--out", required=True, help="output folder, e.g. ./saved_models/demo_clip")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps (default {defaults.steps})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of init, batch order, augmentation (default 0)")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    parser.add_argument("--pool-fraction", type=float, default=defaults.pool_fraction)
+    parser.add_argument("--data-dir", default="./data", help="Fashion-MNIST folder (falls back to Debian's)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="do nothing when DIR already holds a card whose weights match its sha256")
+    opts = parser.parse_args(argv)
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
+    logger.setLevel(logging.INFO)
+    if opts.reuse and card_is_current(opts.out):
+        logger.info("demo CLIP: %s already holds a current card and weights; not rebuilding", opts.out)
+        return 0
+    recipe = Recipe(steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, warmup_steps=opts.warmup_steps,
+                    pool_fraction=opts.pool_fraction)
+    try:
+        card = build_demo_clip(opts.out, recipe, seed=opts.seed, data_dir=opts.data_dir)
+    except (ConfigError, DatasetError) as exc:
+        logger.error("%s", exc)
+        return 2
+    zs = card["zero_shot"]
+    logger.info("card: %s  (zero-shot 10-way %.2f%%, MCM AUROC %.2f%%)", Path(opts.out) / CARD_FILE,
+                zs["acc_all"], zs["mcm_auroc"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
