@@ -250,7 +250,8 @@ def test_ssb_through_build_carries_difficulty_per_test_image(tmp_path) -> None:
     assert all((d == "") == (t < 50) for d, t in zip(info.test_difficulty, y))
     counts = {g: info.test_difficulty.count(g) for g in ("Easy", "Medium", "Hard")}
     assert counts == {g: 2 * len(entry["unknown_classes"][g]) for g in counts}
-    assert info.unseen_difficulty[display[variants.index(names_by_index[entry["unknown_classes"]["Hard"][0]])]] == "Hard"
+    hard = names_by_index[entry["unknown_classes"]["Hard"][0]]
+    assert info.unseen_difficulty[display[variants.index(hard)]] == "Hard"
     assert len(dsets["train_ulb_eval"]) == len(dsets["train_ulb"])
     record = json.loads((tmp_path / "run" / "split.json").read_text())
     assert record["config"]["class_split"] == "ssb" and len(record["ssb_difficulty"]) == 50

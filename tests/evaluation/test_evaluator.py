@@ -301,7 +301,8 @@ def test_evaluate_openset_writes_the_report(tmp_path):
     assert values["test_open/energy/fpr95"] == record["scores"]["energy"]["fpr95"]
     assert values["test_open/fpr95_id"] == record["fpr95_id"]
     assert any("Open-set evaluation: fake on toy_ds" in p for p in alg.printed)
-    assert any(p.startswith("calibration: 90 of 90 unlabeled training images") for p in "\n".join(alg.printed).split("\n"))
+    printed = "\n".join(alg.printed).split("\n")
+    assert any(p.startswith("calibration: 90 of 90 unlabeled training images") for p in printed)
 
 
 def test_calibration_is_capped_and_evenly_spread(tmp_path):

@@ -7,7 +7,8 @@ Given a :class:`~usb_cfsg.datasets.base.SourceData` with ``C`` classes:
   (``"random"``, then kept in the dataset's class order), the Semantic Shift Benchmark's known
   classes (``"ssb"``, CUB-200-2011, FGVC-Aircraft and Stanford Cars only; the caller resolves
   them with :func:`usb_cfsg.datasets.ssb.ssb_classes` and passes them as ``seen_classes``), or
-  exactly ``seen_classes`` (names or indices, in the order given). Seen classes are relabelled ``0..K-1`` in that order; the other
+  exactly ``seen_classes`` (names or indices, in the order given). Seen classes are relabelled
+  ``0..K-1`` in that order; the other
   classes, in the dataset's order, become ``K..C-1``.
 * **Labeled set**: ``num_labels / K`` training images of every seen class.
 * **Unlabeled set**: every training image (``include_lb_to_ulb=True``, USB's default) or every
@@ -188,8 +189,8 @@ def _choose_seen(
         )
     if class_split == "ssb" and seen_classes is None:
         raise DatasetError("class_split 'ssb' needs the benchmark's known classes: resolve them with "
-                           "usb_cfsg.datasets.ssb.ssb_classes(...) and pass them as seen_classes (build_openset_datasets "
-                           "does this)")
+                           "usb_cfsg.datasets.ssb.ssb_classes(...) and pass them as seen_classes "
+                           "(build_openset_datasets does this)")
     if seen_classes is not None:
         if isinstance(seen_classes, (str, bytes)) or not isinstance(seen_classes, Sequence):
             raise DatasetError(f"seen_classes must be a list of class names or indices, got {seen_classes!r}")

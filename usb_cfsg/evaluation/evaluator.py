@@ -35,7 +35,8 @@ saved ``latest_model.pth``, and stores the calibration in that file (re-saved at
 training, at every USB evaluation (``num_eval_iter``), it also evaluates the headline score on the
 open-set test set and logs ``test_open/auroc``, ``test_open/fpr95`` and ``test_open/unknown_recall``
 (log line and TensorBoard curves); that costs one pass over the open-set test set plus one over
-:data:`CALIBRATION_MAX_IMAGES_TRAINING` unlabeled training images per evaluation. It evaluates the **final** EMA weights -- exactly those stored as
+:data:`CALIBRATION_MAX_IMAGES_TRAINING` unlabeled training images per evaluation. At the end it
+evaluates the **final** EMA weights -- exactly those stored as
 ``ema_model`` in ``latest_model.pth``, whose path the JSON records -- not ``model_best.pth``:
 USB picks its best model on ``eval/top-1-acc``, which is measured on the seen-class test images,
 i.e. on part of the open-set test set; reporting the best model would select on the test set.
