@@ -195,8 +195,9 @@ def build_openset_datasets(
                                f"use class_split: first or random, or list seen_classes")
         if config["num_classes"] != SSB_DATASETS[config["dataset"]][1]:
             known = SSB_DATASETS[config["dataset"]][1]
-            raise DatasetError(f"class_split: ssb on {config['dataset']} fixes {known} known classes, but num_classes = "
-                               f"{config['num_classes']}; set num_classes: {known} (and num_labels a multiple of {known})")
+            raise DatasetError(f"class_split: ssb on {config['dataset']} fixes {known} known classes, but "
+                               f"num_classes = {config['num_classes']}; set num_classes: {known} (and num_labels a "
+                               f"multiple of {known})")
     source = read_source(
         config["dataset"],
         config["data_dir"],
