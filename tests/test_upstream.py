@@ -5,6 +5,7 @@ import difflib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -59,6 +60,15 @@ def patched(tmp_path_factory) -> Path:
     upstream.make_base_tree(tree, PATCHES / "base")
     series = sorted(PATCHES.glob("*.patch"))
     upstream.git(tree, "am", "--quiet", *map(str, series))
+    return tree
+
+
+@pytest.fixture(scope="module")
+def fresh_tree(fresh, tmp_path_factory) -> Path:
+    """The base tree with the freshly generated series applied (the generator's output, stale or not)."""
+    tree = tmp_path_factory.mktemp("usb_fresh") / "usb"
+    upstream.make_base_tree(tree, PATCHES / "base")
+    upstream.git(tree, "am", "--quiet", *map(str, sorted(fresh.glob("*.patch"))))
     return tree
 
 
@@ -119,7 +129,7 @@ def test_base_tree_is_usb_at_the_released_commit(tmp_path):
         upstream.make_base_tree(tmp_path / "other", damaged)
 
 
-def test_moved_modules_differ_from_the_package_only_in_imports_and_module_names(patched):
+def test_moved_modules_differ_from_the_package_only_in_imports_and_module_names(fresh_tree):
     """The patched tree runs the plug-in's code: each moved file differs from its source only on lines
     that import or name modules (and usb_cfsg.algorithms loses the loop that imports its algorithms)."""
     modules = upstream.closure([f"usb_cfsg.algorithms.{m}" for m in upstream.algorithm_modules()]
@@ -127,7 +137,7 @@ def test_moved_modules_differ_from_the_package_only_in_imports_and_module_names(
     assert "usb_cfsg.algorithms.cfsg_clip" in modules and "usb_cfsg.engine.plugin" in modules
     for name in modules:
         src = upstream.module_file(name).read_text().splitlines()
-        dst = (patched / upstream.target_path(name)).read_text().splitlines()
+        dst = (fresh_tree / upstream.target_path(name)).read_text().splitlines()
         for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, src, dst, autojunk=False).get_opcodes():
             if tag == "equal":
                 continue
@@ -198,6 +208,7 @@ FIX_CHECKS = textwrap.dedent("""\
 """)
 
 
+@pytest.mark.slow
 def test_patched_tree_registers_everything_and_fixes_usb(patched, tmp_path):
     script = tmp_path / "checks.py"
     script.write_text(FIX_CHECKS)
@@ -278,3 +289,26 @@ def test_usb_fixmatch_trains_on_cpu_resumes_and_refuses_a_bad_checkpoint(patched
     assert proc.returncode != 0
     assert f"cannot resume from {bad}" in proc.stderr
     assert bad.read_bytes() == b"not a checkpoint"
+
+
+def test_module_mapping_follows_the_semilearn_layout():
+    assert upstream.target_module("usb_cfsg.algorithms.cfsg_clip") == "semilearn.algorithms.cfsg_clip.cfsg_clip"
+    assert upstream.target_path("usb_cfsg.nets") == "semilearn/nets/clip/__init__.py"
+    assert upstream.target_module("usb_cfsg.modules.ova_head") == "semilearn.nets.clip.modules.ova_head"
+    assert upstream.target_module("usb_cfsg.engine.plugin") == "semilearn.core.openset.plugin"
+    assert upstream.target_module("usb_cfsg.evaluation.evaluator") == "semilearn.core.hooks.openset.evaluator"
+    with pytest.raises(upstream.UpstreamError, match="plug-in only"):
+        upstream.target_module("usb_cfsg.engine.launch")
+    with pytest.raises(upstream.UpstreamError, match="stays plug-in only"):
+        upstream.closure(["usb_cfsg.evaluation.offline"])  # it imports the launcher
+
+
+def test_check_reports_a_stale_series(fresh, tmp_path):
+    stale = tmp_path / "patches"
+    shutil.copytree(fresh, stale)
+    shutil.copytree(PATCHES / "base", stale / "base")
+    first = sorted(stale.glob("*.patch"))[0]
+    first.write_text(first.read_text() + "\n")
+    (stale / "9999-extra.patch").write_text("")
+    assert upstream.main(["--out", str(stale), "--check"]) == 1
+    assert sorted(upstream.check(stale)) == sorted([f"differs: {first.name}", "stale: 9999-extra.patch"])
