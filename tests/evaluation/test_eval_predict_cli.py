@@ -321,3 +321,19 @@ def test_relevance_figure_maps_the_networks_crop_back(size):
     left, top, right, bottom = crop_box(w, h, 64, 0.875)
     again = np.asarray(img.crop((round(left), round(top), round(right), round(bottom))).resize((64, 64))).astype(float)
     assert np.abs(seen - again)[..., :2].mean() < 6.0
+
+
+def test_open_clip_net_trains_and_predicts_by_clip_model(tmp_path, cub_root):
+    """net: open_clip + clip_model goes through the config, the run and the checkpoint to predict.py."""
+    argv = tiny_run_argv(cub_root, str(tmp_path / "runs"), "oc", img_size=32, iters=2, num_eval_iter=2,
+                         num_log_iter=1, net="open_clip", clip_model="clip-tiny")
+    train_main(build_config(argv))
+    ckpt = tmp_path / "runs" / "oc" / "latest_model.pth"
+    stored = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]
+    assert (stored["net"], stored["clip_model"]) == ("open_clip", "clip-tiny")
+    predictor = load_predictor(str(ckpt), "cpu")
+    assert predictor.net.backbone.num_blocks == 4
+    image = next(Path(cub_root).rglob("*.jpg"))
+    lines = []
+    assert predict_paths(predictor, [str(image)], write=lambda s: lines.append(json.loads(s))) == 0
+    assert lines[0]["closest_class"] in predictor.class_names
