@@ -216,11 +216,12 @@ ALGORITHM_SECTION = "algorithm keys"
 def algorithm_keys(algorithm: str) -> List[Tuple[str, Any, str]]:
     """``(key, value, help)`` of the algorithm's own keys, in the order its files list them.
 
-    FixMatch: USB's recipe. cfsg_clip: every key of ``CFSGCLIP.get_argument()`` with its default.
+    FixMatch: USB's recipe. cfsg_clip, openmatch, iomatch, clip_zeroshot: every key of the algorithm's
+    ``get_argument()`` with its default (the papers' values, see each algorithm's module docstring).
     """
     if algorithm == "fixmatch":
         return [(k, v, "") for k, v in FIXMATCH_KEYS.items()]
-    if algorithm == "cfsg_clip":
+    if algorithm in ("cfsg_clip", "openmatch", "iomatch", "clip_zeroshot"):
         from usb_cfsg.algorithms import get_algorithm_class
         from usb_cfsg.config import algorithm_specs
 
@@ -340,7 +341,8 @@ DEMO_CLIP_DIR = "./saved_models/demo_clip"
 #: Demo algorithms and the stem of their files: config/demo/<stem>_fmnist.yaml (demo CLIP) and
 #: config/demo/<stem>_fmnist_randinit.yaml (random init). To add an algorithm, append it here; its keys
 #: come from ``algorithm_keys`` (give demo-specific values per backbone in ``DemoBackbone.algorithm_keys``).
-DEMO_ALGORITHMS: Tuple[Tuple[str, str], ...] = (("cfsg_clip", "cfsg"), ("fixmatch", "fixmatch"))
+DEMO_ALGORITHMS: Tuple[Tuple[str, str], ...] = (("cfsg_clip", "cfsg"), ("fixmatch", "fixmatch"), ("openmatch", "openmatch"),
+                                                ("iomatch", "iomatch"), ("clip_zeroshot", "clip_zeroshot"))
 
 
 class DemoBackbone(NamedTuple):
