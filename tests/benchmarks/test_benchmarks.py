@@ -1,0 +1,70 @@
+"""The benchmark scripts run on CPU (tiny net): step variants, prediction, loader, the GPU check's dry run."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
+sys.path.insert(0, BENCH)
+
+import bench_predict  # noqa: E402
+import bench_step  # noqa: E402
+import common  # noqa: E402
+import gpu_check  # noqa: E402
+
+
+def test_bf16_peak_table_matches_by_name():
+    assert gpu_check.bf16_peak("NVIDIA H200") == 989.4
+    assert gpu_check.bf16_peak("NVIDIA H100 PCIe") == 756.0
+    assert gpu_check.bf16_peak("NVIDIA H100 80GB HBM3") == 989.4
+    assert gpu_check.bf16_peak("NVIDIA L40S") == 362.05  # not L4's
+    assert gpu_check.bf16_peak("NVIDIA L4") == 121.0
+    assert gpu_check.bf16_peak("Tesla V100-SXM2-16GB") is None
+
+
+def test_median_and_spread():
+    assert common.median([3.0, 1.0, 2.0]) == 2.0
+    assert common.median([1.0, 2.0, 3.0, 10.0]) == 2.5
+    lo, hi = common.spread([0.9, 1.0, 1.2])
+    assert lo == pytest.approx(-0.1) and hi == pytest.approx(0.2)
+
+
+def test_step_measure_bf16_compiled_and_flops(tmp_path):
+    data = common.write_replica(str(tmp_path))
+    eager = bench_step.measure("cfsg_clip", bench_step.parse(
+        ["--net", "clip_tiny", "--img_size", "32", "--batch_size", "2", "--steps", "1", "--threads", "1",
+         "--flops"]), data)
+    assert eager["flops_per_step"] > 0 and eager["images_per_step"] == 6 and eager["step_s_median"] > 0
+    compiled = bench_step.measure("fixmatch", bench_step.parse(
+        ["--net", "clip_tiny", "--img_size", "32", "--batch_size", "2", "--steps", "1", "--threads", "1",
+         "--amp_dtype", "bf16", "--compile", "--compile_backend", "eager"]), data)
+    assert compiled["compile_failed"] == [] and "flops_per_step" not in compiled and compiled["images_per_s"] > 0
+
+
+def test_predict_benchmark_runs_every_branch_and_score(tmp_path):
+    out = tmp_path / "p.json"
+    res = bench_predict.main(["--net", "clip_tiny", "--img_size", "32", "--batch_size", "2", "--rounds", "2",
+                              "--num_classes", "3", "--threads", "1", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["throughput_ratio"] == pytest.approx(res["throughput_ratio"]) and res["throughput_ratio"] > 0
+    assert {"score_ova", "score_mcm", "score_glmcm"} <= set(res["cfsg_scores"])
+    assert {"logits_coarse", "logits_fine", "relevance"} <= set(res["cfsg_outputs"])
+    assert "random init" in res["weights"] and len(res["throughput_ratio_per_round"]) == 2
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_writes_every_piece(tmp_path):
+    out = tmp_path / "gpu.json"
+    gpu_check.main(["--dry-run", "--out", str(out), "--variants", "fp32,bf16+compile", "--budget", "400"])
+    doc = json.loads(out.read_text())
+    rows = {(r["algorithm"], r["variant"]): r for r in doc["step"]["results"]}
+    assert set(rows) == {(a, v) for a in ("fixmatch", "cfsg_clip") for v in ("fp32", "bf16+compile")}
+    for (alg, variant), row in rows.items():
+        assert row["images_per_s"] > 0 and row["flops_per_step"] > 0, (alg, variant, row)
+    assert rows[("cfsg_clip", "bf16+compile")]["flops_counted_on"] == "the eager run of the same dtype"
+    assert set(doc["step"]["cfsg_over_fixmatch"]) == {"fp32", "bf16+compile"}
+    assert [r["amp"] for r in doc["predict"]] == ["none", "bf16"] and all("throughput_ratio" in r for r in doc["predict"])
+    assert doc["loader"]["cache_speedup"] > 0 and doc["wall_s"] < 400
