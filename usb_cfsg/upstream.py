@@ -918,9 +918,13 @@ fixmatch trains on a CUB-200-2011 replica through train.py in this tree.""",
         lb_dset, ulb_dset, eval_dset, test_dset = get_json_dset(args, algorithm, dataset, num_labels, num_classes, data_dir=data_dir, include_lb_to_ulb=include_lb_to_ulb)
     # fine-grained open-set datasets: the seen classes (num_classes = K) for closed-set training
     elif dataset in openset_dataset_names():
+        from semilearn import nets
         from semilearn.datasets.openset_datasets import build_openset_datasets
-        imagenet_mean, imagenet_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-        dsets, _ = build_openset_datasets(args, algorithm, imagenet_mean, imagenet_std, None)
+        # normalised as the net expects where it says so (the CLIP nets), else with ImageNet's statistics
+        builder = getattr(nets, str(getattr(args, 'net', '')), None)
+        mean = getattr(builder, 'mean', (0.485, 0.456, 0.406))
+        std = getattr(builder, 'std', (0.229, 0.224, 0.225))
+        dsets, _ = build_openset_datasets(args, algorithm, mean, std, None)
         lb_dset, ulb_dset, eval_dset, test_dset = dsets['train_lb'], dsets['train_ulb'], dsets['eval'], None
 """), Edit("semilearn/core/utils/build.py", """def dataset_names():
     \"\"\"
@@ -1091,14 +1095,25 @@ def git(repo: Path, *args: str, input_text: Optional[str] = None) -> str:
     return proc.stdout
 
 
-def installed_semilearn() -> Path:
-    """Folder of the installed semilearn package (found without importing it)."""
-    import importlib.util
+def installed_semilearn() -> Dict[str, Path]:
+    """The installed semilearn wheel's ``semilearn/`` files (from its RECORD): repository path -> file.
 
-    spec = importlib.util.find_spec("semilearn")
-    if spec is None or not spec.submodule_search_locations:
-        raise UpstreamError("semilearn is not installed; pip install semilearn==0.3.2")
-    return Path(list(spec.submodule_search_locations)[0])
+    Files written into the package folder after installation are not part of it.
+    """
+    import importlib.metadata
+
+    try:
+        dist = importlib.metadata.distribution("semilearn")
+    except importlib.metadata.PackageNotFoundError:
+        raise UpstreamError("semilearn is not installed; pip install semilearn==0.3.2") from None
+    if dist.version != "0.3.2":
+        raise UpstreamError(f"semilearn {dist.version} is installed; the series is against 0.3.2: "
+                            f"pip install semilearn==0.3.2")
+    files = {str(f).replace(os.sep, "/"): Path(dist.locate_file(f)) for f in dist.files or []
+             if str(f).startswith("semilearn/") and "__pycache__" not in str(f) and not str(f).endswith(".pyc")}
+    if not files:
+        raise UpstreamError("the semilearn installation lists no files (no RECORD); reinstall semilearn==0.3.2")
+    return files
 
 
 def make_base_tree(dest: Path, base_dir: Path) -> str:
@@ -1108,8 +1123,10 @@ def make_base_tree(dest: Path, base_dir: Path) -> str:
         UpstreamError: the installed semilearn or a file of ``base_dir`` is not USB's at :data:`USB_COMMIT`.
     """
     dest.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(installed_semilearn(), dest / "semilearn",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    installed = installed_semilearn()
+    for rel, src in sorted(installed.items()):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dest / rel)
     for rel in BASE_FILES:
         src = base_dir / rel
         if not src.is_file():
@@ -1124,7 +1141,8 @@ def make_base_tree(dest: Path, base_dir: Path) -> str:
                                     f"{', '.join(BASE_FILES)}")
     tree = git(dest, "rev-parse", "HEAD:semilearn").strip()
     if tree != SEMILEARN_TREE:
-        raise UpstreamError(f"the installed semilearn ({installed_semilearn()}) is not semilearn 0.3.2 as released "
+        raise UpstreamError(f"the installed semilearn ({next(iter(installed.values())).parent}) is not semilearn "
+                            f"0.3.2 as released "
                             f"(git tree {tree}, expected {SEMILEARN_TREE}); pip install --force-reinstall "
                             f"semilearn==0.3.2 and remove local edits")
     for rel, blob in BASE_FILES.items():
@@ -1197,7 +1215,8 @@ module it imports.
 The series touches `semilearn/`, `train.py`, `docs/algorithm_zoo.md` and adds `config/openset_fg/`.
 The base is USB at `{USB_COMMIT[:7]}`:
 
-- `semilearn/` is taken from the installed `semilearn==0.3.2` wheel; its git tree equals the commit's
+- `semilearn/` is taken from the installed `semilearn==0.3.2` wheel (the files its RECORD lists); its
+  git tree equals the commit's
   (`{SEMILEARN_TREE}`), which the generator checks;
 - `train.py` and `docs/algorithm_zoo.md`, which the wheel lacks, are kept unmodified in `patches/base/`
   (USB is MIT-licensed; see its `LICENSE.txt`) and checked against their blob hashes at that commit:
