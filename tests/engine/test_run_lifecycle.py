@@ -71,6 +71,11 @@ def test_resume_refuses_schedule_changes_and_never_rewrites_a_finished_run(cub_r
     assert "finished run" in capsys.readouterr().err
     for name, (data, mtime) in frozen.items():
         assert (run / name).read_bytes() == data and (run / name).stat().st_mtime_ns == mtime, name
+    # an extension whose start fails (data moved away) leaves config.yaml and the checkpoint as they were
+    assert train.cli(tiny_run_argv(str(tmp_path / "moved"), str(tmp_path), "r", iters=6, resume="true",
+                                   resume_extend="true", **common)) == 2
+    for name in ("config.yaml", "latest_model.pth", "openset_metrics.json"):
+        assert (run / name).read_bytes() == frozen[name][0], name
 
     # explicit extension: trains on, says what changes, config.yaml holds the run's new schedule
     assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "r", iters=6, resume="true", load_path=ckpt,

@@ -95,17 +95,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def cap_num_workers(args: Namespace) -> None:
-    """Cap ``num_workers`` to the CPUs this process may use, with one notice (the unlabeled loader,
-    which uses twice as many, is capped the same way by ``plugin.loader_workers``)."""
+def cap_num_workers(args: Namespace, notify: bool = True) -> None:
+    """Cap ``num_workers`` to the CPUs this process may use, with one notice when ``notify`` (the
+    unlabeled loader, which uses twice as many, is capped the same way by ``plugin.loader_workers``)."""
     cpus = loader_workers(10 ** 6)
     wanted = int(args.num_workers)
     if wanted <= cpus and 2 * wanted <= cpus:
         return
     args.num_workers = min(wanted, cpus)
-    logger.info("num_workers %d: %d CPUs available, using %d workers for the labeled and evaluation loaders and %d "
-                "for the unlabeled loader (2 x num_workers, capped)", wanted, cpus, args.num_workers,
-                min(2 * wanted, cpus))
+    if notify:
+        logger.info("num_workers %d: %d CPUs available, using %d workers for the labeled and evaluation loaders "
+                    "and %d for the unlabeled loader (2 x num_workers, capped)", wanted, cpus, args.num_workers,
+                    min(2 * wanted, cpus))
 
 
 def _inside(child: Optional[str], parent: str) -> bool:
@@ -312,8 +313,7 @@ def main(args: Namespace) -> Dict[str, Any]:
     if env is not None:
         args.world_size, args.rank = env["WORLD_SIZE"], env["RANK"]
         args.dist_url = "env://"
-    if args.rank == 0:
-        cap_num_workers(args)
+    cap_num_workers(args, notify=args.rank == 0)
     if not preflight(args):
         return {}
     if env is not None:
@@ -413,12 +413,6 @@ def _train(args: Namespace, device: torch.device, path: str, log: logging.Logger
 
     seed_everything(args.seed)
     info = getattr(args, "resume_info", None)
-    if args.rank == 0:
-        config_path = os.path.join(path, "config.yaml")
-        # config.yaml holds the run's configuration: written at a fresh start, and on resume only
-        # when it is missing (a new folder) or resume_extend changed the schedule
-        if not args.resume or not os.path.isfile(config_path) or (info and info["old"]):
-            save_config(args, config_path)
     tb_log = TBLog(path, "tensorboard", use_tensorboard=args.use_tensorboard) if args.rank == 0 else None
     try:
         net_builder = get_net_builder(args.net, args.net_from_name)
@@ -435,6 +429,11 @@ def _train(args: Namespace, device: torch.device, path: str, log: logging.Logger
             log.info("resolved config:\n%s", format_config(args))
             log.info("device: %s, world size %d; trainable parameters: %d of %d", device, args.world_size, n_train,
                      n_all)
+            config_path = os.path.join(path, "config.yaml")
+            # config.yaml holds the run's configuration, written once the start has succeeded: at a
+            # fresh start, and on resume only when missing (a new folder) or resume_extend changed it
+            if not args.resume or not os.path.isfile(config_path) or (info and info["old"]):
+                save_config(args, config_path)
         _signal(started)
         if hasattr(algorithm, "warmup"):  # USB's train.py runs these stages (e.g. Dash's warm-up)
             log.info("warmup stage")
