@@ -2,6 +2,11 @@
 
     python train.py --c CONFIG [--key value ...]
     python train.py [--c CONFIG] [--algorithm NAME] --help     # every key, its type and default
+    python train.py --c RUN/config.yaml                         # repeat a run (its folder: overwrite decides)
+    python train.py --c RUN/config.yaml --resume true           # continue it from RUN/latest_model.pth
+    python train.py --c RUN/config.yaml --resume true --num_train_iter N --resume_extend true   # train longer
+
+Every value is checked before any data is read; a start that fails leaves no run folder behind.
 """
 import sys
 
