@@ -88,11 +88,12 @@ PLUGIN_ONLY: Dict[str, str] = {
 }
 #: Paper links of the algorithms, for the docs' list (an algorithm without one is listed without a link).
 PAPERS: Dict[str, str] = {
-    "cfsg_clip": "https://openaccess.thecvf.com/CVPR2025",
     "openmatch": "https://arxiv.org/abs/2105.14148",
     "iomatch": "https://arxiv.org/abs/2308.13168",
     "clip_zeroshot": "https://arxiv.org/abs/2211.13445",
 }
+#: Where no link is known: the paper as authors, venue.
+REFERENCES: Dict[str, str] = {"cfsg_clip": "Li, Huang, Guan, CVPR 2025"}
 DISPLAY_NAMES: Dict[str, str] = {"cfsg_clip": "CFSG-CLIP", "openmatch": "OpenMatch", "iomatch": "IOMatch",
                                  "clip_zeroshot": "CLIP zero-shot (MCM / GL-MCM)"}
 
@@ -631,8 +632,8 @@ reason and what to do. A missing load_path keeps its meaning (the configs use
 resume: True with load_path = latest_model.pth to continue a run if one
 exists), now logged only when resume was asked for.
 
-Tested: resuming from a damaged latest_model.pth exits with the error and
-leaves the file as it was; resuming from a valid one continues.""",
+Tested: resuming from a damaged checkpoint file exits with the error and
+leaves the file as it was; resuming from a run's latest_model.pth continues.""",
         edits=[
             Edit("train.py", """    if args.resume and os.path.exists(args.load_path):
         try:
@@ -778,8 +779,9 @@ def _class_summary(module: str, cls_name: str) -> str:
     tree = ast.parse(module_file(module).read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and node.name == cls_name:
-            doc = ast.get_docstring(node) or ""
-            return " ".join(doc.split("\n\n")[0].split())
+            doc = " ".join((ast.get_docstring(node) or "").split("\n\n")[0].split())
+            head, sep, rest = doc.partition(": ")
+            return rest if sep and len(head) <= 30 else doc  # "OpenMatch: OVA ..." -> "OVA ..."
     return ""
 
 
@@ -1055,7 +1057,7 @@ plug-in's config tests).""",
     for i, m in enumerate(algs, 1):
         module = f"usb_cfsg.algorithms.{m}"
         name = DISPLAY_NAMES.get(m, m)
-        label = f"[{name}]({PAPERS[m]})" if m in PAPERS else name
+        label = f"[{name}]({PAPERS[m]})" if m in PAPERS else (f"{name} ({REFERENCES[m]})" if m in REFERENCES else name)
         docs_lines.append(f"{i}. {label} (`algorithm: {m}`): {_class_summary(module, registered_class(module))}")
     docs_text = "\n".join(docs_lines) + "\n"
     patches.append(Patch(
@@ -1065,7 +1067,8 @@ plug-in's config tests).""",
 List the open-set algorithms this series adds in docs/algorithm_zoo.md, with
 what they do and how they are evaluated.
 
-Tested: renders as Markdown.""",
+Tested: documentation only; each entry is the first paragraph of the
+algorithm class's docstring.""",
         edits=[Edit("docs/algorithm_zoo.md", "17. [DeFixMatch] (https://arxiv.org/abs/2203.07512)",
                     "17. [DeFixMatch] (https://arxiv.org/abs/2203.07512)" + docs_text)],
     ))
