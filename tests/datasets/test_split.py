@@ -280,3 +280,17 @@ def test_ssb_file_keeps_its_provenance() -> None:
     data = load_ssb_file()
     assert "sgvaze/osr_closed_set_all_you_need" in data["source"] and "index_convention" in data
     assert SSB_FILE.parent.name == "datasets" and set(data["datasets"]) == {"cub200", "fgvc_aircraft", "stanford_cars"}
+
+
+def test_calibration_set_is_a_capped_even_sample_of_the_unlabeled_images(tmp_path, monkeypatch) -> None:
+    from tests.datasets import replicas
+    from tests.datasets.conftest import make_args
+    from usb_cfsg.datasets import build
+
+    base = replicas.write_cub_replica(tmp_path / "data")
+    args = make_args(data_dir=str(base.parent), num_classes=3, num_labels=6)
+    monkeypatch.setattr(build, "CALIBRATION_MAX_IMAGES", 5)
+    dsets, _ = build.build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.25,) * 3, None)
+    ulb, cal = list(dsets["train_ulb"].data), list(dsets["train_ulb_eval"].data)
+    assert len(ulb) == 24 and cal == [ulb[i] for i in (0, 6, 12, 17, 23)]
+    assert dsets["train_ulb_eval"][0]["x_lb"].shape == dsets["test_open"][0]["x_lb"].shape  # evaluation transform

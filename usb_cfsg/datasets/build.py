@@ -20,6 +20,16 @@ logger = logging.getLogger(__name__)
 SPLIT_FILE = "split.json"
 #: Key in the dataset dict of the unlabeled training images with the evaluation transform.
 CALIBRATION_SET = "train_ulb_eval"
+#: Most unlabeled training images in :data:`CALIBRATION_SET` (evenly spaced over the unlabeled set):
+#: the evaluator's score calibration needs no more, and an image cache then holds no more.
+CALIBRATION_MAX_IMAGES = 2000
+
+
+def calibration_indices(available: int, cap: int) -> np.ndarray:
+    """``min(available, cap)`` indices spread evenly over ``0 .. available-1`` (deterministic)."""
+    if available <= cap:
+        return np.arange(available)
+    return np.unique(np.linspace(0, available - 1, cap).round().astype(np.int64))
 
 
 @dataclass
@@ -157,8 +167,9 @@ def build_openset_datasets(
         ``(datasets, info)``: ``datasets`` has ``'train_lb'``, ``'train_ulb'``, ``'eval'``
         (seen-class test images, labels ``0..K-1``), ``'test'`` (``None``), ``'test_open'``
         (all test images, unseen classes labelled ``K``) and :data:`CALIBRATION_SET`
-        (``'train_ulb_eval'``: the unlabeled training images with the evaluation transform, for the
-        evaluator's calibration on training data).
+        (``'train_ulb_eval'``: at most :data:`CALIBRATION_MAX_IMAGES` unlabeled training images,
+        evenly spaced, with the evaluation transform, for the evaluator's calibration on training
+        data).
 
     Raises:
         DatasetError: On a missing or malformed dataset or an impossible split.
@@ -244,15 +255,17 @@ def build_openset_datasets(
     ulb_items, ulb_t = subset(split.ulb_indices, True)
     ev_items, ev_t = subset(split.eval_indices, False)
     te_items, te_t = subset(split.test_indices, False)
+    cal_idx = calibration_indices(len(ulb_items), CALIBRATION_MAX_IMAGES)
     datasets = {
         "train_lb": OpenSetDataset(alg, lb_items, split.relabel(lb_t), k, weak, is_ulb=False, strong_transform=strong),
         "train_ulb": OpenSetDataset(alg, ulb_items, split.relabel(ulb_t), k, weak, is_ulb=True, strong_transform=strong),
         "eval": OpenSetDataset(alg, ev_items, split.relabel(ev_t), k, evaluate),
         "test": None,
         "test_open": OpenSetDataset(alg, te_items, split.open_label(te_t), k + 1, evaluate),
-        # the unlabeled images with the evaluation transform: where the evaluator fits its score
-        # ranges and thresholds (training data only; its labels are never read)
-        CALIBRATION_SET: OpenSetDataset(alg, ulb_items, split.open_label(ulb_t), k + 1, evaluate),
+        # at most CALIBRATION_MAX_IMAGES unlabeled images with the evaluation transform: where the
+        # evaluator fits its score ranges and thresholds (training data only; labels never read)
+        CALIBRATION_SET: OpenSetDataset(alg, take(ulb_items, cal_idx), split.open_label(ulb_t[cal_idx]), k + 1,
+                                        evaluate),
     }
     info = OpenSetInfo(
         dataset=source.name,

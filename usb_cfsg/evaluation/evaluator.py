@@ -55,6 +55,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from semilearn.core.hooks import Hook
 
+from ..datasets.build import CALIBRATION_MAX_IMAGES, CALIBRATION_SET, calibration_indices
 from ..errors import UsbCfsgError
 from .metrics import MetricInputError, compute_openset_metrics, confusion_matrix, open_set_predictions, otsu_threshold
 from .plots import _atomic_path, save_roc, save_score_hist, write_confusion_csv
@@ -74,14 +75,10 @@ DIFFICULTY_KEYS: Tuple[str, ...] = ("num_test_unseen", "auroc", "fpr95", "fpr95_
 JSON_KEYS: Tuple[str, ...] = ("algorithm", "dataset", "num_seen", "num_test_seen", "num_test_unseen",
                               "primary_score", *HEADLINE_KEYS, "threshold", "threshold_source", "difficulty", "scores",
                               "calibration", "checkpoint")
-#: Most unlabeled training images the calibration uses at the end of training and in eval.py.
-CALIBRATION_MAX_IMAGES = 2000
 #: Most unlabeled training images the calibration uses at each evaluation during training.
 CALIBRATION_MAX_IMAGES_TRAINING = 500
 #: Quantiles of a score's training values that make its range.
 CALIBRATION_QUANTILES: Tuple[float, float] = (0.01, 0.99)
-#: Key of the unlabeled training images with the evaluation transform (datasets.build.CALIBRATION_SET).
-CALIBRATION_SET = "train_ulb_eval"
 #: Headline metrics logged at every evaluation during training (``test_open/<key>`` curves).
 CURVE_KEYS: Tuple[str, ...] = ("auroc", "fpr95", "unknown_recall")
 METRICS_FILE = "openset_metrics.json"
@@ -193,19 +190,13 @@ def fit_calibration(
     return calibration
 
 
-def calibration_indices(available: int, cap: int) -> np.ndarray:
-    """``min(available, cap)`` indices spread evenly over ``0 .. available-1`` (deterministic)."""
-    if available <= cap:
-        return np.arange(available)
-    return np.unique(np.linspace(0, available - 1, cap).round().astype(np.int64))
-
-
 def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optional[Dict[str, Any]]:
     """Fit the calibration of ``algorithm``'s current (EMA) weights on unlabeled training images.
 
-    Uses ``algorithm.dataset_dict["train_ulb_eval"]`` (the unlabeled set with the evaluation
-    transform), at most ``max_images`` of them spread evenly over it, so the same run gives the
-    same images. Returns None (with a warning) when the run has no unlabeled training images.
+    Uses ``algorithm.dataset_dict["train_ulb_eval"]`` (at most :data:`CALIBRATION_MAX_IMAGES`
+    unlabeled images, evenly spaced, with the evaluation transform), at most ``max_images`` of
+    them spread evenly over it, so the same run gives the same images. Returns None (with a
+    warning) when the run has no unlabeled training images.
     """
     from torch.utils.data import Subset
 
@@ -218,6 +209,8 @@ def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optio
         return None
     args = algorithm.args
     indices = calibration_indices(len(dataset), int(max_images))
+    unlabeled = algorithm.dataset_dict.get("train_ulb")
+    available = len(unlabeled) if unlabeled is not None else len(dataset)
     device = getattr(algorithm, "device", None)
     pin = getattr(device, "type", "cpu") == "cuda"
     loader = eval_loader(Subset(dataset, indices.tolist()), int(args.eval_batch_size),
@@ -229,10 +222,10 @@ def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optio
     finally:
         algorithm.loader_dict.pop(key, None)
     outputs.pop("y", None)  # the labels of unlabeled images are never used
-    source = (f"{len(indices)} of {len(dataset)} unlabeled training images (train_ulb, evaluation transform, evenly "
+    source = (f"{len(indices)} of {available} unlabeled training images (train_ulb, evaluation transform, evenly "
               f"spaced), EMA weights at iteration {int(getattr(algorithm, 'it', 0))}")
     calibration = fit_calibration(outputs, algorithm.unknown_scores, float(args.ood_threshold), source)
-    calibration["num_available"] = int(len(dataset))
+    calibration["num_available"] = int(available)
     return calibration
 
 
