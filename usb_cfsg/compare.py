@@ -42,7 +42,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ConfigError, UsbCfsgError
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -60,8 +60,10 @@ METRICS: Tuple[Tuple[str, str], ...] = (
 METRICS_FILE = "openset_metrics.json"
 #: Keys the runner sets per run; they never make a finished run stale.
 RUN_KEYS = ("save_dir", "save_name", "overwrite", "resume", "load_path")
-#: Keys the launcher fills in at start (device index, rendezvous); not part of what a run computes.
-_RUNTIME_KEYS = ("gpu", "dist_url", "rank")
+#: Keys the launcher fills in at start (device index, rendezvous) or that only change how data is loaded
+#: or what is logged; a finished run whose config differs only in these is still finished.
+_RUNTIME_KEYS = ("gpu", "dist_url", "rank", "num_workers", "persistent_workers", "pin_memory", "cache_images",
+                 "use_tensorboard", "use_wandb", "use_aim", "relevance_dir")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -288,6 +290,7 @@ def render_markdown(rows: Sequence[Row], records: Sequence[Dict[str, Any]], seed
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m usb_cfsg.compare", description=__doc__.split("\n\n")[0],
+                                allow_abbrev=False,
                                 epilog="Any further --key value pair is passed to every run (e.g. --num_train_iter 200).")
     p.add_argument("--c", required=True, help="base config (YAML) shared by every run")
     p.add_argument("--algorithms", nargs="*", default=[], help="registered algorithm names, one row each")
@@ -350,7 +353,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     opts, extra_argv = build_parser().parse_known_args(argv)
     try:
         rows, runs, expected = plan(opts, extra_argv)
-    except ConfigError as exc:
+    except UsbCfsgError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     save_dir = Path(opts.save_dir).resolve()
