@@ -60,7 +60,7 @@ class BaseConfig:
     # --- training schedule (USB names) ---
     epoch: int = _help("Number of epochs; num_train_iter must be divisible by it (num_train_iter given alone on the "
                        "command line adjusts it, with a notice).", 1)
-    num_train_iter: int = _help("Total training iterations.", 20)
+    num_train_iter: int = _help("Total training iterations (0: evaluate only, e.g. clip_zeroshot).", 20)
     num_warmup_iter: int = _help("Linear warm-up iterations of the cosine schedule.", 0)
     num_eval_iter: int = _help("Evaluate (and checkpoint) every this many iterations.", 10)
     num_log_iter: int = _help("Log losses, lr, images/s and ETA every this many iterations.", 5)
@@ -80,10 +80,11 @@ class BaseConfig:
     max_bad_steps: int = _help("A step whose loss is not finite is skipped with a warning; this many in a row stop "
                                "the run with an error (the last checkpoint is kept).", 5)
     # --- network ---
-    net: str = _help("Network name (ours: clip_vit_b16, clip_vit_b32, clip_vit_l14, clip_tiny; or any semilearn net).", "clip_vit_b16")
+    net: str = _help("Network name (ours: clip_vit_b16, clip_vit_b32, clip_vit_l14, clip_tiny, open_clip; or any semilearn net).", "clip_vit_b16")
+    clip_model: Optional[str] = _help("net: open_clip only: the open_clip ViT to build (an architecture such as ViT-L-14-336 or ViT-B-16-quickgelu, hf-hub:org/repo, or local-dir:/folder).", None)
     net_from_name: bool = _help("Take `net` from torchvision.models (USB).", False)
     pretrained: Optional[str] = _help("open_clip pretrained tag (e.g. openai), or none for an explicit random init.", "openai")
-    pretrain_path: Optional[str] = _help("Local weights file (open_clip/OpenAI checkpoint); overrides `pretrained`.", None)
+    pretrain_path: Optional[str] = _help("Local weights file (OpenAI TorchScript .pt, open_clip/HF .bin/.pt/.safetensors); overrides `pretrained`.", None)
     use_pretrain: Optional[bool] = _help("USB compatibility: false means pretrained none; true keeps `pretrained`.", None)
     num_tuned_blocks: int = _help("Trainable last visual blocks m; blocks 1..L-m are frozen and run without autograd.", 4)
     text_encoder: Literal["clip", "minilm"] = _help(
@@ -119,9 +120,6 @@ class BaseConfig:
     split_seed: int = _help("Seed of the class split and the labeled/unlabeled split.", 0)
     seen_classes: Optional[List[Any]] = _help_list("Explicit seen classes (names or indices); overrides class_split.")
     ulb_unseen_ratio: Optional[float] = _help("Cap unseen-class images to this fraction of the unlabeled set.", None)
-    pretrain_pool: Optional[str] = _help(
-        "A demo CLIP card (python -m usb_cfsg.demo_clip writes <dir>/card.json): its pretraining images are "
-        "removed from the training set, so none is ever a labeled or unlabeled image.", None)
     pretrain_pool: Optional[str] = _help(
         "A demo CLIP card (python -m usb_cfsg.demo_clip writes <dir>/card.json): its pretraining images are "
         "removed from the training set, so none is ever a labeled or unlabeled image.", None)
@@ -327,7 +325,10 @@ def load_yaml(path: str) -> Dict[str, Any]:
         try:
             data = yaml.safe_load(fh)
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {path!r} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+        except UnicodeDecodeError as exc:
+            raise ConfigError(f"config file {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
+                              f"save it as UTF-8 YAML") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -503,7 +504,7 @@ def check_ranges(args: Any, rules: Sequence[Tuple[str, str]]) -> List[str]:
 
 #: Ranges of the common keys (BaseConfig).
 BASE_RANGES: Tuple[Tuple[str, str], ...] = (
-    ("num_train_iter", "[1, inf)"), ("epoch", "[1, inf)"), ("num_eval_iter", "[1, inf)"),
+    ("num_train_iter", "[0, inf)"), ("epoch", "[1, inf)"), ("num_eval_iter", "[1, inf)"),
     ("num_log_iter", "[1, inf)"), ("num_warmup_iter", "[0, inf)"), ("num_labels", "[1, inf)"),
     ("batch_size", "[1, inf)"), ("uratio", "[1, inf)"), ("eval_batch_size", "[1, inf)"), ("ema_m", "[0, 1]"),
     ("ulb_loss_ratio", "[0, inf)"), ("lr", "(0, inf)"), ("momentum", "[0, 1)"), ("weight_decay", "[0, inf)"),
@@ -547,6 +548,17 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
     name = get("save_name")
     if isinstance(name, str) and (name.strip() in ("", ".", "..") or name != name.strip()):
         problems.append(f"save_name {name!r} is not a folder name; e.g. {default_save_name(args)!r}")
+    net, clip_model = get("net"), get("clip_model")
+    if net == "open_clip" or clip_model not in (None, "", "none"):  # our CLIP nets: model name and ViT tower
+        from .nets.clip import CLIP_ARCHS, GENERIC_NET, validate_clip_model
+
+        if net == GENERIC_NET or net in CLIP_ARCHS:
+            try:
+                validate_clip_model(net, clip_model)
+            except ConfigError as exc:
+                problems.append(str(exc))
+        else:
+            problems.append(f"clip_model is read only with net: open_clip, got net: {net}")
     if algorithm_cls is not None and hasattr(algorithm_cls, "validate_config"):
         own = algorithm_cls.validate_config(args)
         problems.extend(own or [])

@@ -1,5 +1,12 @@
 """Device, data-order, checkpoint and launch glue that semilearn 0.3.2 lacks."""
-from .launch import main, worker
-from .plugin import PluginMixin, build_algorithm
+from .. import register as _register
+
+# Register nets, algorithms and datasets before importing plugin.py ourselves: registering imports
+# semilearn, whose import hook (usb_cfsg/__init__.py) imports our algorithms, which import
+# engine.plugin; starting from engine.plugin instead would meet it half-initialised.
+_register()
+
+from .launch import main, worker  # noqa: E402
+from .plugin import PluginMixin, build_algorithm  # noqa: E402
 
 __all__ = ["PluginMixin", "build_algorithm", "main", "worker"]

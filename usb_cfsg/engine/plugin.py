@@ -53,8 +53,10 @@ class PluginMixin:
     device: torch.device
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, device: Optional[torch.device] = None,
-                 record_split: bool = True, **kw):
+                 record_split: bool = True, weights_from_checkpoint: bool = False, **kw):
         self.device = device or torch.device("cpu")
+        # eval.py: the weights come from a checkpoint; no CLIP weights fetched, no optimizer built
+        self.weights_from_checkpoint = weights_from_checkpoint
         self.record_split = record_split  # write split.json to the run folder (training; not eval.py)
         self.openset_info = None
         super().__init__(args, net_builder, tb_log, logger, **kw)
@@ -69,6 +71,9 @@ class PluginMixin:
 
     # ----------------------------------------------------------------- data
     def net_mean_std(self):
+        mean_std_for = getattr(self.net_builder, "mean_std_for", None)  # CLIP nets: the weights' normalisation
+        if mean_std_for is not None:
+            return mean_std_for(self.args)
         return (getattr(self.net_builder, "mean", IMAGENET_MEAN), getattr(self.net_builder, "std", IMAGENET_STD))
 
     def set_dataset(self):
@@ -132,8 +137,13 @@ class PluginMixin:
         info = self.openset_info
         templates = a.prompt_templates or (info.prompt_templates if info is not None else None)
         head, head_kwargs = self.net_spec(a)
-        return self.net_builder(**clip_net_kwargs(
-            a, head, head_kwargs, info.seen_class_names if info is not None else None, templates))
+        kwargs = clip_net_kwargs(a, head, head_kwargs, info.seen_class_names if info is not None else None, templates)
+        return self.net_builder(**kwargs, weights_from_checkpoint=self.weights_from_checkpoint)
+
+    def set_optimizer(self):
+        if self.weights_from_checkpoint:  # evaluation only: nothing is trained
+            return None, None
+        return super().set_optimizer()
 
     def set_ema_model(self):
         return copy.deepcopy(self.model)
@@ -393,7 +403,8 @@ def clip_net_kwargs(args, head: str, head_kwargs: Dict[str, Any], class_names: O
     """Keyword arguments of one of our CLIP net builders for a run (shared by set_model and predict.py)."""
     return dict(
         num_classes=args.num_classes, pretrained=args.pretrained, pretrained_path=args.pretrain_path,
-        head=head, img_size=args.img_size, num_tuned_blocks=args.num_tuned_blocks,
+        clip_model=getattr(args, "clip_model", None), head=head, img_size=args.img_size,
+        num_tuned_blocks=args.num_tuned_blocks,
         class_names=list(class_names) if class_names is not None else None, prompt_templates=prompt_templates,
         text_encoder=args.text_encoder, seed=args.seed, **head_kwargs)
 
@@ -409,15 +420,17 @@ def plugin_class(name: str) -> Type[Any]:
 
 
 def build_algorithm(args, net_builder, tb_log=None, logger_=None, device: Optional[torch.device] = None,
-                    record_split: bool = True):
+                    record_split: bool = True, weights_from_checkpoint: bool = False):
     """Instantiate the registered algorithm ``args.algorithm`` with :class:`PluginMixin` in front.
 
-    ``record_split=False`` builds the datasets without writing ``split.json`` (evaluation).
+    ``record_split=False`` builds the datasets without writing ``split.json`` (evaluation);
+    ``weights_from_checkpoint=True`` builds the net without fetching CLIP weights and no optimizer (eval.py).
     """
     if not hasattr(args, "distributed"):  # set by the launcher; a single process otherwise (eval, benchmarks)
         args.distributed = False
     return plugin_class(args.algorithm)(args=args, net_builder=net_builder, tb_log=tb_log, logger=logger_,
-                                        device=device, record_split=record_split)
+                                        device=device, record_split=record_split,
+                                        weights_from_checkpoint=weights_from_checkpoint)
 
 
 __all__ = ["PluginMixin", "build_algorithm", "clip_net_kwargs", "plugin_class"]
