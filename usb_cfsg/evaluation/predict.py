@@ -74,13 +74,13 @@ class PredictError(UsbCfsgError, RuntimeError):
 # ----------------------------------------------------------------- algorithm hooks without an instance
 
 
-def net_head_spec(cls: type, args: Namespace) -> Tuple[str, Dict[str, Any]]:
+def net_head_spec(cls: Any, args: Namespace) -> Tuple[str, Dict[str, Any]]:
     """``(head, head_kwargs)`` as set_model computes them, from the config alone."""
     head, kwargs = cls.net_spec(args)
     return head, dict(kwargs)
 
 
-def score_function(cls: type, args: Namespace, calibration: Optional[Dict[str, Any]] = None
+def score_function(cls: Any, args: Namespace, calibration: Optional[Dict[str, Any]] = None
                    ) -> Callable[[Dict[str, np.ndarray]], Tuple[Dict[str, np.ndarray], str]]:
     """``outputs -> (scores, primary)`` as the algorithm's ``compute_unknown_scores``, without building it."""
     if hasattr(cls, "scores_with_calibration"):

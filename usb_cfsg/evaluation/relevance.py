@@ -77,7 +77,7 @@ def save_relevance_overlay(image: Image.Image, relevance: np.ndarray, path: Path
     grid = relevance_grid(relevance)
     rgb = image.convert("RGB")
     width, height = rgb.size
-    heat = Image.fromarray(grid.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
+    heat = Image.fromarray(grid.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
     heat_arr = np.clip(np.asarray(heat, dtype=np.float64), 0.0, 1.0)
     colours = colormaps[cmap](heat_arr)[..., :3] * 255.0
     base = np.asarray(rgb, dtype=np.float64)
@@ -163,7 +163,7 @@ def save_relevance_figure(image: Image.Image, relevance: np.ndarray, path: PathL
     scale = min(scale, MAX_FIGURE_SIDE / max(width * scale, height * scale) * scale)
     shown_w, shown_h = max(1, int(round(width * scale))), max(1, int(round(height * scale)))
     if (shown_w, shown_h) != (width, height):
-        rgb = rgb.resize((shown_w, shown_h), Image.BICUBIC)
+        rgb = rgb.resize((shown_w, shown_h), Image.Resampling.BICUBIC)
     if img_size is not None and crop_ratio is not None:
         left, top, right, bottom = (v * scale for v in crop_box(width, height, img_size, crop_ratio))
     else:
@@ -188,7 +188,8 @@ def save_relevance_figure(image: Image.Image, relevance: np.ndarray, path: PathL
     ax.set_axis_off()
     cax = fig.add_axes(((shown_w + 12) / fig_w, 0.08 * shown_h / fig_h, 14 / fig_w, 0.84 * shown_h / fig_h))
     bar = fig.colorbar(heat, cax=cax)
-    bar.solids.set_alpha(1.0)
+    if bar.solids is not None:
+        bar.solids.set_alpha(1.0)
     bar.set_label("relevance (min-max)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     if lines:
@@ -216,7 +217,7 @@ def _relevance_hook_base():
     return Hook
 
 
-class RelevanceHook(_relevance_hook_base()):
+class RelevanceHook(_relevance_hook_base()):  # type: ignore[misc]  # semilearn imported lazily
     """With ``relevance_dir`` set, save relevance overlays of a fixed set of eval images during training.
 
     The first ``num_images`` images of the eval set (seen-class test images, always the same ones)

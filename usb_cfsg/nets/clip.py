@@ -385,7 +385,8 @@ def _hub_endpoint_host() -> Tuple[str, int]:
 def _probe_target(host: str, port: int) -> Tuple[str, int]:
     """Where a connection to ``host`` goes: the host, or the HTTPS proxy from the environment."""
     proxy = urllib.request.getproxies_environment().get("https")
-    if proxy and not urllib.request.proxy_bypass_environment(host):
+    bypass = getattr(urllib.request, "proxy_bypass_environment", lambda _host: False)  # not in typeshed
+    if proxy and not bypass(host):
         parsed = urllib.parse.urlparse(proxy if "://" in proxy else f"http://{proxy}")
         if parsed.hostname:
             return parsed.hostname, parsed.port or 80
@@ -645,7 +646,8 @@ def clip_mean_std(net: str, clip_model: Optional[str] = None,
 def class_text_embeddings(clip_model: nn.Module, tokenizer, class_names: Sequence[str],
                           templates: Sequence[str], text_encoder: str, seed: int = 0) -> ClassTextEmbeddings:
     """Build the seen classes' text embeddings with the chosen encoder."""
-    joint_dim = clip_model.visual.proj.shape[1]
+    visual: Any = clip_model.visual
+    joint_dim = int(visual.proj.shape[1])
     if text_encoder == "clip":
         return ClassTextEmbeddings(clip_text_embeddings(clip_model, tokenizer, class_names, templates),
                                    joint_dim, learned_projection=False)
@@ -739,7 +741,7 @@ def build_clip_net(
                                    weights_from_checkpoint=weights_from_checkpoint)
     text = class_text_embeddings(model, tokenizer, names, templates, text_encoder, seed)
     backbone = ClipBackbone(model.visual, num_tuned_blocks)
-    net = NET_HEADS.get(head)(backbone, text, num_classes, **head_kwargs)
+    net: Any = NET_HEADS.get(head)(backbone, text, num_classes, **head_kwargs)
     net.class_names = names
     return net
 
