@@ -331,3 +331,15 @@ def test_weights_from_checkpoint_builds_quietly_with_the_runs_activation(tmp_pat
     assert type(net.backbone.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
     assert type(plain.backbone.visual.transformer.resblocks[0].mlp.gelu).__name__ == "GELU"
     assert "RANDOM INITIALISATION" not in caplog.text and "initialized randomly" not in caplog.text
+
+
+def test_config_rejects_unknown_tags_and_towers_before_any_data_or_model():
+    from usb_cfsg.config import build_config
+
+    with pytest.raises(ConfigError, match=r"pretrained 'opneai' is not an open_clip tag of ViT-B-16, did you mean "
+                                          r"'openai'"):
+        build_config(["--net", "clip_vit_b16", "--pretrained", "opneai"])
+    with pytest.raises(ConfigError, match="RN50: its image tower is a ResNet"):
+        build_config(["--net", "open_clip", "--clip_model", "RN50", "--pretrained", "none"])
+    args = build_config(["--net", "open_clip", "--clip_model", "ViT-L-14-336", "--pretrained", "openai"])
+    assert args.clip_model == "ViT-L-14-336"

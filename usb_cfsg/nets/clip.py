@@ -216,19 +216,38 @@ def _config_file(name: str, download: bool) -> Optional[str]:
     return _hub_download(ident, _OPEN_CLIP_CONFIG, f"clip_model {name}")
 
 
-def validate_clip_model(net: str, clip_model: Optional[str]) -> str:
+def validate_clip_model(net: str, clip_model: Optional[str], pretrained: Union[str, bool, None] = None,
+                        pretrain_path: Optional[str] = None) -> str:
     """Check, without building anything or using the network, that a net can be built.
+
+    Args:
+        net: The ``net`` key.
+        clip_model: The ``clip_model`` key.
+        pretrained: The ``pretrained`` key: for an architecture with open_clip tags it must be one of
+            them (or a file), unless ``pretrain_path`` is given; ``hf-hub:`` / ``local-dir:`` models
+            bring their own weights. Architectures without any tag (``clip-tiny``) are left to the
+            builder, which reports the missing weights.
+        pretrain_path: The ``pretrain_path`` key (not checked here: eval.py may run where the
+            training machine's file is absent).
 
     Returns:
         The open_clip model name.
 
     Raises:
-        ConfigError: See :func:`resolve_clip_model` and :func:`check_vit_tower`; unknown architecture.
+        ConfigError: See :func:`resolve_clip_model` and :func:`check_vit_tower`; unknown
+            architecture; unknown pretrained tag.
     """
     name = resolve_clip_model(net, clip_model)
     schema, _ = _schema(name)
     if schema is None:
         check_vit_tower(name, _builtin_config(name))
+        tag = normalize_pretrained(pretrained)
+        if tag and not _none_if_empty(pretrain_path):
+            import open_clip
+
+            known = [t for a, t in open_clip.list_pretrained() if a == name]
+            if known and not open_clip.get_pretrained_cfg(name, tag) and not os.path.isfile(tag):
+                raise ConfigError(_unknown_tag_message(name, tag))
     else:
         path = _config_file(name, download=False)
         if path is not None:
@@ -453,6 +472,15 @@ def _url_cache_file(url: str) -> str:
     return os.path.join(os.path.expanduser("~/.cache/clip"), os.path.basename(url))
 
 
+def _unknown_tag_message(arch: str, tag: str) -> str:
+    import open_clip
+
+    tags = [t for a, t in open_clip.list_pretrained() if a == arch]
+    return (f"pretrained {tag!r} is not an open_clip tag of {arch}{did_you_mean(tag, tags)} (known tags of "
+            f"{arch}: {tags or 'none'}); pass a local weights file as pretrain_path: "
+            f"/path/to/open_clip_model.safetensors, or set pretrained: none for an explicit random init")
+
+
 def _pretrained_file(arch: str, tag: str) -> Tuple[str, bool]:
     """Local file of an open_clip pretrained tag (cache first, download only when a host answers).
 
@@ -465,10 +493,7 @@ def _pretrained_file(arch: str, tag: str) -> Tuple[str, bool]:
     if not cfg:
         if os.path.isfile(tag):  # open_clip also accepts a file as `pretrained`
             return tag, is_torchscript_archive(tag)
-        tags = [t for a, t in open_clip.list_pretrained() if a == arch]
-        raise ConfigError(f"pretrained {tag!r} is not an open_clip tag of {arch}{did_you_mean(tag, tags)} (known "
-                          f"tags of {arch}: {tags or 'none'}); pass a local weights file as pretrain_path: "
-                          f"/path/to/open_clip_model.safetensors, or set pretrained: none for an explicit random init")
+        raise ConfigError(_unknown_tag_message(arch, tag))
     quick_gelu = bool(cfg.get("quick_gelu", False))
     if cfg.get("file"):
         return str(cfg["file"]), quick_gelu
