@@ -1,0 +1,91 @@
+"""The comparison runner: rows x seeds as train.py subprocesses, resumption, failures, results.csv / results.md."""
+import csv
+import math
+import os
+
+import pytest
+import yaml
+
+from usb_cfsg import compare
+from usb_cfsg.errors import ConfigError
+
+
+def _base_config(path, cub_root):
+    cfg = dict(algorithm="cfsg_clip", net="clip_tiny", pretrained="none", dataset="cub200", data_dir=cub_root,
+               num_classes=3, num_labels=6, img_size=64, batch_size=4, eval_batch_size=8, num_train_iter=2,
+               num_eval_iter=2, num_log_iter=1, num_workers=0, device="cpu", optim="AdamW", lr=0.001,
+               use_tensorboard=False, save_dir="./elsewhere", save_name="base", start_fix=0, use_sfm=True)
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_variant_parsing_and_cells():
+    row = compare.parse_variant("cfsg_no_sfm:cfsg_clip,use_sfm=false, vsi_topk = 2")
+    assert row == compare.Row("cfsg_no_sfm", "cfsg_clip", (("use_sfm", "false"), ("vsi_topk", "2")))
+    for bad in ("no_colon", "x:cfsg_clip,use_sfm", "bad name:fixmatch"):
+        with pytest.raises(ConfigError, match="variant"):
+            compare.parse_variant(bad)
+    assert compare.format_cell([0.5, 0.7], 2) == "60.00±14.14"  # sample std
+    assert compare.format_cell([0.5, None], 2) == "50.00 (1/2)"
+    assert compare.format_cell([None], 1) == "n/a"
+
+
+def test_switching_algorithm_drops_the_base_algorithms_own_keys(tmp_path, cub_root):
+    base = yaml.safe_load(open(_base_config(tmp_path / "base.yaml", cub_root)))
+    om = compare.row_config(base, "base.yaml", "openmatch")
+    assert om["algorithm"] == "openmatch" and "start_fix" not in om and "use_sfm" not in om  # cfsg_clip's keys
+    assert om["num_train_iter"] == 2 and om["net"] == "clip_tiny"  # shared keys stay
+    assert compare.row_config(base, "base.yaml", "cfsg_clip")["start_fix"] == 0
+
+
+def test_bad_arguments_fail_before_anything_runs(tmp_path, cub_root):
+    base = _base_config(tmp_path / "base.yaml", cub_root)
+    out = str(tmp_path / "cmp")
+    assert compare.main(["--c", base, "--algorithms", "fixmatchh", "--save_dir", out]) == 2
+    assert compare.main(["--c", base, "--algorithms", "fixmatch", "--save_dir", out, "--seed", "3"]) == 2
+    assert compare.main(["--c", base, "--algorithms", "fixmatch", "--save_dir", out, "--lrr", "0.1"]) == 2
+    assert not os.path.isdir(os.path.join(out, "runs"))
+
+
+@pytest.mark.slow
+def test_two_algorithms_two_seeds_resume_and_failure(tmp_path, cub_root):
+    base = _base_config(tmp_path / "base.yaml", cub_root)
+    out = tmp_path / "cmp"
+    argv = ["--c", base, "--algorithms", "fixmatch", "openmatch", "--seeds", "0", "1", "--save_dir", str(out),
+            "--jobs", "2"]
+    assert compare.main(argv) == 0
+    runs = out / "runs"
+    names = sorted(p.name for p in runs.iterdir())
+    assert names == ["fixmatch_seed0", "fixmatch_seed1", "openmatch_seed0", "openmatch_seed1"]
+    cfg = yaml.safe_load((runs / "openmatch_seed1" / "config.yaml").read_text())
+    assert cfg["seed"] == 1 and cfg["start_fix"] == -1 and cfg["num_train_iter"] == 2  # openmatch's own default
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["row"], r["seed"]) for r in rows] == [("fixmatch", "0"), ("fixmatch", "1"), ("openmatch", "0"),
+                                                     ("openmatch", "1")]
+    assert {r["primary_score"] for r in rows if r["row"] == "openmatch"} == {"ova"}
+    md = (out / "results.md").read_text()
+    for title in ("closed acc", "AUROC", "FPR95", "open bAcc", "unknown recall", "seen acc (K+1)", "H-score",
+                  "macro-F1"):
+        assert title in md
+    om_line = next(line for line in md.splitlines() if line.startswith("| openmatch |"))
+    closed = [float(r["closed_acc"]) for r in rows if r["row"] == "openmatch"]
+    mean = sum(closed) / 2
+    std = math.sqrt(sum((c - mean) ** 2 for c in closed))
+    assert f"{100 * mean:.2f}±{100 * std:.2f}" in om_line and om_line.endswith("| 2/2 |")
+
+    # resume: only the deleted run is trained again; the others keep their files untouched
+    kept = (runs / "fixmatch_seed0" / "latest_model.pth").stat().st_mtime_ns
+    (runs / "openmatch_seed0" / "openset_metrics.json").unlink()
+    assert compare.main(argv) == 0
+    assert (runs / "openmatch_seed0" / "openset_metrics.json").is_file()
+    assert (runs / "fixmatch_seed0" / "latest_model.pth").stat().st_mtime_ns == kept
+    log = (out / "logs" / "openmatch_seed0.log").read_text()
+    assert "--algorithm openmatch --seed 0" in log
+
+    # a failing run (its data folder does not exist) is reported; the others are reused
+    bad = argv + ["--variants", f"om_bad:openmatch,data_dir={tmp_path / 'no_data'}"]
+    assert compare.main(bad) == 1
+    md = (out / "results.md").read_text()
+    assert "Failed runs:" in md and "om_bad seed 0" in md
+    assert "| fixmatch |" in md and "| openmatch |" in md
