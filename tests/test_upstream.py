@@ -3,6 +3,7 @@ semilearn 0.3.2, and the patched tree -- without usb_cfsg -- registers and train
 algorithms through USB's own train.py on CPU, with the USB fixes in effect."""
 import difflib
 import json
+import logging
 import os
 import re
 import shutil
@@ -303,15 +304,28 @@ def test_module_mapping_follows_the_semilearn_layout():
         upstream.closure(["usb_cfsg.evaluation.offline"])  # it imports the launcher
 
 
-def test_check_reports_a_stale_series(fresh, tmp_path, caplog):
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.messages: list = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_check_reports_a_stale_series(fresh, tmp_path):
     stale = tmp_path / "patches"
     shutil.copytree(fresh, stale)
     shutil.copytree(PATCHES / "base", stale / "base")
     first = sorted(stale.glob("*.patch"))[0]
     first.write_text(first.read_text() + "\n")
     (stale / "9999-extra.patch").write_text("")
-    with caplog.at_level("ERROR", logger="usb_cfsg"):
+    collect = _Collect()
+    logging.getLogger("usb_cfsg").addHandler(collect)
+    try:
         assert upstream.main(["--out", str(stale), "--check"]) == 1
-    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    finally:
+        logging.getLogger("usb_cfsg").removeHandler(collect)
+    errors = collect.messages
     assert f"differs: {first.name}" in errors and "stale: 9999-extra.patch" in errors
     assert any(upstream.REGENERATE in e for e in errors)
