@@ -544,7 +544,9 @@ construct arbitrary Python objects from a config file. An empty file now sets
 no keys instead of failing on `for k in None`.
 
 Tested: `python train.py --c <config>` reads every key of the config (and the
-training run that follows uses them) with ruamel.yaml 0.17.""",
+training run that follows uses them) with ruamel.yaml 0.17.40; by hand with
+ruamel.yaml 0.18.17, where the unpatched function fails with '"load()" has
+been removed' and the patched one reads the same values.""",
         edits=[
             Edit("semilearn/core/utils/misc.py", """    with open(yml, 'r', encoding='utf-8') as f:
         dic = yaml.load(f.read(), Loader=yaml.Loader)
