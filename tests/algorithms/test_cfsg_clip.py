@@ -33,11 +33,15 @@ def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
     for tag in ("iter_20", "iter_40", "final"):
         pngs = sorted(p.name for p in (tmp_path / "rel" / tag).glob("*.png"))
         assert len(pngs) == 6 and pngs[0].startswith("000_"), (tag, pngs)  # 3 seen classes x 2 test images
-    assert (Image.open(tmp_path / "rel" / "final" / pngs[0]).size == (64, 64))
-    log = (run / "log.txt").read_text()
+    width, height = Image.open(tmp_path / "rel" / "final" / pngs[0]).size
+    assert width >= 64 and height >= 64  # a figure of the 64 x 64 net input (plus colour bar and title)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logged = EventAccumulator(str(run / "tensorboard")).Reload().Tags()["scalars"]  # every logged term, per step
     for key in ("train/ce_coarse", "train/ce_fine", "train/ova_loss", "train/em_loss", "train/socr_loss",
-                "train/fix_loss", "train/id_ratio", "train/id_precision", "train/id_recall", "eval/top-1-acc"):
-        assert key in log, key
+                "train/fix_loss", "train/util_ratio", "train/id_ratio", "train/id_precision", "train/id_recall",
+                "eval/top-1-acc"):
+        assert key in logged, key
     ckpt = safe_load(str(run / "latest_model.pth"))
     assert ckpt["it"] == 40 and ckpt["algorithm"] == "cfsg_clip"
     model, ema = ckpt["model"], ckpt["ema_model"]
@@ -58,17 +62,16 @@ def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
         k: metrics[k] for k in ("closed_acc", "auroc", "scores")}
     assert len(list((tmp_path / "rel_eval" / "eval").glob("*.png"))) == 6
 
-    # resume from the finished run: nothing left to train, and the prototypes survive load -> save
-    again = tiny_run_argv(cub_root, str(tmp_path), "cfsg", algorithm="cfsg_clip", iters=40, num_eval_iter=20,
-                          num_log_iter=10, text_encoder="minilm", p_cutoff=0.5, start_fix=10, resume="true",
-                          load_path=str(run / "latest_model.pth"))
-    saved = str(tmp_path / "first.pth")
-    (run / "latest_model.pth").rename(saved)
-    again[again.index("--load_path") + 1] = saved
-    assert train.cli(again) == 0
-    reloaded = safe_load(str(run / "latest_model.pth"))
-    assert torch.equal(reloaded["model"]["prototypes.mu"], model["prototypes.mu"])
-    assert torch.equal(reloaded["ema_model"]["prototypes.mu"], ema["prototypes.mu"])
+    # the prototypes come back with the checkpoint: the fine branch of the net eval.py rebuilt used them
+    # (the same metrics above), and a net loaded from the file holds exactly the saved ones
+    from usb_cfsg.engine.checkpoint import load_state_strict
+    from usb_cfsg.nets import BUILDERS
+
+    net = BUILDERS["clip_tiny"](num_classes=3, pretrained="none", img_size=64, head="cfsg", num_tuned_blocks=4,
+                                class_names=ckpt["class_names"], text_encoder="minilm")
+    assert not net.prototypes.initialized.any()
+    load_state_strict(net, model, "model", "latest_model.pth")
+    assert torch.equal(net.prototypes.mu, model["prototypes.mu"]) and net.prototypes.initialized.all()
 
 
 # ------------------------------------------------------------------ train_step with controlled outputs
