@@ -83,3 +83,26 @@ def test_iomatch_20_iterations_through_train_py(cub_root, tmp_path):
     assert ckpt["model"]["open_head.weight"].shape[0] == 4 and "mb.fc.bias" not in ckpt["model"]
     metrics = json.loads((run / "openset_metrics.json").read_text())
     assert metrics["primary_score"] == "open" and set(metrics["scores"]) >= {"open", "mb", "ova", "msp"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algorithm,extra", [("openmatch", dict(start_fix=1, select_interval=2)),
+                                             ("iomatch", dict(op_start=1)),
+                                             ("clip_zeroshot", dict(text_encoder="clip"))])
+def test_two_process_gloo(cub_root, tmp_path, algorithm, extra):
+    """Each baseline under DDP (2 CPU processes, gloo): trains, saves without the wrapper, rank 0 evaluates."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    argv = tiny_run_argv(cub_root, str(tmp_path), "ddp", algorithm=algorithm, iters=4, num_eval_iter=2, **extra)
+    cmd = [sys.executable, os.path.join(root, "train.py"), *argv, "--world_size", "2",
+           "--multiprocessing_distributed", "true"]
+    env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ckpt = safe_load(str(tmp_path / "ddp" / "latest_model.pth"))
+    assert ckpt["config"]["world_size"] == 2 and not any(k.startswith("module.") for k in ckpt["model"])
+    metrics = json.loads((tmp_path / "ddp" / "openset_metrics.json").read_text())
+    assert metrics["algorithm"] == algorithm
