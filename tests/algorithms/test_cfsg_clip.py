@@ -20,7 +20,8 @@ def test_every_switch_is_a_config_key():
     names = {a.name.lstrip("-") for a in get_algorithm_class("cfsg_clip").get_argument()}
     assert {"num_tuned_blocks", "sfm_keep_ratio", "sfm_temperature", "sfm_local_weight", "sfm_dense", "text_encoder",
             "vsi_topk", "proto_momentum", "lambda_ova", "lambda_em", "lambda_socr", "lambda_fix", "p_cutoff",
-            "ood_threshold", "start_fix", "ood_score", "use_sfm", "use_vsi", "closed_head"} <= names
+            "ood_threshold", "start_fix", "ood_score", "use_sfm", "use_vsi", "closed_head", "mcm_temperature",
+            "sfm_posterior_scale", "ova_bias", "ova_views"} <= names
 
 
 def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
