@@ -407,7 +407,7 @@ def test_openset_curves_at_every_evaluation_reach_the_log_and_tensorboard(tmp_pa
                                                                                 0.5, k)["auroc"])
     assert {"test_open/auroc", "test_open/fpr95", "test_open/unknown_recall"} <= set(tb[0][0])
     lines = [p for p in alg.printed if "open-set test" in p]
-    assert len(lines) == 3 and lines[0].startswith("5 iteration, open-set test, score msp: auroc ")
+    assert len(lines) == 3 and lines[0].startswith("it 5/") and "open-set test (msp): auroc " in lines[0]
     assert all(len(c) == 500 for c in alg.calibration_images)  # the cheaper in-training calibration
 
 

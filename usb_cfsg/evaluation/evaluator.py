@@ -565,7 +565,7 @@ class OpenSetEvalHook(Hook):
             log_dict.update({key: value for key, value in values.items() if math.isfinite(value)})
         if int(getattr(algorithm.args, "rank", 0) or 0) == 0:
             shown = ", ".join(f"{key[len(TB_PREFIX):]} {value:.4f}" for key, value in values.items())
-            algorithm.print_fn(f"{algorithm.it + 1} iteration, open-set test, score {primary}: {shown}")
+            algorithm.print_fn(f"it {algorithm.it + 1}/{algorithm.num_train_iter} | open-set test ({primary}): {shown}")
 
     def after_run(self, algorithm) -> None:
         if "test_open" not in (getattr(algorithm, "loader_dict", None) or {}):
