@@ -8,12 +8,14 @@
 
 Every value is checked before any data is read; a start that fails leaves no run folder behind.
 """
+import logging
 import sys
 
-import usb_cfsg  # noqa: F401  (top level: mp.spawn children re-import this module and need the registrations)
+# Light imports only: --help, configuration and missing-data errors come before torch and semilearn
+# load (usb_cfsg.engine, imported in cli(), registers our nets and algorithms; mp.spawn children
+# unpickle usb_cfsg.engine.launch.worker, which imports it too).
+import usb_cfsg  # noqa: F401
 from usb_cfsg.config import build_config, describe_keys, load_yaml, parse_cli_pairs
-from usb_cfsg.engine import main
-from usb_cfsg.engine.launch import setup_logging
 from usb_cfsg.errors import UsbCfsgError
 
 
@@ -24,14 +26,57 @@ def _help(argv) -> str:
     return __doc__ + "\n" + describe_keys(algorithm)
 
 
+def _console_logging() -> None:
+    """Console logging for what the config step reports, before torch loads (setup_logging replaces it)."""
+    log = logging.getLogger("usb_cfsg")
+    if not any(getattr(h, "_usb_cfsg", False) for h in log.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s"))
+        handler._usb_cfsg = True  # type: ignore[attr-defined]
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def _check_data(argv) -> None:
+    """Read the dataset's file lists first (no torch needed), so missing or malformed data fails in a second.
+
+    Only ``dataset``, ``data_dir``, ``download`` and ``skip_bad_images`` are read here, from the command
+    line, the config file or the defaults; every key is then checked by build_config.
+    """
+    from usb_cfsg.config import BaseConfig, coerce, base_specs
+
+    cli = parse_cli_pairs(argv)
+    file_values = load_yaml(cli["c"]) if "c" in cli else {}
+    specs = base_specs()
+
+    def get(key):
+        for source, values in (("the command line", cli), (f"config file {cli.get('c')}", file_values)):
+            if key in values:
+                return coerce(specs[key], values[key], source)
+        return getattr(BaseConfig, key)
+
+    if get("download"):
+        return  # the run downloads first
+    from usb_cfsg.datasets import read_source
+
+    read_source(get("dataset"), get("data_dir"), download=False, skip_bad_images=get("skip_bad_images"))
+
+
 def cli(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         if any(a in ("--help", "-h", "--help-keys") for a in argv):
             print(_help(argv))
             return 0
-        setup_logging(None)  # console logging for what the config step reports; main() adds log.txt
-        main(build_config(argv))
+        _console_logging()
+        _check_data(argv)
+        args = build_config(argv)
+        from usb_cfsg.engine import main  # torch and semilearn load here
+        from usb_cfsg.engine.launch import setup_logging
+
+        setup_logging(None)  # console logging until main() adds log.txt
+        main(args)
     except UsbCfsgError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -5,8 +5,8 @@ prediction throughput and loader throughput, written to one JSON within a time b
     python benchmarks/gpu_check.py --dry-run --out /tmp/dry.json   # CPU, tiny net: checks that every piece runs
 
 Per training-step variant and algorithm: median step time, images/s (labeled + 2 unlabeled views),
-peak CUDA memory, FLOPs per step (forward + backward, ``torch.utils.flop_counter``, counted on the
-eager run of the same dtype) and the fraction of the GPU's dense bf16 peak that the step reaches.
+peak CUDA memory, FLOPs per step (forward + backward, ``torch.utils.flop_counter``, counted on one
+eager step: compiled modules run the same math) and the fraction of the GPU's dense bf16 peak that the step reaches.
 Each algorithm runs all its variants in one child process (one import, one CUDA context); the
 JSON is rewritten after every piece, so a run cut short keeps what it measured. Variants that no
 longer fit the budget are recorded as skipped, never silently dropped. Weights are randomly
@@ -70,7 +70,6 @@ def child_steps(alg: str, s: SimpleNamespace, data_dir: str, deadline: float, va
 
     import bench_step
 
-    flops_by_dtype: Dict[str, int] = {}
     for name, amp_dtype, compiled in VARIANTS:
         if name not in variants:
             continue
@@ -82,7 +81,7 @@ def child_steps(alg: str, s: SimpleNamespace, data_dir: str, deadline: float, va
         a = bench_step.parse(["--net", s.net, "--img_size", str(s.img_size), "--batch_size", str(s.batch_size),
                               "--steps", str(s.steps), "--warmup", str(s.warmup + (2 if compiled else 0)),
                               "--threads", str(s.threads), "--device", s.device, "--amp_dtype", amp_dtype,
-                              "--compile_backend", s.compile_backend] + (["--compile"] if compiled else ["--flops"]))
+                              "--compile_backend", s.compile_backend, "--flops"] + (["--compile"] if compiled else []))
         a.compile = compiled
         t0 = time.time()
         try:
@@ -90,12 +89,6 @@ def child_steps(alg: str, s: SimpleNamespace, data_dir: str, deadline: float, va
         except Exception as exc:  # noqa: BLE001 - record and go on with the next variant
             out = {"algorithm": alg, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"}
         out.update(variant=name, amp_dtype=amp_dtype, compile=compiled, wall_s=time.time() - t0)
-        if "flops_per_step" in out:
-            flops_by_dtype[amp_dtype] = out["flops_per_step"]
-        elif amp_dtype in flops_by_dtype and "step_s_median" in out:
-            out["flops_per_step"] = flops_by_dtype[amp_dtype]
-            out["flops_counted_on"] = "the eager run of the same dtype"
-            out["tflops_per_s"] = out["flops_per_step"] / out["step_s_median"] / 1e12
         print(json.dumps(out), flush=True)
         gc.collect()
         if torch.cuda.is_available():

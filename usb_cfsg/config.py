@@ -337,9 +337,11 @@ def load_yaml(path: str) -> Dict[str, Any]:
 
 
 def _algorithm_class(name: str) -> Any:
-    from .algorithms import get_algorithm_class
+    # keys from the static copy (no torch/semilearn import); the class itself is imported on first
+    # use of anything else, e.g. its validate_config hook (see usb_cfsg/algorithm_keys.py)
+    from .algorithm_keys import algorithm_class
 
-    return get_algorithm_class(name)
+    return algorithm_class(name)
 
 
 def build_config(

@@ -41,7 +41,7 @@ def test_step_measure_bf16_compiled_and_flops(tmp_path):
     compiled = bench_step.measure("fixmatch", bench_step.parse(
         ["--net", "clip_tiny", "--img_size", "32", "--batch_size", "2", "--steps", "1", "--threads", "1",
          "--amp_dtype", "bf16", "--compile", "--compile_backend", "eager"]), data)
-    assert compiled["compile_failed"] == [] and "flops_per_step" not in compiled and compiled["images_per_s"] > 0
+    assert compiled["compile_failed"] == [] and compiled["images_per_s"] > 0
 
 
 def test_predict_benchmark_runs_every_branch_and_score(tmp_path):
@@ -64,7 +64,7 @@ def test_gpu_check_dry_run_writes_every_piece(tmp_path):
     assert set(rows) == {(a, v) for a in ("fixmatch", "cfsg_clip") for v in ("fp32", "bf16+compile")}
     for (alg, variant), row in rows.items():
         assert row["images_per_s"] > 0 and row["flops_per_step"] > 0, (alg, variant, row)
-    assert rows[("cfsg_clip", "bf16+compile")]["flops_counted_on"] == "the eager run of the same dtype"
+    assert rows[("cfsg_clip", "bf16+compile")]["compile_failed"] == []  # compiled (eager backend on CPU), no fallback
     assert set(doc["step"]["cfsg_over_fixmatch"]) == {"fp32", "bf16+compile"}
     assert [r["amp"] for r in doc["predict"]] == ["none", "bf16"] and all("throughput_ratio" in r for r in doc["predict"])
     assert doc["loader"]["cache_speedup"] > 0 and doc["wall_s"] < 400

@@ -2,7 +2,9 @@
 the decoded-image cache and persistent loader workers."""
 from __future__ import annotations
 
+import json
 import logging
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -249,3 +251,55 @@ def test_persistent_workers_give_the_same_order_and_augmentation_across_epochs_a
     assert torch.equal(resumed[0], ref[0][4:]) and torch.equal(resumed[1], ref[1])
     assert not train_loader(ds, 2, 4, 7, 0, 1, num_workers=0, persistent_workers=True).persistent_workers
     assert np.array_equal(ref[2].numpy(), got[2].numpy())
+
+
+# ------------------------------------------------------------------ start-up
+def test_algorithm_key_copy_is_up_to_date_and_equals_the_live_keys():
+    from usb_cfsg.algorithm_keys import LazyAlgorithm, algorithm_class, live_records, load_cache
+    from usb_cfsg.algorithms import get_algorithm_class
+    from usb_cfsg.config import algorithm_specs
+
+    live = live_records()
+    assert json.loads(json.dumps(live)) == load_cache()["algorithms"], \
+        "usb_cfsg/algorithm_keys.json is stale: run python -m usb_cfsg.algorithm_keys --write"
+    assert {"fixmatch", "cfsg_clip", "openmatch", "iomatch"} <= set(live)
+    for name in live:
+        lazy = algorithm_class(name)
+        assert isinstance(lazy, LazyAlgorithm)
+        real = get_algorithm_class(name)
+        assert algorithm_specs(lazy) == algorithm_specs(real), name
+        assert hasattr(lazy, "validate_config") == hasattr(real, "validate_config"), name
+
+
+def _run_python(code: str) -> str:
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=root))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_help_config_and_data_errors_come_before_torch_loads(tmp_path):
+    out = _run_python(
+        "import sys, io, contextlib, train\n"
+        "buf = io.StringIO()\n"
+        "with contextlib.redirect_stdout(buf):\n"
+        "    assert train.cli(['--algorithm', 'cfsg_clip', '--help']) == 0\n"
+        "assert '--sfm_keep_ratio' in buf.getvalue() and '--amp_dtype' in buf.getvalue()\n"
+        "assert train.cli(['--algorithm', 'fixmatch', '--lr', 'abc']) == 2\n"
+        "assert train.cli(['--algorithm', 'cfsg_clip', '--amp_dtpe', 'bf16']) == 2\n"
+        f"assert train.cli(['--algorithm', 'cfsg_clip', '--data_dir', {str(tmp_path)!r}]) == 2\n"
+        "print(sorted(m for m in ('torch', 'semilearn', 'open_clip') if m in sys.modules))\n")
+    assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_import_usb_cfsg_registers_when_semilearn_loads():
+    out = _run_python(
+        "import sys, usb_cfsg\n"
+        "assert 'semilearn' not in sys.modules and 'torch' not in sys.modules\n"
+        "from semilearn.core.utils import ALGORITHMS, get_net_builder\n"
+        "print('cfsg_clip' in ALGORITHMS, get_net_builder('clip_tiny', False).__name__)\n")
+    assert out.strip().splitlines()[-1] == "True clip_tiny"
