@@ -254,14 +254,17 @@ def test_persistent_workers_give_the_same_order_and_augmentation_across_epochs_a
 
 
 # ------------------------------------------------------------------ start-up
+STALE = "usb_cfsg/algorithm_keys.json is stale (a source file changed): run python -m usb_cfsg.algorithm_keys --write"
+
+
 def test_algorithm_key_copy_is_up_to_date_and_equals_the_live_keys():
     from usb_cfsg.algorithm_keys import LazyAlgorithm, algorithm_class, live_records, load_cache
     from usb_cfsg.algorithms import get_algorithm_class
     from usb_cfsg.config import algorithm_specs
 
+    assert load_cache(), STALE
     live = live_records()
-    assert json.loads(json.dumps(live)) == load_cache()["algorithms"], \
-        "usb_cfsg/algorithm_keys.json is stale: run python -m usb_cfsg.algorithm_keys --write"
+    assert json.loads(json.dumps(live)) == load_cache()["algorithms"], STALE
     assert {"fixmatch", "cfsg_clip", "openmatch", "iomatch"} <= set(live)
     for name in live:
         lazy = algorithm_class(name)
@@ -293,7 +296,7 @@ def test_help_config_and_data_errors_come_before_torch_loads(tmp_path):
         "assert train.cli(['--algorithm', 'cfsg_clip', '--amp_dtpe', 'bf16']) == 2\n"
         f"assert train.cli(['--algorithm', 'cfsg_clip', '--data_dir', {str(tmp_path)!r}]) == 2\n"
         "print(sorted(m for m in ('torch', 'semilearn', 'open_clip') if m in sys.modules))\n")
-    assert out.strip().splitlines()[-1] == "[]"
+    assert out.strip().splitlines()[-1] == "[]", STALE
 
 
 def test_import_usb_cfsg_registers_when_semilearn_loads():
@@ -303,3 +306,17 @@ def test_import_usb_cfsg_registers_when_semilearn_loads():
         "from semilearn.core.utils import ALGORITHMS, get_net_builder\n"
         "print('cfsg_clip' in ALGORITHMS, get_net_builder('clip_tiny', False).__name__)\n")
     assert out.strip().splitlines()[-1] == "True clip_tiny"
+
+
+def test_a_stale_key_copy_is_not_used(tmp_path, monkeypatch):
+    import usb_cfsg.algorithm_keys as keys
+
+    doc = json.loads(keys.CACHE_FILE.read_text())
+    doc["fingerprint"] = "0" * 64  # as after an edit of any usb_cfsg source file
+    doc["algorithms"]["fixmatch"]["arguments"] = []
+    stale = tmp_path / "algorithm_keys.json"
+    stale.write_text(json.dumps(doc))
+    monkeypatch.setattr(keys, "CACHE_FILE", stale)
+    monkeypatch.setattr(keys, "_cache", None)
+    cls = keys.algorithm_class("fixmatch")
+    assert not isinstance(cls, keys.LazyAlgorithm) and cls.get_argument()  # the real class, its real keys
