@@ -320,3 +320,81 @@ def test_a_stale_key_copy_is_not_used(tmp_path, monkeypatch):
     monkeypatch.setattr(keys, "_cache", None)
     cls = keys.algorithm_class("fixmatch")
     assert not isinstance(cls, keys.LazyAlgorithm) and cls.get_argument()  # the real class, its real keys
+
+
+# ------------------------------------------------------------- cheaper step
+def _reference_forward(net, x):
+    """CFSGNet's outputs computed the straightforward way: every block on every token."""
+    from usb_cfsg.modules import gather_tokens, glmcm_score, mcm_score, ova_unknown_score
+
+    bb = net.backbone
+    h = bb.trunk(x)
+    tokens, last_in = bb.tuned(h, return_last_input=True)
+    z = bb.project(tokens)
+    g, p = z[:, 0], z[:, 1:]
+    t = net.text().to(z.dtype)
+    dense = bb.dense_features(last_in)
+    c = net._coarse(g, p, dense, t)
+    logits_coarse = net.coarse_head(c["coarse"])
+    fine_in = [h[:, :1], gather_tokens(h[:, 1:], c["keep_idx"]) if net.use_sfm else h[:, 1:]]
+    if net.use_vsi:
+        cues, _ = net.vsi(logits_coarse, net.prototypes.get(fallback=t.detach().float()), t)
+        fine_in.append(cues)
+    z_f = bb.project(bb.tuned(torch.cat(fine_in, dim=1)))[:, 0]
+    logits_fine = net.fine_head(z_f)
+    logits = logits_fine if net.closed_head == "fine" else (logits_coarse + logits_fine) / 2
+    logits_ova = net.ova(z_f)
+    with torch.no_grad():
+        pred = logits.argmax(dim=1)
+        scores = {"score_ova": ova_unknown_score(logits_ova, pred), "score_mcm": mcm_score(g, t, net.mcm_temperature),
+                  "score_glmcm": glmcm_score(g, dense, t, net.mcm_temperature)}
+    return {"logits": logits, "feat": z_f, "logits_coarse": logits_coarse, "logits_fine": logits_fine,
+            "logits_ova": logits_ova, "feat_local": c["local"], "feat_global": g, "relevance": c["relevance"],
+            "keep_idx": c["keep_idx"], **scores}
+
+
+@pytest.mark.parametrize("switches", [{}, {"sfm_dense": "tokens"}, {"use_sfm": False}, {"use_vsi": False},
+                                      {"closed_head": "fine", "sfm_keep_ratio": 0.5}])
+def test_cfsg_forward_computing_only_used_tokens_equals_the_full_computation(switches):
+    from usb_cfsg.nets.clip import build_clip_net
+
+    torch.manual_seed(0)
+    net = build_clip_net("clip-tiny", 3, None, head="cfsg", img_size=64, num_tuned_blocks=2,
+                         class_names=["red bird", "green bird", "blue bird"], **switches).train()
+    net.prototypes.update(torch.randn(6, net.num_features), torch.tensor([0, 1, 2, 0, 1, 2]),
+                          torch.ones(6, dtype=torch.bool))
+    x = torch.randn(3, 3, 64, 64)
+    results = []
+    for forward in (net, lambda images: _reference_forward(net, images)):
+        net.zero_grad()
+        out = forward(x)
+        (out["logits"].pow(2).sum() + out["logits_ova"].sum() + out["feat_local"].sum()
+         + out["relevance"].pow(2).sum()).backward()
+        results.append((out, {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}))
+    (fast, fast_grads), (ref, ref_grads) = results
+    assert fast.keys() == ref.keys()
+    for key in ref:
+        torch.testing.assert_close(fast[key], ref[key], rtol=1e-4, atol=1e-5)
+    assert fast_grads.keys() == ref_grads.keys() and len(ref_grads) > 10
+    for name in ref_grads:
+        scale = ref_grads[name].abs().max().item()  # float32 rounding differs: compare relative to the scale
+        assert (fast_grads[name] - ref_grads[name]).abs().max().item() <= 1e-5 * scale + 1e-7, name
+
+
+def test_cfsg_step_counts_fewer_flops_than_the_full_computation():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from usb_cfsg.nets.clip import build_clip_net
+
+    torch.manual_seed(0)
+    net = build_clip_net("clip-tiny", 3, None, head="cfsg", img_size=64, num_tuned_blocks=2,
+                         class_names=["a", "b", "c"]).train()
+    x = torch.randn(4, 3, 64, 64)
+    flops = []
+    for forward in (net, lambda images: _reference_forward(net, images)):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            out = forward(x)
+            (out["logits"].sum() + out["logits_ova"].sum()).backward()
+        flops.append(counter.get_total_flops())
+    assert flops[0] < 0.9 * flops[1]

@@ -177,8 +177,28 @@ class SemanticFilter(nn.Module):
         if dense.shape != patch_feat.shape:
             raise ValueError(f"affinity_feat must have shape {tuple(patch_feat.shape)}, "
                              f"got {tuple(dense.shape)}")
+        pi, affinity, relevance, keep_idx, keep_mask = self.select(global_feat, dense, text)
+        local, coarse = self.pool(global_feat, gather_tokens(patch_feat, keep_idx), relevance, keep_idx)
+        return SFMOutput(class_probs=pi, affinity=affinity, relevance=relevance,
+                         keep_idx=keep_idx, keep_mask=keep_mask, local=local, coarse=coarse)
 
-        t = F.normalize(text.to(patch_feat.dtype), dim=-1)                        # [K, D]
+    def select(self, global_feat: Tensor, dense: Tensor, text: Tensor
+               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Steps 1-4: which patches to keep, from the dense features alone.
+
+        Split from :meth:`forward` so that a network can compute the patch features of the kept
+        patches only (CFSGNet runs the last block just for them).
+
+        Args:
+            global_feat: g [B, D].
+            dense: The affinity features [B, N, D].
+            text: t [K, D].
+
+        Returns:
+            ``(class_probs, affinity, relevance, keep_idx, keep_mask)`` as in :class:`SFMOutput`.
+        """
+        B, N, _ = dense.shape
+        t = F.normalize(text.to(dense.dtype), dim=-1)                             # [K, D]
         pi = self.class_posterior(global_feat, t)                                 # [B, K]
         affinity = F.normalize(dense, dim=-1) @ t.t()                             # [B, N, K]
         per_class = (affinity / self.temperature).softmax(dim=1)                  # over patches
@@ -187,18 +207,30 @@ class SemanticFilter(nn.Module):
         n_keep = self.keep_count(N)
         order = torch.sort(relevance.detach(), dim=1, descending=True, stable=True).indices
         keep_idx = order[:, :n_keep]                                              # [B, n_keep]
-        keep_mask = torch.zeros(B, N, dtype=torch.bool, device=patch_feat.device)
+        keep_mask = torch.zeros(B, N, dtype=torch.bool, device=dense.device)
         keep_mask.scatter_(1, keep_idx, True)
+        return pi, affinity, relevance, keep_idx, keep_mask
 
+    def pool(self, global_feat: Tensor, kept_feat: Tensor, relevance: Tensor, keep_idx: Tensor
+             ) -> tuple[Tensor, Tensor]:
+        """Steps 5-6: the local feature from the kept patches' features, and the coarse feature.
+
+        Args:
+            global_feat: g [B, D].
+            kept_feat: The patch features of the kept patches [B, n_keep], in ``keep_idx`` order.
+            relevance: r [B, N] from :meth:`select`.
+            keep_idx: [B, n_keep] from :meth:`select`.
+
+        Returns:
+            ``(local, coarse)`` as in :class:`SFMOutput`.
+        """
         weights = relevance.detach() if self.detach_relevance else relevance
         w_kept = weights.gather(1, keep_idx)                                      # [B, n_keep]
         w_kept = w_kept / w_kept.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w_kept.dtype).tiny)
-        local = torch.einsum("bn,bnd->bd", w_kept, gather_tokens(patch_feat, keep_idx))
-
+        local = torch.einsum("bn,bnd->bd", w_kept, kept_feat)
         coarse = F.normalize(F.normalize(global_feat, dim=-1)
                              + self.local_weight * F.normalize(local, dim=-1), dim=-1)
-        return SFMOutput(class_probs=pi, affinity=affinity, relevance=relevance,
-                         keep_idx=keep_idx, keep_mask=keep_mask, local=local, coarse=coarse)
+        return local, coarse
 
     def extra_repr(self) -> str:
         return (f"keep_ratio={self.keep_ratio}, temperature={self.temperature}, "

@@ -6,13 +6,29 @@ Both the plain CLIP net and the CFSG network are built on this class.
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+
+
+class LastBlockState(NamedTuple):
+    """What the last tuned block computes once for all tokens, shared by every query subset.
+
+    Attributes:
+        x: The block's input tokens [B, T, W].
+        y: ``ln_1(x)`` [B, T, W].
+        k: Keys of all tokens [B, T, W].
+        v: Values of all tokens [B, T, W] (also the value-path dense features' start).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
 
 
 class ClipBackbone(nn.Module):
@@ -89,6 +105,62 @@ class ClipBackbone(nn.Module):
         out = self._run(blocks[-1:], x)
         return (out, x) if return_last_input else out
 
+    def tuned_until_last(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Run the trainable blocks but the last on ``tokens`` [B, T, W]: the last block's input."""
+        return self._run(self.tuned_blocks[:-1], tokens)
+
+    def last_block_state(self, last_input: torch.Tensor) -> LastBlockState:
+        """``ln_1``, keys and values of the last block for all tokens of ``last_input`` [B, T, W].
+
+        With :meth:`last_block_queries` the last block then runs for any subset of query tokens,
+        and :meth:`state_value_features` gives the value-path dense features from the same values.
+        """
+        self.check_value_path()
+        block = self.tuned_blocks[-1]
+        attn = block.attn
+        w = self.width
+        y = block.ln_1(last_input)
+        bias = attn.in_proj_bias[w:] if attn.in_proj_bias is not None else None
+        k, v = F.linear(y, attn.in_proj_weight[w:], bias).split(w, dim=-1)
+        return LastBlockState(last_input, y, k, v)
+
+    def last_block_queries(self, state: LastBlockState, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The last block's output tokens for some query tokens only.
+
+        Every token still serves as key and value, so the result equals the selected rows of the
+        block's output on all tokens; queries, attention output, residual and MLP run only for the
+        selected tokens (the class token: 1 of 1 + N).
+
+        Args:
+            state: From :meth:`last_block_state`.
+            index: Token indices [B, n] (0 = class token), or None for the class token alone.
+
+        Returns:
+            Tensor [B, n, W] (n = 1 for the class token).
+        """
+        block = self.tuned_blocks[-1]
+        attn = block.attn
+        w, heads = self.width, attn.num_heads
+        if index is None:
+            xq, yq = state.x[:, :1], state.y[:, :1]
+        else:
+            xq, yq = gather_rows(state.x, index), gather_rows(state.y, index)
+        bias = attn.in_proj_bias[:w] if attn.in_proj_bias is not None else None
+        q = F.linear(yq, attn.in_proj_weight[:w], bias)
+        B, n, _ = q.shape
+        T, d = state.k.shape[1], w // heads
+        o = F.scaled_dot_product_attention(q.view(B, n, heads, d).transpose(1, 2),
+                                           state.k.view(B, T, heads, d).transpose(1, 2),
+                                           state.v.view(B, T, heads, d).transpose(1, 2),
+                                           dropout_p=attn.dropout if self.training else 0.0)
+        xq = xq + block.ls_1(attn.out_proj(o.transpose(1, 2).reshape(B, n, w)))
+        return xq + block.ls_2(block.mlp(block.ln_2(xq)))
+
+    def state_value_features(self, state: LastBlockState) -> torch.Tensor:
+        """:meth:`value_features` [B, T, D] from a :class:`LastBlockState` (its values reused)."""
+        block = self.tuned_blocks[-1]
+        return self.project(block.ls_1(block.attn.out_proj(state.v)))
+
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """``ln_post`` then ``proj``: tokens [B, T, W] -> joint space [B, T, D]."""
         return self.visual.ln_post(tokens) @ self.visual.proj
@@ -116,6 +188,13 @@ class ClipBackbone(nn.Module):
             problems.append(f"attn is {type(attn).__name__}, not nn.MultiheadAttention")
         elif attn.in_proj_weight is None or tuple(attn.in_proj_weight.shape) != (3 * self.width, self.width):
             problems.append("attn has no packed in_proj_weight [3W, W] (separate q/k/v projections)")
+        elif attn.bias_k is not None or attn.bias_v is not None or attn.add_zero_attn:
+            problems.append("attn adds bias_k/bias_v or zero attention")
+        for part in ("ln_2", "mlp"):
+            if not isinstance(getattr(block, part, None), nn.Module):
+                problems.append(f"no {part}")
+        if hasattr(block, "ln_1_kv"):
+            problems.append("a cross-attention block (ln_1_kv)")
         ls_1 = getattr(block, "ls_1", nn.Identity())
         gamma = getattr(ls_1, "gamma", None)
         if not isinstance(ls_1, nn.Identity) and not (isinstance(gamma, torch.Tensor)
@@ -184,9 +263,14 @@ class ClipBackbone(nn.Module):
         return {f"{prefix}visual.class_embedding", f"{prefix}visual.positional_embedding"}
 
 
+def gather_rows(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``out[b, j] = tokens[b, index[b, j]]`` for tokens [B, T, C] and index [B, n]."""
+    return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     """The module inside DistributedDataParallel / DataParallel, or ``model`` itself."""
     return getattr(model, "module", model)
 
 
-__all__ = ["ClipBackbone", "unwrap"]
+__all__ = ["ClipBackbone", "LastBlockState", "gather_rows", "unwrap"]

@@ -8,8 +8,11 @@
                                                             └─ [cls ; kept patches of H ; VSI cues(top-k coarse classes)]
                                                                  ─ tuned blocks again ─ z_f ─ fine logits, OVA logits
 
-The fine branch re-runs only the last m blocks, on 1 + ρN + k tokens. Every output a user or
-the algorithm needs is in the forward's dict; ``logits``/``feat`` keep USB's contract.
+The fine branch re-runs only the last m blocks, on 1 + ρN + k tokens. In both branches the last
+block computes its output only for the tokens that are used (the class token; in the coarse branch
+also the kept patches), and the value-path dense features reuse that block's values: the same
+outputs as running it on every token, at a lower cost (README "Performance"). Every output a user
+or the algorithm needs is in the forward's dict; ``logits``/``feat`` keep USB's contract.
 
 The net returns the per-image unknown scores ``ova``, ``mcm`` and ``glmcm``. The fused score needs
 score ranges fitted on training data, which the net cannot know; it is computed from these outputs
@@ -135,12 +138,24 @@ class CFSGNet(nn.Module):
             return self.fine_head(x)
         bb = self.backbone
         h = bb.trunk(x)
-        tokens, last_in = bb.tuned(h, return_last_input=True)
-        z = bb.project(tokens)
-        g, p = z[:, 0], z[:, 1:]
-        t = self.text().to(z.dtype)
-        dense = bb.dense_features(last_in)
-        c = self._coarse(g, p, dense, t)
+        # The last block's keys and values are computed once; its values also give the value-path
+        # dense features. Its output is computed only for the tokens that are used (same values as
+        # running it on all tokens): with the SFM on value-path features, the class token and the
+        # kept patches; otherwise (sfm_dense: tokens, use_sfm: false) every token.
+        state = bb.last_block_state(bb.tuned_until_last(h))
+        dense = bb.state_value_features(state)[:, 1:]
+        t = self.text().to(dense.dtype)
+        if self.use_sfm and self.sfm_dense == "value":
+            g = bb.project(bb.last_block_queries(state))[:, 0]
+            _, _, relevance, keep_idx, _ = self.sfm.select(g, dense, t)
+            local, coarse = self.sfm.pool(g, bb.project(bb.last_block_queries(state, keep_idx + 1)), relevance,
+                                          keep_idx)
+            c = dict(coarse=coarse, local=local, relevance=relevance, keep_idx=keep_idx)
+        else:
+            everything = torch.arange(state.x.shape[1], device=h.device).expand(h.shape[0], -1)
+            z = bb.project(bb.last_block_queries(state, everything))
+            g, p = z[:, 0], z[:, 1:]
+            c = self._coarse(g, p, dense, t)
         logits_coarse = self.coarse_head(c["coarse"])
 
         fine_in = [h[:, :1]]
@@ -152,7 +167,8 @@ class CFSGNet(nn.Module):
             protos = self.prototypes.get(fallback=t.detach().float()).to(h.dtype)
             cues, _ = self.vsi(logits_coarse, protos, t.to(h.dtype))
             fine_in.append(cues.to(h.dtype))
-        z_f = bb.project(bb.tuned(torch.cat(fine_in, dim=1))[:, :1])[:, 0]
+        fine_state = bb.last_block_state(bb.tuned_until_last(torch.cat(fine_in, dim=1)))
+        z_f = bb.project(bb.last_block_queries(fine_state))[:, 0]  # only the class token is used
         if only_feat:
             return z_f
         logits_fine = self.fine_head(z_f)
