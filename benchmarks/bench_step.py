@@ -54,6 +54,8 @@ def measure(alg: str, a: argparse.Namespace, data_dir: str) -> Dict[str, Any]:
         extra["amp_dtype"] = a.amp_dtype
     if a.compile and a.compile_backend == "inductor":
         extra["compile"] = True
+    if alg == "cfsg_clip":
+        extra.update(common.parse_sets(a.set))
     with common.temp_dir("bench_step_") as tmp:
         algorithm, dev = common.build(alg, a.net, a.img_size, a.batch_size, a.device, data_dir, tmp, extra)
         if a.compile and a.compile_backend != "inductor":
@@ -132,6 +134,8 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--flops", action="store_true", help="count the FLOPs of one step")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS))
     p.add_argument("--timeout", type=float, default=None, help="seconds per child process")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a cfsg_clip config key for this comparison, e.g. --set ova_views=weak_strong")
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_data", default=None, help=argparse.SUPPRESS)
@@ -173,6 +177,7 @@ def run(a: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
     summary: Dict[str, Any] = {
         "net": a.net, "img_size": a.img_size, "batch_size": a.batch_size, "uratio": 1, "device": a.device,
         "threads": a.threads, "rounds": a.rounds, "steps": a.steps, "amp_dtype": a.amp_dtype, "compile": a.compile,
+        "cfsg_keys": common.parse_sets(a.set),
         "weights": "random init (timing only)", "results": results}
     by = {r["algorithm"]: r for r in results}
     if "fixmatch" in by and "cfsg_clip" in by:

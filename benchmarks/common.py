@@ -83,6 +83,17 @@ def train_step(algorithm, batch: Dict[str, Any]) -> None:
     algorithm.call_hook("after_train_step", "ParamUpdateHook")
 
 
+def parse_sets(items: Sequence[str]) -> Dict[str, str]:
+    """``["ova_views=weak_strong"]`` -> ``{"ova_views": "weak_strong"}`` (values as on the command line)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
+        out[key] = value
+    return out
+
+
 def median(values: Sequence[float]) -> float:
     """The median (the mean of the two middle values for an even count)."""
     s = sorted(values)

@@ -26,6 +26,10 @@ import common  # noqa: E402
 PARTS = (
     ("backbone.trunk", "frozen trunk"),
     ("backbone.tuned", "tuned blocks (fwd)"),
+    ("backbone.tuned_until_last", "tuned blocks but the last (fwd)"),
+    ("backbone.last_block_state", "last block: ln_1, keys, values"),
+    ("backbone.last_block_queries", "last block: used tokens only"),
+    ("backbone.state_value_features", "value-path dense features"),
     ("backbone.project", "ln_post + proj"),
     ("backbone.value_features", "value-path dense features"),
     ("backbone.dense_features", "value-path dense features"),
@@ -81,7 +85,8 @@ def profile(alg: str, a: argparse.Namespace, data_dir: str, save_dir: str) -> Di
     from torch.profiler import ProfilerActivity, profile as tprofile, record_function
 
     torch.set_num_threads(a.threads)
-    algorithm, dev = common.build(alg, a.net, a.img_size, a.batch_size, a.device, data_dir, save_dir)
+    algorithm, dev = common.build(alg, a.net, a.img_size, a.batch_size, a.device, data_dir, save_dir,
+                                  common.parse_sets(a.set) if alg == "cfsg_clip" else None)
     instrument(algorithm.model)
     data = common.batches(algorithm, a.warmup + a.steps)
 
@@ -135,6 +140,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--algorithms", default="fixmatch,cfsg_clip")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a cfsg_clip config key, e.g. --set ova_views=weak_strong")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     results = []
@@ -146,6 +153,7 @@ def main() -> None:
     if a.json:
         with open(a.json, "w") as fh:
             json.dump({"net": a.net, "img_size": a.img_size, "batch_size": a.batch_size, "device": a.device,
+                       "cfsg_keys": common.parse_sets(a.set),
                        "threads": a.threads, "steps": a.steps, "weights": "random init (timing only)",
                        "results": results}, fh, indent=1)
 
