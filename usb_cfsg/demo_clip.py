@@ -26,9 +26,18 @@ Recipe (what ``build_demo_clip`` does):
   (written back into the full table at the end) and a context cut to the longest caption, which is
   exact for CLIP's causal text transformer and saves AdamW from updating 3.2 M unused rows.
 * Loss: InfoNCE in both directions with soft targets: an image's positives are the five captions of
-  its class; a caption's positives are the batch's images of its class. Learned logit scale (CLIP's
-  init 1/0.07, capped at 100).
-* AdamW (betas 0.9/0.98, eps 1e-6), weight decay on matrices only, linear warm-up then cosine decay.
+  its class; a caption's positives are the batch's images of its class. The logit scale is fixed at
+  5 (``--logit-scale``, ``--learn-logit-scale``): with CLIP's learned scale (init 1/0.07) the loss is
+  satisfied by small cosine margins, and MCM, which reads raw cosines at T = 1, suffers (measured
+  below). A small fixed scale keeps pushing the classes' embeddings apart.
+* AdamW (betas 0.9/0.98, eps 1e-6), lr 2e-3, weight decay 0.1 on matrices only, 30 warm-up steps
+  then cosine decay; 600 steps of 256 images (about 5 passes over the pool).
+
+Measured (seed 0, test set, MCM over the prompts of classes 0-5 at T = 1, unknown = positive):
+default recipe: zero-shot 10-way accuracy 79.7 %, seen 6-way 86.3 %, MCM AUROC 88.8 %; 267 CPU
+seconds of training on one thread (a loaded machine), about 3 minutes in all on 2 idle cores. With
+CLIP's learned scale instead (500 steps): 78.2 %, 85.1 %, MCM AUROC 64.4 % (Sneaker images then
+look like confident Sandals to the six seen prompts).
 
 Run: ``python -m usb_cfsg.demo_clip --out ./saved_models/demo_clip`` (``make demo`` does this once).
 Writes ``<out>/demo_clip_tiny.pt`` (an open_clip state dict: ``pretrain_path`` loads it) and
@@ -96,7 +105,10 @@ class Recipe:
         img_size: Input size (the demo's ``img_size``).
         crop_ratio: The demo's ``crop_ratio``: images are resized to ``floor(img_size / crop_ratio)``.
         templates: Caption templates.
-        init_logit_scale: Initial logit scale (CLIP: 1 / 0.07).
+        init_logit_scale: Initial logit scale (CLIP: 1 / 0.07; here 5, see below).
+        learn_logit_scale: Whether the logit scale is learned (CLIP) or stays at its initial value
+            (here fixed: a small fixed scale keeps pushing the ten classes' embeddings apart, so
+            cosines, which MCM reads at T = 1, separate the classes by wide margins).
         max_logit_scale: Cap of the learned logit scale (CLIP: 100).
     """
 
@@ -110,7 +122,8 @@ class Recipe:
     img_size: int = 64
     crop_ratio: float = 0.875
     templates: Tuple[str, ...] = field(default=CAPTION_TEMPLATES)
-    init_logit_scale: float = 1.0 / 0.07
+    init_logit_scale: float = 5.0
+    learn_logit_scale: bool = False
     max_logit_scale: float = 100.0
 
     def check(self) -> None:
@@ -453,7 +466,8 @@ def train_demo_clip(model: nn.Module, tokenizer: Any, resized: np.ndarray, targe
         std: Image normalisation std.
 
     Returns:
-        ``{"final_loss": ..., "logit_scale": ..., "train_s": ...}``.
+        ``{"final_loss": ..., "logit_scale": ..., "train_s": ..., "train_cpu_s": ...}`` (wall-clock and
+        CPU seconds of the training loop; on a shared machine the CPU seconds say more).
     """
     gen = torch.Generator().manual_seed(seed)
     captions = [t.format(name) for name in class_names for t in recipe.templates]
@@ -462,6 +476,7 @@ def train_demo_clip(model: nn.Module, tokenizer: Any, resized: np.ndarray, targe
     model.token_embedding.weight.requires_grad_(False)
     with torch.no_grad():
         model.logit_scale.fill_(math.log(recipe.init_logit_scale))
+    model.logit_scale.requires_grad_(recipe.learn_logit_scale)
     opt = torch.optim.AdamW(_param_groups(model, encoder, recipe.weight_decay), lr=recipe.lr,
                             betas=(0.9, 0.98), eps=1e-6)
     augment = BatchAugment(resized, recipe.img_size, mean, std)
@@ -470,7 +485,7 @@ def train_demo_clip(model: nn.Module, tokenizer: Any, resized: np.ndarray, targe
     order, cursor = torch.randperm(n, generator=gen), 0
     bar = _Progress(recipe.steps, "training the demo CLIP")
     model.train()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     loss_ema = float("nan")
     max_log = math.log(recipe.max_logit_scale)
     try:
@@ -498,9 +513,11 @@ def train_demo_clip(model: nn.Module, tokenizer: Any, resized: np.ndarray, targe
         bar.close()
     encoder.write_back(model)
     model.token_embedding.weight.requires_grad_(True)
+    model.logit_scale.requires_grad_(True)
     model.eval()
-    return {"final_loss": round(loss_ema, 4), "logit_scale": round(float(model.logit_scale.exp()), 3),
-            "train_s": round(time.perf_counter() - start, 1)}
+    return {"final_loss": round(loss_ema, 4), "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
+            "train_s": round(time.perf_counter() - start, 1),
+            "train_cpu_s": round(time.process_time() - cpu_start, 1)}
 
 
 def sha256_file(path: Path) -> str:
@@ -561,17 +578,19 @@ def build_demo_clip(out: str, recipe: Optional[Recipe] = None, seed: int = 0, da
                 ARCH, recipe.steps, recipe.batch_size, torch.get_num_threads())
     stats = train_demo_clip(model, tokenizer, resized, train_targets[pool], src.class_names, recipe, seed,
                             OPENAI_MEAN, OPENAI_STD)
+    out_dir = Path(out).expanduser()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    weights = out_dir / WEIGHTS_FILE
+    card_path = out_dir / CARD_FILE
+    if card_path.exists():  # the card describes the old weights: gone until the new card is written
+        card_path.unlink()
+    tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
+    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
+    os.replace(tmp, weights)
     figures = zero_shot_figures(model, tokenizer, test_images, test_targets, src.class_names, PROMPT_TEMPLATES)
     logger.info("demo CLIP zero-shot on %d test images: 10-way accuracy %.1f%%, seen 6-way %.1f%%, "
                 "MCM AUROC %.1f%% (classes 0-5 seen, T = 1)", test_n, figures["acc_all"], figures["acc_seen"],
                 figures["mcm_auroc"])
-
-    out_dir = Path(out).expanduser()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    weights = out_dir / WEIGHTS_FILE
-    tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
-    torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
-    os.replace(tmp, weights)
     card = {
         "format": CARD_FORMAT,
         "what": "demo CLIP: clip_tiny trained contrastively on part of Fashion-MNIST's training set; a toy-scale "
@@ -602,11 +621,11 @@ def build_demo_clip(out: str, recipe: Optional[Recipe] = None, seed: int = 0, da
         "pool": {"num_train": int(len(train_targets)), "fraction": recipe.pool_fraction, "seed": recipe.pool_seed,
                  "size": int(len(pool)), "indices": pool.tolist()},
         "wall_s": round(time.perf_counter() - t0, 1),
-        "use": {"pretrain_path": str(weights), "pretrain_pool": str(out_dir / CARD_FILE), "net": NET,
+        "use": {"pretrain_path": str(weights), "pretrain_pool": str(card_path), "net": NET,
                 "text_encoder": "clip", "img_size": recipe.img_size},
     }
-    _write_json(out_dir / CARD_FILE, card)
-    logger.info("demo CLIP: wrote %s and %s in %.0f s", weights, out_dir / CARD_FILE, card["wall_s"])
+    _write_json(card_path, card)
+    logger.info("demo CLIP: wrote %s and %s in %.0f s", weights, card_path, card["wall_s"])
     return card
 
 
@@ -634,6 +653,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--pool-fraction", type=float, default=defaults.pool_fraction)
+    parser.add_argument("--logit-scale", type=float, default=defaults.init_logit_scale,
+                        help=f"initial logit scale (default {defaults.init_logit_scale:.3g})")
+    parser.add_argument("--learn-logit-scale", choices=("true", "false"),
+                        default=str(defaults.learn_logit_scale).lower())
     parser.add_argument("--data-dir", default="./data", help="Fashion-MNIST folder (falls back to Debian's)")
     parser.add_argument("--reuse", action="store_true",
                         help="do nothing when DIR already holds a card whose weights match its sha256")
@@ -645,7 +668,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.info("demo CLIP: %s already holds a current card and weights; not rebuilding", opts.out)
         return 0
     recipe = Recipe(steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, warmup_steps=opts.warmup_steps,
-                    pool_fraction=opts.pool_fraction)
+                    pool_fraction=opts.pool_fraction, init_logit_scale=opts.logit_scale,
+                    learn_logit_scale=opts.learn_logit_scale == "true")
     try:
         card = build_demo_clip(opts.out, recipe, seed=opts.seed, data_dir=opts.data_dir)
     except (ConfigError, DatasetError) as exc:
