@@ -398,3 +398,25 @@ def test_cfsg_step_counts_fewer_flops_than_the_full_computation():
             (out["logits"].sum() + out["logits_ova"].sum()).backward()
         flops.append(counter.get_total_flops())
     assert flops[0] < 0.9 * flops[1]
+
+
+def test_fast_path_keys_reach_the_algorithm(cub_root, tmp_path):
+    from semilearn.core.utils import get_net_builder
+
+    from tests.conftest import tiny_run_argv
+    from usb_cfsg.config import build_config
+    from usb_cfsg.datasets.cache import CachedSample
+    from usb_cfsg.engine.plugin import build_algorithm
+
+    args = build_config(tiny_run_argv(cub_root, str(tmp_path), "fast", algorithm="cfsg_clip", amp="true",
+                                      amp_dtype="bf16", compile="true", cache_images="true",
+                                      persistent_workers="true", num_workers=1))
+    alg = build_algorithm(args, get_net_builder(args.net, False), device=CPU, record_split=False)
+    with alg.amp_cm():
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")
+    assert not alg.loss_scaler.is_enabled()
+    assert alg.compiled and all(w.failed is None for w in alg.compiled)  # compiled lazily, at the first call
+    assert not isinstance(alg.ema_model.backbone.visual.transformer.resblocks[0].forward, type(alg.compiled[0]))
+    for name in ("train_lb", "train_ulb", "eval"):
+        assert isinstance(alg.dataset_dict[name].__sample__, CachedSample), name
+    assert alg.loader_dict["train_ulb"].persistent_workers and alg.loader_dict["eval"].persistent_workers
