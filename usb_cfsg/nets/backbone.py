@@ -170,8 +170,9 @@ class ClipBackbone(nn.Module):
 
         Required (open_clip's ``ResidualAttentionBlock``): ``ln_1``; ``attn`` an
         ``nn.MultiheadAttention`` with one packed ``in_proj_weight`` (query, key, value rows, in that
-        order) and an ``out_proj``; ``ls_1`` either ``nn.Identity`` or a LayerScale with a ``gamma``
-        of shape [W]. Other blocks (e.g. open_clip's ``CustomResidualAttentionBlock`` with its own
+        order), an ``out_proj`` and no ``bias_k``/``bias_v``/zero attention; ``ln_2`` and ``mlp``
+        (:meth:`last_block_queries` runs them); no ``ln_1_kv`` (cross-attention); ``ls_1`` either
+        ``nn.Identity`` or a LayerScale with a ``gamma`` of shape [W]. Other blocks (e.g. open_clip's ``CustomResidualAttentionBlock`` with its own
         attention, q/k normalisation or scaled cosine attention) raise :class:`ConfigError` instead
         of producing wrong dense features.
 
