@@ -381,7 +381,7 @@ def test_hook_runs_after_usb_evaluation_hook_and_extends_results(tmp_path):
     assert alg.results_dict["test_open/closed_acc"] == alg.openset_results["closed_acc"]
     assert {k for k in alg.results_dict if k.startswith("test_open/")} == {
         "test_open/" + k for k in ("closed_acc", "auroc", "fpr95", "fpr95_id", "open_bacc", "unknown_recall",
-                                   "h_score", "macro_f1")}
+                                   "seen_acc", "h_score", "macro_f1")}
 
 
 def test_openset_curves_at_every_evaluation_reach_the_log_and_tensorboard(tmp_path):

@@ -58,6 +58,7 @@ EXPECTED = {
     "fpr95_id": 1 / 3,
     "open_bacc": 1 / 2,
     "unknown_recall": 2 / 3,
+    "seen_acc": 2 / 5,
     "h_score": 1 / 2,
     "macro_f1": 22 / 45,
     "threshold": 0.55,

@@ -21,7 +21,7 @@ def test_summary_of_hand_worked_example() -> None:
     lines = text.splitlines()
     assert lines[0] == "cfsg_clip on toy"
     assert lines[1].split() == ["metric", "value"]
-    body = {line.rsplit(None, 1)[0].strip(): line.rsplit(None, 1)[1] for line in lines[3:11]}
+    body = {line.rsplit(None, 1)[0].strip(): line.rsplit(None, 1)[1] for line in lines[3:12]}
     assert body == {
         "closed-set accuracy (seen)": "60.00%",
         "AUROC (unknown = positive)": "93.33%",
@@ -29,11 +29,12 @@ def test_summary_of_hand_worked_example() -> None:
         "FPR@95%TPR (seen = positive, MCM)": "33.33%",
         "open-set balanced accuracy": "50.00%",
         "unknown recall": "66.67%",
+        "seen accuracy (K+1-way)": "40.00%",
         "H-score": "50.00%",
         "macro-F1 (K+1 classes)": "48.89%",
     }
-    assert [line.split()[-1] for line in lines[11:14]] == ["0.55", "5", "3"]
-    assert lines[12].startswith("seen-class test images") and lines[13].startswith("unseen-class test images")
+    assert [line.split()[-1] for line in lines[12:15]] == ["0.55", "5", "3"]
+    assert lines[13].startswith("seen-class test images") and lines[14].startswith("unseen-class test images")
     assert len(lines) <= 24 and max(len(line) for line in lines) <= 80
 
 

@@ -65,10 +65,10 @@ logger = logging.getLogger("usb_cfsg")
 
 #: Headline metrics (of the primary score) in openset_metrics.json, TensorBoard and results.
 HEADLINE_KEYS: Tuple[str, ...] = ("closed_acc", "auroc", "fpr95", "fpr95_id", "open_bacc", "unknown_recall",
-                                  "h_score", "macro_f1")
+                                  "seen_acc", "h_score", "macro_f1")
 #: Per-score metrics under ``"scores"`` in openset_metrics.json (numbers; NaN written as null).
-SCORE_KEYS: Tuple[str, ...] = ("auroc", "fpr95", "fpr95_id", "open_bacc", "unknown_recall", "h_score", "macro_f1",
-                               "threshold")
+SCORE_KEYS: Tuple[str, ...] = ("auroc", "fpr95", "fpr95_id", "open_bacc", "unknown_recall", "seen_acc", "h_score",
+                               "macro_f1", "threshold")
 #: Per-difficulty metrics (``class_split: ssb``): seen-class test images against one group's unknowns.
 DIFFICULTY_KEYS: Tuple[str, ...] = ("num_test_unseen", "auroc", "fpr95", "fpr95_id", "unknown_recall")
 #: Top-level keys of openset_metrics.json, in file order.

@@ -44,6 +44,7 @@ METRIC_KEYS: Tuple[str, ...] = (
     "fpr95_id",
     "open_bacc",
     "unknown_recall",
+    "seen_acc",
     "h_score",
     "macro_f1",
     "threshold",
@@ -695,7 +696,7 @@ def compute_openset_metrics(
         A dict with the keys of :data:`METRIC_KEYS`: ``closed_acc`` (:func:`closed_set_accuracy`),
         ``auroc``, ``fpr95`` (:func:`fpr_at_tpr` at 0.95, unknown = positive), ``fpr95_id``
         (:func:`fpr_at_tpr_id` at 0.95, in-distribution = positive), ``open_bacc``, ``unknown_recall``,
-        ``h_score``, ``macro_f1`` (fractions in ``[0, 1]``, Python floats), ``threshold`` (the
+        ``seen_acc`` (:func:`open_seen_accuracy`), ``h_score``, ``macro_f1`` (fractions in ``[0, 1]``, Python floats), ``threshold`` (the
         threshold used, a float) and ``num_test_seen``, ``num_test_unseen`` (Python ints).
         Metrics undefined on this test set are NaN; one warning is logged naming them.
 
@@ -742,6 +743,7 @@ def compute_openset_metrics(
         "fpr95_id": _fpr_at_tpr(-score, seen, 0.95) if both else nan,
         "open_bacc": derived["open_bacc"],
         "unknown_recall": derived["unknown_recall"],
+        "seen_acc": derived["seen_acc"],
         "h_score": derived["h_score"],
         "macro_f1": derived["macro_f1"],
         "threshold": float(t),

@@ -19,6 +19,7 @@ HEADLINE: Tuple[Tuple[str, str], ...] = (
     ("fpr95_id", "FPR@95%TPR (seen = positive, MCM)"),
     ("open_bacc", "open-set balanced accuracy"),
     ("unknown_recall", "unknown recall"),
+    ("seen_acc", "seen accuracy (K+1-way)"),
     ("h_score", "H-score"),
     ("macro_f1", "macro-F1 (K+1 classes)"),
 )
