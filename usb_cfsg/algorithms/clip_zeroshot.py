@@ -103,9 +103,9 @@ class ClipZeroShot(PluginMixin, AlgorithmBase):
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
         if getattr(args, "text_encoder", "clip") != "clip":
-            self.print_fn(f"WARNING clip_zeroshot with text_encoder {args.text_encoder}: the class embeddings pass "
-                          f"through an untrained random projection, so zero-shot results are at chance level; "
-                          f"use text_encoder: clip with a pretrained CLIP")
+            logger.warning("clip_zeroshot with text_encoder %s: the class embeddings pass through an untrained "
+                           "random projection, so zero-shot results are at chance level; use text_encoder: clip "
+                           "with a pretrained CLIP", args.text_encoder)
 
     @classmethod
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
