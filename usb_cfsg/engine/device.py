@@ -97,22 +97,23 @@ def synchronize(device: torch.device) -> None:
 
 # ----------------------------------------------------------------------------- compile
 class CompileFallback:
-    """A module's forward run through ``torch.compile``, falling back to eager on failure.
+    """A module's forward (or a bound method) run through ``torch.compile``, falling back to eager on failure.
 
     Compilation happens lazily at the first call; if it (or a later recompilation) raises, a
     warning names the module and the error, and this module runs eagerly from then on. The
     module's parameters and ``state_dict`` keys are untouched (checkpoints stay compatible).
 
     Args:
-        module: The module whose ``forward`` is replaced (on this instance).
+        fn: The module's ``forward`` (or another bound method) to compile.
         name: How the warning names it.
         backend: ``torch.compile`` backend (``inductor`` by default).
         mode: ``torch.compile`` mode (None = default).
     """
 
-    def __init__(self, module: nn.Module, name: str, backend: Any = "inductor", mode: Optional[str] = None) -> None:
+    def __init__(self, fn: Callable[..., Any], name: str, backend: Any = "inductor",
+                 mode: Optional[str] = None) -> None:
         self.name = name
-        self.eager = module.forward
+        self.eager = fn
         self.failed: Optional[str] = None
         self.compiled = torch.compile(self.eager, backend=backend, mode=mode)
 
@@ -127,25 +128,31 @@ class CompileFallback:
         return self.eager(*args, **kwargs)
 
 
-def compile_targets(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """What ``compile: true`` compiles: every transformer block and the heads.
+#: methods of our ClipBackbone that run the last block for a subset of tokens (CFSG's forward)
+_BACKBONE_METHODS = ("last_block_state", "last_block_queries")
+
+
+def compile_targets(model: nn.Module) -> List[Tuple[str, Any, str]]:
+    """What ``compile: true`` compiles, as ``(name, owner, attribute)``: the blocks and the heads.
 
     For our CLIP nets: the vision tower's residual blocks (frozen ones too: they run on every
-    step) and the network's head modules (classifiers, OVA head, VSI). Any other net: the net
-    as a whole.
+    step), the backbone's partial last-block methods and the network's head modules
+    (classifiers, OVA head, VSI). Any other net: the net as a whole.
     """
     from ..nets.backbone import unwrap
 
     net = unwrap(model)
     backbone = getattr(net, "backbone", None)
     if backbone is None or not hasattr(backbone, "visual"):
-        return [(type(net).__name__, net)]
-    targets = [(f"backbone.visual.transformer.resblocks.{i}", block)
-               for i, block in enumerate(backbone.visual.transformer.resblocks)]
+        return [(type(net).__name__, net, "forward")]
+    targets: List[Tuple[str, Any, str]] = [
+        (f"backbone.visual.transformer.resblocks.{i}", block, "forward")
+        for i, block in enumerate(backbone.visual.transformer.resblocks)]
+    targets += [(f"backbone.{m}", backbone, m) for m in _BACKBONE_METHODS if hasattr(backbone, m)]
     for name in ("classifier", "coarse_head", "fine_head", "ova", "vsi"):
         head = getattr(net, name, None)
         if isinstance(head, nn.Module):
-            targets.append((name, head))
+            targets.append((name, head, "forward"))
     return targets
 
 
@@ -159,9 +166,9 @@ def compile_model(model: nn.Module, backend: Any = "inductor", mode: Optional[st
         The wrappers (``.failed`` tells whether a module fell back to eager).
     """
     wrappers = []
-    for name, module in compile_targets(model):
-        wrapper = CompileFallback(module, name, backend=backend, mode=mode)
-        module.forward = wrapper  # type: ignore[method-assign]
+    for name, owner, attr in compile_targets(model):
+        wrapper = CompileFallback(getattr(owner, attr), name, backend=backend, mode=mode)
+        setattr(owner, attr, wrapper)  # on this instance only
         wrappers.append(wrapper)
     return wrappers
 
