@@ -119,6 +119,9 @@ def test_card_records_pool_recipe_figures_and_hash(built) -> None:
     assert (card["dataset"], card["net"], card["img_size"], card["steps"], card["seed"]) == (
         "fmnist_openset", "clip_tiny", 64, 3, 0)
     assert card["recipe"]["batch_size"] == 16 and len(card["recipe"]["templates"]) == 5
+    assert card["recipe"]["learn_logit_scale"] is False  # the default keeps the logit scale fixed
+    assert card["training"]["logit_scale"] == pytest.approx(card["recipe"]["init_logit_scale"])
+    assert card["training"]["train_cpu_s"] >= 0 and card["training"]["threads"] >= 1
     assert len(card["recipe"]["class_names"]) == 10
     pool = np.asarray(card["pool"]["indices"])
     assert card["pool"]["num_train"] == 100 and card["pool"]["size"] == len(pool) == 50
