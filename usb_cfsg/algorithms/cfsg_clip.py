@@ -5,8 +5,8 @@ Losses per step (labeled batch x_lb; unlabeled views x_ulb_w, x_ulb_s and, with
 
 * labeled: CE(coarse) + CE(fine) + lambda_ova * OVA loss (positive + hardest negative);
 * unlabeled: lambda_em * OVA entropy (mean over the two OVA views) + lambda_socr * OVA consistency
-  between the two OVA views (``ova_views``: two weak views as OpenMatch [default], or weak and
-  strong) + lambda_fix * FixMatch CE on the strong view, for samples the OVA head calls
+  between the two OVA views (``ova_views``: weak and strong [default, no extra forward], or two
+  weak views as OpenMatch) + lambda_fix * FixMatch CE on the strong view, for samples the OVA head calls
   in-distribution on the weak view (unknown score < ood_threshold) AND with confidence >= p_cutoff;
   pseudo-labels from the closed-set (coarse + fine) weak prediction; off for the first
   ``start_fix`` iterations.
@@ -245,8 +245,9 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                          "closed-set prediction: (coarse + fine) / 2, or fine only"),
             SSL_Argument("--mcm_temperature", float, 1.0, "T of the MCM / GL-MCM scores (1, as both papers)"),
             SSL_Argument("--ova_bias", str2bool, False, "bias in the OVA head's linear layer (OpenMatch: none)"),
-            SSL_Argument("--ova_views", _choice(*OVA_VIEWS), "weak_weak",
-                         "unlabeled views of the OVA entropy/consistency: two weak (OpenMatch) or weak and strong"),
+            SSL_Argument("--ova_views", _choice(*OVA_VIEWS), "weak_strong",
+                         "unlabeled views of the OVA entropy/consistency: weak and strong (no extra forward) or "
+                         "two weak (OpenMatch, one more unlabeled forward per step)"),
             SSL_Argument("--lambda_ova", float, 1.0, "weight of the labeled OVA loss"),
             SSL_Argument("--lambda_em", float, 0.1, "weight of OVA entropy minimisation on unlabeled data"),
             SSL_Argument("--lambda_socr", float, 0.5, "weight of OVA consistency between the two views"),

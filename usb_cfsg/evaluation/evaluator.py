@@ -116,14 +116,21 @@ def _in_unit_interval(score: np.ndarray) -> bool:
     return bool(np.min(score) >= 0.0 and np.max(score) <= 1.0)
 
 
+#: Scores whose values only rank images: MCM and GL-MCM at T = 1 lie in a narrow band just below
+#: 1 - 1/K (about [0.80, 0.83] for K = 6), so the probability-like ``ood_threshold`` would flag every
+#: image. Like scores outside [0, 1], they get Otsu's threshold of their training (unlabeled) values.
+RANK_ONLY_SCORES = frozenset({"mcm", "glmcm"})
+
+
 def fit_thresholds(scores: Mapping[str, np.ndarray], threshold: float, where: str
                    ) -> Tuple[Dict[str, float], Dict[str, str]]:
     """Rejection threshold per score from **training** scores, and where each came from.
 
-    A score whose training values lie in [0, 1] (msp, ova, mcm, glmcm, fused) gets the configured
-    probability-like cut ``threshold`` (``ood_threshold``); a score on another scale (energy =
-    -logsumexp of the logits) gets Otsu's threshold of its training values, so its threshold-based
-    metrics are not degenerate.
+    A score whose training values lie in [0, 1] (msp, ova, fused, ...) gets the configured
+    probability-like cut ``threshold`` (``ood_threshold``); a ranking score
+    (:data:`RANK_ONLY_SCORES`: mcm, glmcm) or a score on another scale (energy = -logsumexp of the
+    logits) gets Otsu's threshold of its training values, so its threshold-based metrics are not
+    degenerate.
 
     Args:
         scores: Score name -> values on the calibration (training) images.
@@ -137,7 +144,10 @@ def fit_thresholds(scores: Mapping[str, np.ndarray], threshold: float, where: st
     sources: Dict[str, str] = {}
     for name, values in scores.items():
         arr = np.asarray(values, dtype=np.float64)
-        if _in_unit_interval(arr):
+        if name in RANK_ONLY_SCORES:
+            thresholds[name] = otsu_threshold(arr)
+            sources[name] = f"Otsu on {where} ({name} is a ranking score: no fixed cut is meaningful)"
+        elif _in_unit_interval(arr):
             thresholds[name] = float(threshold)
             sources[name] = f"ood_threshold (config); the score lies in [0, 1] on {where}"
         else:
