@@ -250,7 +250,7 @@ def test_new_switches_are_config_keys_with_their_documented_defaults():
 
     args = build_config(["--algorithm", "cfsg_clip"])
     assert (args.mcm_temperature, args.ova_bias, args.ova_views, args.sfm_posterior_scale) == (
-        1.0, False, "weak_weak", 100.0)
+        1.0, False, "weak_strong", 100.0)
     spec = get_algorithm_class("cfsg_clip").net_spec(args)[1]
     assert spec["mcm_temperature"] == 1.0 and spec["ova_bias"] is False and spec["sfm_posterior_scale"] == 100.0
     with pytest.raises((ConfigError, SystemExit, ValueError)):
