@@ -330,8 +330,8 @@ def cfsg_cub_file() -> Dict[str, str]:
         "Data: tar xzf CUB_200_2011.tgz -C ./data    (-> ./data/CUB_200_2011/)",
         "Offline: --pretrain_path /path/to/ViT-B-16.pt (an OpenAI or open_clip checkpoint).",
         "Run: python train.py --c config/cfsg_cub.yaml   (any key can be overridden: --key value)",
-        "Baseline on the same data and backbone: add --algorithm fixmatch --save_name fixmatch_cub "
-        "--load_path ./saved_models/fixmatch_cub/latest_model.pth",
+        "Baselines on the same data and backbone: add --algorithm fixmatch (or openmatch, iomatch, clip_zeroshot);",
+        "the run folder is then <algorithm>_cub200_400_<seed> (this file's save_name and load_path are dropped).",
     ])
     return {"cfsg_cub.yaml": render(cfg, header, comments)}
 
