@@ -24,12 +24,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import common  # noqa: E402
 
 
-def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> float:
+def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple:
+    """(wall seconds, process CPU seconds of all threads) of one call."""
     sync()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     fn()
     sync()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def run(a: argparse.Namespace) -> Dict[str, Any]:
@@ -70,11 +71,15 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
         cfsg()
         plain()
     times: Dict[str, List[float]] = {"cfsg": [], "plain": []}
+    cpu: Dict[str, List[float]] = {"cfsg": [], "plain": []}
     for r in range(a.rounds):
         order = (("cfsg", cfsg), ("plain", plain)) if r % 2 == 0 else (("plain", plain), ("cfsg", cfsg))
         for name, fn in order:
-            times[name].append(_timed(fn, sync))
+            wall, cpu_s = _timed(fn, sync)
+            times[name].append(wall)
+            cpu[name].append(cpu_s)
     rates = {k: [a.batch_size / t for t in v] for k, v in times.items()}
+    cpu_rates = {k: [a.batch_size / t for t in v] for k, v in cpu.items()}
     scores = sorted(k for k in outputs["cfsg"] if k.startswith("score_"))
     result = {
         "net": a.net, "img_size": a.img_size, "batch_size": a.batch_size, "device": str(dev),
@@ -89,6 +94,11 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
     ratios = [c / p for c, p in zip(rates["cfsg"], rates["plain"])]
     result["throughput_ratio"] = result["cfsg_images_per_s"] / result["plain_images_per_s"]
     result["throughput_ratio_per_round"] = ratios
+    if dev.type == "cpu":  # images per process-CPU-second: robust to other processes sharing the cores
+        result["cfsg_images_per_cpu_s"] = common.median(cpu_rates["cfsg"])
+        result["plain_images_per_cpu_s"] = common.median(cpu_rates["plain"])
+        result["cpu_throughput_ratio"] = result["cfsg_images_per_cpu_s"] / result["plain_images_per_cpu_s"]
+        result["cpu_spread"] = {k: common.spread(v) for k, v in cpu_rates.items()}
     if dev.type == "cuda":
         result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
     return result
@@ -117,7 +127,9 @@ def main(argv: List[str] | None = None) -> Dict[str, Any]:
           f"CFSG {result['cfsg_images_per_s']:.1f} images/s (spread {result['cfsg_spread'][0]:+.0%}/"
           f"{result['cfsg_spread'][1]:+.0%}), plain CLIP encoder {result['plain_images_per_s']:.1f} images/s "
           f"(spread {result['plain_spread'][0]:+.0%}/{result['plain_spread'][1]:+.0%}); "
-          f"throughput ratio {result['throughput_ratio']:.2f}", flush=True)
+          f"throughput ratio {result['throughput_ratio']:.2f}"
+          + (f" (per CPU second: {result['cpu_throughput_ratio']:.2f})" if "cpu_throughput_ratio" in result else ""),
+          flush=True)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(result, fh, indent=1)
