@@ -1,4 +1,4 @@
-# make test / make demo create .venv and install the package with the tested pins when missing.
+# make lint / test / test-slow / demo create .venv and install the package with the tested pins when missing.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # The demo CLIP (python -m usb_cfsg.demo_clip), kept outside git; config/demo/*_fmnist.yaml point here.
 DEMO_CLIP := ./saved_models/demo_clip
 
-.PHONY: test demo demo-clip demo-randinit install fmnist clean-venv
+.PHONY: lint test test-slow demo demo-clip demo-randinit install fmnist clean-venv
 
 $(VENV)/.installed: setup.py constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -16,8 +16,16 @@ $(VENV)/.installed: setup.py constraints.txt
 
 install: $(VENV)/.installed
 
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 test: $(VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(VENV)/.installed
+	$(PY) -m pytest -q -m slow tests
 
 fmnist:
 	@test -f $(FMNIST) || (echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \

