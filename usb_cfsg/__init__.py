@@ -62,7 +62,7 @@ class _RegisterAfterSemilearn(importlib.abc.MetaPathFinder):
             original_exec(module)
             register()
 
-        loader.exec_module = exec_module  # type: ignore[method-assign]
+        loader.exec_module = exec_module
         return spec
 
 

@@ -551,15 +551,15 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
     if isinstance(name, str) and (name.strip() in ("", ".", "..") or name != name.strip()):
         problems.append(f"save_name {name!r} is not a folder name; e.g. {default_save_name(args)!r}")
     net, clip_model = get("net"), get("clip_model")
-    if net == "open_clip" or clip_model not in (None, "", "none"):  # our CLIP nets: model name and ViT tower
-        from .nets.clip import CLIP_ARCHS, GENERIC_NET, validate_clip_model
+    if isinstance(net, str) and (net == "open_clip" or net.startswith("clip_") or clip_model not in (None, "", "none")):
+        from .nets.clip import CLIP_ARCHS, GENERIC_NET, validate_clip_model  # our CLIP nets: model, tower, tag
 
         if net == GENERIC_NET or net in CLIP_ARCHS:
             try:
-                validate_clip_model(net, clip_model)
+                validate_clip_model(net, clip_model, get("pretrained"), get("pretrain_path"))
             except ConfigError as exc:
                 problems.append(str(exc))
-        else:
+        elif clip_model not in (None, "", "none"):
             problems.append(f"clip_model is read only with net: open_clip, got net: {net}")
     if algorithm_cls is not None and hasattr(algorithm_cls, "validate_config"):
         own = algorithm_cls.validate_config(args)
@@ -573,7 +573,7 @@ def config_to_dict(args: argparse.Namespace) -> Dict[str, Any]:
     ``python train.py --c <run>/config.yaml`` reproduces the run.
     """
     keys = set(base_specs()) | set(algorithm_specs(_algorithm_class(str(args.algorithm))))
-    out = {}
+    out: Dict[str, Any] = {}
     for key, val in sorted(vars(args).items()):
         if key not in keys:  # runtime values (c, distributed, lb_dest_len, ...) are not configuration
             continue

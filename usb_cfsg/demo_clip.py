@@ -258,7 +258,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
     out = np.empty((len(images), size, size), dtype=np.uint8)
     for i, img in enumerate(images):
-        out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
+        out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
     return out
 
 
@@ -410,7 +410,8 @@ def _lr_at(step: int, recipe: Recipe) -> float:
 
 
 def _param_groups(model: nn.Module, captions: CaptionEncoder, weight_decay: float) -> List[Dict[str, Any]]:
-    decay, no_decay = [], []
+    decay: List[nn.Parameter] = []
+    no_decay: List[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue

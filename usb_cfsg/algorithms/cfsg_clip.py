@@ -17,7 +17,7 @@ and of the selected unlabeled samples (with their pseudo-labels), averaged over 
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from semilearn.algorithms.utils import SSL_Argument, str2bool
 from semilearn.core.algorithmbase import AlgorithmBase
 
 from ..engine.plugin import PluginMixin
-from ..modules import fused_score, ova_consistency, ova_entropy, ova_loss
+from ..modules import ClassPrototypes, fused_score, ova_consistency, ova_entropy, ova_loss
 from ..nets.backbone import unwrap
 from ..nets.cfsg import NET_SCORES, OOD_SCORES
 from . import register_algorithm
@@ -47,7 +47,8 @@ def _choice(*options: str):
         return text
 
     parse.__name__ = "one of " + "|".join(options)
-    parse.choices = options  # type: ignore[attr-defined]  (config.py turns this into a validated choice)
+    # config.py turns .choices into a validated choice
+    parse.choices = options  # type: ignore[attr-defined]
     return parse
 
 
@@ -113,7 +114,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             def reduce(t: torch.Tensor) -> torch.Tensor:
                 dist.all_reduce(t)
                 return t
-        unwrap(self.model).prototypes.update(feats.detach().float(), labels, mask, reduce_fn=reduce)
+        prototypes = cast(ClassPrototypes, unwrap(self.model).prototypes)
+        prototypes.update(feats.detach().float(), labels, mask, reduce_fn=reduce)
 
     def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s, x_ulb_w2=None, y_ulb=None):
         """One step on a labeled batch and an unlabeled batch (views in the module docstring).

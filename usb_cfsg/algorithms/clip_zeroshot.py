@@ -21,7 +21,7 @@ through an untrained random projection, so zero-shot results are at chance level
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, cast
 
 import numpy as np
 import torch
@@ -78,7 +78,7 @@ class ZeroShotClipNet(ClipNet):
         self.mcm_temperature = float(mcm_temperature)
 
     def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, **kwargs: Any):
-        t = F.normalize(self.text_embeddings, dim=-1)
+        t = F.normalize(cast(torch.Tensor, self.text_embeddings), dim=-1)
         if only_fc:
             return CLIP_LOGIT_SCALE * F.normalize(x, dim=-1) @ t.to(x.dtype).t()
         bb = self.backbone

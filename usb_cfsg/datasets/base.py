@@ -33,9 +33,9 @@ class SourceData:
 
     name: str
     class_names: list[str]
-    train_items: Sequence[Item]
+    train_items: Union[Sequence[Item], np.ndarray]
     train_targets: np.ndarray
-    test_items: Sequence[Item]
+    test_items: Union[Sequence[Item], np.ndarray]
     test_targets: np.ndarray
     prompt_templates: tuple[str, ...] = field(default=("a photo of a {}.",))
 

@@ -6,7 +6,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -65,7 +65,7 @@ class OpenSetInfo:
         return self.seen_class_names + self.unseen_class_names
 
 
-def take(items: Sequence[Any], indices: np.ndarray) -> Any:
+def take(items: Union[Sequence[Any], np.ndarray], indices: np.ndarray) -> Any:
     """``items[indices]`` for a list or an array."""
     if isinstance(items, np.ndarray):
         return items[indices]

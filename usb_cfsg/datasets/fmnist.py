@@ -148,7 +148,9 @@ def read_fmnist(
             f"Install them with `apt-get install dataset-fashion-mnist` (files go to {DEBIAN_DIR}), "
             f"or put these files in data_dir (or set download: true):\n{LAYOUT}"
         )
-    arrays = {key: read_idx(_find(folder, stem), 3 if key.endswith("images") else 1) for key, stem in FILES.items()}
+    found = {key: _find(folder, stem) for key, stem in FILES.items()}
+    arrays = {key: read_idx(path, 3 if key.endswith("images") else 1) for key, path in found.items()
+              if path is not None}  # all present: the folder was checked complete above
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(images) != len(labels):

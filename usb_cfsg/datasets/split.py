@@ -209,7 +209,7 @@ def _choose_seen(
     raise DatasetError(f"class_split must be 'first', 'random' or 'ssb', got {class_split!r}")
 
 
-def _order_key(items: Sequence[Any]) -> np.ndarray:
+def _order_key(items: Union[Sequence[Any], np.ndarray]) -> np.ndarray:
     """Positions of ``items`` sorted by content key: the path for files, the position otherwise.
 
     In-memory datasets (arrays) have their order fixed by the data file, so position is content.

@@ -26,7 +26,7 @@ import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Sequence, Union
 
 import numpy as np
 
@@ -64,7 +64,7 @@ def load_ssb_file() -> Dict[str, Any]:
         return json.load(fh)
 
 
-def ssb_index_to_class(dataset: str, class_names: Sequence[str], train_targets: Sequence[int]) -> List[int]:
+def ssb_index_to_class(dataset: str, class_names: Sequence[str], train_targets: Union[Sequence[int], np.ndarray]) -> List[int]:
     """``order[i]`` = our reader's class index of SSB class index ``i``.
 
     Args:
@@ -94,7 +94,8 @@ def ssb_index_to_class(dataset: str, class_names: Sequence[str], train_targets: 
     return by_name
 
 
-def ssb_classes(dataset: str, num_seen: int, class_names: Sequence[str], train_targets: Sequence[int]) -> SSBClasses:
+def ssb_classes(dataset: str, num_seen: int, class_names: Sequence[str],
+                train_targets: Union[Sequence[int], np.ndarray]) -> SSBClasses:
     """The SSB known classes and unknown-class difficulties of ``dataset`` in reader indices.
 
     Args:
@@ -128,7 +129,7 @@ def ssb_classes(dataset: str, num_seen: int, class_names: Sequence[str], train_t
     return SSBClasses(dataset=dataset, seen_classes=seen, difficulty=difficulty, source=str(data["source"]))
 
 
-def difficulty_of_images(test_targets: Sequence[int], difficulty: Mapping[int, str]) -> List[str]:
+def difficulty_of_images(test_targets: Union[Sequence[int], np.ndarray], difficulty: Mapping[int, str]) -> List[str]:
     """Per test image: its class's difficulty group, ``""`` for a seen-class image."""
     return [difficulty.get(int(t), "") for t in np.asarray(test_targets, dtype=np.int64).tolist()]
 

@@ -1,7 +1,7 @@
 """USB ``BasicDataset`` over image files or arrays, every image decoded to RGB by ``load_rgb``."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 from semilearn.datasets.cv_datasets.datasetbase import BasicDataset
@@ -53,7 +53,7 @@ class OpenSetDataset(BasicDataset):
         self,
         alg: str,
         items: Sequence[Any],
-        targets: Sequence[int],
+        targets: Union[Sequence[int], np.ndarray],
         num_classes: int,
         transform: Any,
         is_ulb: bool = False,

@@ -78,7 +78,7 @@ def peek_checkpoint(path: str, required: Iterable[str] = ("format", "it", "confi
 
 def rng_state() -> Dict[str, Any]:
     """Every global RNG's state, as tensors and plain Python types."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()  # (name, keys, pos, has_gauss, cached_gaussian)
     state = {
         "python": random.getstate(),
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),

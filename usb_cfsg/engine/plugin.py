@@ -51,6 +51,14 @@ class PluginMixin:
 
     net_head: str = "clip"
     device: torch.device
+    # set by USB's AlgorithmBase, which this class is mixed in front of
+    args: Any
+    model: Any
+    ema: Any
+    ema_model: Any
+    loader_dict: Dict[str, Any]
+    print_fn: Any
+    _hooks: list
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, device: Optional[torch.device] = None,
                  record_split: bool = True, weights_from_checkpoint: bool = False, **kw):
@@ -59,7 +67,7 @@ class PluginMixin:
         self.weights_from_checkpoint = weights_from_checkpoint
         self.record_split = record_split  # write split.json to the run folder (training; not eval.py)
         self.openset_info = None
-        super().__init__(args, net_builder, tb_log, logger, **kw)
+        super().__init__(args, net_builder, tb_log, logger, **kw)  # type: ignore[call-arg]  # USB's AlgorithmBase
         self.ngpus_per_node = max(1, args.world_size)  # USB computes rank % ngpus_per_node (0 on CPU)
         self.amp_cm = autocast_factory(self.device, bool(args.amp), getattr(args, "amp_dtype", "auto"))
         if args.amp and self.device.type == "cpu":

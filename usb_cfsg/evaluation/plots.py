@@ -166,7 +166,7 @@ def save_score_hist(
     for mask, label, color in ((~positive, "seen", "tab:blue"), (positive, "unseen", "tab:orange")):
         group = arr[mask]
         if group.size:
-            ax.hist(group, bins=edges, density=True, alpha=0.55, color=color, label=f"{label} (n={group.size})")
+            ax.hist(group, bins=edges.tolist(), density=True, alpha=0.55, color=color, label=f"{label} (n={group.size})")
     if threshold is not None and np.isfinite(threshold):
         ax.axvline(float(threshold), color="k", linestyle="--", linewidth=1,
                    label=f"threshold {float(threshold):.4g}")

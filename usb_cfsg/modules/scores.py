@@ -156,4 +156,5 @@ def fused_score(scores: Mapping[str, Tensor], weights: Mapping[str, float] | Non
             s = (s - lo) / (hi - lo)
         term = w * s.clamp(0.0, 1.0)
         total = term if total is None else total + term
+    assert total is not None  # weights is non-empty (checked above)
     return total / sum(weights.values())
