@@ -1,6 +1,7 @@
 """patches/: the series equals a fresh generation, applies with ``git am`` to USB as released in
 semilearn 0.3.2, and the patched tree -- without usb_cfsg -- registers and trains the open-set
 algorithms through USB's own train.py on CPU, with the USB fixes in effect."""
+
 import difflib
 import json
 import logging
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Optional
 
 import pytest
 
@@ -37,13 +39,20 @@ GUARD = textwrap.dedent("""\
 """)
 
 
-def run_patched(tree: Path, script: Path, *args: str, cwd: Path = None, timeout: int = 600):
+def run_patched(tree: Path, script: Path, *args: str, cwd: Optional[Path] = None, timeout: int = 600):
     """Run ``script`` with Python in the patched ``tree`` (usb_cfsg blocked); returns the CompletedProcess."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(USB_CFSG_REPO=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1",
-               PYTHONWARNINGS="ignore")
-    return subprocess.run([sys.executable, "-c", GUARD, str(tree), str(script), *args], cwd=cwd or tree, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    env.update(
+        USB_CFSG_REPO=str(ROOT), OMP_NUM_THREADS="1", WANDB_MODE="disabled", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", GUARD, str(tree), str(script), *args],
+        cwd=cwd or tree,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -80,8 +89,11 @@ def test_committed_series_equals_a_fresh_generation(fresh):
     for name in generated:
         want, have = (fresh / name).read_text(), (PATCHES / name).read_text()
         if want != have:
-            diff = "".join(list(difflib.unified_diff(have.splitlines(True), want.splitlines(True), f"patches/{name}",
-                                                     "fresh", n=1))[:40])
+            diff = "".join(
+                list(
+                    difflib.unified_diff(have.splitlines(True), want.splitlines(True), f"patches/{name}", "fresh", n=1)
+                )[:40]
+            )
             pytest.fail(f"{STALE}\n{diff}")
 
 
@@ -111,8 +123,11 @@ def test_series_applies_with_git_am_onto_semilearn_0_3_2(patched):
         assert f"'{alg}'" in registry, f"{alg} is not in ALL_MODULES"
         assert (patched / f"semilearn/algorithms/{alg}/{alg}.py").is_file()
     assert "from .clip import BUILDERS as _clip_builders" in (patched / "semilearn/nets/__init__.py").read_text()
-    importing = [str(p.relative_to(patched)) for p in (patched / "semilearn").rglob("*.py")
-                 if re.search(r"^\s*(from|import) usb_cfsg\b", p.read_text(), re.M)]
+    importing = [
+        str(p.relative_to(patched))
+        for p in (patched / "semilearn").rglob("*.py")
+        if re.search(r"^\s*(from|import) usb_cfsg\b", p.read_text(), re.M)
+    ]
     assert importing == [], f"files of the patched tree import usb_cfsg: {importing}"
 
 
@@ -133,8 +148,10 @@ def test_base_tree_is_usb_at_the_released_commit(tmp_path):
 def test_moved_modules_differ_from_the_package_only_in_imports_and_module_names(fresh_tree):
     """The patched tree runs the plug-in's code: each moved file differs from its source only on lines
     that import or name modules (and usb_cfsg.algorithms loses the loop that imports its algorithms)."""
-    modules = upstream.closure([f"usb_cfsg.algorithms.{m}" for m in upstream.algorithm_modules()]
-                               + ["usb_cfsg.nets", "usb_cfsg.modules", "usb_cfsg.datasets", "usb_cfsg.evaluation"])
+    modules = upstream.closure(
+        [f"usb_cfsg.algorithms.{m}" for m in upstream.algorithm_modules()]
+        + ["usb_cfsg.nets", "usb_cfsg.modules", "usb_cfsg.datasets", "usb_cfsg.evaluation"]
+    )
     assert "usb_cfsg.algorithms.cfsg_clip" in modules and "usb_cfsg.engine.plugin" in modules
     for name in modules:
         src = upstream.module_file(name).read_text().splitlines()
@@ -149,7 +166,8 @@ def test_moved_modules_differ_from_the_package_only_in_imports_and_module_names(
             assert len(removed) == len(added), f"{name}: lines added or removed: {removed} -> {added}"
             for old, new in zip(removed, added):
                 assert _module_names_out(old, "usb_cfsg") == _module_names_out(new, "semilearn"), (
-                    f"{name}: a moved line differs in more than module names:\n  {old}\n  {new}")
+                    f"{name}: a moved line differs in more than module names:\n  {old}\n  {new}"
+                )
                 assert "semilearn" in new
 
 
@@ -238,11 +256,35 @@ def _cuda() -> bool:
 
 def _config(path: Path, data_dir: str, save_dir: Path, **keys) -> Path:
     """A USB-style config of a tiny CPU run on the CUB replica (3 of 6 classes seen)."""
-    base = dict(net="clip_tiny", pretrained=None, text_encoder="clip", num_tuned_blocks=2, dataset="cub200",
-                data_dir=data_dir, num_classes=3, num_labels=6, img_size=64, batch_size=4, uratio=1,
-                eval_batch_size=8, epoch=1, num_train_iter=4, num_eval_iter=2, num_log_iter=1, num_warmup_iter=0,
-                num_workers=0, optim="AdamW", lr=0.001, weight_decay=0.01, ema_m=0.99, seed=0,
-                save_dir=str(save_dir), resume=False, overwrite=True, use_tensorboard=False)
+    base = dict(
+        net="clip_tiny",
+        pretrained=None,
+        text_encoder="clip",
+        num_tuned_blocks=2,
+        dataset="cub200",
+        data_dir=data_dir,
+        num_classes=3,
+        num_labels=6,
+        img_size=64,
+        batch_size=4,
+        uratio=1,
+        eval_batch_size=8,
+        epoch=1,
+        num_train_iter=4,
+        num_eval_iter=2,
+        num_log_iter=1,
+        num_warmup_iter=0,
+        num_workers=0,
+        optim="AdamW",
+        lr=0.001,
+        weight_decay=0.01,
+        ema_m=0.99,
+        seed=0,
+        save_dir=str(save_dir),
+        resume=False,
+        overwrite=True,
+        use_tensorboard=False,
+    )
     base.update(keys)
     path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in base.items()))
     return path
@@ -277,8 +319,15 @@ def test_usb_fixmatch_trains_on_cpu_resumes_and_refuses_a_bad_checkpoint(patched
     ckpt = tmp_path / "runs" / "fm" / "latest_model.pth"
     assert ckpt.is_file() and "eval/top-1-acc" in proc.stderr and "train/prefetch_time" in proc.stderr
 
-    resume = _config(tmp_path / "resume.yaml", cub_root, tmp_path / "runs", num_train_iter=6, resume=True,
-                     load_path=str(ckpt), **common)
+    resume = _config(
+        tmp_path / "resume.yaml",
+        cub_root,
+        tmp_path / "runs",
+        num_train_iter=6,
+        resume=True,
+        load_path=str(ckpt),
+        **common,
+    )
     proc = run_patched(patched, patched / "train.py", "--c", str(resume))
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert f"Resumed from {ckpt}" in proc.stderr

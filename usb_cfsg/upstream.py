@@ -24,6 +24,7 @@ The series has three kinds of patches:
 
 Output is deterministic: fixed author and dates, full blob hashes, zeroed commit ids, no signature.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -94,8 +95,12 @@ PAPERS: Dict[str, str] = {
 }
 #: Where no link is known: the paper as authors, venue.
 REFERENCES: Dict[str, str] = {"cfsg_clip": "Li, Huang, Guan, CVPR 2025"}
-DISPLAY_NAMES: Dict[str, str] = {"cfsg_clip": "CFSG-CLIP", "openmatch": "OpenMatch", "iomatch": "IOMatch",
-                                 "clip_zeroshot": "CLIP zero-shot (MCM / GL-MCM)"}
+DISPLAY_NAMES: Dict[str, str] = {
+    "cfsg_clip": "CFSG-CLIP",
+    "openmatch": "OpenMatch",
+    "iomatch": "IOMatch",
+    "clip_zeroshot": "CLIP zero-shot (MCM / GL-MCM)",
+}
 
 
 class UpstreamError(RuntimeError):
@@ -144,10 +149,10 @@ def target_module(name: str) -> str:
         return "semilearn.core.openset.algorithms"
     if name.startswith("usb_cfsg.algorithms."):
         leaf = name.split(".")[2]
-        return f"semilearn.algorithms.{leaf}.{leaf}" + name[len(f"usb_cfsg.algorithms.{leaf}"):]
+        return f"semilearn.algorithms.{leaf}.{leaf}" + name[len(f"usb_cfsg.algorithms.{leaf}") :]
     for src, dst in PACKAGE_MAP:
         if name == src or name.startswith(src + "."):
-            return dst + name[len(src):]
+            return dst + name[len(src) :]
     raise UpstreamError(f"{name} is not a usb_cfsg module")
 
 
@@ -191,8 +196,9 @@ def usb_imports(name: str) -> List[ImportRef]:
             absolute = _absolute(name, node.level, node.module)
             if absolute == "usb_cfsg" or absolute.startswith("usb_cfsg."):
                 written = "." * node.level + (node.module or "")
-                refs.append(ImportRef(node.lineno, node.col_offset, written, absolute,
-                                      tuple(a.name for a in node.names), True))
+                refs.append(
+                    ImportRef(node.lineno, node.col_offset, written, absolute, tuple(a.name for a in node.names), True)
+                )
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name == "usb_cfsg" or alias.name.startswith("usb_cfsg."):
@@ -226,8 +232,10 @@ def closure(roots: Iterable[str]) -> List[str]:
         if name in seen:
             continue
         if name in PLUGIN_ONLY:
-            raise UpstreamError(f"{by} imports {name}, which stays plug-in only ({PLUGIN_ONLY[name]}); import "
-                                f"the module you need directly, or move it out of {name}")
+            raise UpstreamError(
+                f"{by} imports {name}, which stays plug-in only ({PLUGIN_ONLY[name]}); import "
+                f"the module you need directly, or move it out of {name}"
+            )
         seen[name] = by
         todo.extend((m, name) for m in imported_modules(name))
     return sorted(seen)
@@ -261,12 +269,16 @@ def _drop_registration_loop(name: str, source: str) -> str:
     semilearn imports them through ``ALL_MODULES`` instead, so the moved helpers module drops that loop."""
     tree = ast.parse(source)
     lines = source.splitlines(keepends=True)
-    loops = [n for n in tree.body if isinstance(n, ast.For) and isinstance(n.iter, ast.Name) and n.iter.id == "_MODULES"]
+    loops = [
+        n for n in tree.body if isinstance(n, ast.For) and isinstance(n.iter, ast.Name) and n.iter.id == "_MODULES"
+    ]
     if len(loops) != 1:
-        raise UpstreamError(f"{name}: expected one top-level `for ... in _MODULES:` loop importing the algorithm "
-                            f"modules, found {len(loops)}; update usb_cfsg.upstream._drop_registration_loop")
+        raise UpstreamError(
+            f"{name}: expected one top-level `for ... in _MODULES:` loop importing the algorithm "
+            f"modules, found {len(loops)}; update usb_cfsg.upstream._drop_registration_loop"
+        )
     loop = loops[0]
-    del lines[loop.lineno - 1: loop.end_lineno]
+    del lines[loop.lineno - 1 : loop.end_lineno]
     return "".join(lines).rstrip("\n") + "\n"
 
 
@@ -282,23 +294,27 @@ def transform(name: str) -> str:
             for n in ref.names:
                 sub = f"{ref.absolute}.{n}"
                 if module_exists(sub) and target_module(sub) != f"{new_module}.{n}":
-                    raise UpstreamError(f"{name}: `from {ref.source} import {n}` cannot move: {sub} goes to "
-                                        f"{target_module(sub)}, not under {new_module}")
+                    raise UpstreamError(
+                        f"{name}: `from {ref.source} import {n}` cannot move: {sub} goes to "
+                        f"{target_module(sub)}, not under {new_module}"
+                    )
             if ref.absolute not in MOVED_INITS and is_package(ref.absolute) and ref.absolute != "usb_cfsg.algorithms":
                 missing = [n for n in ref.names if not module_exists(f"{ref.absolute}.{n}")]
                 if missing:
-                    raise UpstreamError(f"{name}: `from {ref.source} import {', '.join(missing)}` takes names from "
-                                        f"package {ref.absolute}, whose __init__ does not move; import them from "
-                                        f"their module")
+                    raise UpstreamError(
+                        f"{name}: `from {ref.source} import {', '.join(missing)}` takes names from "
+                        f"package {ref.absolute}, whose __init__ does not move; import them from "
+                        f"their module"
+                    )
             regex, old = _FROM_RE, ref.source
         else:
             new_module, regex, old = target_module(ref.absolute), _IMPORT_RE, ref.source
         line = lines[ref.lineno - 1]
-        head, tail = line[: ref.col], line[ref.col:]
+        head, tail = line[: ref.col], line[ref.col :]
         match = regex.match(tail)
         if match is None or match.group(1) != old:
             raise UpstreamError(f"{name}:{ref.lineno}: cannot parse the import statement {line.strip()!r}")
-        lines[ref.lineno - 1] = head + tail[: match.start(1)] + new_module + tail[match.end(1):]
+        lines[ref.lineno - 1] = head + tail[: match.start(1)] + new_module + tail[match.end(1) :]
     out = _rewrite_refs("".join(lines))
     if name == "usb_cfsg.algorithms":
         out = _drop_registration_loop(name, out)
@@ -355,8 +371,9 @@ def _apply_edit(root: Path, edit: Edit) -> None:
     text = path.read_text(encoding="utf-8")
     count = text.count(edit.old)
     if count != 1:
-        raise UpstreamError(f"edit of {edit.path} expects its old text exactly once, found it {count} times:\n"
-                            f"{edit.old}")
+        raise UpstreamError(
+            f"edit of {edit.path} expects its old text exactly once, found it {count} times:\n{edit.old}"
+        )
     path.write_text(text.replace(edit.old, edit.new), encoding="utf-8")
 
 
@@ -364,7 +381,7 @@ FIXES: List[Patch] = [
     Patch(
         subject="Run on CPU: device-agnostic batches, evaluation, timers and model placement",
         summary="USB on a machine without CUDA: `AlgorithmBase.device`, `.to(device)` in process_batch/evaluate, "
-                "wall-clock TimerHook, guarded `cuda.synchronize`, `send_model_cuda` and train.py on CPU.",
+        "wall-clock TimerHook, guarded `cuda.synchronize`, `send_model_cuda` and train.py on CPU.",
         body="""\
 semilearn 0.3.2 cannot train or evaluate without a GPU:
 
@@ -396,10 +413,13 @@ trains fixmatch for a few iterations, evaluates, and writes
 latest_model.pth; the GPU code paths are unchanged. Not run: distributed
 training on CPU (gloo).""",
         edits=[
-            Edit("semilearn/core/utils/misc.py", """def send_model_cuda(args, model, clip_batch=True):
+            Edit(
+                "semilearn/core/utils/misc.py",
+                """def send_model_cuda(args, model, clip_batch=True):
     if not torch.cuda.is_available():
         raise Exception('ONLY GPU TRAINING IS SUPPORTED')
-    elif args.distributed:""", """def get_device(gpu=None):
+    elif args.distributed:""",
+                """def get_device(gpu=None):
     \"\"\"
     The device a process trains on: CUDA device `gpu` (the current CUDA device when `gpu` is None),
     or the CPU on a machine without CUDA.
@@ -416,45 +436,67 @@ def send_model_cuda(args, model, clip_batch=True):
             model = torch.nn.parallel.DistributedDataParallel(model, broadcast_buffers=False,
                                                               find_unused_parameters=True)
         return model
-    elif args.distributed:"""),
-            Edit("semilearn/core/algorithmbase.py", """    get_dataset,
+    elif args.distributed:""",
+            ),
+            Edit(
+                "semilearn/core/algorithmbase.py",
+                """    get_dataset,
     get_optimizer,
-)""", """    get_dataset,
+)""",
+                """    get_dataset,
     get_device,
     get_optimizer,
-)"""),
-            Edit("semilearn/core/algorithmbase.py", """        self.ngpus_per_node = torch.cuda.device_count()
+)""",
+            ),
+            Edit(
+                "semilearn/core/algorithmbase.py",
+                """        self.ngpus_per_node = torch.cuda.device_count()
         self.loss_scaler = GradScaler()
         self.amp_cm = autocast if self.use_amp else contextlib.nullcontext
         self.gpu = args.gpu
-""", """        # at least one process per node: CPU-only machines have no GPU to count
+""",
+                """        # at least one process per node: CPU-only machines have no GPU to count
         self.ngpus_per_node = max(torch.cuda.device_count(), 1)
         self.loss_scaler = GradScaler()
         self.amp_cm = autocast if self.use_amp else contextlib.nullcontext
         self.gpu = args.gpu
         self.device = get_device(args.gpu)
-"""),
-            Edit("semilearn/core/algorithmbase.py", """        process batch data, send data to cuda""",
-                 """        process batch data, send data to self.device"""),
-            Edit("semilearn/core/algorithmbase.py", """            # send var to cuda
+""",
+            ),
+            Edit(
+                "semilearn/core/algorithmbase.py",
+                """        process batch data, send data to cuda""",
+                """        process batch data, send data to self.device""",
+            ),
+            Edit(
+                "semilearn/core/algorithmbase.py",
+                """            # send var to cuda
             if isinstance(var, dict):
                 var = {k: v.cuda(self.gpu) for k, v in var.items()}
             else:
-                var = var.cuda(self.gpu)""", """            # send var to the training device
+                var = var.cuda(self.gpu)""",
+                """            # send var to the training device
             if isinstance(var, dict):
                 var = {k: v.to(self.device) for k, v in var.items()}
             else:
-                var = var.to(self.device)"""),
-            Edit("semilearn/core/algorithmbase.py", """                if isinstance(x, dict):
+                var = var.to(self.device)""",
+            ),
+            Edit(
+                "semilearn/core/algorithmbase.py",
+                """                if isinstance(x, dict):
                     x = {k: v.cuda(self.gpu) for k, v in x.items()}
                 else:
                     x = x.cuda(self.gpu)
-                y = y.cuda(self.gpu)""", """                if isinstance(x, dict):
+                y = y.cuda(self.gpu)""",
+                """                if isinstance(x, dict):
                     x = {k: v.to(self.device) for k, v in x.items()}
                 else:
                     x = x.to(self.device)
-                y = y.to(self.device)"""),
-            Edit("semilearn/core/hooks/timer.py", """import torch
+                y = y.to(self.device)""",
+            ),
+            Edit(
+                "semilearn/core/hooks/timer.py",
+                """import torch
 from .hook import Hook
 
 
@@ -462,14 +504,15 @@ class TimerHook(Hook):
     \"\"\"
     Timer Hook
     \"\"\"
-    
+\x20\x20\x20\x20
     def before_run(self, algorithm):
         algorithm.start_batch = torch.cuda.Event(enable_timing=True)
         algorithm.end_batch = torch.cuda.Event(enable_timing=True)
 
         algorithm.start_run = torch.cuda.Event(enable_timing=True)
         algorithm.end_run = torch.cuda.Event(enable_timing=True)
-""", """import time
+""",
+                """import time
 
 import torch
 from .hook import Hook
@@ -499,38 +542,55 @@ class TimerHook(Hook):
     \"\"\"
     Timer Hook (CUDA events on GPU, wall clock on CPU)
     \"\"\"
-    
+\x20\x20\x20\x20
     def before_run(self, algorithm):
         algorithm.start_batch = timing_event()
         algorithm.end_batch = timing_event()
 
         algorithm.start_run = timing_event()
         algorithm.end_run = timing_event()
-"""),
-            Edit("semilearn/core/hooks/param_update.py", """        if hasattr(algorithm, 'start_run'):
+""",
+            ),
+            Edit(
+                "semilearn/core/hooks/param_update.py",
+                """        if hasattr(algorithm, 'start_run'):
             torch.cuda.synchronize()
-            algorithm.start_run.record()""", """        if hasattr(algorithm, 'start_run'):
+            algorithm.start_run.record()""",
+                """        if hasattr(algorithm, 'start_run'):
             if torch.cuda.is_available():
                 torch.cuda.synchronize()
-            algorithm.start_run.record()"""),
-            Edit("semilearn/core/hooks/param_update.py", """            algorithm.end_run.record()
-            torch.cuda.synchronize()""", """            algorithm.end_run.record()
+            algorithm.start_run.record()""",
+            ),
+            Edit(
+                "semilearn/core/hooks/param_update.py",
+                """            algorithm.end_run.record()
+            torch.cuda.synchronize()""",
+                """            algorithm.end_run.record()
             if torch.cuda.is_available():
-                torch.cuda.synchronize()"""),
-            Edit("train.py", """    ngpus_per_node = torch.cuda.device_count()  # number of gpus of each node
-""", """    # number of gpus of each node; one process per node on a machine without CUDA
+                torch.cuda.synchronize()""",
+            ),
+            Edit(
+                "train.py",
+                """    ngpus_per_node = torch.cuda.device_count()  # number of gpus of each node
+""",
+                """    # number of gpus of each node; one process per node on a machine without CUDA
     ngpus_per_node = max(torch.cuda.device_count(), 1)
-"""),
-            Edit("train.py", """        dist.init_process_group(
-            backend=args.dist_backend,""", """        dist.init_process_group(
+""",
+            ),
+            Edit(
+                "train.py",
+                """        dist.init_process_group(
+            backend=args.dist_backend,""",
+                """        dist.init_process_group(
             # NCCL needs GPUs: CPU-only processes communicate with gloo
-            backend=args.dist_backend if torch.cuda.is_available() else "gloo","""),
+            backend=args.dist_backend if torch.cuda.is_available() else "gloo",""",
+            ),
         ],
     ),
     Patch(
         subject="Load YAML configs with ruamel.yaml >= 0.18",
         summary="`over_write_args_from_file` uses `YAML(typ='safe', pure=True)` instead of `yaml.load(..., "
-                "Loader=...)`, which ruamel.yaml 0.18 removed.",
+        "Loader=...)`, which ruamel.yaml 0.18 removed.",
         body="""\
 over_write_args_from_file() reads the --c config with
 ruamel.yaml.load(text, Loader=ruamel.yaml.Loader). ruamel.yaml 0.18 removed
@@ -548,18 +608,22 @@ training run that follows uses them) with ruamel.yaml 0.17.40; by hand with
 ruamel.yaml 0.18.17, where the unpatched function fails with '"load()" has
 been removed' and the patched one reads the same values.""",
         edits=[
-            Edit("semilearn/core/utils/misc.py", """    with open(yml, 'r', encoding='utf-8') as f:
+            Edit(
+                "semilearn/core/utils/misc.py",
+                """    with open(yml, 'r', encoding='utf-8') as f:
         dic = yaml.load(f.read(), Loader=yaml.Loader)
-        for k in dic:""", """    with open(yml, 'r', encoding='utf-8') as f:
+        for k in dic:""",
+                """    with open(yml, 'r', encoding='utf-8') as f:
         # the safe loader of the YAML() API: yaml.load(..., Loader=...) is gone in ruamel.yaml>=0.18
         dic = yaml.YAML(typ='safe', pure=True).load(f) or {}
-        for k in dic:"""),
+        for k in dic:""",
+            ),
         ],
     ),
     Patch(
         subject="Resume checkpoints under torch >= 2.6 (weights_only loading)",
         summary="Checkpoints store plain Python numbers; `load_model` loads with `weights_only=True` and still "
-                "reads 0.3.2 checkpoints, whose numpy scalars it allows explicitly.",
+        "reads 0.3.2 checkpoints, whose numpy scalars it allows explicitly.",
         body="""\
 Since torch 2.6, torch.load() defaults to weights_only=True. USB's
 checkpoints hold best_eval_acc as the numpy float64 that sklearn's
@@ -577,27 +641,42 @@ AlgorithmBase.load_model() fails on every checkpoint with a current torch
 Tested with torch 2.14.1: a run's latest_model.pth resumes; a checkpoint
 holding a numpy float64 best_eval_acc, as 0.3.2 wrote them, loads.""",
         edits=[
-            Edit("semilearn/core/algorithmbase.py", """import contextlib
+            Edit(
+                "semilearn/core/algorithmbase.py",
+                """import contextlib
 import os
-""", """import contextlib
+""",
+                """import contextlib
 import os
 import pickle
-"""),
-            Edit("semilearn/core/algorithmbase.py", """            "it": self.it + 1,
+""",
+            ),
+            Edit(
+                "semilearn/core/algorithmbase.py",
+                """            "it": self.it + 1,
             "epoch": self.epoch + 1,
             "best_it": self.best_it,
             "best_eval_acc": self.best_eval_acc,
-        }""", """            # plain Python numbers: torch>=2.6 loads checkpoints weights-only
+        }""",
+                """            # plain Python numbers: torch>=2.6 loads checkpoints weights-only
             "it": int(self.it + 1),
             "epoch": int(self.epoch + 1),
             "best_it": int(self.best_it),
             "best_eval_acc": float(self.best_eval_acc),
-        }"""),
-            Edit("semilearn/core/algorithmbase.py", """        checkpoint = torch.load(load_path, map_location="cpu")
-""", """        checkpoint = load_checkpoint_file(load_path)
-"""),
-            Edit("semilearn/core/algorithmbase.py", """class AlgorithmBase:
-    \"\"\"""", """def load_checkpoint_file(load_path):
+        }""",
+            ),
+            Edit(
+                "semilearn/core/algorithmbase.py",
+                """        checkpoint = torch.load(load_path, map_location="cpu")
+""",
+                """        checkpoint = load_checkpoint_file(load_path)
+""",
+            ),
+            Edit(
+                "semilearn/core/algorithmbase.py",
+                """class AlgorithmBase:
+    \"\"\"""",
+                """def load_checkpoint_file(load_path):
     \"\"\"
     torch.load a training checkpoint weights-only (torch>=2.6's default): tensors and plain
     Python types only. Checkpoints of semilearn<=0.3.2 also hold numpy scalars (best_eval_acc),
@@ -615,13 +694,14 @@ import pickle
 
 
 class AlgorithmBase:
-    \"\"\""""),
+    \"\"\"""",
+            ),
         ],
     ),
     Patch(
         subject="train.py: fail when resuming from an existing checkpoint fails",
         summary="A checkpoint that exists but does not load is an error instead of a silent restart from "
-                "scratch into the same run folder.",
+        "scratch into the same run folder.",
         body="""\
 main_worker() wraps model.load_model(args.load_path) in a bare
 try/except that logs "Fail to resume load path" at INFO level, sets
@@ -637,7 +717,9 @@ exists), now logged only when resume was asked for.
 Tested: resuming from a damaged checkpoint file exits with the error and
 leaves the file as it was; resuming from a run's latest_model.pth continues.""",
         edits=[
-            Edit("train.py", """    if args.resume and os.path.exists(args.load_path):
+            Edit(
+                "train.py",
+                """    if args.resume and os.path.exists(args.load_path):
         try:
             model.load_model(args.load_path)
         except:
@@ -645,7 +727,8 @@ leaves the file as it was; resuming from a run's latest_model.pth continues.""",
             args.resume = False
     else:
         logger.info("Resume load path {} does not exist".format(args.load_path))
-""", """    if args.resume and os.path.exists(args.load_path):
+""",
+                """    if args.resume and os.path.exists(args.load_path):
         # never restart from scratch silently: the run would overwrite the checkpoint
         try:
             model.load_model(args.load_path)
@@ -658,13 +741,14 @@ leaves the file as it was; resuming from a run's latest_model.pth continues.""",
         logger.info(f"Resumed from {args.load_path} at iteration {model.it}")
     elif args.resume:
         logger.info("Resume load path {} does not exist: training from scratch".format(args.load_path))
-"""),
+""",
+            ),
         ],
     ),
     Patch(
         subject="get_dataset: raise on an unknown dataset name",
         summary="An unknown `dataset` raises a ValueError naming the known ones instead of returning None "
-                "(which failed far away); `dataset: None` keeps building no datasets (own loaders).",
+        "(which failed far away); `dataset: None` keeps building no datasets (own loaders).",
         body="""\
 get_dataset() returns None for a name it does not know. AlgorithmBase then
 builds no data loaders, and training fails later with
@@ -678,24 +762,33 @@ data loaders and hand them to semilearn.Trainer.
 Tested: get_dataset(args, "fixmatch", "cifar01", ...) raises
 "unknown dataset 'cifar01', did you mean 'cifar10'?".""",
         edits=[
-            Edit("semilearn/core/utils/build.py", """    from semilearn.datasets import get_eurosat, get_medmnist, get_semi_aves, get_cifar, get_svhn, get_stl10, get_imagenet, get_json_dset, get_pkl_dset
+            Edit(
+                "semilearn/core/utils/build.py",
+                """    from semilearn.datasets import get_eurosat, get_medmnist, get_semi_aves, get_cifar, get_svhn, get_stl10, get_imagenet, get_json_dset, get_pkl_dset
 
-    if dataset == "eurosat":""", """    from semilearn.datasets import get_eurosat, get_medmnist, get_semi_aves, get_cifar, get_svhn, get_stl10, get_imagenet, get_json_dset, get_pkl_dset
+    if dataset == "eurosat":""",
+                """    from semilearn.datasets import get_eurosat, get_medmnist, get_semi_aves, get_cifar, get_svhn, get_stl10, get_imagenet, get_json_dset, get_pkl_dset
 
     if dataset is None:
         # no dataset: the caller builds its own data loaders (e.g. for semilearn.Trainer)
         return None
-    elif dataset == "eurosat":"""),
-            Edit("semilearn/core/utils/build.py", """    else:
+    elif dataset == "eurosat":""",
+            ),
+            Edit(
+                "semilearn/core/utils/build.py",
+                """    else:
         return None
-    
+\x20\x20\x20\x20
     dataset_dict = {'train_lb': lb_dset, 'train_ulb': ulb_dset, 'eval': eval_dset, 'test': test_dset}""",
-                 """    else:
+                """    else:
         raise ValueError(unknown_dataset_message(dataset, dataset_names()))
-    
-    dataset_dict = {'train_lb': lb_dset, 'train_ulb': ulb_dset, 'eval': eval_dset, 'test': test_dset}"""),
-            Edit("semilearn/core/utils/build.py", """def get_dataset(args, algorithm, dataset, num_labels, num_classes, data_dir='./data', include_lb_to_ulb=True):""",
-                 """def dataset_names():
+\x20\x20\x20\x20
+    dataset_dict = {'train_lb': lb_dset, 'train_ulb': ulb_dset, 'eval': eval_dset, 'test': test_dset}""",
+            ),
+            Edit(
+                "semilearn/core/utils/build.py",
+                """def get_dataset(args, algorithm, dataset, num_labels, num_classes, data_dir='./data', include_lb_to_ulb=True):""",
+                """def dataset_names():
     \"\"\"
     names get_dataset knows
     \"\"\"
@@ -711,13 +804,14 @@ def unknown_dataset_message(dataset, names):
     return "unknown dataset {!r}{} Known datasets: {}".format(dataset, hint, ", ".join(sorted(names)))
 
 
-def get_dataset(args, algorithm, dataset, num_labels, num_classes, data_dir='./data', include_lb_to_ulb=True):"""),
+def get_dataset(args, algorithm, dataset, num_labels, num_classes, data_dir='./data', include_lb_to_ulb=True):""",
+            ),
         ],
     ),
     Patch(
         subject="Registry: raise on a duplicate name instead of printing",
         summary="Registering another class under a taken name raises KeyError; re-registering the same class "
-                "(a module imported twice) is still allowed.",
+        "(a module imported twice) is still allowed.",
         body="""\
 Register.__setitem__ prints "Key ... already in registry ..." and replaces
 the registered class when a second class takes the same name. An algorithm
@@ -731,21 +825,29 @@ name, as when a module is imported twice) replaces the entry as before.
 Tested: ALGORITHMS.register("fixmatch")(AnotherClass) raises; importing every
 built-in algorithm registers each name once.""",
         edits=[
-            Edit("semilearn/core/utils/registry.py", """        if key in self._dict:
+            Edit(
+                "semilearn/core/utils/registry.py",
+                """        if key in self._dict:
             print("Key %s already in registry %s." % (key, self._name))
-        self._dict[key] = value""", """        if key in self._dict:
+        self._dict[key] = value""",
+                """        if key in self._dict:
             old = self._dict[key]
             if _qualified_name(old) != _qualified_name(value):
                 raise KeyError(f"{key!r} is already registered in {self._name} by {_qualified_name(old)}; "
                                f"register {_qualified_name(value)} under another name")
-        self._dict[key] = value"""),
-            Edit("semilearn/core/utils/registry.py", """class Register:
-""", """def _qualified_name(obj):
+        self._dict[key] = value""",
+            ),
+            Edit(
+                "semilearn/core/utils/registry.py",
+                """class Register:
+""",
+                """def _qualified_name(obj):
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
 class Register:
-"""),
+""",
+            ),
         ],
     ),
 ]
@@ -807,14 +909,24 @@ def feature_patches() -> List[Patch]:
     """The open-set code (moved), its glue in USB's files, configs and docs."""
     algs = algorithm_modules()
     alg_modules = [f"usb_cfsg.algorithms.{m}" for m in algs]
-    roots = alg_modules + ["usb_cfsg.algorithms", "usb_cfsg.nets", "usb_cfsg.modules", "usb_cfsg.datasets",
-                           "usb_cfsg.evaluation"]
+    roots = alg_modules + [
+        "usb_cfsg.algorithms",
+        "usb_cfsg.nets",
+        "usb_cfsg.modules",
+        "usb_cfsg.datasets",
+        "usb_cfsg.evaluation",
+    ]
     modules = closure(roots)
     files = _moved_files(modules)
-    files.update(_generated_inits(files, {
-        "semilearn/core/openset": "Open-set SSL support shared by the open-set algorithms: the algorithm mixin "
-                                  "(data, device, checkpoints, hooks),\nconfiguration keys, errors and registries.\n",
-    }))
+    files.update(
+        _generated_inits(
+            files,
+            {
+                "semilearn/core/openset": "Open-set SSL support shared by the open-set algorithms: the algorithm mixin "
+                "(data, device, checkpoints, hooks),\nconfiguration keys, errors and registries.\n",
+            },
+        )
+    )
     support = _group(files, "semilearn/core/openset/")
     nets = _group(files, "semilearn/nets/clip/")
     datasets = _group(files, "semilearn/datasets/openset_datasets/")
@@ -835,7 +947,7 @@ def feature_patches() -> List[Patch]:
         Patch(
             subject="Add semilearn.core.openset: shared support of open-set algorithms",
             summary="Algorithm mixin (open-set datasets, device, exact-resume loaders, checkpoints with RNG state, "
-                    "throughput hook, open-set evaluator), typed config keys, errors, registries.",
+            "throughput hook, open-set evaluator), typed config keys, errors, registries.",
             body=f"""\
 Open-set semi-supervised learning needs more from an algorithm than
 AlgorithmBase gives: datasets with unseen classes in the unlabeled set and an
@@ -865,7 +977,7 @@ them.""",
         Patch(
             subject="Add CLIP nets for open-set algorithms (semilearn.nets.clip)",
             summary=f"open_clip ViTs split into a frozen trunk and tuned blocks, CLIP and CFSG heads, text "
-                    f"embeddings, CFSG building blocks; exported from semilearn.nets: {', '.join(builders)}.",
+            f"embeddings, CFSG building blocks; exported from semilearn.nets: {', '.join(builders)}.",
             body=f"""\
 The open-set algorithms of this series use CLIP: a visual encoder whose first
 blocks stay frozen (run once, without autograd), text embeddings of the class
@@ -891,16 +1003,22 @@ layout, nothing else differs.
 Tested: the plug-in's net tests (CPU, a tiny random-init open_clip config);
 `semilearn.nets.clip_tiny` builds and trains in this tree.""",
             files=nets,
-            edits=[Edit("semilearn/nets/__init__.py", """from .hubert import hubert_base
-""", "from .hubert import hubert_base\n"
-                 "# CLIP ViTs (open_clip) of the open-set algorithms\n"
-                 "from .clip import BUILDERS as _clip_builders\n"
-                 + "".join(f"{b} = _clip_builders[{b!r}]\n" for b in builders))],
+            edits=[
+                Edit(
+                    "semilearn/nets/__init__.py",
+                    """from .hubert import hubert_base
+""",
+                    "from .hubert import hubert_base\n"
+                    "# CLIP ViTs (open_clip) of the open-set algorithms\n"
+                    "from .clip import BUILDERS as _clip_builders\n"
+                    + "".join(f"{b} = _clip_builders[{b!r}]\n" for b in builders),
+                )
+            ],
         ),
         Patch(
             subject="Add fine-grained open-set datasets and their get_dataset branch",
             summary=f"Readers, open-set class split (first / random / SSB), USB datasets; `get_dataset` knows "
-                    f"{', '.join(dataset_names)}.",
+            f"{', '.join(dataset_names)}.",
             body=f"""\
 Open-set SSL benchmarks split a dataset's classes into K seen classes
 (labeled and unlabeled data) and unseen ones (unlabeled data and the open-set
@@ -923,9 +1041,13 @@ layout, nothing else differs.
 Tested: the plug-in's dataset tests (replicas of each publisher's layout);
 fixmatch trains on a CUB-200-2011 replica through train.py in this tree.""",
             files=datasets,
-            edits=[Edit("semilearn/core/utils/build.py", """    elif dataset in ['aclImdb', 'ag_news', 'amazon_review', 'dbpedia', 'yahoo_answers', 'yelp_review']:
+            edits=[
+                Edit(
+                    "semilearn/core/utils/build.py",
+                    """    elif dataset in ['aclImdb', 'ag_news', 'amazon_review', 'dbpedia', 'yahoo_answers', 'yelp_review']:
         lb_dset, ulb_dset, eval_dset, test_dset = get_json_dset(args, algorithm, dataset, num_labels, num_classes, data_dir=data_dir, include_lb_to_ulb=include_lb_to_ulb)
-""", """    elif dataset in ['aclImdb', 'ag_news', 'amazon_review', 'dbpedia', 'yahoo_answers', 'yelp_review']:
+""",
+                    """    elif dataset in ['aclImdb', 'ag_news', 'amazon_review', 'dbpedia', 'yahoo_answers', 'yelp_review']:
         lb_dset, ulb_dset, eval_dset, test_dset = get_json_dset(args, algorithm, dataset, num_labels, num_classes, data_dir=data_dir, include_lb_to_ulb=include_lb_to_ulb)
     # fine-grained open-set datasets: the seen classes (num_classes = K) for closed-set training
     elif dataset in openset_dataset_names():
@@ -937,11 +1059,16 @@ fixmatch trains on a CUB-200-2011 replica through train.py in this tree.""",
         std = getattr(builder, 'std', (0.229, 0.224, 0.225))
         dsets, _ = build_openset_datasets(args, algorithm, mean, std, None)
         lb_dset, ulb_dset, eval_dset, test_dset = dsets['train_lb'], dsets['train_ulb'], dsets['eval'], None
-"""), Edit("semilearn/core/utils/build.py", """def dataset_names():
+""",
+                ),
+                Edit(
+                    "semilearn/core/utils/build.py",
+                    """def dataset_names():
     \"\"\"
     names get_dataset knows
     \"\"\"
-    return ['eurosat',""", """def openset_dataset_names():
+    return ['eurosat',""",
+                    """def openset_dataset_names():
     from semilearn.datasets.openset_datasets import DATASETS
     return DATASETS.names()
 
@@ -950,12 +1077,14 @@ def dataset_names():
     \"\"\"
     names get_dataset knows
     \"\"\"
-    return openset_dataset_names() + ['eurosat',""")],
+    return openset_dataset_names() + ['eurosat',""",
+                ),
+            ],
         ),
         Patch(
             subject="Add the open-set evaluation hook (semilearn.core.hooks.openset)",
             summary="OpenSetEvalHook: every unknown score's AUROC, FPR@95, open-set balanced accuracy, H-score, "
-                    "macro-F1, per-difficulty metrics, openset_metrics.json, ROC/histogram/confusion files.",
+            "macro-F1, per-difficulty metrics, openset_metrics.json, ROC/histogram/confusion files.",
             body=f"""\
 USB evaluates closed-set accuracy only. Open-set SSL is judged on how well
 unknown-class test images are told apart: this adds the open-set evaluator as
@@ -986,10 +1115,11 @@ cases); in this tree a CPU run writes openset_metrics.json.""",
         alg_files = dict(per_alg[m])
         alg_files[f"semilearn/algorithms/{m}/__init__.py"] = f"from .{m} import {cls}\n".encode("utf-8")
         name = DISPLAY_NAMES.get(m, m)
-        patches.append(Patch(
-            subject=f"Add the {m} algorithm ({name})",
-            summary=f"`algorithm: {m}`: {_class_summary(module, cls)} Registered through ALL_MODULES.",
-            body=f"""\
+        patches.append(
+            Patch(
+                subject=f"Add the {m} algorithm ({name})",
+                summary=f"`algorithm: {m}`: {_class_summary(module, cls)} Registered through ALL_MODULES.",
+                body=f"""\
 {textwrap.fill(f"{name} as a semilearn algorithm (`algorithm: {m}`). {_class_summary(module, cls)}", 72)}
 
 It is registered like the built-in algorithms (ALL_MODULES in
@@ -1002,15 +1132,17 @@ layout, nothing else differs.
 
 Tested: the plug-in's tests of this algorithm (CPU, tiny CLIP); in this
 tree, {m} is registered and `python train.py --c <config>` trains it.""",
-            files=alg_files,
-            edits=[Edit("semilearn/core/utils/registry.py", f"'{previous}']),", f"'{previous}', '{m}']),")],
-        ))
+                files=alg_files,
+                edits=[Edit("semilearn/core/utils/registry.py", f"'{previous}']),", f"'{previous}', '{m}']),")],
+            )
+        )
         previous = m
-    patches.append(Patch(
-        subject="train.py: defaults for the keys of open-set algorithms",
-        summary="Keys the open-set algorithms read (device, pretrained, class_split, ...) that neither the parser "
-                "nor the config file set take their documented defaults.",
-        body="""\
+    patches.append(
+        Patch(
+            subject="train.py: defaults for the keys of open-set algorithms",
+            summary="Keys the open-set algorithms read (device, pretrained, class_split, ...) that neither the parser "
+            "nor the config file set take their documented defaults.",
+            body="""\
 get_config() declares USB's keys and the algorithm's get_argument() keys;
 everything else exists only if the config file sets it. The open-set
 algorithms read more common keys (pretrained, num_tuned_blocks, text_encoder,
@@ -1023,10 +1155,14 @@ after parsing gets its default; keys set by the parser or the file are not
 touched, and the built-in algorithms are unaffected.
 
 Tested: a config that gives only the keys it changes trains cfsg_clip.""",
-        edits=[Edit("train.py", """    args = parser.parse_args()
+            edits=[
+                Edit(
+                    "train.py",
+                    """    args = parser.parse_args()
     over_write_args_from_file(args, args.c)
     return args
-""", """    args = parser.parse_args()
+""",
+                    """    args = parser.parse_args()
     over_write_args_from_file(args, args.c)
 
     # open-set algorithms read common keys the parser does not declare: unset ones take their defaults
@@ -1038,14 +1174,18 @@ Tested: a config that gives only the keys it changes trains cfsg_clip.""",
             if not hasattr(args, key):
                 setattr(args, key, spec.default)
     return args
-""")],
-    ))
+""",
+                )
+            ],
+        )
+    )
     configs = _config_files(algs)
     if configs:
-        patches.append(Patch(
-            subject="Add configs of the open-set algorithms (config/openset_fg)",
-            summary=f"{len(configs)} USB-style configs, config/openset_fg/<alg>/<alg>_<dataset>_<num_labels>_<seed>.yaml.",
-            body=f"""\
+        patches.append(
+            Patch(
+                subject="Add configs of the open-set algorithms (config/openset_fg)",
+                summary=f"{len(configs)} USB-style configs, config/openset_fg/<alg>/<alg>_<dataset>_<num_labels>_<seed>.yaml.",
+                body=f"""\
 Configs in USB's layout and naming for the open-set algorithms on the
 fine-grained datasets: config/openset_fg/<alg>/<alg>_<dataset>_<num_labels>_<seed>.yaml,
 save_name = file name, save_dir ./saved_models/openset_fg. Each file's header
@@ -1056,31 +1196,45 @@ unchanged.
 
 Tested: every config parses and names only keys the algorithm declares (the
 plug-in's config tests).""",
-            files=configs,
-        ))
-    docs_lines = ["", "", "# Open-set SSL algorithms", "",
-                  "Unlabeled data may contain images of classes that are not among the labeled ones. These algorithms",
-                  "learn the seen classes and score how likely a test image is of an unseen class; the open-set",
-                  "evaluation hook reports AUROC, FPR@95, open-set balanced accuracy and H-score next to accuracy",
-                  "(configs: `config/openset_fg/`).", ""]
+                files=configs,
+            )
+        )
+    docs_lines = [
+        "",
+        "",
+        "# Open-set SSL algorithms",
+        "",
+        "Unlabeled data may contain images of classes that are not among the labeled ones. These algorithms",
+        "learn the seen classes and score how likely a test image is of an unseen class; the open-set",
+        "evaluation hook reports AUROC, FPR@95, open-set balanced accuracy and H-score next to accuracy",
+        "(configs: `config/openset_fg/`).",
+        "",
+    ]
     for i, m in enumerate(algs, 1):
         module = f"usb_cfsg.algorithms.{m}"
         name = DISPLAY_NAMES.get(m, m)
         label = f"[{name}]({PAPERS[m]})" if m in PAPERS else (f"{name} ({REFERENCES[m]})" if m in REFERENCES else name)
         docs_lines.append(f"{i}. {label} (`algorithm: {m}`): {_class_summary(module, registered_class(module))}")
     docs_text = "\n".join(docs_lines) + "\n"
-    patches.append(Patch(
-        subject="docs: list the open-set algorithms",
-        summary="docs/algorithm_zoo.md gets an \"Open-set SSL algorithms\" section.",
-        body="""\
+    patches.append(
+        Patch(
+            subject="docs: list the open-set algorithms",
+            summary='docs/algorithm_zoo.md gets an "Open-set SSL algorithms" section.',
+            body="""\
 List the open-set algorithms this series adds in docs/algorithm_zoo.md, with
 what they do and how they are evaluated.
 
 Tested: documentation only; each entry is the first paragraph of the
 algorithm class's docstring.""",
-        edits=[Edit("docs/algorithm_zoo.md", "17. [DeFixMatch] (https://arxiv.org/abs/2203.07512)",
-                    "17. [DeFixMatch] (https://arxiv.org/abs/2203.07512)" + docs_text)],
-    ))
+            edits=[
+                Edit(
+                    "docs/algorithm_zoo.md",
+                    "17. [DeFixMatch] (https://arxiv.org/abs/2203.07512)",
+                    "17. [DeFixMatch] (https://arxiv.org/abs/2203.07512)" + docs_text,
+                )
+            ],
+        )
+    )
     return patches
 
 
@@ -1092,16 +1246,31 @@ def series() -> List[Patch]:
 # ---------------------------------------------------------------------------------------------- git
 def _git_env() -> Dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_CONFIG_GLOBAL=os.devnull, GIT_CONFIG_NOSYSTEM="1", GIT_AUTHOR_NAME=AUTHOR_NAME,
-               GIT_AUTHOR_EMAIL=AUTHOR_EMAIL, GIT_COMMITTER_NAME=AUTHOR_NAME, GIT_COMMITTER_EMAIL=AUTHOR_EMAIL,
-               GIT_AUTHOR_DATE=DATE, GIT_COMMITTER_DATE=DATE, LC_ALL="C", TZ="UTC")
+    env.update(
+        GIT_CONFIG_GLOBAL=os.devnull,
+        GIT_CONFIG_NOSYSTEM="1",
+        GIT_AUTHOR_NAME=AUTHOR_NAME,
+        GIT_AUTHOR_EMAIL=AUTHOR_EMAIL,
+        GIT_COMMITTER_NAME=AUTHOR_NAME,
+        GIT_COMMITTER_EMAIL=AUTHOR_EMAIL,
+        GIT_AUTHOR_DATE=DATE,
+        GIT_COMMITTER_DATE=DATE,
+        LC_ALL="C",
+        TZ="UTC",
+    )
     return env
 
 
 def git(repo: Path, *args: str, input_text: Optional[str] = None) -> str:
     """Run git in ``repo`` with a clean, fixed identity and configuration; returns stdout."""
-    proc = subprocess.run(["git", "-c", "core.fileMode=false", "-c", "core.autocrlf=false", *args], cwd=repo,
-                          env=_git_env(), input=input_text, capture_output=True, text=True)
+    proc = subprocess.run(
+        ["git", "-c", "core.fileMode=false", "-c", "core.autocrlf=false", *args],
+        cwd=repo,
+        env=_git_env(),
+        input=input_text,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode != 0:
         raise UpstreamError(f"git {' '.join(args)} failed in {repo}:\n{proc.stdout}{proc.stderr}")
     return proc.stdout
@@ -1119,10 +1288,14 @@ def installed_semilearn() -> Dict[str, Path]:
     except importlib.metadata.PackageNotFoundError:
         raise UpstreamError("semilearn is not installed; pip install semilearn==0.3.2") from None
     if dist.version != "0.3.2":
-        raise UpstreamError(f"semilearn {dist.version} is installed; the series is against 0.3.2: "
-                            f"pip install semilearn==0.3.2")
-    files = {str(f).replace(os.sep, "/"): Path(dist.locate_file(f)) for f in dist.files or []
-             if str(f).startswith("semilearn/") and "__pycache__" not in str(f) and not str(f).endswith(".pyc")}
+        raise UpstreamError(
+            f"semilearn {dist.version} is installed; the series is against 0.3.2: pip install semilearn==0.3.2"
+        )
+    files = {
+        str(f).replace(os.sep, "/"): Path(str(dist.locate_file(f)))
+        for f in dist.files or []
+        if str(f).startswith("semilearn/") and "__pycache__" not in str(f) and not str(f).endswith(".pyc")
+    }
     if not files:
         raise UpstreamError("the semilearn installation lists no files (no RECORD); reinstall semilearn==0.3.2")
     return files
@@ -1142,26 +1315,31 @@ def make_base_tree(dest: Path, base_dir: Path) -> str:
     for rel in BASE_FILES:
         src = base_dir / rel
         if not src.is_file():
-            raise UpstreamError(f"{src} is missing: it is USB's {rel} at {USB_COMMIT[:7]}; restore it with "
-                                f"`git show {USB_COMMIT[:7]}:{rel} > {src}` in a clone of "
-                                f"microsoft/Semi-supervised-learning")
+            raise UpstreamError(
+                f"{src} is missing: it is USB's {rel} at {USB_COMMIT[:7]}; restore it with "
+                f"`git show {USB_COMMIT[:7]}:{rel} > {src}` in a clone of "
+                f"microsoft/Semi-supervised-learning"
+            )
         (dest / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dest / rel)
     git(dest, "init", "-q", "-b", "main")
     git(dest, "add", "-A")
-    git(dest, "commit", "-q", "-m", f"USB at {USB_COMMIT[:7]} (semilearn 0.3.2): semilearn/, "
-                                    f"{', '.join(BASE_FILES)}")
+    git(dest, "commit", "-q", "-m", f"USB at {USB_COMMIT[:7]} (semilearn 0.3.2): semilearn/, {', '.join(BASE_FILES)}")
     tree = git(dest, "rev-parse", "HEAD:semilearn").strip()
     if tree != SEMILEARN_TREE:
-        raise UpstreamError(f"the installed semilearn ({next(iter(installed.values())).parent}) is not semilearn "
-                            f"0.3.2 as released "
-                            f"(git tree {tree}, expected {SEMILEARN_TREE}); pip install --force-reinstall "
-                            f"semilearn==0.3.2 and remove local edits")
+        raise UpstreamError(
+            f"the installed semilearn ({next(iter(installed.values())).parent}) is not semilearn "
+            f"0.3.2 as released "
+            f"(git tree {tree}, expected {SEMILEARN_TREE}); pip install --force-reinstall "
+            f"semilearn==0.3.2 and remove local edits"
+        )
     for rel, blob in BASE_FILES.items():
         got = git(dest, "rev-parse", f"HEAD:{rel}").strip()
         if got != blob:
-            raise UpstreamError(f"{base_dir / rel} is not USB's {rel} at {USB_COMMIT[:7]} (blob {got}, expected "
-                                f"{blob}); restore it with `git show {USB_COMMIT[:7]}:{rel}`")
+            raise UpstreamError(
+                f"{base_dir / rel} is not USB's {rel} at {USB_COMMIT[:7]} (blob {got}, expected "
+                f"{blob}); restore it with `git show {USB_COMMIT[:7]}:{rel}`"
+            )
     return git(dest, "rev-parse", "HEAD").strip()
 
 
@@ -1180,17 +1358,34 @@ def commit_series(repo: Path, patches: Sequence[Patch]) -> None:
 
 def format_series(repo: Path, base: str, out: Path) -> List[Path]:
     """``git format-patch`` of ``base..HEAD`` into ``out`` (deterministic options)."""
-    git(repo, "-c", "diff.algorithm=myers", "-c", "diff.renames=false", "format-patch", "-q", "--zero-commit",
-        "--full-index", "--no-signature", "--no-numbered", "--no-renames", "--binary", "--always", "-o", str(out),
-        f"{base}..HEAD")
+    git(
+        repo,
+        "-c",
+        "diff.algorithm=myers",
+        "-c",
+        "diff.renames=false",
+        "format-patch",
+        "-q",
+        "--zero-commit",
+        "--full-index",
+        "--no-signature",
+        "--no-numbered",
+        "--no-renames",
+        "--binary",
+        "--always",
+        "-o",
+        str(out),
+        f"{base}..HEAD",
+    )
     return sorted(out.glob("*.patch"))
 
 
 def readme(patches: Sequence[Patch], names: Sequence[str]) -> str:
     """Text of patches/README.md."""
     rows = "\n".join(f"| `{n}` | {p.summary or p.subject} |" for n, p in zip(names, patches))
-    data_files = ", ".join(f"`{f}`" for p in patches for f in sorted(p.files)
-                           if f.startswith("semilearn/") and not f.endswith(".py"))
+    data_files = ", ".join(
+        f"`{f}`" for p in patches for f in sorted(p.files) if f.startswith("semilearn/") and not f.endswith(".py")
+    )
     plugin_only = "\n".join(f"  - `{m}`: {why}." for m, why in PLUGIN_ONLY.items() if m != "usb_cfsg.upstream")
     return f"""<!-- GENERATED by `{REGENERATE}`; do not edit. -->
 # patches/: CFSG-CLIP and open-set SSL for USB, as a patch series
@@ -1302,8 +1497,9 @@ def generate(out: Path, base_dir: Optional[Path] = None) -> List[Path]:
         staging = Path(tmp) / "out"
         written = format_series(repo, base, staging)
         if len(written) != len(patches):
-            raise UpstreamError(f"git format-patch wrote {len(written)} patches for {len(patches)} commits "
-                                f"(an empty commit?)")
+            raise UpstreamError(
+                f"git format-patch wrote {len(written)} patches for {len(patches)} commits (an empty commit?)"
+            )
         for old in out.glob("*.patch"):
             old.unlink()
         names = []
