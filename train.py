@@ -15,7 +15,7 @@ import sys
 # load (usb_cfsg.engine, imported in cli(), registers our nets and algorithms; mp.spawn children
 # unpickle usb_cfsg.engine.launch.worker, which imports it too).
 import usb_cfsg  # noqa: F401
-from usb_cfsg.config import build_config, describe_keys, load_yaml, parse_cli_pairs
+from usb_cfsg.config import build_config, describe_keys, load_yaml, parse_cli_pairs, validate_config_values
 from usb_cfsg.errors import UsbCfsgError
 
 
@@ -38,29 +38,13 @@ def _console_logging() -> None:
         log.propagate = False
 
 
-def _check_data(argv) -> None:
-    """Read the dataset's file lists first (no torch needed), so missing or malformed data fails in a second.
-
-    Only ``dataset``, ``data_dir``, ``download`` and ``skip_bad_images`` are read here, from the command
-    line, the config file or the defaults; every key is then checked by build_config.
-    """
-    from usb_cfsg.config import BaseConfig, coerce, base_specs
-
-    cli = parse_cli_pairs(argv)
-    file_values = load_yaml(cli["c"]) if "c" in cli else {}
-    specs = base_specs()
-
-    def get(key):
-        for source, values in (("the command line", cli), (f"config file {cli.get('c')}", file_values)):
-            if key in values:
-                return coerce(specs[key], values[key], source)
-        return getattr(BaseConfig, key)
-
-    if get("download"):
+def _check_data(args) -> None:
+    """Read the dataset's file lists now (no torch needed), so missing or malformed data fails in a second."""
+    if args.download:
         return  # the run downloads first
     from usb_cfsg.datasets import read_source
 
-    read_source(get("dataset"), get("data_dir"), download=False, skip_bad_images=get("skip_bad_images"))
+    read_source(args.dataset, args.data_dir, download=False, skip_bad_images=args.skip_bad_images)
 
 
 def cli(argv=None) -> int:
@@ -70,8 +54,9 @@ def cli(argv=None) -> int:
             print(_help(argv))
             return 0
         _console_logging()
-        _check_data(argv)
-        args = build_config(argv)
+        args = build_config(argv, validate=False)  # unknown keys and types: no torch yet
+        _check_data(args)
+        validate_config_values(args)  # ranges and the algorithm's rules (may load open_clip / the algorithm)
         from usb_cfsg.engine import main  # torch and semilearn load here
         from usb_cfsg.engine.launch import setup_logging
 

@@ -349,6 +349,7 @@ def build_config(
     config_file: Optional[str] = None,
     overrides: Optional[Dict[str, Any]] = None,
     extra_specs: Optional[Dict[str, KeySpec]] = None,
+    validate: bool = True,
 ) -> argparse.Namespace:
     """Resolve a run's configuration: defaults < YAML < command line < ``overrides``.
 
@@ -375,6 +376,8 @@ def build_config(
         config_file: A YAML file, when not given as ``--c`` in ``argv``.
         overrides: Values applied last (already typed), e.g. from tests.
         extra_specs: Additional keys an entry point accepts (eval.py's ``out_dir``).
+        validate: Run :func:`validate_config_values` (ranges, combinations, the algorithm's rules,
+            which may import torch); False checks only keys and types (train.py's quick first pass).
 
     Returns:
         The resolved configuration as a Namespace (what USB algorithms read).
@@ -408,12 +411,19 @@ def build_config(
 
     _derive(values, explicit)
     ns = argparse.Namespace(**values)
-    problems = validate_values(ns, algorithm_cls)
+    ns.c = config_file
+    if validate:
+        validate_config_values(ns, algorithm_cls)
+    return ns
+
+
+def validate_config_values(ns: argparse.Namespace, algorithm_cls: Any = None) -> None:
+    """Raise one :class:`ConfigError` listing every problem :func:`validate_values` finds."""
+    problems = validate_values(ns, algorithm_cls if algorithm_cls is not None else _algorithm_class(str(ns.algorithm)))
     if problems:
+        config_file = getattr(ns, "c", None)
         where = f" (config file {config_file})" if config_file else ""
         raise ConfigError(f"invalid configuration{where}: " + "; ".join(problems))
-    ns.c = config_file
-    return ns
 
 
 def default_save_name(values: Any) -> str:
