@@ -11,8 +11,8 @@ Every value is checked before any data is read; a start that fails leaves no run
 import logging
 import sys
 
-# Light imports only: --help, configuration and missing-data errors come before torch and semilearn
-# load (usb_cfsg.engine, imported in cli(), registers our nets and algorithms; mp.spawn children
+# Light imports only: --help and configuration errors (unknown keys, types) come before torch and
+# semilearn load (usb_cfsg.engine, imported in cli(), registers our nets and algorithms; mp.spawn children
 # unpickle usb_cfsg.engine.launch.worker, which imports it too).
 import usb_cfsg  # noqa: F401
 from usb_cfsg.config import build_config, describe_keys, load_yaml, parse_cli_pairs, validate_config_values
@@ -29,22 +29,15 @@ def _help(argv) -> str:
 def _console_logging() -> None:
     """Console logging for what the config step reports, before torch loads (setup_logging replaces it)."""
     log = logging.getLogger("usb_cfsg")
-    if not any(getattr(h, "_usb_cfsg", False) for h in log.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s"))
-        handler._usb_cfsg = True  # type: ignore[attr-defined]
-        log.addHandler(handler)
-        log.setLevel(logging.INFO)
-        log.propagate = False
-
-
-def _check_data(args) -> None:
-    """Read the dataset's file lists now (no torch needed), so missing or malformed data fails in a second."""
-    if args.download:
-        return  # the run downloads first
-    from usb_cfsg.datasets import read_source
-
-    read_source(args.dataset, args.data_dir, download=False, skip_bad_images=args.skip_bad_images)
+    for old in [h for h in log.handlers if getattr(h, "_usb_cfsg", False)]:  # e.g. an earlier run's log.txt
+        log.removeHandler(old)
+        old.close()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s"))
+    handler._usb_cfsg = True  # type: ignore[attr-defined]
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def cli(argv=None) -> int:
@@ -55,7 +48,6 @@ def cli(argv=None) -> int:
             return 0
         _console_logging()
         args = build_config(argv, validate=False)  # unknown keys and types: no torch yet
-        _check_data(args)
         validate_config_values(args)  # ranges and the algorithm's rules (may load open_clip / the algorithm)
         from usb_cfsg.engine import main  # torch and semilearn load here
         from usb_cfsg.engine.launch import setup_logging
