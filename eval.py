@@ -9,6 +9,7 @@ used; ``--key value`` pairs override it. ``--relevance-dir DIR`` also saves rele
 the first eval images (nets with a relevance map, e.g. cfsg_clip) to ``DIR/eval/``. Exit status 2 on
 a configuration or checkpoint error.
 """
+
 import sys
 
 import usb_cfsg  # noqa: F401  (registrations)

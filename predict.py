@@ -11,6 +11,7 @@ probability, also for unknown images -- not a probability of being unknown, whic
 status: 0 all predicted, 1 some images unreadable, 2 a usage or checkpoint error. Field meanings in
 detail: usb_cfsg/evaluation/predict.py.
 """
+
 import sys
 
 import usb_cfsg  # noqa: F401  (registrations)

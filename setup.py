@@ -1,4 +1,5 @@
 """usb_cfsg: CFSG-CLIP (CVPR 2025) and open-set evaluation as a plug-in for USB (semilearn 0.3.2)."""
+
 from pathlib import Path
 
 from setuptools import find_packages, setup
@@ -29,7 +30,8 @@ setup(
     version="0.1.0",
     description=__doc__,
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8")
-    if Path(__file__).with_name("README.md").exists() else __doc__,
+    if Path(__file__).with_name("README.md").exists()
+    else __doc__,
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["usb_cfsg", "usb_cfsg.*"]),

@@ -8,6 +8,7 @@
 
 Every value is checked before any data is read; a start that fails leaves no run folder behind.
 """
+
 import logging
 import sys
 

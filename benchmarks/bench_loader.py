@@ -14,6 +14,7 @@ Run from the repository root:
 Options: ``--classes 20 --per-class 30 --width 500 --height 375 --img-size 224 --workers 2
 --batch-size 32 --images 320 --rounds 2 --cache both|off|on --json out.json``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,7 +30,7 @@ from typing import Any, Dict, List, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import common  # noqa: E402
+import common
 
 logger = logging.getLogger("bench_loader")
 
@@ -57,8 +58,16 @@ def _time_loader(dataset: Any, opts: argparse.Namespace) -> Dict[str, float]:
     from usb_cfsg.engine.sampling import train_loader
 
     batches_wanted = max(1, opts.images // opts.batch_size)
-    loader = train_loader(dataset, opts.batch_size, batches_wanted + 1, seed=0, rank=0, world_size=1,
-                          num_workers=opts.workers, persistent_workers=False)
+    loader = train_loader(
+        dataset,
+        opts.batch_size,
+        batches_wanted + 1,
+        seed=0,
+        rank=0,
+        world_size=1,
+        num_workers=opts.workers,
+        persistent_workers=False,
+    )
     seen, start = 0, None
     t_first = time.perf_counter()
     for batch in loader:
@@ -81,13 +90,30 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     torch.set_num_threads(1)
     with common.temp_dir("bench_loader_") as tmp:
         t0 = time.perf_counter()
-        common.write_replica(tmp, num_classes=opts.classes, per_class_train=opts.per_class - 5, per_class_test=5,
-                             image_size=(opts.width, opts.height))
-        logger.info("wrote %d JPEGs of %dx%d in %.1f s", opts.classes * opts.per_class, opts.width, opts.height,
-                    time.perf_counter() - t0)
-        args = SimpleNamespace(dataset="cub200", data_dir=tmp, num_classes=opts.classes // 2,
-                               num_labels=opts.classes // 2, include_lb_to_ulb=True, img_size=opts.img_size,
-                               crop_ratio=0.875, seed=0)
+        common.write_replica(
+            tmp,
+            num_classes=opts.classes,
+            per_class_train=opts.per_class - 5,
+            per_class_test=5,
+            image_size=(opts.width, opts.height),
+        )
+        logger.info(
+            "wrote %d JPEGs of %dx%d in %.1f s",
+            opts.classes * opts.per_class,
+            opts.width,
+            opts.height,
+            time.perf_counter() - t0,
+        )
+        args = SimpleNamespace(
+            dataset="cub200",
+            data_dir=tmp,
+            num_classes=opts.classes // 2,
+            num_labels=opts.classes // 2,
+            include_lb_to_ulb=True,
+            img_size=opts.img_size,
+            crop_ratio=0.875,
+            seed=0,
+        )
         plain = build_openset_datasets(args, "fixmatch", CLIP_MEAN, CLIP_STD, None)[0]["train_ulb"]
 
         t0 = time.perf_counter()
@@ -106,12 +132,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         modes = {"both": ("uncached", "cached"), "off": ("uncached",), "on": ("cached",)}[opts.cache]
         rounds: Dict[str, List[Dict[str, float]]] = {m: [] for m in modes}
         for r in range(opts.rounds):
-            for mode in (modes if r % 2 == 0 else modes[::-1]):
+            for mode in modes if r % 2 == 0 else modes[::-1]:
                 rounds[mode].append(_time_loader(plain if mode == "uncached" else cached, opts))
     results: Dict[str, Any] = {
-        "workers": opts.workers, "batch_size": opts.batch_size, "img_size": opts.img_size,
-        "source_size": [opts.width, opts.height], "cpu_count": os.cpu_count(), "rounds": opts.rounds,
-        "decode_only_images_per_s_1proc": decode_rate, "unlabeled_images": len(plain),
+        "workers": opts.workers,
+        "batch_size": opts.batch_size,
+        "img_size": opts.img_size,
+        "source_size": [opts.width, opts.height],
+        "cpu_count": os.cpu_count(),
+        "rounds": opts.rounds,
+        "decode_only_images_per_s_1proc": decode_rate,
+        "unlabeled_images": len(plain),
     }
     for mode, rs in rounds.items():
         rates = [x["images_per_s"] for x in rs]
@@ -126,12 +157,20 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if "cached" in rounds and "uncached" in rounds:
         results["cache_speedup"] = results["cached_images_per_s"] / results["uncached_images_per_s"]
     for mode in rounds:
-        logger.info("unlabeled loader (weak+strong), %s: %.1f images/s (median of %d rounds, spread %+.0f%%/%+.0f%%; "
-                    "%d workers, batch %d, %d px)", mode, results[f"{mode}_images_per_s"], opts.rounds,
-                    100 * results[f"{mode}_spread"][0], 100 * results[f"{mode}_spread"][1], opts.workers,
-                    opts.batch_size, opts.img_size)
+        logger.info(
+            "unlabeled loader (weak+strong), %s: %.1f images/s (median of %d rounds, spread %+.0f%%/%+.0f%%; "
+            "%d workers, batch %d, %d px)",
+            mode,
+            results[f"{mode}_images_per_s"],
+            opts.rounds,
+            100 * results[f"{mode}_spread"][0],
+            100 * results[f"{mode}_spread"][1],
+            opts.workers,
+            opts.batch_size,
+            opts.img_size,
+        )
     if cached is not None:
-        logger.info("cache built in %.1f s (%.0f MB)", cache_build_s, cache_summary["bytes"] / 2 ** 20)
+        logger.info("cache built in %.1f s (%.0f MB)", cache_build_s, cache_summary["bytes"] / 2**20)
     logger.info("decode only (load_rgb, 1 process): %.1f images/s", decode_rate)
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=1) + "\n")

@@ -9,6 +9,7 @@ Weights are randomly initialised: the cost of a forward pass does not depend on 
 
     python benchmarks/bench_predict.py --net clip_vit_b32 --img_size 224 [--device cuda] --json F
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,7 +22,7 @@ from typing import Any, Callable, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import common
 
 
 def _timed(fn: Callable[[], Any], sync: Callable[[], None]) -> tuple:
@@ -44,8 +45,18 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
     dev = resolve_device(a.device)
     torch.manual_seed(0)
     arch = CLIP_ARCHS.get(a.net, a.net)
-    net = build_clip_net(arch, a.num_classes, None, head="cfsg", img_size=a.img_size,
-                         class_names=[f"bird species {i}" for i in range(a.num_classes)]).to(dev).eval()
+    net = (
+        build_clip_net(
+            arch,
+            a.num_classes,
+            None,
+            head="cfsg",
+            img_size=a.img_size,
+            class_names=[f"bird species {i}" for i in range(a.num_classes)],
+        )
+        .to(dev)
+        .eval()
+    )
     visual = net.backbone.visual
     if a.compile:
         from usb_cfsg.engine.device import compile_model
@@ -82,14 +93,25 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
     cpu_rates = {k: [a.batch_size / t for t in v] for k, v in cpu.items()}
     scores = sorted(k for k in outputs["cfsg"] if k.startswith("score_"))
     result = {
-        "net": a.net, "img_size": a.img_size, "batch_size": a.batch_size, "device": str(dev),
+        "net": a.net,
+        "img_size": a.img_size,
+        "batch_size": a.batch_size,
+        "device": str(dev),
         "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or "cpu",
-        "threads": torch.get_num_threads(), "amp": a.amp, "compile": a.compile, "rounds": a.rounds,
-        "num_classes": a.num_classes, "weights": "random init (timing only; not a pretrained CLIP)",
-        "cfsg_outputs": sorted(outputs["cfsg"]), "cfsg_scores": scores,
-        "cfsg_images_per_s": common.median(rates["cfsg"]), "plain_images_per_s": common.median(rates["plain"]),
-        "cfsg_images_per_s_all": rates["cfsg"], "plain_images_per_s_all": rates["plain"],
-        "cfsg_spread": common.spread(rates["cfsg"]), "plain_spread": common.spread(rates["plain"]),
+        "threads": torch.get_num_threads(),
+        "amp": a.amp,
+        "compile": a.compile,
+        "rounds": a.rounds,
+        "num_classes": a.num_classes,
+        "weights": "random init (timing only; not a pretrained CLIP)",
+        "cfsg_outputs": sorted(outputs["cfsg"]),
+        "cfsg_scores": scores,
+        "cfsg_images_per_s": common.median(rates["cfsg"]),
+        "plain_images_per_s": common.median(rates["plain"]),
+        "cfsg_images_per_s_all": rates["cfsg"],
+        "plain_images_per_s_all": rates["plain"],
+        "cfsg_spread": common.spread(rates["cfsg"]),
+        "plain_spread": common.spread(rates["plain"]),
     }
     ratios = [c / p for c, p in zip(rates["cfsg"], rates["plain"])]
     result["throughput_ratio"] = result["cfsg_images_per_s"] / result["plain_images_per_s"]
@@ -100,7 +122,7 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
         result["cpu_throughput_ratio"] = result["cfsg_images_per_cpu_s"] / result["plain_images_per_cpu_s"]
         result["cpu_spread"] = {k: common.spread(v) for k, v in cpu_rates.items()}
     if dev.type == "cuda":
-        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2 ** 20
+        result["cuda_peak_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
     return result
 
 
@@ -123,13 +145,15 @@ def parse(argv: List[str] | None = None) -> argparse.Namespace:
 def main(argv: List[str] | None = None) -> Dict[str, Any]:
     a = parse(argv)
     result = run(a)
-    print(f"{a.net} {a.img_size}px batch {a.batch_size} on {result['device']}: "
-          f"CFSG {result['cfsg_images_per_s']:.1f} images/s (spread {result['cfsg_spread'][0]:+.0%}/"
-          f"{result['cfsg_spread'][1]:+.0%}), plain CLIP encoder {result['plain_images_per_s']:.1f} images/s "
-          f"(spread {result['plain_spread'][0]:+.0%}/{result['plain_spread'][1]:+.0%}); "
-          f"throughput ratio {result['throughput_ratio']:.2f}"
-          + (f" (per CPU second: {result['cpu_throughput_ratio']:.2f})" if "cpu_throughput_ratio" in result else ""),
-          flush=True)
+    print(
+        f"{a.net} {a.img_size}px batch {a.batch_size} on {result['device']}: "
+        f"CFSG {result['cfsg_images_per_s']:.1f} images/s (spread {result['cfsg_spread'][0]:+.0%}/"
+        f"{result['cfsg_spread'][1]:+.0%}), plain CLIP encoder {result['plain_images_per_s']:.1f} images/s "
+        f"(spread {result['plain_spread'][0]:+.0%}/{result['plain_spread'][1]:+.0%}); "
+        f"throughput ratio {result['throughput_ratio']:.2f}"
+        + (f" (per CPU second: {result['cpu_throughput_ratio']:.2f})" if "cpu_throughput_ratio" in result else ""),
+        flush=True,
+    )
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(result, fh, indent=1)

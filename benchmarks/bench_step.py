@@ -13,6 +13,7 @@ the peak allocated memory during the steps. ``--flops`` also counts the FLOPs of
     python benchmarks/bench_step.py --net clip_vit_b32 --img_size 224 --batch_size 8 --steps 5 --rounds 2
     python benchmarks/bench_step.py --net clip_vit_b16 --device cuda --batch_size 32 --amp_dtype bf16 --compile
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,7 +27,7 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import common
 
 ALGORITHMS = ("fixmatch", "cfsg_clip")
 
@@ -86,13 +87,13 @@ def measure(alg: str, a: argparse.Namespace, data_dir: str) -> Dict[str, Any]:
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
         t_warm = time.perf_counter()
-        for batch in batches[:a.warmup]:
+        for batch in batches[: a.warmup]:
             common.train_step(algorithm, batch)
         if dev.type == "cuda":
             torch.cuda.synchronize()
         warmup_s = time.perf_counter() - t_warm
         times, cpu_times = [], []
-        for batch in batches[a.warmup:]:
+        for batch in batches[a.warmup :]:
             t0, c0 = time.perf_counter(), time.process_time()
             common.train_step(algorithm, batch)
             if dev.type == "cuda":
@@ -102,17 +103,23 @@ def measure(alg: str, a: argparse.Namespace, data_dir: str) -> Dict[str, Any]:
         stop.set()
         sampler.join()
         images = a.batch_size * (1 + 2 * 1)  # labeled + weak and strong unlabeled views (uratio 1)
-        out: Dict[str, Any] = {"algorithm": alg, "step_s_median": common.median(times), "step_s_all": times,
-                               "step_cpu_s_median": common.median(cpu_times), "step_cpu_s_all": cpu_times,
-                               "warmup_s": warmup_s, "images_per_step": images,
-                               "images_per_s": images / common.median(times),
-                               "peak_rss_delta_mb": (peak[0] - base) / 2 ** 20}
+        out: Dict[str, Any] = {
+            "algorithm": alg,
+            "step_s_median": common.median(times),
+            "step_s_all": times,
+            "step_cpu_s_median": common.median(cpu_times),
+            "step_cpu_s_all": cpu_times,
+            "warmup_s": warmup_s,
+            "images_per_step": images,
+            "images_per_s": images / common.median(times),
+            "peak_rss_delta_mb": (peak[0] - base) / 2**20,
+        }
         if flops is not None:
             out["flops_per_step"] = flops
             out["tflops_per_s"] = flops / common.median(times) / 1e12
         if dev.type == "cuda":
-            out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2 ** 20
-            out["cuda_step_peak_delta_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2 ** 20
+            out["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+            out["cuda_step_peak_delta_mb"] = (torch.cuda.max_memory_allocated() - base_cuda) / 2**20
             out["device_name"] = torch.cuda.get_device_name(dev)
         if getattr(algorithm, "compiled", None):
             out["compile_failed"] = sorted({w.failed for w in algorithm.compiled if w.failed})
@@ -136,8 +143,13 @@ def parse(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--flops", action="store_true", help="count the FLOPs of one step")
     p.add_argument("--algorithms", default=",".join(ALGORITHMS))
     p.add_argument("--timeout", type=float, default=None, help="seconds per child process")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a cfsg_clip config key for this comparison, e.g. --set ova_views=weak_strong")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a cfsg_clip config key for this comparison, e.g. --set ova_views=weak_strong",
+    )
     p.add_argument("--json", default=None, help="also write the results here")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--_data", default=None, help=argparse.SUPPRESS)
@@ -156,8 +168,9 @@ def run(a: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
         for _ in range(a.rounds):
             for alg in algorithms:
                 cmd = [sys.executable, os.path.abspath(__file__), *argv, "--_child", alg, "--_data", data]
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=a.timeout,
-                                      env=dict(os.environ, PYTHONPATH=common.ROOT))
+                proc = subprocess.run(
+                    cmd, capture_output=True, text=True, timeout=a.timeout, env=dict(os.environ, PYTHONPATH=common.ROOT)
+                )
                 if proc.returncode != 0:
                     raise RuntimeError(f"{alg} failed:\n{proc.stderr[-3000:]}")
                 runs[alg].append(json.loads(proc.stdout.strip().splitlines()[-1]))
@@ -165,24 +178,46 @@ def run(a: argparse.Namespace, argv: List[str]) -> Dict[str, Any]:
     for alg, rs in runs.items():
         times = sorted(t for r in rs for t in r["step_s_all"])
         cpu = sorted(t for r in rs for t in r["step_cpu_s_all"])
-        entry = {"algorithm": alg, "step_s_median": common.median(times), "step_s_all": times,
-                 "step_s_spread": common.spread(times), "step_cpu_s_median": common.median(cpu),
-                 "step_cpu_s_all": cpu, "step_cpu_s_spread": common.spread(cpu), "images_per_s": rs[0]["images_per_step"] / common.median(times),
-                 "peak_rss_delta_mb": common.median([r["peak_rss_delta_mb"] for r in rs]),
-                 "peak_rss_delta_mb_all": [r["peak_rss_delta_mb"] for r in rs],
-                 "warmup_s": [r["warmup_s"] for r in rs]}
+        entry = {
+            "algorithm": alg,
+            "step_s_median": common.median(times),
+            "step_s_all": times,
+            "step_s_spread": common.spread(times),
+            "step_cpu_s_median": common.median(cpu),
+            "step_cpu_s_all": cpu,
+            "step_cpu_s_spread": common.spread(cpu),
+            "images_per_s": rs[0]["images_per_step"] / common.median(times),
+            "peak_rss_delta_mb": common.median([r["peak_rss_delta_mb"] for r in rs]),
+            "peak_rss_delta_mb_all": [r["peak_rss_delta_mb"] for r in rs],
+            "warmup_s": [r["warmup_s"] for r in rs],
+        }
         for key in ("cuda_peak_mb", "cuda_step_peak_delta_mb", "flops_per_step", "device_name", "compile_failed"):
             if key in rs[0]:
-                entry[key] = rs[0][key] if key in ("flops_per_step", "device_name") else (
-                    max(r[key] for r in rs) if key != "compile_failed" else sorted({f for r in rs for f in r[key]}))
+                entry[key] = (
+                    rs[0][key]
+                    if key in ("flops_per_step", "device_name")
+                    else (
+                        max(r[key] for r in rs) if key != "compile_failed" else sorted({f for r in rs for f in r[key]})
+                    )
+                )
         if "flops_per_step" in entry:
             entry["tflops_per_s"] = entry["flops_per_step"] / entry["step_s_median"] / 1e12
         results.append(entry)
     summary: Dict[str, Any] = {
-        "net": a.net, "img_size": a.img_size, "batch_size": a.batch_size, "uratio": 1, "device": a.device,
-        "threads": a.threads, "rounds": a.rounds, "steps": a.steps, "amp_dtype": a.amp_dtype, "compile": a.compile,
+        "net": a.net,
+        "img_size": a.img_size,
+        "batch_size": a.batch_size,
+        "uratio": 1,
+        "device": a.device,
+        "threads": a.threads,
+        "rounds": a.rounds,
+        "steps": a.steps,
+        "amp_dtype": a.amp_dtype,
+        "compile": a.compile,
         "cfsg_keys": common.parse_sets(a.set),
-        "weights": "random init (timing only)", "results": results}
+        "weights": "random init (timing only)",
+        "results": results,
+    }
     by = {r["algorithm"]: r for r in results}
     if "fixmatch" in by and "cfsg_clip" in by:
         fm, cf = by["fixmatch"], by["cfsg_clip"]
@@ -214,18 +249,24 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             continue
         clean.append(tok)
     summary = run(a, clean)
-    print(f"{'algorithm':<10} {'step s (median)':>16} {'spread':>14} {'CPU s (median)':>15} {'spread':>14} "
-          f"{'step memory MB':>15}")
+    print(
+        f"{'algorithm':<10} {'step s (median)':>16} {'spread':>14} {'CPU s (median)':>15} {'spread':>14} "
+        f"{'step memory MB':>15}"
+    )
     for r in summary["results"]:
         lo, hi = r["step_s_spread"]
         clo, chi = r["step_cpu_s_spread"]
-        print(f"{r['algorithm']:<10} {r['step_s_median']:>16.3f} {lo:>+6.0%}/{hi:<+6.0%} "
-              f"{r['step_cpu_s_median']:>15.3f} {clo:>+6.0%}/{chi:<+6.0%} "
-              f"{r.get('cuda_step_peak_delta_mb', r['peak_rss_delta_mb']):>15.0f}")
+        print(
+            f"{r['algorithm']:<10} {r['step_s_median']:>16.3f} {lo:>+6.0%}/{hi:<+6.0%} "
+            f"{r['step_cpu_s_median']:>15.3f} {clo:>+6.0%}/{chi:<+6.0%} "
+            f"{r.get('cuda_step_peak_delta_mb', r['peak_rss_delta_mb']):>15.0f}"
+        )
     if "time_ratio" in summary:
-        print(f"cfsg_clip / fixmatch: time x{summary['time_ratio']:.2f} (CPU time x{summary['cpu_time_ratio']:.2f}), "
-              f"memory x{summary['memory_ratio']:.2f}"
-              + (f", FLOPs x{summary['flops_ratio']:.2f}" if "flops_ratio" in summary else ""))
+        print(
+            f"cfsg_clip / fixmatch: time x{summary['time_ratio']:.2f} (CPU time x{summary['cpu_time_ratio']:.2f}), "
+            f"memory x{summary['memory_ratio']:.2f}"
+            + (f", FLOPs x{summary['flops_ratio']:.2f}" if "flops_ratio" in summary else "")
+        )
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(summary, fh, indent=2)

@@ -4,6 +4,7 @@ The benchmarks build the algorithm exactly as ``train.py`` does (config, dataset
 net, optimizer) with random-init weights (``pretrained: none``), which is fine for timing: the
 cost of a step does not depend on the values of the weights.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,22 +19,55 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 
 
-def write_replica(root: str, num_classes: int = 4, per_class_train: int = 8, per_class_test: int = 2,
-                  image_size: Any = 16) -> str:
+def write_replica(
+    root: str, num_classes: int = 4, per_class_train: int = 8, per_class_test: int = 2, image_size: Any = 16
+) -> str:
     """Write a CUB-200-2011 replica under ``root`` and return the ``data_dir`` to pass."""
     from tests.datasets.replicas import write_cub_replica
 
-    return str(write_cub_replica(root, num_classes=num_classes, per_class_train=per_class_train,
-                                 per_class_test=per_class_test, image_size=image_size, quirks=False).parent)
+    return str(
+        write_cub_replica(
+            root,
+            num_classes=num_classes,
+            per_class_train=per_class_train,
+            per_class_test=per_class_test,
+            image_size=image_size,
+            quirks=False,
+        ).parent
+    )
 
 
-def bench_argv(alg: str, net: str, img_size: int, batch_size: int, device: str, data_dir: str, save_dir: str,
-               extra: Optional[Dict[str, Any]] = None) -> List[str]:
+def bench_argv(
+    alg: str,
+    net: str,
+    img_size: int,
+    batch_size: int,
+    device: str,
+    data_dir: str,
+    save_dir: str,
+    extra: Optional[Dict[str, Any]] = None,
+) -> List[str]:
     """Command-line tokens of a benchmark run (4 seen classes, random init, no TensorBoard)."""
-    opts: Dict[str, Any] = dict(algorithm=alg, net=net, pretrained="none", dataset="cub200", data_dir=data_dir,
-                                num_classes=4, num_labels=16, img_size=img_size, batch_size=batch_size, uratio=1,
-                                num_train_iter=100, num_workers=0, save_dir=save_dir, save_name=alg, device=device,
-                                optim="AdamW", lr=1e-5, use_tensorboard="false")
+    opts: Dict[str, Any] = dict(
+        algorithm=alg,
+        net=net,
+        pretrained="none",
+        dataset="cub200",
+        data_dir=data_dir,
+        num_classes=4,
+        num_labels=16,
+        img_size=img_size,
+        batch_size=batch_size,
+        uratio=1,
+        num_train_iter=100,
+        num_workers=0,
+        save_dir=save_dir,
+        save_name=alg,
+        device=device,
+        optim="AdamW",
+        lr=1e-5,
+        use_tensorboard="false",
+    )
     opts.update(extra or {})
     argv: List[str] = []
     for key, value in opts.items():
@@ -41,15 +75,24 @@ def bench_argv(alg: str, net: str, img_size: int, batch_size: int, device: str, 
     return argv
 
 
-def build(alg: str, net: str, img_size: int, batch_size: int, device: str, data_dir: str, save_dir: str,
-          extra: Optional[Dict[str, Any]] = None):
+def build(
+    alg: str,
+    net: str,
+    img_size: int,
+    batch_size: int,
+    device: str,
+    data_dir: str,
+    save_dir: str,
+    extra: Optional[Dict[str, Any]] = None,
+):
     """Build the algorithm (model and EMA model on the device, hooks run up to ``before_run``).
 
     Returns:
         ``(algorithm, torch_device)``.
     """
-    import usb_cfsg  # noqa: F401
     from semilearn.core.utils import get_net_builder
+
+    import usb_cfsg  # noqa: F401
     from usb_cfsg.config import build_config
     from usb_cfsg.engine.device import resolve_device
     from usb_cfsg.engine.plugin import build_algorithm

@@ -6,6 +6,7 @@ primary unknown score (fixmatch: 1 - max softmax; cfsg_clip: its ``ood_score``) 
 
     python benchmarks/compare_fmnist.py [--num_train_iter 300] [--json docs/fmnist_comparison.json]
 """
+
 from __future__ import annotations
 
 import json
@@ -27,7 +28,7 @@ def main(argv: list[str]) -> int:
     if "--json" in argv:
         i = argv.index("--json")
         out_json = argv[i + 1]
-        argv = argv[:i] + argv[i + 2:]
+        argv = argv[:i] + argv[i + 2 :]
     rows = []
     for cfg in CONFIGS:
         full = ["--c", os.path.join(ROOT, cfg), *argv]
@@ -36,9 +37,17 @@ def main(argv: list[str]) -> int:
         args = build_config(full)
         with open(os.path.join(args.save_dir, args.save_name, "openset_metrics.json")) as fh:
             metrics = json.load(fh)
-        rows.append({"algorithm": args.algorithm, "config": cfg, "num_train_iter": args.num_train_iter,
-                     "seed": args.seed, "primary_score": metrics["primary_score"],
-                     **{k: metrics[k] for k in COLUMNS}, "scores": metrics.get("scores", {})})
+        rows.append(
+            {
+                "algorithm": args.algorithm,
+                "config": cfg,
+                "num_train_iter": args.num_train_iter,
+                "seed": args.seed,
+                "primary_score": metrics["primary_score"],
+                **{k: metrics[k] for k in COLUMNS},
+                "scores": metrics.get("scores", {}),
+            }
+        )
     print(f"{'algorithm':<10} {'score':<8}" + "".join(f"{c:>15}" for c in COLUMNS))
     for r in rows:
         cells = "".join(f"{'n/a' if r[c] is None else f'{100 * r[c]:.2f}':>15}" for c in COLUMNS)

@@ -12,6 +12,7 @@ JSON is rewritten after every piece, so a run cut short keeps what it measured. 
 longer fit the budget are recorded as skipped, never silently dropped. Weights are randomly
 initialised (timing only).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,18 +28,30 @@ from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import common
 
 #: Dense (no sparsity) bf16 tensor-core peak in TFLOP/s, from the vendors' datasheets; the first
 #: matching substring of torch.cuda.get_device_name() wins (order matters: "L40S" before "L4").
 BF16_PEAK_TFLOPS = (
-    ("H200", 989.4), ("H100 PCIe", 756.0), ("H100", 989.4), ("GH200", 989.4), ("B200", 2250.0),
-    ("A100", 312.0), ("L40S", 362.05), ("L4", 121.0), ("A10G", 70.0), ("A10", 125.0),
+    ("H200", 989.4),
+    ("H100 PCIe", 756.0),
+    ("H100", 989.4),
+    ("GH200", 989.4),
+    ("B200", 2250.0),
+    ("A100", 312.0),
+    ("L40S", 362.05),
+    ("L4", 121.0),
+    ("A10G", 70.0),
+    ("A10", 125.0),
 )
 
 #: (name, amp_dtype, compile), in the order they run: cheap ones first
-VARIANTS = (("fp32", "none", False), ("bf16", "bf16", False), ("bf16+compile", "bf16", True),
-            ("fp32+compile", "none", True))
+VARIANTS = (
+    ("fp32", "none", False),
+    ("bf16", "bf16", False),
+    ("bf16+compile", "bf16", True),
+    ("fp32+compile", "none", True),
+)
 
 
 def bf16_peak(device_name: str) -> Optional[float]:
@@ -51,24 +64,66 @@ def bf16_peak(device_name: str) -> Optional[float]:
 
 def _settings(dry: bool) -> SimpleNamespace:
     if dry:
-        return SimpleNamespace(net="clip_tiny", img_size=64, batch_size=4, steps=2, warmup=1, device="cpu",
-                               compile_backend="eager", threads=1, predict_batch=4, predict_rounds=2,
-                               loader=["--classes", "4", "--per-class", "8", "--images", "16", "--batch-size", "4",
-                                       "--rounds", "1", "--workers", "1"])
+        return SimpleNamespace(
+            net="clip_tiny",
+            img_size=64,
+            batch_size=4,
+            steps=2,
+            warmup=1,
+            device="cpu",
+            compile_backend="eager",
+            threads=1,
+            predict_batch=4,
+            predict_rounds=2,
+            loader=[
+                "--classes",
+                "4",
+                "--per-class",
+                "8",
+                "--images",
+                "16",
+                "--batch-size",
+                "4",
+                "--rounds",
+                "1",
+                "--workers",
+                "1",
+            ],
+        )
     workers = str(min(8, os.cpu_count() or 1))
-    return SimpleNamespace(net="clip_vit_b16", img_size=224, batch_size=32, steps=10, warmup=3, device="cuda",
-                           compile_backend="inductor", threads=min(8, os.cpu_count() or 1), predict_batch=64,
-                           predict_rounds=6,
-                           loader=["--classes", "40", "--per-class", "30", "--images", "1024", "--batch-size", "64",
-                                   "--rounds", "2", "--workers", workers])
+    return SimpleNamespace(
+        net="clip_vit_b16",
+        img_size=224,
+        batch_size=32,
+        steps=10,
+        warmup=3,
+        device="cuda",
+        compile_backend="inductor",
+        threads=min(8, os.cpu_count() or 1),
+        predict_batch=64,
+        predict_rounds=6,
+        loader=[
+            "--classes",
+            "40",
+            "--per-class",
+            "30",
+            "--images",
+            "1024",
+            "--batch-size",
+            "64",
+            "--rounds",
+            "2",
+            "--workers",
+            workers,
+        ],
+    )
 
 
 # ------------------------------------------------------------------- child side
 def child_steps(alg: str, s: SimpleNamespace, data_dir: str, deadline: float, variants: List[str]) -> None:
     """Run the step variants of one algorithm; print one JSON line per variant."""
-    import torch
-
     import bench_step
+    import torch
 
     for name, amp_dtype, compiled in VARIANTS:
         if name not in variants:
@@ -78,15 +133,35 @@ def child_steps(alg: str, s: SimpleNamespace, data_dir: str, deadline: float, va
         if time.time() + need > deadline:
             print(json.dumps({"algorithm": alg, "variant": name, "skipped": "time budget"}), flush=True)
             continue
-        a = bench_step.parse(["--net", s.net, "--img_size", str(s.img_size), "--batch_size", str(s.batch_size),
-                              "--steps", str(s.steps), "--warmup", str(s.warmup + (2 if compiled else 0)),
-                              "--threads", str(s.threads), "--device", s.device, "--amp_dtype", amp_dtype,
-                              "--compile_backend", s.compile_backend, "--flops"] + (["--compile"] if compiled else []))
+        a = bench_step.parse(
+            [
+                "--net",
+                s.net,
+                "--img_size",
+                str(s.img_size),
+                "--batch_size",
+                str(s.batch_size),
+                "--steps",
+                str(s.steps),
+                "--warmup",
+                str(s.warmup + (2 if compiled else 0)),
+                "--threads",
+                str(s.threads),
+                "--device",
+                s.device,
+                "--amp_dtype",
+                amp_dtype,
+                "--compile_backend",
+                s.compile_backend,
+                "--flops",
+            ]
+            + (["--compile"] if compiled else [])
+        )
         a.compile = compiled
         t0 = time.time()
         try:
             out = bench_step.measure(alg, a, data_dir)
-        except Exception as exc:  # noqa: BLE001 - record and go on with the next variant
+        except Exception as exc:
             out = {"algorithm": alg, "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:500]}"}
         out.update(variant=name, amp_dtype=amp_dtype, compile=compiled, wall_s=time.time() - t0)
         print(json.dumps(out), flush=True)
@@ -112,15 +187,24 @@ class Report:
 def _env(dry: bool, peak_override: Optional[float]) -> Dict[str, Any]:
     import torch
 
-    env: Dict[str, Any] = {"torch": torch.__version__, "python": platform.python_version(),
-                           "cpu_count": os.cpu_count(), "dry_run": dry, "cuda": torch.cuda.is_available()}
+    env: Dict[str, Any] = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "dry_run": dry,
+        "cuda": torch.cuda.is_available(),
+    }
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name(0)
         props = torch.cuda.get_device_properties(0)
-        env.update(device_name=name, capability=list(torch.cuda.get_device_capability(0)),
-                   memory_gb=props.total_memory / 2 ** 30, bf16_supported=torch.cuda.is_bf16_supported(),
-                   bf16_peak_tflops=peak_override or bf16_peak(name),
-                   bf16_peak_source="--peak_tflops" if peak_override else "vendor datasheet, dense")
+        env.update(
+            device_name=name,
+            capability=list(torch.cuda.get_device_capability(0)),
+            memory_gb=props.total_memory / 2**30,
+            bf16_supported=torch.cuda.is_bf16_supported(),
+            bf16_peak_tflops=peak_override or bf16_peak(name),
+            bf16_peak_source="--peak_tflops" if peak_override else "vendor datasheet, dense",
+        )
     else:
         env.update(device_name=platform.processor() or "cpu", bf16_peak_tflops=peak_override)
     return env
@@ -128,8 +212,15 @@ def _env(dry: bool, peak_override: Optional[float]) -> Dict[str, Any]:
 
 def run_steps(report: Report, s: SimpleNamespace, deadline: float, variants: List[str]) -> None:
     doc = report.doc
-    doc["step"] = {"net": s.net, "img_size": s.img_size, "batch_size": s.batch_size, "uratio": 1,
-                   "images_per_step": 3 * s.batch_size, "steps": s.steps, "results": []}
+    doc["step"] = {
+        "net": s.net,
+        "img_size": s.img_size,
+        "batch_size": s.batch_size,
+        "uratio": 1,
+        "images_per_step": 3 * s.batch_size,
+        "steps": s.steps,
+        "results": [],
+    }
     peak = doc["env"].get("bf16_peak_tflops")
     with common.temp_dir("gpu_check_") as tmp:
         data = common.write_replica(tmp)
@@ -138,12 +229,26 @@ def run_steps(report: Report, s: SimpleNamespace, deadline: float, variants: Lis
             # share what is left fairly: fixmatch must leave cfsg_clip its half
             left = deadline - time.time()
             alg_deadline = time.time() + left / (len(algorithms) - i)
-            cmd = [sys.executable, os.path.abspath(__file__), "--_child", alg, "--_data", data,
-                   "--_deadline", str(alg_deadline), "--_variants", ",".join(variants)] + (
-                ["--dry-run"] if doc["env"]["dry_run"] else [])
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--_child",
+                alg,
+                "--_data",
+                data,
+                "--_deadline",
+                str(alg_deadline),
+                "--_variants",
+                ",".join(variants),
+            ] + (["--dry-run"] if doc["env"]["dry_run"] else [])
             try:
-                proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(30.0, left),
-                                      env=dict(os.environ, PYTHONPATH=common.ROOT))
+                proc = subprocess.run(
+                    cmd,
+                    capture_output=True,
+                    text=True,
+                    timeout=max(30.0, left),
+                    env=dict(os.environ, PYTHONPATH=common.ROOT),
+                )
                 lines, err = proc.stdout, proc.stderr if proc.returncode else ""
             except subprocess.TimeoutExpired as exc:
                 out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
@@ -163,8 +268,11 @@ def run_steps(report: Report, s: SimpleNamespace, deadline: float, variants: Lis
         fm, cf = by.get(("fixmatch", name), {}), by.get(("cfsg_clip", name), {})
         if "step_s_median" in fm and "step_s_median" in cf:
             mem = "cuda_step_peak_delta_mb" if "cuda_step_peak_delta_mb" in fm else "peak_rss_delta_mb"
-            ratios[name] = {"time_ratio": cf["step_s_median"] / fm["step_s_median"],
-                            "memory_ratio": cf[mem] / max(fm[mem], 1e-9), "memory_measure": mem}
+            ratios[name] = {
+                "time_ratio": cf["step_s_median"] / fm["step_s_median"],
+                "memory_ratio": cf[mem] / max(fm[mem], 1e-9),
+                "memory_measure": mem,
+            }
     doc["step"]["cfsg_over_fixmatch"] = ratios
     report.save()
 
@@ -174,11 +282,25 @@ def run_predict(report: Report, s: SimpleNamespace) -> None:
 
     rows = []
     for amp in ("none", "bf16"):
-        argv = ["--net", s.net, "--img_size", str(s.img_size), "--batch_size", str(s.predict_batch), "--rounds",
-                str(s.predict_rounds), "--device", s.device, "--amp", amp, "--threads", str(s.threads)]
+        argv = [
+            "--net",
+            s.net,
+            "--img_size",
+            str(s.img_size),
+            "--batch_size",
+            str(s.predict_batch),
+            "--rounds",
+            str(s.predict_rounds),
+            "--device",
+            s.device,
+            "--amp",
+            amp,
+            "--threads",
+            str(s.threads),
+        ]
         try:
             rows.append(bench_predict.run(bench_predict.parse(argv)))
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             rows.append({"amp": amp, "error": f"{type(exc).__name__}: {exc}"})
         report.doc["predict"] = rows
         report.save()
@@ -189,7 +311,7 @@ def run_loader(report: Report, s: SimpleNamespace) -> None:
 
     try:
         report.doc["loader"] = bench_loader.main(s.loader)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         report.doc["loader"] = {"error": f"{type(exc).__name__}: {exc}"}
     report.save()
 
@@ -215,8 +337,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if not a.dry_run and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device here; use --dry-run to check the pieces on CPU")
     start = time.time()
-    report = Report(a.out, {"env": _env(a.dry_run, a.peak_tflops), "budget_s": a.budget,
-                            "weights": "random init (timing only)"})
+    report = Report(
+        a.out, {"env": _env(a.dry_run, a.peak_tflops), "budget_s": a.budget, "weights": "random init (timing only)"}
+    )
     report.save()
     # loader and prediction are quick; the step variants get the rest of the budget
     run_loader(report, s)
@@ -234,22 +357,28 @@ def summary(doc: Dict[str, Any]) -> Dict[str, Any]:
     for row in doc.get("step", {}).get("results", []):
         key = f"{row['algorithm']}/{row.get('variant')}"
         if "images_per_s" in row:
-            out[key] = {"images_per_s": round(row["images_per_s"], 1),
-                        "peak_mb": round(row.get("cuda_peak_mb", row.get("peak_rss_delta_mb", 0))),
-                        "fraction_of_bf16_peak": round(row["fraction_of_bf16_peak"], 3)
-                        if "fraction_of_bf16_peak" in row else None}
+            out[key] = {
+                "images_per_s": round(row["images_per_s"], 1),
+                "peak_mb": round(row.get("cuda_peak_mb", row.get("peak_rss_delta_mb", 0))),
+                "fraction_of_bf16_peak": round(row["fraction_of_bf16_peak"], 3)
+                if "fraction_of_bf16_peak" in row
+                else None,
+            }
         else:
             out[key] = row.get("skipped") or row.get("error")
     out["cfsg_over_fixmatch"] = doc.get("step", {}).get("cfsg_over_fixmatch")
     for row in doc.get("predict", []):
         if "throughput_ratio" in row:
-            out[f"predict/{row['amp']}"] = {"cfsg_images_per_s": round(row["cfsg_images_per_s"], 1),
-                                            "plain_images_per_s": round(row["plain_images_per_s"], 1),
-                                            "throughput_ratio": round(row["throughput_ratio"], 3)}
+            out[f"predict/{row['amp']}"] = {
+                "cfsg_images_per_s": round(row["cfsg_images_per_s"], 1),
+                "plain_images_per_s": round(row["plain_images_per_s"], 1),
+                "throughput_ratio": round(row["throughput_ratio"], 3),
+            }
     loader = doc.get("loader", {})
     if "cache_speedup" in loader:
-        out["loader"] = {k: round(loader[k], 2) for k in ("uncached_images_per_s", "cached_images_per_s",
-                                                          "cache_speedup")}
+        out["loader"] = {
+            k: round(loader[k], 2) for k in ("uncached_images_per_s", "cached_images_per_s", "cache_speedup")
+        }
     return out
 
 

@@ -9,6 +9,7 @@ per step over the profiled steps, and the top operators.
     python benchmarks/profile_step.py --net clip_vit_b32 --img_size 224 --batch_size 8 --steps 2 \
         --json docs/profile_step_vitb32_cpu.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,7 @@ from typing import Any, Callable, Dict, List
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import common  # noqa: E402
+import common
 
 #: (attribute path on the unwrapped model, label); missing attributes are skipped
 PARTS = (
@@ -82,11 +83,20 @@ def instrument(model: Any) -> None:
 
 def profile(alg: str, a: argparse.Namespace, data_dir: str, save_dir: str) -> Dict[str, Any]:
     import torch
-    from torch.profiler import ProfilerActivity, profile as tprofile, record_function
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as tprofile
 
     torch.set_num_threads(a.threads)
-    algorithm, dev = common.build(alg, a.net, a.img_size, a.batch_size, a.device, data_dir, save_dir,
-                                  common.parse_sets(a.set) if alg == "cfsg_clip" else None)
+    algorithm, dev = common.build(
+        alg,
+        a.net,
+        a.img_size,
+        a.batch_size,
+        a.device,
+        data_dir,
+        save_dir,
+        common.parse_sets(a.set) if alg == "cfsg_clip" else None,
+    )
     instrument(algorithm.model)
     data = common.batches(algorithm, a.warmup + a.steps)
 
@@ -96,22 +106,29 @@ def profile(alg: str, a: argparse.Namespace, data_dir: str, save_dir: str) -> Di
         with record_function("backward + optimizer"):
             algorithm.call_hook("after_train_step", "ParamUpdateHook")
 
-    for batch in data[:a.warmup]:
+    for batch in data[: a.warmup]:
         step(batch)
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with tprofile(activities=acts) as prof:
-        for batch in data[a.warmup:]:
+        for batch in data[a.warmup :]:
             with record_function("step"):
                 step(batch)
         if dev.type == "cuda":
             torch.cuda.synchronize()
-    labels = {label for _, label in PARTS} | {"unknown scores (no grad)", "forward + losses", "backward + optimizer",
-                                             "step"}
+    labels = {label for _, label in PARTS} | {
+        "unknown scores (no grad)",
+        "forward + losses",
+        "backward + optimizer",
+        "step",
+    }
     rows, ops = [], []
     for ev in prof.key_averages():
-        entry = {"name": ev.key, "calls_per_step": ev.count / a.steps,
-                 "cpu_total_ms_per_step": ev.cpu_time_total / 1e3 / a.steps,
-                 "self_cpu_ms_per_step": ev.self_cpu_time_total / 1e3 / a.steps}
+        entry = {
+            "name": ev.key,
+            "calls_per_step": ev.count / a.steps,
+            "cpu_total_ms_per_step": ev.cpu_time_total / 1e3 / a.steps,
+            "self_cpu_ms_per_step": ev.self_cpu_time_total / 1e3 / a.steps,
+        }
         if dev.type == "cuda":
             entry["device_total_ms_per_step"] = getattr(ev, "device_time_total", ev.cuda_time_total) / 1e3 / a.steps
         (rows if ev.key in labels else ops).append(entry)
@@ -140,8 +157,13 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
     p.add_argument("--algorithms", default="fixmatch,cfsg_clip")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="a cfsg_clip config key, e.g. --set ova_views=weak_strong")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a cfsg_clip config key, e.g. --set ova_views=weak_strong",
+    )
     p.add_argument("--json", default=None)
     a = p.parse_args()
     results = []
@@ -152,10 +174,21 @@ def main() -> None:
             print("\n".join(render(results[-1])), flush=True)
     if a.json:
         with open(a.json, "w") as fh:
-            json.dump({"net": a.net, "img_size": a.img_size, "batch_size": a.batch_size, "device": a.device,
-                       "cfsg_keys": common.parse_sets(a.set),
-                       "threads": a.threads, "steps": a.steps, "weights": "random init (timing only)",
-                       "results": results}, fh, indent=1)
+            json.dump(
+                {
+                    "net": a.net,
+                    "img_size": a.img_size,
+                    "batch_size": a.batch_size,
+                    "device": a.device,
+                    "cfsg_keys": common.parse_sets(a.set),
+                    "threads": a.threads,
+                    "steps": a.steps,
+                    "weights": "random init (timing only)",
+                    "results": results,
+                },
+                fh,
+                indent=1,
+            )
 
 
 if __name__ == "__main__":

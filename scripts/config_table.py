@@ -1,8 +1,9 @@
 """Print (or check) the README's table of every configuration key.
 
-    python scripts/config_table.py            # print the markdown
-    python scripts/config_table.py --write    # replace the block between the markers in README.md
+python scripts/config_table.py            # print the markdown
+python scripts/config_table.py --write    # replace the block between the markers in README.md
 """
+
 from __future__ import annotations
 
 import os
@@ -31,27 +32,37 @@ def table() -> str:
     for spec in base.values():
         kind = "one of " + ", ".join(spec.choices) if spec.choices else spec.kind
         lines.append(f"| `{spec.name}` | {kind} | `{_fmt(spec.default)}` | {spec.help} |")
-    lines += ["", "Keys of `algorithm: cfsg_clip` (from `CFSGCLIP.get_argument()`; shared names have the same meaning):",
-              "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+    lines += [
+        "",
+        "Keys of `algorithm: cfsg_clip` (from `CFSGCLIP.get_argument()`; shared names have the same meaning):",
+        "",
+        "| key | type | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
     for spec in algorithm_specs(get_algorithm_class("cfsg_clip")).values():
         kind = "one of " + ", ".join(spec.choices) if spec.choices else spec.kind
         lines.append(f"| `{spec.name}` | {kind} | `{_fmt(spec.default)}` | {spec.help} |")
-    lines += ["", "USB's algorithms bring their own keys (e.g. fixmatch: `T`, `p_cutoff`, `hard_label`); "
-              "`python train.py --algorithm NAME --help` lists them."]
+    lines += [
+        "",
+        "USB's algorithms bring their own keys (e.g. fixmatch: `T`, `p_cutoff`, `hard_label`); "
+        "`python train.py --algorithm NAME --help` lists them.",
+    ]
     return "\n".join(lines)
 
 
 def readme_block(text: str) -> str:
-    return text[text.index(START) + len(START):text.index(END)].strip("\n")
+    return text[text.index(START) + len(START) : text.index(END)].strip("\n")
 
 
 def main() -> int:
     body = table()
     if "--write" in sys.argv:
         path = os.path.join(ROOT, "README.md")
-        text = open(path, encoding="utf-8").read()
-        text = text[:text.index(START) + len(START)] + "\n" + body + "\n" + text[text.index(END):]
-        open(path, "w", encoding="utf-8").write(text)
+        with open(path, encoding="utf-8") as fh:
+            text = fh.read()
+        text = text[: text.index(START) + len(START)] + "\n" + body + "\n" + text[text.index(END) :]
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(text)
     else:
         print(body)
     return 0

@@ -78,6 +78,7 @@ each), identical except for the backbone keys:
   71.9 %); other jobs on the same cores can slow it by about 1.7x before it passes 6 minutes.
   fixmatch_fmnist is identical except for the algorithm and its keys, so the two runs are comparable.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -98,7 +99,12 @@ COMMAND = "PYTHONPATH=. .venv/bin/python scripts/make_configs.py"
 #: The benchmark: (dataset, classes in the dataset, K seen classes, how to put it under ./data).
 OPENSET_FG_DATASETS: Tuple[Tuple[str, int, int, str], ...] = (
     ("cub200", 200, 100, "tar xzf CUB_200_2011.tgz -C ./data    (-> ./data/CUB_200_2011/)"),
-    ("stanford_cars", 196, 98, "devkit/, cars_train/, cars_test/, cars_test_annos_withlabels.mat in ./data/stanford_cars/"),
+    (
+        "stanford_cars",
+        196,
+        98,
+        "devkit/, cars_train/, cars_test/, cars_test_annos_withlabels.mat in ./data/stanford_cars/",
+    ),
     ("fgvc_aircraft", 100, 50, "tar xzf fgvc-aircraft-2013b.tar.gz -C ./data    (-> ./data/fgvc-aircraft-2013b/)"),
     ("flowers102", 102, 51, "102flowers.tgz (unpacked: jpg/), imagelabels.mat, setid.mat in ./data/flowers-102/"),
     ("stanford_dogs", 120, 60, "images.tar and lists.tar unpacked in ./data/stanford_dogs/"),
@@ -200,12 +206,38 @@ DEMO_RECIPE: Dict[str, Any] = dict(
 SECTIONS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("algorithm", ("algorithm",)),
     ("saving & loading (USB names)", ("save_dir", "save_name", "resume", "load_path", "overwrite", "use_tensorboard")),
-    ("training schedule", ("epoch", "num_train_iter", "num_warmup_iter", "num_eval_iter", "num_log_iter",
-                           "num_labels", "batch_size", "uratio", "eval_batch_size", "ema_m")),
+    (
+        "training schedule",
+        (
+            "epoch",
+            "num_train_iter",
+            "num_warmup_iter",
+            "num_eval_iter",
+            "num_log_iter",
+            "num_labels",
+            "batch_size",
+            "uratio",
+            "eval_batch_size",
+            "ema_m",
+        ),
+    ),
     ("optimizer", ("optim", "lr", "weight_decay", "layer_decay", "clip_grad", "amp")),
     ("network", ("net", "pretrained", "pretrain_path", "pretrain_pool", "num_tuned_blocks", "text_encoder")),
-    ("data and open-set split", ("data_dir", "dataset", "num_classes", "img_size", "crop_ratio", "class_split",
-                                 "split_seed", "ulb_unseen_ratio", "include_lb_to_ulb", "num_workers")),
+    (
+        "data and open-set split",
+        (
+            "data_dir",
+            "dataset",
+            "num_classes",
+            "img_size",
+            "crop_ratio",
+            "class_split",
+            "split_seed",
+            "ulb_unseen_ratio",
+            "include_lb_to_ulb",
+            "num_workers",
+        ),
+    ),
     ("open-set evaluation", ("ood_threshold",)),
     ("devices", ("device", "seed", "world_size", "multiprocessing_distributed")),
 )
@@ -298,20 +330,32 @@ def openset_fg_files() -> Dict[str, str]:
                 for seed in SEEDS:
                     num_labels = seen * per_class
                     save_name = f"{algorithm}_{dataset}_{num_labels}_{seed}"
-                    cfg = dict(algorithm=algorithm, save_dir=OPENSET_FG_SAVE_DIR, save_name=save_name,
-                               load_path=f"{OPENSET_FG_SAVE_DIR}/{save_name}/latest_model.pth", **FG_RECIPE)
+                    cfg = dict(
+                        algorithm=algorithm,
+                        save_dir=OPENSET_FG_SAVE_DIR,
+                        save_name=save_name,
+                        load_path=f"{OPENSET_FG_SAVE_DIR}/{save_name}/latest_model.pth",
+                        **FG_RECIPE,
+                    )
                     ssb = dataset in SSB_SPLIT_DATASETS
-                    cfg.update(dataset=dataset, num_classes=seen, num_labels=num_labels, seed=seed,
-                               class_split="ssb" if ssb else "first")
+                    cfg.update(
+                        dataset=dataset,
+                        num_classes=seen,
+                        num_labels=num_labels,
+                        seed=seed,
+                        class_split="ssb" if ssb else "first",
+                    )
                     cfg, comments = _with_algorithm(cfg, algorithm)
                     which = " (the Semantic Shift Benchmark's known classes)" if ssb else ""
-                    header = _generated_header([
-                        f"{algorithm} on {dataset}: {seen} of {total} classes seen{which}, {per_class} labels per seen "
-                        f"class, seed {seed}.",
-                        "Recipe and reasons: the docstring of scripts/make_configs.py.",
-                        f"Data: {data_note}",
-                        f"Run: python train.py --c config/openset_fg/{algorithm}/{save_name}.yaml",
-                    ])
+                    header = _generated_header(
+                        [
+                            f"{algorithm} on {dataset}: {seen} of {total} classes seen{which}, {per_class} labels per seen "
+                            f"class, seed {seed}.",
+                            "Recipe and reasons: the docstring of scripts/make_configs.py.",
+                            f"Data: {data_note}",
+                            f"Run: python train.py --c config/openset_fg/{algorithm}/{save_name}.yaml",
+                        ]
+                    )
                     files[f"openset_fg/{algorithm}/{save_name}.yaml"] = render(cfg, header, comments)
     return files
 
@@ -319,20 +363,27 @@ def openset_fg_files() -> Dict[str, str]:
 def cfsg_cub_file() -> Dict[str, str]:
     """``cfsg_cub.yaml``: cfsg_clip on CUB-200-2011, 100 seen classes, 4 labels each (the README's example)."""
     save_dir, save_name = "./saved_models", "cfsg_cub"
-    cfg = dict(algorithm="cfsg_clip", save_dir=save_dir, save_name=save_name,
-               load_path=f"{save_dir}/{save_name}/latest_model.pth", **FG_RECIPE)
+    cfg = dict(
+        algorithm="cfsg_clip",
+        save_dir=save_dir,
+        save_name=save_name,
+        load_path=f"{save_dir}/{save_name}/latest_model.pth",
+        **FG_RECIPE,
+    )
     cfg.update(dataset="cub200", num_classes=100, num_labels=400, seed=0, class_split="ssb")
     cfg, comments = _with_algorithm(cfg, "cfsg_clip")
-    header = _generated_header([
-        "CFSG-CLIP on CUB-200-2011: ViT-B/16 CLIP (pretrained openai), the Semantic Shift Benchmark split (100",
-        "known classes seen, 100 unseen graded Easy / Medium / Hard), 4 labeled images per seen class (num_labels 400).",
-        "Same recipe as config/openset_fg/cfsg_clip/cfsg_clip_cub200_400_0.yaml.",
-        "Data: tar xzf CUB_200_2011.tgz -C ./data    (-> ./data/CUB_200_2011/)",
-        "Offline: --pretrain_path /path/to/ViT-B-16.pt (an OpenAI or open_clip checkpoint).",
-        "Run: python train.py --c config/cfsg_cub.yaml   (any key can be overridden: --key value)",
-        "Baselines on the same data and backbone: add --algorithm fixmatch (or openmatch, iomatch, clip_zeroshot);",
-        "the run folder is then <algorithm>_cub200_400_<seed> (this file's save_name and load_path are dropped).",
-    ])
+    header = _generated_header(
+        [
+            "CFSG-CLIP on CUB-200-2011: ViT-B/16 CLIP (pretrained openai), the Semantic Shift Benchmark split (100",
+            "known classes seen, 100 unseen graded Easy / Medium / Hard), 4 labeled images per seen class (num_labels 400).",
+            "Same recipe as config/openset_fg/cfsg_clip/cfsg_clip_cub200_400_0.yaml.",
+            "Data: tar xzf CUB_200_2011.tgz -C ./data    (-> ./data/CUB_200_2011/)",
+            "Offline: --pretrain_path /path/to/ViT-B-16.pt (an OpenAI or open_clip checkpoint).",
+            "Run: python train.py --c config/cfsg_cub.yaml   (any key can be overridden: --key value)",
+            "Baselines on the same data and backbone: add --algorithm fixmatch (or openmatch, iomatch, clip_zeroshot);",
+            "the run folder is then <algorithm>_cub200_400_<seed> (this file's save_name and load_path are dropped).",
+        ]
+    )
     return {"cfsg_cub.yaml": render(cfg, header, comments)}
 
 
@@ -341,8 +392,13 @@ DEMO_CLIP_DIR = "./saved_models/demo_clip"
 #: Demo algorithms and the stem of their files: config/demo/<stem>_fmnist.yaml (demo CLIP) and
 #: config/demo/<stem>_fmnist_randinit.yaml (random init). To add an algorithm, append it here; its keys
 #: come from ``algorithm_keys`` (give demo-specific values per backbone in ``DemoBackbone.algorithm_keys``).
-DEMO_ALGORITHMS: Tuple[Tuple[str, str], ...] = (("cfsg_clip", "cfsg"), ("fixmatch", "fixmatch"), ("openmatch", "openmatch"),
-                                                ("iomatch", "iomatch"), ("clip_zeroshot", "clip_zeroshot"))
+DEMO_ALGORITHMS: Tuple[Tuple[str, str], ...] = (
+    ("cfsg_clip", "cfsg"),
+    ("fixmatch", "fixmatch"),
+    ("openmatch", "openmatch"),
+    ("iomatch", "iomatch"),
+    ("clip_zeroshot", "clip_zeroshot"),
+)
 
 
 class DemoBackbone(NamedTuple):
@@ -366,8 +422,12 @@ def demo_clip_backbone() -> DemoBackbone:
     """The demo CLIP (the default demo): aligned clip_tiny weights and their pretraining pool."""
     return DemoBackbone(
         suffix="",
-        keys=dict(pretrained=None, pretrain_path=f"{DEMO_CLIP_DIR}/demo_clip_tiny.pt",
-                  pretrain_pool=f"{DEMO_CLIP_DIR}/card.json", text_encoder="clip"),
+        keys=dict(
+            pretrained=None,
+            pretrain_path=f"{DEMO_CLIP_DIR}/demo_clip_tiny.pt",
+            pretrain_pool=f"{DEMO_CLIP_DIR}/card.json",
+            text_encoder="clip",
+        ),
         description=(
             "Backbone: the demo CLIP, clip_tiny trained contrastively (image and text towers) by",
             "python -m usb_cfsg.demo_clip on a fixed half of Fashion-MNIST's training images with captions over",
@@ -390,9 +450,15 @@ def randinit_backbone() -> DemoBackbone:
             "embeddings of a random-init CLIP text tower collapse to nearly one vector: the names come from the",
             "offline MiniLM sentence encoder through a learned projection.",
         ),
-        algorithm_keys={"cfsg_clip": {"ood_score": (
-            DEMO_OOD_SCORE, "headline score: ova. mcm/glmcm (and fused, which averages ova and glmcm) rest on a "
-                            "pretrained CLIP's image-text alignment, which a random init lacks")}},
+        algorithm_keys={
+            "cfsg_clip": {
+                "ood_score": (
+                    DEMO_OOD_SCORE,
+                    "headline score: ova. mcm/glmcm (and fused, which averages ova and glmcm) rest on a "
+                    "pretrained CLIP's image-text alignment, which a random init lacks",
+                )
+            }
+        },
     )
 
 
@@ -412,15 +478,18 @@ def demo_file(algorithm: str, stem: str, backbone: DemoBackbone) -> Tuple[str, s
     comments.update({key: note for key, (_, note) in overrides.items()})
     others = [f"{s}_fmnist{backbone.suffix}" for a, s in DEMO_ALGORITHMS if a != algorithm]
     others_text = others[0] if len(others) == 1 else "{" + ",".join(others) + "}"
-    header = _generated_header([
-        f"CPU demo: {algorithm} on Fashion-MNIST, classes 0-5 seen (T-shirt/top ... Sandal), 6-9 unseen,",
-        "10 labeled images per seen class. Identical to the other demo configs of this backbone",
-        f"(config/demo/{others_text}.yaml) except the algorithm keys." if others else
-        "Same recipe as every demo config of this backbone.",
-        "Data: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), found when ./data lacks it.",
-        *backbone.description,
-        f"Run: python train.py --c config/demo/{name}.yaml",
-    ])
+    header = _generated_header(
+        [
+            f"CPU demo: {algorithm} on Fashion-MNIST, classes 0-5 seen (T-shirt/top ... Sandal), 6-9 unseen,",
+            "10 labeled images per seen class. Identical to the other demo configs of this backbone",
+            f"(config/demo/{others_text}.yaml) except the algorithm keys."
+            if others
+            else "Same recipe as every demo config of this backbone.",
+            "Data: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), found when ./data lacks it.",
+            *backbone.description,
+            f"Run: python train.py --c config/demo/{name}.yaml",
+        ]
+    )
     return f"demo/{name}.yaml", render(cfg, header, comments)
 
 
@@ -466,8 +535,11 @@ def check(out: Path, files: Dict[str, str]) -> List[str]:
             continue
         old = path.read_text(encoding="utf-8")
         if old != text:
-            diff = "".join(difflib.unified_diff(old.splitlines(True), text.splitlines(True), f"{rel} (on disk)",
-                                                f"{rel} (generated)", n=1))
+            diff = "".join(
+                difflib.unified_diff(
+                    old.splitlines(True), text.splitlines(True), f"{rel} (on disk)", f"{rel} (generated)", n=1
+                )
+            )
             problems.append(f"{rel}: differs from the generator's output\n{diff}")
     return problems
 

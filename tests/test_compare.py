@@ -1,4 +1,5 @@
 """The comparison runner: rows x seeds as train.py subprocesses, resumption, failures, results.csv / results.md."""
+
 import csv
 import math
 import os
@@ -11,10 +12,30 @@ from usb_cfsg.errors import ConfigError
 
 
 def _base_config(path, cub_root):
-    cfg = dict(algorithm="cfsg_clip", net="clip_tiny", pretrained="none", dataset="cub200", data_dir=cub_root,
-               num_classes=3, num_labels=6, img_size=64, batch_size=4, eval_batch_size=8, num_train_iter=2,
-               num_eval_iter=2, num_log_iter=1, num_workers=0, device="cpu", optim="AdamW", lr=0.001,
-               use_tensorboard=False, save_dir="./elsewhere", save_name="base", start_fix=0, use_sfm=True)
+    cfg = dict(
+        algorithm="cfsg_clip",
+        net="clip_tiny",
+        pretrained="none",
+        dataset="cub200",
+        data_dir=cub_root,
+        num_classes=3,
+        num_labels=6,
+        img_size=64,
+        batch_size=4,
+        eval_batch_size=8,
+        num_train_iter=2,
+        num_eval_iter=2,
+        num_log_iter=1,
+        num_workers=0,
+        device="cpu",
+        optim="AdamW",
+        lr=0.001,
+        use_tensorboard=False,
+        save_dir="./elsewhere",
+        save_name="base",
+        start_fix=0,
+        use_sfm=True,
+    )
     path.write_text(yaml.safe_dump(cfg))
     return str(path)
 
@@ -31,7 +52,8 @@ def test_variant_parsing_and_cells():
 
 
 def test_switching_algorithm_drops_the_base_algorithms_own_keys(tmp_path, cub_root):
-    base = yaml.safe_load(open(_base_config(tmp_path / "base.yaml", cub_root)))
+    with open(_base_config(tmp_path / "base.yaml", cub_root)) as fh:
+        base = yaml.safe_load(fh)
     om = compare.row_config(base, "base.yaml", "openmatch")
     assert om["algorithm"] == "openmatch" and "start_fix" not in om and "use_sfm" not in om  # cfsg_clip's keys
     assert om["num_train_iter"] == 2 and om["net"] == "clip_tiny"  # shared keys stay
@@ -51,8 +73,20 @@ def test_bad_arguments_fail_before_anything_runs(tmp_path, cub_root):
 def test_two_algorithms_two_seeds_resume_and_failure(tmp_path, cub_root):
     base = _base_config(tmp_path / "base.yaml", cub_root)
     out = tmp_path / "cmp"
-    argv = ["--c", base, "--algorithms", "fixmatch", "openmatch", "--seeds", "0", "1", "--save_dir", str(out),
-            "--jobs", "2"]
+    argv = [
+        "--c",
+        base,
+        "--algorithms",
+        "fixmatch",
+        "openmatch",
+        "--seeds",
+        "0",
+        "1",
+        "--save_dir",
+        str(out),
+        "--jobs",
+        "2",
+    ]
     assert compare.main(argv) == 0
     runs = out / "runs"
     names = sorted(p.name for p in runs.iterdir())
@@ -61,12 +95,24 @@ def test_two_algorithms_two_seeds_resume_and_failure(tmp_path, cub_root):
     assert cfg["seed"] == 1 and cfg["start_fix"] == -1 and cfg["num_train_iter"] == 2  # openmatch's own default
     with open(out / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert [(r["row"], r["seed"]) for r in rows] == [("fixmatch", "0"), ("fixmatch", "1"), ("openmatch", "0"),
-                                                     ("openmatch", "1")]
+    assert [(r["row"], r["seed"]) for r in rows] == [
+        ("fixmatch", "0"),
+        ("fixmatch", "1"),
+        ("openmatch", "0"),
+        ("openmatch", "1"),
+    ]
     assert {r["primary_score"] for r in rows if r["row"] == "openmatch"} == {"ova"}
     md = (out / "results.md").read_text()
-    for title in ("closed acc", "AUROC", "FPR95", "open bAcc", "unknown recall", "seen acc (K+1)", "H-score",
-                  "macro-F1"):
+    for title in (
+        "closed acc",
+        "AUROC",
+        "FPR95",
+        "open bAcc",
+        "unknown recall",
+        "seen acc (K+1)",
+        "H-score",
+        "macro-F1",
+    ):
         assert title in md
     om_line = next(line for line in md.splitlines() if line.startswith("| openmatch |"))
     closed = [float(r["closed_acc"]) for r in rows if r["row"] == "openmatch"]

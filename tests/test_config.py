@@ -1,4 +1,5 @@
 """Configuration: precedence, validation and error messages users see."""
+
 import os
 
 import pytest
@@ -55,8 +56,7 @@ def test_type_errors_name_key_value_and_source(tmp_path):
 
 
 def test_booleans_none_and_lists():
-    args = build_config(["--amp", "true", "--pretrained", "none", "--seen_classes", "0,3,5",
-                         "--load_path", "none"])
+    args = build_config(["--amp", "true", "--pretrained", "none", "--seen_classes", "0,3,5", "--load_path", "none"])
     assert args.amp is True and args.pretrained is None and args.load_path is None
     assert args.seen_classes == ["0", "3", "5"]
     args = build_config(["--seen_classes", "[0, 3, 5]"])
@@ -84,14 +84,30 @@ def test_relations_checked():
 
 
 def test_every_out_of_range_value_is_reported_at_once(tmp_path):
-    cfg = write(tmp_path, {"algorithm": "cfsg_clip", "sfm_keep_ratio": 1.5, "lr": 0.0, "ema_m": 2.0,
-                           "num_classes": 3, "num_labels": 6, "vsi_topk": 5, "crop_ratio": float("nan")})
+    cfg = write(
+        tmp_path,
+        {
+            "algorithm": "cfsg_clip",
+            "sfm_keep_ratio": 1.5,
+            "lr": 0.0,
+            "ema_m": 2.0,
+            "num_classes": 3,
+            "num_labels": 6,
+            "vsi_topk": 5,
+            "crop_ratio": float("nan"),
+        },
+    )
     with pytest.raises(ConfigError) as info:
         build_config(["--c", cfg, "--momentum", "1.0"])
     text = str(info.value)
-    for part in ("lr must be in (0, inf), got 0.0", "ema_m must be in [0, 1], got 2.0", "momentum must be in [0, 1)",
-                 "crop_ratio must be in (0, 1], got nan", "sfm_keep_ratio must be in (0, 1], got 1.5",
-                 "vsi_topk (5) must not exceed num_classes (3)"):
+    for part in (
+        "lr must be in (0, inf), got 0.0",
+        "ema_m must be in [0, 1], got 2.0",
+        "momentum must be in [0, 1)",
+        "crop_ratio must be in (0, 1], got nan",
+        "sfm_keep_ratio must be in (0, 1], got 1.5",
+        "vsi_topk (5) must not exceed num_classes (3)",
+    ):
         assert part in text, part
     assert text.startswith(f"invalid configuration (config file {cfg}): ")
     with pytest.raises(ConfigError, match=r"p_cutoff must be in \[0, 1\], got 1.5"):  # USB's algorithms too
@@ -125,8 +141,20 @@ def test_default_save_name_differs_per_algorithm_and_the_readme_commands_do_not_
 def test_saved_config_holds_the_run_not_the_invocation(tmp_path):
     from usb_cfsg.config import save_config
 
-    args = build_config(["--resume", "true", "--load_path", "elsewhere.pth", "--resume_extend", "true",
-                         "--save_dir", str(tmp_path), "--save_name", "r"])
+    args = build_config(
+        [
+            "--resume",
+            "true",
+            "--load_path",
+            "elsewhere.pth",
+            "--resume_extend",
+            "true",
+            "--save_dir",
+            str(tmp_path),
+            "--save_name",
+            "r",
+        ]
+    )
     save_config(args, str(tmp_path / "config.yaml"))
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["resume"] is False and saved["resume_extend"] is False

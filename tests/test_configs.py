@@ -1,4 +1,5 @@
 """The YAML configs under config/: valid, USB-named, and exactly what scripts/make_configs.py writes."""
+
 import importlib.util
 import os
 import subprocess
@@ -136,11 +137,16 @@ def test_cfsg_configs_spell_out_every_switch():
 
 def test_benchmark_algorithms_share_the_recipe():
     """fixmatch and cfsg_clip configs of one dataset/budget differ only in naming and algorithm keys."""
-    alg_keys = set(algorithm_specs(_algorithm_class("cfsg_clip"))) | set(
-        algorithm_specs(_algorithm_class("fixmatch"))) | {"ulb_loss_ratio"}
+    alg_keys = (
+        set(algorithm_specs(_algorithm_class("cfsg_clip")))
+        | set(algorithm_specs(_algorithm_class("fixmatch")))
+        | {"ulb_loss_ratio"}
+    )
     naming = {"algorithm", "save_name", "load_path"}
-    pairs = [(CONFIG_DIR / "demo" / f"cfsg_fmnist{suffix}.yaml", CONFIG_DIR / "demo" / f"fixmatch_fmnist{suffix}.yaml")
-             for suffix in ("", "_randinit")]
+    pairs = [
+        (CONFIG_DIR / "demo" / f"cfsg_fmnist{suffix}.yaml", CONFIG_DIR / "demo" / f"fixmatch_fmnist{suffix}.yaml")
+        for suffix in ("", "_randinit")
+    ]
     for path in (CONFIG_DIR / "openset_fg" / "cfsg_clip").glob("*.yaml"):
         pairs.append((path, CONFIG_DIR / "openset_fg" / "fixmatch" / path.name.replace("cfsg_clip_", "fixmatch_", 1)))
     for cfsg_path, fix_path in pairs:
@@ -153,7 +159,12 @@ def test_benchmark_algorithms_share_the_recipe():
 
 def test_demo_and_readme_config_values():
     cub = _raw(CONFIG_DIR / "cfsg_cub.yaml")
-    assert (cub["algorithm"], cub["dataset"], cub["net"], cub["pretrained"]) == ("cfsg_clip", "cub200", "clip_vit_b16", "openai")
+    assert (cub["algorithm"], cub["dataset"], cub["net"], cub["pretrained"]) == (
+        "cfsg_clip",
+        "cub200",
+        "clip_vit_b16",
+        "openai",
+    )
     assert (cub["num_classes"], cub["num_labels"], cub["save_name"]) == (100, 400, "cfsg_cub")
     demo = _raw(CONFIG_DIR / "demo" / "cfsg_fmnist.yaml")
     assert (demo["dataset"], demo["num_classes"], demo["net"]) == ("fmnist_openset", 6, "clip_tiny")
@@ -177,7 +188,8 @@ def test_committed_configs_match_generator(tmp_path):
     for rel in generated:
         assert (out / rel).read_bytes() == (CONFIG_DIR / rel).read_bytes(), (
             f"config/{rel} differs from the generator's output; regenerate with "
-            f"PYTHONPATH=. .venv/bin/python scripts/make_configs.py")
+            f"PYTHONPATH=. .venv/bin/python scripts/make_configs.py"
+        )
 
 
 def test_generator_is_deterministic(tmp_path):
@@ -206,7 +218,8 @@ def test_generator_check_flags_stale_and_extra_files(tmp_path):
 
 def test_generator_command_line_check_passes_on_committed_configs():
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.run([sys.executable, str(GENERATOR), "--check"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, str(GENERATOR), "--check"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "up to date" in proc.stdout

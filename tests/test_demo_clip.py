@@ -1,4 +1,5 @@
 """The demo CLIP builder (usb_cfsg.demo_clip): caption encoding, loss, pool, card, loading by pretrain_path."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,9 @@ def tiny_clip():
 
     _ensure_configs()
     torch.manual_seed(0)
-    return open_clip.create_model(demo_clip.ARCH, pretrained=None, force_image_size=64), \
-        open_clip.get_tokenizer(demo_clip.ARCH)
+    return open_clip.create_model(demo_clip.ARCH, pretrained=None, force_image_size=64), open_clip.get_tokenizer(
+        demo_clip.ARCH
+    )
 
 
 def test_caption_encoder_is_encode_text_and_writes_back(tiny_clip) -> None:
@@ -34,7 +36,7 @@ def test_caption_encoder_is_encode_text_and_writes_back(tiny_clip) -> None:
     tokens = tokenizer(captions)
     enc = demo_clip.CaptionEncoder(model, tokens)
     assert enc.length < tokens.shape[1]  # the context is cut to the longest caption
-    assert enc.rows.shape[0] == len(torch.unique(tokens[:, :enc.length]))  # only the rows the captions use
+    assert enc.rows.shape[0] == len(torch.unique(tokens[:, : enc.length]))  # only the rows the captions use
     with torch.no_grad():
         assert torch.allclose(enc(model), model.encode_text(tokens), atol=1e-5)
         enc.rows.add_(torch.randn_like(enc.rows))  # as training would change them
@@ -84,7 +86,7 @@ def test_batch_augment_takes_crops_of_the_resized_images() -> None:
     for b, src in enumerate([2, 0, 2]):
         pixels = np.round((out[b, 0].numpy() * std[0] + mean[0]) * 255).astype(int)
         assert np.allclose(out[b, 1].numpy() * std[1] + mean[1], pixels / 255, atol=1e-4)
-        windows = [resized[src, y:y + 6, x:x + 6].astype(int) for y in range(4) for x in range(4)]
+        windows = [resized[src, y : y + 6, x : x + 6].astype(int) for y in range(4) for x in range(4)]
         assert any((w == pixels).all() or (w[:, ::-1] == pixels).all() for w in windows)
 
 
@@ -117,7 +119,12 @@ def test_card_records_pool_recipe_figures_and_hash(built) -> None:
     on_disk = json.loads((out / demo_clip.CARD_FILE).read_text())
     assert on_disk == card
     assert (card["dataset"], card["net"], card["img_size"], card["steps"], card["seed"]) == (
-        "fmnist_openset", "clip_tiny", 64, 3, 0)
+        "fmnist_openset",
+        "clip_tiny",
+        64,
+        3,
+        0,
+    )
     assert card["recipe"]["batch_size"] == 16 and len(card["recipe"]["templates"]) == 5
     assert card["recipe"]["learn_logit_scale"] is False  # the default keeps the logit scale fixed
     assert card["training"]["logit_scale"] == pytest.approx(card["recipe"]["init_logit_scale"])
@@ -147,8 +154,16 @@ def test_weights_load_through_pretrain_path(built) -> None:
     for key, value in model.state_dict().items():
         assert torch.equal(value, saved[key]), key
     names = card["recipe"]["class_names"][:6]
-    net = build_clip_net("clip-tiny", 6, None, path, img_size=64, class_names=names, text_encoder="clip",
-                         prompt_templates=card["zero_shot"]["templates"])
+    net = build_clip_net(
+        "clip-tiny",
+        6,
+        None,
+        path,
+        img_size=64,
+        class_names=names,
+        text_encoder="clip",
+        prompt_templates=card["zero_shot"]["templates"],
+    )
     expected = clip_text_embeddings(model, tokenizer, names, card["zero_shot"]["templates"])
     assert torch.allclose(net.text_embeddings, expected, atol=1e-5)
 

@@ -2,6 +2,7 @@
 our ConfigError, which train.py prints as one line (exit status 2) -- never another exception or a
 traceback (issue 10, item 7). Bounded numbers of examples keep this to seconds.
 """
+
 from __future__ import annotations
 
 import math
@@ -15,19 +16,60 @@ import train as train_cli
 from usb_cfsg.config import base_specs, build_config
 from usb_cfsg.errors import ConfigError, UsbCfsgError
 
-FUZZ = settings(max_examples=60, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=60,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 KEYS = sorted(base_specs())
-TRICKY = ["none", "null", "~", "true", "false", "yes", "0", "-1", "1e309", "nan", "inf", "-inf", "[1, 2]",
-          "{a: 1}", "", " ", "0x10", "1_000", "3.5", "fixmatch", "cfsg_clip", "open_clip", "RN50",
-          "hf-hub:", "local-dir:/nonexistent", "ViT-B-16", "\n", "'quoted'", "--", "--c"]
+TRICKY = [
+    "none",
+    "null",
+    "~",
+    "true",
+    "false",
+    "yes",
+    "0",
+    "-1",
+    "1e309",
+    "nan",
+    "inf",
+    "-inf",
+    "[1, 2]",
+    "{a: 1}",
+    "",
+    " ",
+    "0x10",
+    "1_000",
+    "3.5",
+    "fixmatch",
+    "cfsg_clip",
+    "open_clip",
+    "RN50",
+    "hf-hub:",
+    "local-dir:/nonexistent",
+    "ViT-B-16",
+    "\n",
+    "'quoted'",
+    "--",
+    "--c",
+]
 keys = st.one_of(st.sampled_from(KEYS), st.text(min_size=1, max_size=12))
 cli_values = st.one_of(st.sampled_from(TRICKY), st.text(max_size=16))
-scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**12, 10**12), st.floats(allow_nan=True),
-                    st.text(max_size=16), st.sampled_from(TRICKY))
-yaml_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
-                                                            st.dictionaries(st.text(max_size=6), inner, max_size=3)),
-                           max_leaves=6)
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(10**12), 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=16),
+    st.sampled_from(TRICKY),
+)
+yaml_values = st.recursive(
+    scalars,
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)),
+    max_leaves=6,
+)
 
 
 def resolve_or_our_error(argv, capsys) -> None:
@@ -63,8 +105,7 @@ def _quiet_console(monkeypatch):
 
 
 @FUZZ
-@given(pairs=st.lists(st.tuples(keys, cli_values), max_size=4),
-       stray=st.lists(st.text(max_size=8), max_size=2))
+@given(pairs=st.lists(st.tuples(keys, cli_values), max_size=4), stray=st.lists(st.text(max_size=8), max_size=2))
 def test_command_line_pairs(capsys, pairs, stray):
     argv = [tok for key, value in pairs for tok in (f"--{key}", value)] + stray
     resolve_or_our_error(argv, capsys)
@@ -79,11 +120,25 @@ def test_yaml_mappings(tmp_path_factory, capsys, document):
 
 
 @FUZZ
-@given(text=st.one_of(st.text(max_size=120),
-                      st.builds(lambda a, b: f"{a}:\n  - {b}\n---\n{b}: {a}", st.text(max_size=10),
-                                st.text(max_size=10)),
-                      st.sampled_from(["", "---", "- a\n- b", "a: [1,", "a: !!python/object:os.system x",
-                                       "&a [*a]", "key: value\nkey: other", "\t: 1", "num_classes: 1e999"])))
+@given(
+    text=st.one_of(
+        st.text(max_size=120),
+        st.builds(lambda a, b: f"{a}:\n  - {b}\n---\n{b}: {a}", st.text(max_size=10), st.text(max_size=10)),
+        st.sampled_from(
+            [
+                "",
+                "---",
+                "- a\n- b",
+                "a: [1,",
+                "a: !!python/object:os.system x",
+                "&a [*a]",
+                "key: value\nkey: other",
+                "\t: 1",
+                "num_classes: 1e999",
+            ]
+        ),
+    )
+)
 def test_yaml_documents(tmp_path_factory, capsys, text):
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
     path.write_text(text, encoding="utf-8")

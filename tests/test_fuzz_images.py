@@ -3,6 +3,7 @@ one-line DatasetError, and skip_bad_images drops the file with a warning (issue 
 
 Bounded: a few dozen examples per property, no deadline surprises on a loaded CPU.
 """
+
 from __future__ import annotations
 
 import io
@@ -20,7 +21,9 @@ from usb_cfsg.datasets.common import check_images
 from usb_cfsg.datasets.images import DATASET_FIX, load_rgb
 from usb_cfsg.errors import DatasetError
 
-FUZZ = settings(max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=40, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 EXTENSIONS = (".jpg", ".png", ".gif", ".bmp", ".tif", ".webp", ".ppm", ".txt", "")
 FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 
@@ -38,11 +41,15 @@ VALID = {fmt: _encoded(fmt) for fmt in FORMATS}
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims ``width`` x ``height`` pixels, with no image data."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)) + \
-        chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+        + chunk(b"IEND", b"")
+    )
 
 
 def assert_decodes_or_our_error(path) -> None:
@@ -62,13 +69,16 @@ def assert_decodes_or_our_error(path) -> None:
 def test_truncated_files_under_any_extension(tmp_path, fmt, cut, ext):
     data = VALID[fmt]
     path = tmp_path / f"img{ext}"
-    path.write_bytes(data[:int(len(data) * cut)])
+    path.write_bytes(data[: int(len(data) * cut)])
     assert_decodes_or_our_error(path)
 
 
 @FUZZ
-@given(fmt=st.sampled_from(FORMATS), ext=st.sampled_from(EXTENSIONS),
-       flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8))
+@given(
+    fmt=st.sampled_from(FORMATS),
+    ext=st.sampled_from(EXTENSIONS),
+    flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=8),
+)
 def test_corrupted_bytes_under_any_extension(tmp_path, fmt, ext, flips):
     data = bytearray(VALID[fmt])
     for pos, value in flips:
@@ -115,8 +125,13 @@ def test_decompression_bomb_and_zero_byte_messages(tmp_path):
 
 
 @settings(max_examples=15, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(bad=st.lists(st.one_of(st.binary(max_size=64), st.sampled_from([b"", _png_header_only(10**5, 10**5)])),
-                    min_size=1, max_size=4))
+@given(
+    bad=st.lists(
+        st.one_of(st.binary(max_size=64), st.sampled_from([b"", _png_header_only(10**5, 10**5)])),
+        min_size=1,
+        max_size=4,
+    )
+)
 def test_skip_bad_images_drops_what_cannot_be_decoded(tmp_path_factory, caplog, bad):
     folder = tmp_path_factory.mktemp("imgs")
     good = folder / "good.png"

@@ -1,4 +1,5 @@
 """Our names resolve through semilearn's own lookups; clashes raise instead of printing."""
+
 import pytest
 import semilearn.nets
 from semilearn.core.utils import ALGORITHMS, get_net_builder

@@ -7,6 +7,7 @@ registered the moment semilearn finishes importing (every USB lookup imports sem
 So ``python train.py --help``, configuration errors and missing-data errors come in about a
 second, before torch and semilearn load. :func:`register` registers explicitly.
 """
+
 from __future__ import annotations
 
 import importlib

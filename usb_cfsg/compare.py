@@ -22,6 +22,7 @@ At the end ``results.csv`` (one line per row and seed) and ``results.md`` (rows 
 variants, columns = the headline metrics of each row's primary unknown score, mean ± sample std
 over seeds, in %) are written to ``save_dir``; the exit status is 1 when any run failed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,8 +63,19 @@ METRICS_FILE = "openset_metrics.json"
 RUN_KEYS = ("save_dir", "save_name", "overwrite", "resume", "load_path")
 #: Keys the launcher fills in at start (device index, rendezvous) or that only change how data is loaded
 #: or what is logged; a finished run whose config differs only in these is still finished.
-_RUNTIME_KEYS = ("gpu", "dist_url", "rank", "num_workers", "persistent_workers", "pin_memory", "cache_images",
-                 "use_tensorboard", "use_wandb", "use_aim", "relevance_dir")
+_RUNTIME_KEYS = (
+    "gpu",
+    "dist_url",
+    "rank",
+    "num_workers",
+    "persistent_workers",
+    "pin_memory",
+    "cache_images",
+    "use_tensorboard",
+    "use_wandb",
+    "use_aim",
+    "relevance_dir",
+)
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 
 
@@ -138,9 +150,24 @@ def row_config(base: Dict[str, Any], base_file: str, algorithm: str) -> Dict[str
 
 def run_argv(config_file: Path, run: Run, save_dir: Path, extra: Sequence[Tuple[str, str]]) -> List[str]:
     """train.py's arguments of one run (no interpreter, no script)."""
-    argv = ["--c", str(config_file), "--algorithm", run.row.algorithm, "--seed", str(run.seed),
-            "--save_dir", str(save_dir), "--save_name", run.run_dir.name, "--overwrite", "true",
-            "--resume", "false", "--load_path", "none"]
+    argv = [
+        "--c",
+        str(config_file),
+        "--algorithm",
+        run.row.algorithm,
+        "--seed",
+        str(run.seed),
+        "--save_dir",
+        str(save_dir),
+        "--save_name",
+        run.run_dir.name,
+        "--overwrite",
+        "true",
+        "--resume",
+        "false",
+        "--load_path",
+        "none",
+    ]
     for key, value in list(run.row.overrides) + list(extra):
         argv += [f"--{key}", value]
     return argv
@@ -237,8 +264,12 @@ def collect(runs: Sequence[Run]) -> List[Dict[str, Any]]:
         if not path.is_file():
             continue
         data = json.loads(path.read_text(encoding="utf-8"))
-        rec = {"row": run.row.name, "algorithm": run.row.algorithm, "seed": run.seed,
-               "primary_score": data.get("primary_score")}
+        rec = {
+            "row": run.row.name,
+            "algorithm": run.row.algorithm,
+            "seed": run.seed,
+            "primary_score": data.get("primary_score"),
+        }
         for key, _ in METRICS:
             rec[key] = data.get(key)
         rec["run_dir"] = str(run.run_dir)
@@ -258,8 +289,9 @@ def write_csv(path: Path, records: Sequence[Dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def render_markdown(rows: Sequence[Row], records: Sequence[Dict[str, Any]], seeds: Sequence[int], command: str,
-                    failed: Sequence[Run]) -> str:
+def render_markdown(
+    rows: Sequence[Row], records: Sequence[Dict[str, Any]], seeds: Sequence[int], command: str, failed: Sequence[Run]
+) -> str:
     """results.md: rows = algorithms/variants, columns = metrics, mean ± std over seeds (in %)."""
     head = ["algorithm", "score", *[title for _, title in METRICS], "seeds"]
     lines = [
@@ -277,8 +309,11 @@ def render_markdown(rows: Sequence[Row], records: Sequence[Dict[str, Any]], seed
     ]
     for row in rows:
         recs = [r for r in records if r["row"] == row.name]
-        name = row.name if row.name == row.algorithm else f"{row.name} ({row.algorithm}, " + ", ".join(
-            f"{k}={v}" for k, v in row.overrides) + ")"
+        name = (
+            row.name
+            if row.name == row.algorithm
+            else f"{row.name} ({row.algorithm}, " + ", ".join(f"{k}={v}" for k, v in row.overrides) + ")"
+        )
         scores = sorted({str(r["primary_score"]) for r in recs}) or ["-"]
         cells = [format_cell([r[k] for r in recs], len(seeds)) for k, _ in METRICS]
         lines.append("| " + " | ".join([name, "/".join(scores), *cells, f"{len(recs)}/{len(seeds)}"]) + " |")
@@ -289,9 +324,12 @@ def render_markdown(rows: Sequence[Row], records: Sequence[Dict[str, Any]], seed
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m usb_cfsg.compare", description=__doc__.split("\n\n")[0],
-                                allow_abbrev=False,
-                                epilog="Any further --key value pair is passed to every run (e.g. --num_train_iter 200).")
+    p = argparse.ArgumentParser(
+        prog="python -m usb_cfsg.compare",
+        description=__doc__.split("\n\n")[0],
+        allow_abbrev=False,
+        epilog="Any further --key value pair is passed to every run (e.g. --num_train_iter 200).",
+    )
     p.add_argument("--c", required=True, help="base config (YAML) shared by every run")
     p.add_argument("--algorithms", nargs="*", default=[], help="registered algorithm names, one row each")
     p.add_argument("--variants", nargs="*", default=[], help='"name:algorithm,key=value,..." rows')
@@ -324,8 +362,10 @@ def plan(opts: argparse.Namespace, extra_argv: Sequence[str]) -> Tuple[List[Row]
     extra = _pairs(extra_argv)
     reserved = sorted({k for k, _ in extra} & {"c", "algorithm", "seed", *RUN_KEYS})
     if reserved:
-        raise ConfigError(f"{', '.join('--' + k for k in reserved)} cannot be passed through: the runner sets them "
-                          f"per run (rows with --algorithms/--variants, seeds with --seeds, folders with --save_dir)")
+        raise ConfigError(
+            f"{', '.join('--' + k for k in reserved)} cannot be passed through: the runner sets them "
+            f"per run (rows with --algorithms/--variants, seeds with --seeds, folders with --save_dir)"
+        )
     base = load_yaml(opts.c)
     save_dir = Path(opts.save_dir).resolve()
     runs_dir = save_dir / "runs"
@@ -359,8 +399,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     save_dir = Path(opts.save_dir).resolve()
     train_py = os.path.abspath(opts.train_py or Path(__file__).resolve().parent.parent / "train.py")
     if not os.path.isfile(train_py):
-        print(f"error: {train_py} does not exist; pass --train_py /path/to/train.py (the repository's entry point)",
-              file=sys.stderr)
+        print(
+            f"error: {train_py} does not exist; pass --train_py /path/to/train.py (the repository's entry point)",
+            file=sys.stderr,
+        )
         return 2
     env = dict(os.environ)
     root = os.path.dirname(train_py)
@@ -375,15 +417,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if why != "no openset_metrics.json":
                 logger.info("%s seed %d runs again: %s", run.row.name, run.seed, why)
             todo.append(run)
-    logger.info("comparison in %s: %d runs, %d finished before, %d to run (%d at a time)", save_dir, len(runs),
-                len(runs) - len(todo), len(todo), opts.jobs)
+    logger.info(
+        "comparison in %s: %d runs, %d finished before, %d to run (%d at a time)",
+        save_dir,
+        len(runs),
+        len(runs) - len(todo),
+        len(todo),
+        opts.jobs,
+    )
     with futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
         pending = {pool.submit(_execute, run, opts.python, train_py, env): run for run in todo}
         for i, fut in enumerate(futures.as_completed(pending), 1):
             run = fut.result()
             level = logging.INFO if run.status == "done" else logging.ERROR
-            logger.log(level, "[%d/%d] %s seed %d: %s (%s)", i, len(todo), run.row.name, run.seed, run.status,
-                       run.detail)
+            logger.log(
+                level, "[%d/%d] %s seed %d: %s (%s)", i, len(todo), run.row.name, run.seed, run.status, run.detail
+            )
 
     records = collect(runs)
     failed = [r for r in runs if r.status == "failed"]
@@ -396,8 +445,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logger.info("results: %s and %s", save_dir / "results.md", save_dir / "results.csv")
     logger.info("\n%s", md)
     if failed:
-        logger.error("%d of %d runs failed: %s", len(failed), len(runs),
-                     "; ".join(f"{r.row.name} seed {r.seed}" for r in failed))
+        logger.error(
+            "%d of %d runs failed: %s", len(failed), len(runs), "; ".join(f"{r.row.name} seed {r.seed}" for r in failed)
+        )
         return 1
     return 0
 

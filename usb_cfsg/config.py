@@ -6,6 +6,7 @@ Every key a run understands is declared once, with its type and help text: the c
 ``--key value``; unknown keys and values of the wrong type are errors naming the key and the
 closest valid keys. The result is an ``argparse.Namespace``, which is what USB algorithms expect.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,21 +46,36 @@ class BaseConfig:
     save_dir: str = _help("Parent folder of run folders.", "./saved_models")
     save_name: Optional[str] = _help(
         "Run folder name: the run lives in <save_dir>/<save_name>/ (default: USB's naming "
-        "<algorithm>_<dataset>_<num_labels>_<seed>).", None)
-    resume: bool = _help("Resume from load_path (model, EMA, optimizer, scheduler, iteration, RNG); every key that "
-                         "shapes training must equal the checkpoint's.", False)
-    resume_extend: bool = _help("On resume, accept a changed num_train_iter (and epoch): the lr schedule is recomputed "
-                                "for the new length, with a logged notice of what changes.", False)
-    load_path: Optional[str] = _help("Checkpoint to resume from or evaluate (resume default: "
-                                     "<save_dir>/<save_name>/latest_model.pth).", None)
-    overwrite: bool = _help("Replace an existing finished run folder (otherwise an existing folder is an error); the "
-                            "old folder is deleted only once the new run has started.", False)
+        "<algorithm>_<dataset>_<num_labels>_<seed>).",
+        None,
+    )
+    resume: bool = _help(
+        "Resume from load_path (model, EMA, optimizer, scheduler, iteration, RNG); every key that "
+        "shapes training must equal the checkpoint's.",
+        False,
+    )
+    resume_extend: bool = _help(
+        "On resume, accept a changed num_train_iter (and epoch): the lr schedule is recomputed "
+        "for the new length, with a logged notice of what changes.",
+        False,
+    )
+    load_path: Optional[str] = _help(
+        "Checkpoint to resume from or evaluate (resume default: <save_dir>/<save_name>/latest_model.pth).", None
+    )
+    overwrite: bool = _help(
+        "Replace an existing finished run folder (otherwise an existing folder is an error); the "
+        "old folder is deleted only once the new run has started.",
+        False,
+    )
     use_tensorboard: bool = _help("Write TensorBoard events to the run folder.", True)
     use_wandb: bool = _help("Log to Weights & Biases (USB's WANDBHook).", False)
     use_aim: bool = _help("Log to Aim (USB's AimHook).", False)
     # --- training schedule (USB names) ---
-    epoch: int = _help("Number of epochs; num_train_iter must be divisible by it (num_train_iter given alone on the "
-                       "command line adjusts it, with a notice).", 1)
+    epoch: int = _help(
+        "Number of epochs; num_train_iter must be divisible by it (num_train_iter given alone on the "
+        "command line adjusts it, with a notice).",
+        1,
+    )
     num_train_iter: int = _help("Total training iterations (0: evaluate only, e.g. clip_zeroshot).", 20)
     num_warmup_iter: int = _help("Linear warm-up iterations of the cosine schedule.", 0)
     num_eval_iter: int = _help("Evaluate (and checkpoint) every this many iterations.", 10)
@@ -77,19 +93,38 @@ class BaseConfig:
     weight_decay: float = _help("Weight decay.", 5e-4)
     layer_decay: float = _help("Layer-wise lr decay (1.0 = none); uses the net's group_matcher.", 1.0)
     clip_grad: float = _help("Clip gradient norm to this value (0 = off).", 0.0)
-    max_bad_steps: int = _help("A step whose loss is not finite is skipped with a warning; this many in a row stop "
-                               "the run with an error (the last checkpoint is kept).", 5)
+    max_bad_steps: int = _help(
+        "A step whose loss is not finite is skipped with a warning; this many in a row stop "
+        "the run with an error (the last checkpoint is kept).",
+        5,
+    )
     # --- network ---
-    net: str = _help("Network name (ours: clip_vit_b16, clip_vit_b32, clip_vit_l14, clip_tiny, open_clip; or any semilearn net).", "clip_vit_b16")
-    clip_model: Optional[str] = _help("net: open_clip only: the open_clip ViT to build (an architecture such as ViT-L-14-336 or ViT-B-16-quickgelu, hf-hub:org/repo, or local-dir:/folder).", None)
+    net: str = _help(
+        "Network name (ours: clip_vit_b16, clip_vit_b32, clip_vit_l14, clip_tiny, open_clip; or any semilearn net).",
+        "clip_vit_b16",
+    )
+    clip_model: Optional[str] = _help(
+        "net: open_clip only: the open_clip ViT to build (an architecture such as ViT-L-14-336 or ViT-B-16-quickgelu, hf-hub:org/repo, or local-dir:/folder).",
+        None,
+    )
     net_from_name: bool = _help("Take `net` from torchvision.models (USB).", False)
-    pretrained: Optional[str] = _help("open_clip pretrained tag (e.g. openai), or none for an explicit random init.", "openai")
-    pretrain_path: Optional[str] = _help("Local weights file (OpenAI TorchScript .pt, open_clip/HF .bin/.pt/.safetensors); overrides `pretrained`.", None)
-    use_pretrain: Optional[bool] = _help("USB compatibility: false means pretrained none; true keeps `pretrained`.", None)
-    num_tuned_blocks: int = _help("Trainable last visual blocks m; blocks 1..L-m are frozen and run without autograd.", 4)
+    pretrained: Optional[str] = _help(
+        "open_clip pretrained tag (e.g. openai), or none for an explicit random init.", "openai"
+    )
+    pretrain_path: Optional[str] = _help(
+        "Local weights file (OpenAI TorchScript .pt, open_clip/HF .bin/.pt/.safetensors); overrides `pretrained`.", None
+    )
+    use_pretrain: Optional[bool] = _help(
+        "USB compatibility: false means pretrained none; true keeps `pretrained`.", None
+    )
+    num_tuned_blocks: int = _help(
+        "Trainable last visual blocks m; blocks 1..L-m are frozen and run without autograd.", 4
+    )
     text_encoder: Literal["clip", "minilm"] = _help(
         "Where class-name embeddings come from: CLIP's text tower, or the offline MiniLM sentence encoder "
-        "through a learned projection (for random-init CLIP, whose text embeddings collapse).", "clip")
+        "through a learned projection (for random-init CLIP, whose text embeddings collapse).",
+        "clip",
+    )
     prompt_templates: Optional[List[str]] = _help_list("Prompt templates with one {} (default: the dataset's).")
     # --- algorithm (USB names) ---
     algorithm: str = _help("Registered algorithm (USB's or ours).", "fixmatch")
@@ -97,9 +132,13 @@ class BaseConfig:
     amp: bool = _help("Mixed precision: fp16 + GradScaler on CUDA, bf16 autocast on CPU.", False)
     amp_dtype: Literal["auto", "bf16", "fp16"] = _help(
         "Autocast dtype when amp is on: auto = fp16 + GradScaler on CUDA, bf16 on CPU; bf16 on CUDA needs no "
-        "GradScaler; fp16 is CUDA only.", "auto")
-    compile: bool = _help("torch.compile the transformer blocks and heads (falls back to eager with a warning "
-                          "if compilation fails).", False)
+        "GradScaler; fp16 is CUDA only.",
+        "auto",
+    )
+    compile: bool = _help(
+        "torch.compile the transformer blocks and heads (falls back to eager with a warning if compilation fails).",
+        False,
+    )
     channels_last: bool = _help("NHWC memory format for the patch-embedding convolution (CUDA only).", False)
     # --- data ---
     data_dir: Optional[str] = _help("Dataset root as its publisher ships it (see README).", "./data")
@@ -109,20 +148,27 @@ class BaseConfig:
     num_workers: int = _help("DataLoader workers per loader (the unlabeled loader uses twice as many, as USB).", 1)
     persistent_workers: bool = _help("Keep DataLoader workers alive between epochs (same data either way).", True)
     pin_memory: bool = _help("Page-locked batches for faster host-to-GPU copies (CUDA only).", True)
-    cache_images: bool = _help("Decode and resize every image once and keep them in shared memory for all "
-                               "workers (small datasets; same images as without the cache).", False)
+    cache_images: bool = _help(
+        "Decode and resize every image once and keep them in shared memory for all "
+        "workers (small datasets; same images as without the cache).",
+        False,
+    )
     include_lb_to_ulb: bool = _help("Also use labeled images as unlabeled (USB).", True)
     img_size: int = _help("Input size in pixels.", 224)
     crop_ratio: float = _help("Resize to img_size/crop_ratio before cropping.", 0.875)
     class_split: Literal["first", "random", "ssb"] = _help(
         "Seen classes: the first K in the dataset's order, seeded random, or ssb (the Semantic Shift Benchmark's "
-        "known classes; cub200, fgvc_aircraft, stanford_cars).", "first")
+        "known classes; cub200, fgvc_aircraft, stanford_cars).",
+        "first",
+    )
     split_seed: int = _help("Seed of the class split and the labeled/unlabeled split.", 0)
     seen_classes: Optional[List[Any]] = _help_list("Explicit seen classes (names or indices); overrides class_split.")
     ulb_unseen_ratio: Optional[float] = _help("Cap unseen-class images to this fraction of the unlabeled set.", None)
     pretrain_pool: Optional[str] = _help(
         "A demo CLIP card (python -m usb_cfsg.demo_clip writes <dir>/card.json): its pretraining images are "
-        "removed from the training set, so none is ever a labeled or unlabeled image.", None)
+        "removed from the training set, so none is ever a labeled or unlabeled image.",
+        None,
+    )
     download: bool = _help("Download the dataset from its publisher when online.", False)
     skip_bad_images: bool = _help("Skip (and count) missing/corrupt images instead of failing.", False)
     class_names: Optional[List[str]] = _help_list("image_folder: class order (default: sorted folder names).")
@@ -136,7 +182,9 @@ class BaseConfig:
     world_size: int = _help("Number of training processes in all.", 1)
     rank: int = _help("Global rank of this process (set by the launcher).", 0)
     multiprocessing_distributed: bool = _help("train.py spawns world_size processes on this machine.", False)
-    dist_url: Optional[str] = _help("torch.distributed init URL (default: a free local port, or env:// under torchrun).", None)
+    dist_url: Optional[str] = _help(
+        "torch.distributed init URL (default: a free local port, or env:// under torchrun).", None
+    )
     dist_backend: Optional[Literal["nccl", "gloo"]] = _help("Default: nccl on CUDA, gloo on CPU.", None)
 
 
@@ -215,12 +263,14 @@ def coerce(spec: KeySpec, value: Any, source: str) -> Any:
     Raises:
         ConfigError: naming the key, the expected type, the value and where it came from.
     """
+
     def fail(extra: str = "") -> ConfigError:
         want = spec.kind if spec.choices is None else "one of " + ", ".join(map(str, spec.choices))
         if spec.optional:
             want += " or none"
-        return ConfigError(f"config key {spec.name!r} expects {want}, got {value!r} "
-                           f"({type(value).__name__}) from {source}{extra}")
+        return ConfigError(
+            f"config key {spec.name!r} expects {want}, got {value!r} ({type(value).__name__}) from {source}{extra}"
+        )
 
     if isinstance(value, str) and value.strip().lower() in _NONE_STRINGS and spec.kind != "str":
         value = None
@@ -265,8 +315,11 @@ def coerce(spec: KeySpec, value: Any, source: str) -> Any:
             return value
         if spec.kind == "list":
             if isinstance(value, str):
-                parsed = yaml.safe_load(value) if value.strip().startswith("[") else [
-                    v.strip() for v in value.split(",") if v.strip()]
+                parsed = (
+                    yaml.safe_load(value)
+                    if value.strip().startswith("[")
+                    else [v.strip() for v in value.split(",") if v.strip()]
+                )
                 value = parsed
             if isinstance(value, tuple):
                 value = list(value)
@@ -297,10 +350,13 @@ def parse_cli_pairs(argv: Sequence[str]) -> Dict[str, str]:
         if "=" in key:
             key, val = key.split("=", 1)
         else:
-            if i + 1 >= len(argv) or (argv[i + 1].startswith("--") and len(argv[i + 1]) > 2
-                                      and not _is_number(argv[i + 1])):
-                raise ConfigError(f"command-line option --{key} has no value: give --{key} VALUE "
-                                  f"(booleans as true/false, an absent value as none)")
+            if i + 1 >= len(argv) or (
+                argv[i + 1].startswith("--") and len(argv[i + 1]) > 2 and not _is_number(argv[i + 1])
+            ):
+                raise ConfigError(
+                    f"command-line option --{key} has no value: give --{key} VALUE "
+                    f"(booleans as true/false, an absent value as none)"
+                )
             val = argv[i + 1]
             i += 1
         out[key.replace("-", "_")] = val
@@ -319,16 +375,19 @@ def _is_number(text: str) -> bool:
 def load_yaml(path: str) -> Dict[str, Any]:
     """Read a YAML config file into a dict (empty file -> {})."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file {path!r} does not exist (passed with --c); "
-                          f"configs live under config/, e.g. config/cfsg_cub.yaml")
-    with open(path, "r", encoding="utf-8") as fh:
+        raise ConfigError(
+            f"config file {path!r} does not exist (passed with --c); "
+            f"configs live under config/, e.g. config/cfsg_cub.yaml"
+        )
+    with open(path, encoding="utf-8") as fh:
         try:
             data = yaml.safe_load(fh)
         except yaml.YAMLError as exc:
             raise ConfigError(f"config file {path!r} is not valid YAML: {' '.join(str(exc).split())}") from None
         except UnicodeDecodeError as exc:
-            raise ConfigError(f"config file {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); "
-                              f"save it as UTF-8 YAML") from None
+            raise ConfigError(
+                f"config file {path!r} is not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8 YAML"
+            ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -399,13 +458,17 @@ def build_config(
     explicit = set(cli) | set(overrides)
     file_values = _drop_other_algorithm_keys(file_values, str(algorithm), specs, config_file, explicit)
     values = {name: spec.default for name, spec in specs.items()}
-    for source, given in ((f"config file {config_file}", file_values), ("the command line", cli),
-                          ("overrides", overrides)):
+    for source, given in (
+        (f"config file {config_file}", file_values),
+        ("the command line", cli),
+        ("overrides", overrides),
+    ):
         unknown = [key for key in given if key not in specs]
         if unknown:
             what = "; ".join(f"unknown config key {key!r}{did_you_mean(key, specs)}" for key in unknown)
-            raise ConfigError(f"{what} (in {source}; algorithm {algorithm!r}; see README 'Configuration' "
-                              f"for every key)")
+            raise ConfigError(
+                f"{what} (in {source}; algorithm {algorithm!r}; see README 'Configuration' for every key)"
+            )
         for key, val in given.items():
             values[key] = coerce(specs[key], val, source)
 
@@ -441,20 +504,42 @@ def _derive(values: Dict[str, Any], explicit: set) -> None:
     if values.get("resume") and not values.get("load_path"):
         values["load_path"] = os.path.join(values["save_dir"], values["save_name"], "latest_model.pth")
     iters, epoch = values.get("num_train_iter"), values.get("epoch")
-    if (isinstance(iters, int) and isinstance(epoch, int) and iters >= 1 and epoch >= 1 and iters % epoch
-            and "num_train_iter" in explicit and "epoch" not in explicit):
+    if (
+        isinstance(iters, int)
+        and isinstance(epoch, int)
+        and iters >= 1
+        and epoch >= 1
+        and iters % epoch
+        and "num_train_iter" in explicit
+        and "epoch" not in explicit
+    ):
         new = max(d for d in range(1, epoch + 1) if iters % d == 0)
-        logger.warning("num_train_iter %d is not divisible by epoch %d: using epoch %d (the largest divisor of %d "
-                       "not above %d); give --epoch to choose another", iters, epoch, new, iters, epoch)
+        logger.warning(
+            "num_train_iter %d is not divisible by epoch %d: using epoch %d (the largest divisor of %d "
+            "not above %d); give --epoch to choose another",
+            iters,
+            epoch,
+            new,
+            iters,
+            epoch,
+        )
         values["epoch"] = new
     warm = values.get("num_warmup_iter")
     if isinstance(iters, int) and isinstance(warm, int) and warm > iters >= 1:
-        logger.warning("num_warmup_iter %d exceeds num_train_iter %d: the learning rate rises linearly for the "
-                       "whole run", warm, iters)
+        logger.warning(
+            "num_warmup_iter %d exceeds num_train_iter %d: the learning rate rises linearly for the whole run",
+            warm,
+            iters,
+        )
 
 
-def _drop_other_algorithm_keys(file_values: Dict[str, Any], algorithm: str, specs: Dict[str, KeySpec],
-                               config_file: Optional[str], explicit: Optional[set] = None) -> Dict[str, Any]:
+def _drop_other_algorithm_keys(
+    file_values: Dict[str, Any],
+    algorithm: str,
+    specs: Dict[str, KeySpec],
+    config_file: Optional[str],
+    explicit: Optional[set] = None,
+) -> Dict[str, Any]:
     """Switching ``--algorithm`` on the command line keeps the YAML usable.
 
     Keys that the YAML's own algorithm defines and the chosen one does not (``use_sfm`` of a
@@ -470,14 +555,26 @@ def _drop_other_algorithm_keys(file_values: Dict[str, Any], algorithm: str, spec
     own = algorithm_specs(_algorithm_class(str(file_algorithm)))
     dropped = sorted(k for k in file_values if k not in specs and k in own)
     if dropped:
-        logger.warning("algorithm %s (command line) replaces %s (%s): ignoring the %s keys %s", algorithm,
-                       file_algorithm, config_file, file_algorithm, ", ".join(dropped))
+        logger.warning(
+            "algorithm %s (command line) replaces %s (%s): ignoring the %s keys %s",
+            algorithm,
+            file_algorithm,
+            config_file,
+            file_algorithm,
+            ", ".join(dropped),
+        )
     naming = [k for k in ("save_name", "load_path") if file_values.get(k) and k not in (explicit or set())]
     if naming:
-        logger.warning("algorithm %s (command line) replaces %s (%s): not using the file's %s, which name the %s "
-                       "run; the run folder is <save_dir>/<algorithm>_<dataset>_<num_labels>_<seed> unless "
-                       "--save_name is given", algorithm, file_algorithm, config_file, " and ".join(naming),
-                       file_algorithm)
+        logger.warning(
+            "algorithm %s (command line) replaces %s (%s): not using the file's %s, which name the %s "
+            "run; the run folder is <save_dir>/<algorithm>_<dataset>_<num_labels>_<seed> unless "
+            "--save_name is given",
+            algorithm,
+            file_algorithm,
+            config_file,
+            " and ".join(naming),
+            file_algorithm,
+        )
     return {k: v for k, v in file_values.items() if k not in dropped and k not in naming}
 
 
@@ -516,20 +613,43 @@ def check_ranges(args: Any, rules: Sequence[Tuple[str, str]]) -> List[str]:
 
 #: Ranges of the common keys (BaseConfig).
 BASE_RANGES: Tuple[Tuple[str, str], ...] = (
-    ("num_train_iter", "[0, inf)"), ("epoch", "[1, inf)"), ("num_eval_iter", "[1, inf)"),
-    ("num_log_iter", "[1, inf)"), ("num_warmup_iter", "[0, inf)"), ("num_labels", "[1, inf)"),
-    ("batch_size", "[1, inf)"), ("uratio", "[1, inf)"), ("eval_batch_size", "[1, inf)"), ("ema_m", "[0, 1]"),
-    ("ulb_loss_ratio", "[0, inf)"), ("lr", "(0, inf)"), ("momentum", "[0, 1)"), ("weight_decay", "[0, inf)"),
-    ("layer_decay", "(0, 1]"), ("clip_grad", "[0, inf)"), ("max_bad_steps", "[1, inf)"),
-    ("num_tuned_blocks", "[0, inf)"), ("num_classes", "[1, inf)"), ("num_workers", "[0, inf)"),
-    ("img_size", "[1, inf)"), ("crop_ratio", "(0, 1]"), ("split_seed", "[0, inf)"), ("ulb_unseen_ratio", "[0, 1]"),
-    ("ood_threshold", "(-inf, inf)"), ("seed", "[0, inf)"), ("gpu", "[0, inf)"), ("world_size", "[1, inf)"),
+    ("num_train_iter", "[0, inf)"),
+    ("epoch", "[1, inf)"),
+    ("num_eval_iter", "[1, inf)"),
+    ("num_log_iter", "[1, inf)"),
+    ("num_warmup_iter", "[0, inf)"),
+    ("num_labels", "[1, inf)"),
+    ("batch_size", "[1, inf)"),
+    ("uratio", "[1, inf)"),
+    ("eval_batch_size", "[1, inf)"),
+    ("ema_m", "[0, 1]"),
+    ("ulb_loss_ratio", "[0, inf)"),
+    ("lr", "(0, inf)"),
+    ("momentum", "[0, 1)"),
+    ("weight_decay", "[0, inf)"),
+    ("layer_decay", "(0, 1]"),
+    ("clip_grad", "[0, inf)"),
+    ("max_bad_steps", "[1, inf)"),
+    ("num_tuned_blocks", "[0, inf)"),
+    ("num_classes", "[1, inf)"),
+    ("num_workers", "[0, inf)"),
+    ("img_size", "[1, inf)"),
+    ("crop_ratio", "(0, 1]"),
+    ("split_seed", "[0, inf)"),
+    ("ulb_unseen_ratio", "[0, 1]"),
+    ("ood_threshold", "(-inf, inf)"),
+    ("seed", "[0, inf)"),
+    ("gpu", "[0, inf)"),
+    ("world_size", "[1, inf)"),
     ("rank", "[0, inf)"),
 )
 
 #: Ranges of keys that USB's own algorithms define in get_argument() (checked when the algorithm has them).
 USB_ALGORITHM_RANGES: Tuple[Tuple[str, str], ...] = (
-    ("p_cutoff", "[0, 1]"), ("T", "(0, inf)"), ("ema_p", "[0, 1]"), ("unsup_warm_up", "[0, inf)"),
+    ("p_cutoff", "[0, 1]"),
+    ("T", "(0, inf)"),
+    ("ema_p", "[0, 1]"),
+    ("unsup_warm_up", "[0, inf)"),
 )
 
 
@@ -548,12 +668,16 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
     get = lambda k: getattr(args, k, None)  # noqa: E731
     iters, epoch = get("num_train_iter"), get("epoch")
     if isinstance(iters, int) and isinstance(epoch, int) and iters >= 1 and epoch >= 1 and iters % epoch:
-        problems.append(f"num_train_iter ({iters}) must be divisible by epoch ({epoch}); e.g. set epoch: "
-                        f"{max(d for d in range(1, epoch + 1) if iters % d == 0)}")
+        problems.append(
+            f"num_train_iter ({iters}) must be divisible by epoch ({epoch}); e.g. set epoch: "
+            f"{max(d for d in range(1, epoch + 1) if iters % d == 0)}"
+        )
     k, labels = get("num_classes"), get("num_labels")
     if isinstance(k, int) and isinstance(labels, int) and k >= 1 and labels >= 1 and labels % k:
-        problems.append(f"num_labels ({labels}) must be a positive multiple of num_classes ({k}), so that every "
-                        f"seen class gets the same number of labels; e.g. {k * max(1, labels // k)}")
+        problems.append(
+            f"num_labels ({labels}) must be a positive multiple of num_classes ({k}), so that every "
+            f"seen class gets the same number of labels; e.g. {k * max(1, labels // k)}"
+        )
     rank, world = get("rank"), get("world_size")
     if isinstance(rank, int) and isinstance(world, int) and world >= 1 and rank >= world:
         problems.append(f"rank ({rank}) must be below world_size ({world})")
@@ -632,11 +756,14 @@ def describe_keys(algorithm: str) -> str:
     specs = base_specs()
     own = algorithm_specs(_algorithm_class(algorithm))
     lines = []
-    for title, group in (("common keys", {k: v for k, v in specs.items() if k not in own}),
-                         (f"keys of algorithm {algorithm!r}", own)):
+    for title, group in (
+        ("common keys", {k: v for k, v in specs.items() if k not in own}),
+        (f"keys of algorithm {algorithm!r}", own),
+    ):
         lines.append(f"{title}:")
         for spec in group.values():
             kind = "|".join(map(str, spec.choices)) if spec.choices else spec.kind
-            lines.append(f"  --{spec.name} {kind.upper() if not spec.choices else kind} "
-                         f"(default {spec.default!r})  {spec.help}")
+            lines.append(
+                f"  --{spec.name} {kind.upper() if not spec.choices else kind} (default {spec.default!r})  {spec.help}"
+            )
     return "\n".join(lines)

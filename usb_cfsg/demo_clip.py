@@ -43,6 +43,7 @@ Run: ``python -m usb_cfsg.demo_clip --out ./saved_models/demo_clip`` (``make dem
 Writes ``<out>/demo_clip_tiny.pt`` (an open_clip state dict: ``pretrain_path`` loads it) and
 ``<out>/card.json`` (pool indices, recipe, steps, seed, zero-shot figures on the test set, sha256).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -131,11 +132,15 @@ class Recipe:
         if self.steps < 1 or self.batch_size < 2:
             raise ConfigError(f"steps must be >= 1 and batch_size >= 2, got {self.steps} and {self.batch_size}")
         if not 0.0 < self.pool_fraction < 1.0:
-            raise ConfigError(f"pool_fraction must lie in (0, 1) so the demo keeps training images of its own, "
-                              f"got {self.pool_fraction}")
+            raise ConfigError(
+                f"pool_fraction must lie in (0, 1) so the demo keeps training images of its own, "
+                f"got {self.pool_fraction}"
+            )
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ConfigError(f"lr must be > 0, weight_decay and warmup_steps >= 0, got {self.lr}, "
-                              f"{self.weight_decay}, {self.warmup_steps}")
+            raise ConfigError(
+                f"lr must be > 0, weight_decay and warmup_steps >= 0, got {self.lr}, "
+                f"{self.weight_decay}, {self.warmup_steps}"
+            )
         if not 0.0 < self.crop_ratio <= 1.0:
             raise ConfigError(f"crop_ratio must lie in (0, 1], got {self.crop_ratio}")
         for t in self.templates:
@@ -189,7 +194,9 @@ def load_card(path: str) -> Dict[str, Any]:
         raise ConfigError(f"pretrain_pool {str(p)!r} is not a readable JSON card ({exc}); {build}") from None
     pool = card.get("pool") if isinstance(card, dict) else None
     if not isinstance(pool, dict) or not isinstance(pool.get("indices"), list) or "num_train" not in pool:
-        raise ConfigError(f"pretrain_pool {str(p)!r} is not a demo CLIP card (no pool.indices / pool.num_train); {build}")
+        raise ConfigError(
+            f"pretrain_pool {str(p)!r} is not a demo CLIP card (no pool.indices / pool.num_train); {build}"
+        )
     return card
 
 
@@ -208,18 +215,22 @@ def pool_indices(card: Dict[str, Any], num_train: int, dataset: str = DATASET) -
         DatasetError: When the card was made for another dataset or another training-set size.
     """
     if card.get("dataset") != dataset:
-        raise DatasetError(f"pretrain_pool: the card was made on {card.get('dataset')!r}, not {dataset!r}; "
-                           f"remove pretrain_pool or use a card built on {dataset}")
+        raise DatasetError(
+            f"pretrain_pool: the card was made on {card.get('dataset')!r}, not {dataset!r}; "
+            f"remove pretrain_pool or use a card built on {dataset}"
+        )
     if int(card["pool"]["num_train"]) != int(num_train):
-        raise DatasetError(f"pretrain_pool: the card's pool indexes {card['pool']['num_train']} training images, "
-                           f"this {dataset} has {num_train}; rebuild the demo CLIP on these files")
+        raise DatasetError(
+            f"pretrain_pool: the card's pool indexes {card['pool']['num_train']} training images, "
+            f"this {dataset} has {num_train}; rebuild the demo CLIP on these files"
+        )
     idx = np.unique(np.asarray(card["pool"]["indices"], dtype=np.int64))
     if idx.size and (idx[0] < 0 or idx[-1] >= num_train):
         raise DatasetError(f"pretrain_pool: pool indices outside 0..{num_train - 1}")
     return idx
 
 
-def without_pretrain_pool(source: "SourceData", card_path: str) -> "SourceData":
+def without_pretrain_pool(source: SourceData, card_path: str) -> SourceData:
     """The dataset with a demo CLIP card's pretraining images removed from its training set.
 
     The open-set split then draws labeled and unlabeled images from the remaining training images
@@ -242,10 +253,18 @@ def without_pretrain_pool(source: "SourceData", card_path: str) -> "SourceData":
     n = len(source.train_items)
     pool = pool_indices(card, n, source.name)
     keep = np.setdiff1d(np.arange(n, dtype=np.int64), pool)
-    logger.info("%s: %d of %d training images are the demo CLIP's pretraining pool (%s) and are left out; "
-                "labeled and unlabeled images come from the other %d", source.name, len(pool), n, card_path, len(keep))
-    return dataclasses.replace(source, train_items=take(source.train_items, keep),
-                               train_targets=np.asarray(source.train_targets)[keep])
+    logger.info(
+        "%s: %d of %d training images are the demo CLIP's pretraining pool (%s) and are left out; "
+        "labeled and unlabeled images come from the other %d",
+        source.name,
+        len(pool),
+        n,
+        card_path,
+        len(keep),
+    )
+    return dataclasses.replace(
+        source, train_items=take(source.train_items, keep), train_targets=np.asarray(source.train_targets)[keep]
+    )
 
 
 # -------------------------------------------------------------------------------------- images
@@ -262,8 +281,9 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
     return out
 
 
-def eval_tensors(images: np.ndarray, img_size: int, crop_ratio: float, mean: Sequence[float],
-                 std: Sequence[float]) -> torch.Tensor:
+def eval_tensors(
+    images: np.ndarray, img_size: int, crop_ratio: float, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
     """The demo's eval transform applied to uint8 grayscale images: a float tensor [N, 3, S, S]."""
     from .datasets.images import load_rgb
     from .datasets.transforms import build_transforms
@@ -344,8 +364,9 @@ class CaptionEncoder(nn.Module):
         model.token_embedding.weight[self.vocab] = self.rows.detach()
 
 
-def soft_infonce(img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor, caption_class: torch.Tensor,
-                 scale: torch.Tensor) -> torch.Tensor:
+def soft_infonce(
+    img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor, caption_class: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
     """Symmetric InfoNCE in which every same-class caption/image is a positive (soft targets).
 
     Args:
@@ -370,9 +391,17 @@ def soft_infonce(img: torch.Tensor, txt: torch.Tensor, labels: torch.Tensor, cap
 
 # ------------------------------------------------------------------------------------ zero-shot
 @torch.no_grad()
-def zero_shot_figures(model: nn.Module, tokenizer: Any, images: torch.Tensor, targets: np.ndarray,
-                      class_names: Sequence[str], templates: Sequence[str], num_seen: int = DEMO_SEEN,
-                      temperature: float = 1.0, batch_size: int = 1000) -> Dict[str, float]:
+def zero_shot_figures(
+    model: nn.Module,
+    tokenizer: Any,
+    images: torch.Tensor,
+    targets: np.ndarray,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    num_seen: int = DEMO_SEEN,
+    temperature: float = 1.0,
+    batch_size: int = 1000,
+) -> Dict[str, float]:
     """Zero-shot accuracy (all classes, seen classes) and MCM AUROC of a CLIP on preprocessed images.
 
     MCM uses the prompts of the first ``num_seen`` classes only, temperature ``temperature``; unseen-
@@ -387,8 +416,9 @@ def zero_shot_figures(model: nn.Module, tokenizer: Any, images: torch.Tensor, ta
 
     model.eval()
     text = clip_text_embeddings(model, tokenizer, class_names, templates)
-    feats = torch.cat([F.normalize(model.encode_image(images[i:i + batch_size]), dim=-1)
-                       for i in range(0, len(images), batch_size)])
+    feats = torch.cat(
+        [F.normalize(model.encode_image(images[i : i + batch_size]), dim=-1) for i in range(0, len(images), batch_size)]
+    )
     targets = np.asarray(targets)
     pred_all = (feats @ text.t()).argmax(1).numpy()
     seen = targets < num_seen
@@ -442,17 +472,32 @@ class _Progress:
         if now - self.last >= self.every_s or step == self.total:
             self.last = now
             rate = step / max(now - self.start, 1e-9)
-            logger.info("%s: step %d/%d (%.2f it/s, ETA %.0f s) %s", self.desc, step, self.total, rate,
-                        (self.total - step) / max(rate, 1e-9), " ".join(f"{k} {v}" for k, v in text.items()))
+            logger.info(
+                "%s: step %d/%d (%.2f it/s, ETA %.0f s) %s",
+                self.desc,
+                step,
+                self.total,
+                rate,
+                (self.total - step) / max(rate, 1e-9),
+                " ".join(f"{k} {v}" for k, v in text.items()),
+            )
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
 
 
-def train_demo_clip(model: nn.Module, tokenizer: Any, resized: np.ndarray, targets: np.ndarray,
-                    class_names: Sequence[str], recipe: Recipe, seed: int,
-                    mean: Sequence[float], std: Sequence[float]) -> Dict[str, float]:
+def train_demo_clip(
+    model: nn.Module,
+    tokenizer: Any,
+    resized: np.ndarray,
+    targets: np.ndarray,
+    class_names: Sequence[str],
+    recipe: Recipe,
+    seed: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Dict[str, float]:
     """Train ``model`` (both towers) contrastively in place.
 
     Args:
@@ -478,8 +523,9 @@ def train_demo_clip(model: nn.Module, tokenizer: Any, resized: np.ndarray, targe
     with torch.no_grad():
         model.logit_scale.fill_(math.log(recipe.init_logit_scale))
     model.logit_scale.requires_grad_(recipe.learn_logit_scale)
-    opt = torch.optim.AdamW(_param_groups(model, encoder, recipe.weight_decay), lr=recipe.lr,
-                            betas=(0.9, 0.98), eps=1e-6)
+    opt = torch.optim.AdamW(
+        _param_groups(model, encoder, recipe.weight_decay), lr=recipe.lr, betas=(0.9, 0.98), eps=1e-6
+    )
     augment = BatchAugment(resized, recipe.img_size, mean, std)
     labels_all = torch.from_numpy(np.asarray(targets, dtype=np.int64))
     n = len(labels_all)
@@ -493,7 +539,7 @@ def train_demo_clip(model: nn.Module, tokenizer: Any, resized: np.ndarray, targe
         for step in range(recipe.steps):
             if cursor + recipe.batch_size > n:
                 order, cursor = torch.randperm(n, generator=gen), 0
-            idx = order[cursor:cursor + recipe.batch_size]
+            idx = order[cursor : cursor + recipe.batch_size]
             cursor += recipe.batch_size
             for group in opt.param_groups:
                 group["lr"] = _lr_at(step, recipe)
@@ -516,9 +562,12 @@ def train_demo_clip(model: nn.Module, tokenizer: Any, resized: np.ndarray, targe
     model.token_embedding.weight.requires_grad_(True)
     model.logit_scale.requires_grad_(True)
     model.eval()
-    return {"final_loss": round(loss_ema, 4), "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
-            "train_s": round(time.perf_counter() - start, 1),
-            "train_cpu_s": round(time.process_time() - cpu_start, 1)}
+    return {
+        "final_loss": round(loss_ema, 4),
+        "logit_scale": round(float(model.logit_scale.detach().exp()), 3),
+        "train_s": round(time.perf_counter() - start, 1),
+        "train_cpu_s": round(time.process_time() - cpu_start, 1),
+    }
 
 
 def sha256_file(path: Path) -> str:
@@ -536,8 +585,13 @@ def _write_json(path: Path, data: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def build_demo_clip(out: str, recipe: Optional[Recipe] = None, seed: int = 0, data_dir: Optional[str] = None,
-                    eval_limit: Optional[int] = None) -> Dict[str, Any]:
+def build_demo_clip(
+    out: str,
+    recipe: Optional[Recipe] = None,
+    seed: int = 0,
+    data_dir: Optional[str] = None,
+    eval_limit: Optional[int] = None,
+) -> Dict[str, Any]:
     """Train the demo CLIP, evaluate it zero-shot on the test set, write the weights and the card.
 
     Args:
@@ -562,23 +616,35 @@ def build_demo_clip(out: str, recipe: Optional[Recipe] = None, seed: int = 0, da
     train_targets = np.asarray(src.train_targets)
     pool = select_pool(train_targets, recipe.pool_fraction, recipe.pool_seed)
     resized_side = int(math.floor(recipe.img_size / recipe.crop_ratio))
-    logger.info("demo CLIP: pool of %d of %d training images (fraction %.2f per class, pool seed %d); "
-                "resizing to %d px", len(pool), len(train_targets), recipe.pool_fraction, recipe.pool_seed,
-                resized_side)
+    logger.info(
+        "demo CLIP: pool of %d of %d training images (fraction %.2f per class, pool seed %d); resizing to %d px",
+        len(pool),
+        len(train_targets),
+        recipe.pool_fraction,
+        recipe.pool_seed,
+        resized_side,
+    )
     resized = resize_images(np.asarray(src.train_items)[pool], resized_side)
     test_n = len(src.test_items) if eval_limit is None else min(int(eval_limit), len(src.test_items))
-    test_images = eval_tensors(np.asarray(src.test_items)[:test_n], recipe.img_size, recipe.crop_ratio,
-                               OPENAI_MEAN, OPENAI_STD)
+    test_images = eval_tensors(
+        np.asarray(src.test_items)[:test_n], recipe.img_size, recipe.crop_ratio, OPENAI_MEAN, OPENAI_STD
+    )
     test_targets = np.asarray(src.test_targets)[:test_n]
 
     _ensure_configs()
     torch.manual_seed(seed)
     model = open_clip.create_model(ARCH, pretrained=None, force_image_size=recipe.img_size)
     tokenizer = open_clip.get_tokenizer(ARCH)
-    logger.info("demo CLIP: training %s (both towers) for %d steps of %d images on %d threads",
-                ARCH, recipe.steps, recipe.batch_size, torch.get_num_threads())
-    stats = train_demo_clip(model, tokenizer, resized, train_targets[pool], src.class_names, recipe, seed,
-                            OPENAI_MEAN, OPENAI_STD)
+    logger.info(
+        "demo CLIP: training %s (both towers) for %d steps of %d images on %d threads",
+        ARCH,
+        recipe.steps,
+        recipe.batch_size,
+        torch.get_num_threads(),
+    )
+    stats = train_demo_clip(
+        model, tokenizer, resized, train_targets[pool], src.class_names, recipe, seed, OPENAI_MEAN, OPENAI_STD
+    )
     out_dir = Path(out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
     weights = out_dir / WEIGHTS_FILE
@@ -589,13 +655,18 @@ def build_demo_clip(out: str, recipe: Optional[Recipe] = None, seed: int = 0, da
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, weights)
     figures = zero_shot_figures(model, tokenizer, test_images, test_targets, src.class_names, PROMPT_TEMPLATES)
-    logger.info("demo CLIP zero-shot on %d test images: 10-way accuracy %.1f%%, seen 6-way %.1f%%, "
-                "MCM AUROC %.1f%% (classes 0-5 seen, T = 1)", test_n, figures["acc_all"], figures["acc_seen"],
-                figures["mcm_auroc"])
+    logger.info(
+        "demo CLIP zero-shot on %d test images: 10-way accuracy %.1f%%, seen 6-way %.1f%%, "
+        "MCM AUROC %.1f%% (classes 0-5 seen, T = 1)",
+        test_n,
+        figures["acc_all"],
+        figures["acc_seen"],
+        figures["mcm_auroc"],
+    )
     card = {
         "format": CARD_FORMAT,
         "what": "demo CLIP: clip_tiny trained contrastively on part of Fashion-MNIST's training set; a toy-scale "
-                "stand-in for a pretrained CLIP, not CLIP",
+        "stand-in for a pretrained CLIP, not CLIP",
         "dataset": DATASET,
         "net": NET,
         "arch": ARCH,
@@ -603,10 +674,14 @@ def build_demo_clip(out: str, recipe: Optional[Recipe] = None, seed: int = 0, da
         "weights": {"file": WEIGHTS_FILE, "sha256": sha256_file(weights)},
         "seed": seed,
         "steps": recipe.steps,
-        "recipe": {**asdict(recipe), "templates": list(recipe.templates), "class_names": list(src.class_names),
-                   "loss": "symmetric InfoNCE, same-class captions/images as positives (soft targets)",
-                   "optimizer": "AdamW betas (0.9, 0.98) eps 1e-6, warm-up then cosine",
-                   "augmentation": "resize to floor(img_size/crop_ratio), random img_size crop, horizontal flip"},
+        "recipe": {
+            **asdict(recipe),
+            "templates": list(recipe.templates),
+            "class_names": list(src.class_names),
+            "loss": "symmetric InfoNCE, same-class captions/images as positives (soft targets)",
+            "optimizer": "AdamW betas (0.9, 0.98) eps 1e-6, warm-up then cosine",
+            "augmentation": "resize to floor(img_size/crop_ratio), random img_size crop, horizontal flip",
+        },
         "training": {**stats, "threads": torch.get_num_threads(), "torch": torch.__version__},
         "zero_shot": {
             "split": "test",
@@ -619,11 +694,21 @@ def build_demo_clip(out: str, recipe: Optional[Recipe] = None, seed: int = 0, da
             "mcm_auroc": figures["mcm_auroc"],
             "note": "accuracies and AUROC in percent; MCM over the six seen classes' prompts, unknown = positive",
         },
-        "pool": {"num_train": int(len(train_targets)), "fraction": recipe.pool_fraction, "seed": recipe.pool_seed,
-                 "size": int(len(pool)), "indices": pool.tolist()},
+        "pool": {
+            "num_train": int(len(train_targets)),
+            "fraction": recipe.pool_fraction,
+            "seed": recipe.pool_seed,
+            "size": int(len(pool)),
+            "indices": pool.tolist(),
+        },
         "wall_s": round(time.perf_counter() - t0, 1),
-        "use": {"pretrain_path": str(weights), "pretrain_pool": str(card_path), "net": NET,
-                "text_encoder": "clip", "img_size": recipe.img_size},
+        "use": {
+            "pretrain_path": str(weights),
+            "pretrain_pool": str(card_path),
+            "net": NET,
+            "text_encoder": "clip",
+            "img_size": recipe.img_size,
+        },
     }
     _write_json(card_path, card)
     logger.info("demo CLIP: wrote %s and %s in %.0f s", weights, card_path, card["wall_s"])
@@ -644,9 +729,11 @@ def card_is_current(out: str) -> bool:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: ``python -m usb_cfsg.demo_clip --out DIR [--steps N] [--seed S]``."""
     defaults = Recipe()
-    parser = argparse.ArgumentParser(prog="python -m usb_cfsg.demo_clip",
-                                     description="Train the demo CLIP (clip_tiny) on part of Fashion-MNIST and "
-                                                 "write DIR/demo_clip_tiny.pt and DIR/card.json.")
+    parser = argparse.ArgumentParser(
+        prog="python -m usb_cfsg.demo_clip",
+        description="Train the demo CLIP (clip_tiny) on part of Fashion-MNIST and "
+        "write DIR/demo_clip_tiny.pt and DIR/card.json.",
+    )
     parser.add_argument("--out", required=True, help="output folder, e.g. ./saved_models/demo_clip")
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"training steps (default {defaults.steps})")
     parser.add_argument("--seed", type=int, default=0, help="seed of init, batch order, augmentation (default 0)")
@@ -654,13 +741,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     parser.add_argument("--pool-fraction", type=float, default=defaults.pool_fraction)
-    parser.add_argument("--logit-scale", type=float, default=defaults.init_logit_scale,
-                        help=f"initial logit scale (default {defaults.init_logit_scale:.3g})")
-    parser.add_argument("--learn-logit-scale", choices=("true", "false"),
-                        default=str(defaults.learn_logit_scale).lower())
+    parser.add_argument(
+        "--logit-scale",
+        type=float,
+        default=defaults.init_logit_scale,
+        help=f"initial logit scale (default {defaults.init_logit_scale:.3g})",
+    )
+    parser.add_argument(
+        "--learn-logit-scale", choices=("true", "false"), default=str(defaults.learn_logit_scale).lower()
+    )
     parser.add_argument("--data-dir", default="./data", help="Fashion-MNIST folder (falls back to Debian's)")
-    parser.add_argument("--reuse", action="store_true",
-                        help="do nothing when DIR already holds a card whose weights match its sha256")
+    parser.add_argument(
+        "--reuse", action="store_true", help="do nothing when DIR already holds a card whose weights match its sha256"
+    )
     opts = parser.parse_args(argv)
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
@@ -668,17 +761,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if opts.reuse and card_is_current(opts.out):
         logger.info("demo CLIP: %s already holds a current card and weights; not rebuilding", opts.out)
         return 0
-    recipe = Recipe(steps=opts.steps, batch_size=opts.batch_size, lr=opts.lr, warmup_steps=opts.warmup_steps,
-                    pool_fraction=opts.pool_fraction, init_logit_scale=opts.logit_scale,
-                    learn_logit_scale=opts.learn_logit_scale == "true")
+    recipe = Recipe(
+        steps=opts.steps,
+        batch_size=opts.batch_size,
+        lr=opts.lr,
+        warmup_steps=opts.warmup_steps,
+        pool_fraction=opts.pool_fraction,
+        init_logit_scale=opts.logit_scale,
+        learn_logit_scale=opts.learn_logit_scale == "true",
+    )
     try:
         card = build_demo_clip(opts.out, recipe, seed=opts.seed, data_dir=opts.data_dir)
     except (ConfigError, DatasetError) as exc:
         logger.error("%s", exc)
         return 2
     zs = card["zero_shot"]
-    logger.info("card: %s  (zero-shot 10-way %.2f%%, MCM AUROC %.2f%%)", Path(opts.out) / CARD_FILE,
-                zs["acc_all"], zs["mcm_auroc"])
+    logger.info(
+        "card: %s  (zero-shot 10-way %.2f%%, MCM AUROC %.2f%%)",
+        Path(opts.out) / CARD_FILE,
+        zs["acc_all"],
+        zs["mcm_auroc"],
+    )
     return 0
 
 

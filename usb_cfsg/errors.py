@@ -1,4 +1,5 @@
 """Exceptions and the "did you mean" helper shared by every user-facing error."""
+
 from __future__ import annotations
 
 import difflib

@@ -1,4 +1,5 @@
 """Progress reporting for long loops: a tqdm bar on a terminal, plain log lines otherwise."""
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """A small name -> object registry with decorators, in the style of timm's model registry."""
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Generic, Iterator, TypeVar

@@ -1,4 +1,5 @@
 """cfsg_clip through train.py: 40 iterations end to end, logged diagnostics, prototypes in checkpoints."""
+
 import json
 
 import torch
@@ -13,21 +14,74 @@ from usb_cfsg.engine.checkpoint import safe_load
 
 
 def test_every_switch_is_a_config_key():
-    args = build_config(["--algorithm", "cfsg_clip", "--use_sfm", "false", "--vsi_topk", "2", "--ood_score", "ova",
-                         "--closed_head", "fine", "--sfm_dense", "tokens", "--lambda_fix", "0.5"])
+    args = build_config(
+        [
+            "--algorithm",
+            "cfsg_clip",
+            "--use_sfm",
+            "false",
+            "--vsi_topk",
+            "2",
+            "--ood_score",
+            "ova",
+            "--closed_head",
+            "fine",
+            "--sfm_dense",
+            "tokens",
+            "--lambda_fix",
+            "0.5",
+        ]
+    )
     assert (args.use_sfm, args.vsi_topk, args.ood_score, args.closed_head, args.sfm_dense, args.lambda_fix) == (
-        False, 2, "ova", "fine", "tokens", 0.5)
+        False,
+        2,
+        "ova",
+        "fine",
+        "tokens",
+        0.5,
+    )
     names = {a.name.lstrip("-") for a in get_algorithm_class("cfsg_clip").get_argument()}
-    assert {"num_tuned_blocks", "sfm_keep_ratio", "sfm_temperature", "sfm_local_weight", "sfm_dense", "text_encoder",
-            "vsi_topk", "proto_momentum", "lambda_ova", "lambda_em", "lambda_socr", "lambda_fix", "p_cutoff",
-            "ood_threshold", "start_fix", "ood_score", "use_sfm", "use_vsi", "closed_head", "mcm_temperature",
-            "sfm_posterior_scale", "ova_bias", "ova_views"} <= names
+    assert {
+        "num_tuned_blocks",
+        "sfm_keep_ratio",
+        "sfm_temperature",
+        "sfm_local_weight",
+        "sfm_dense",
+        "text_encoder",
+        "vsi_topk",
+        "proto_momentum",
+        "lambda_ova",
+        "lambda_em",
+        "lambda_socr",
+        "lambda_fix",
+        "p_cutoff",
+        "ood_threshold",
+        "start_fix",
+        "ood_score",
+        "use_sfm",
+        "use_vsi",
+        "closed_head",
+        "mcm_temperature",
+        "sfm_posterior_scale",
+        "ova_bias",
+        "ova_views",
+    } <= names
 
 
 def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
-    argv = tiny_run_argv(cub_root, str(tmp_path), "cfsg", algorithm="cfsg_clip", iters=40, num_eval_iter=20,
-                         num_log_iter=10, text_encoder="minilm", p_cutoff=0.5, start_fix=10,
-                         relevance_dir=str(tmp_path / "rel"))
+    argv = tiny_run_argv(
+        cub_root,
+        str(tmp_path),
+        "cfsg",
+        algorithm="cfsg_clip",
+        iters=40,
+        num_eval_iter=20,
+        num_log_iter=10,
+        text_encoder="minilm",
+        p_cutoff=0.5,
+        start_fix=10,
+        relevance_dir=str(tmp_path / "rel"),
+    )
     assert train.cli(argv) == 0
     run = tmp_path / "cfsg"
     # relevance overlays of the same eval images after each evaluation and at the end
@@ -39,9 +93,19 @@ def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     logged = EventAccumulator(str(run / "tensorboard")).Reload().Tags()["scalars"]  # every logged term, per step
-    for key in ("train/ce_coarse", "train/ce_fine", "train/ova_loss", "train/em_loss", "train/socr_loss",
-                "train/fix_loss", "train/util_ratio", "train/id_ratio", "train/id_precision", "train/id_recall",
-                "eval/top-1-acc"):
+    for key in (
+        "train/ce_coarse",
+        "train/ce_fine",
+        "train/ova_loss",
+        "train/em_loss",
+        "train/socr_loss",
+        "train/fix_loss",
+        "train/util_ratio",
+        "train/id_ratio",
+        "train/id_precision",
+        "train/id_recall",
+        "eval/top-1-acc",
+    ):
         assert key in logged, key
     ckpt = safe_load(str(run / "latest_model.pth"))
     assert ckpt["it"] == 40 and ckpt["algorithm"] == "cfsg_clip"
@@ -56,11 +120,23 @@ def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
     assert metrics["algorithm"] == "cfsg_clip" and metrics["primary_score"] == "fused"
     assert list(metrics["scores"]) == ["ova", "mcm", "glmcm", "fused"]
     # eval.py reproduces it from the checkpoint alone and draws relevance maps of the eval images
-    assert eval_cli.cli(["--load_path", str(run / "latest_model.pth"), "--out_dir", str(tmp_path / "ev"),
-                         "--relevance-dir", str(tmp_path / "rel_eval")]) == 0
+    assert (
+        eval_cli.cli(
+            [
+                "--load_path",
+                str(run / "latest_model.pth"),
+                "--out_dir",
+                str(tmp_path / "ev"),
+                "--relevance-dir",
+                str(tmp_path / "rel_eval"),
+            ]
+        )
+        == 0
+    )
     again_metrics = json.loads((tmp_path / "ev" / "openset_metrics.json").read_text())
     assert {k: again_metrics[k] for k in ("closed_acc", "auroc", "scores")} == {
-        k: metrics[k] for k in ("closed_acc", "auroc", "scores")}
+        k: metrics[k] for k in ("closed_acc", "auroc", "scores")
+    }
     assert len(list((tmp_path / "rel_eval" / "eval").glob("*.png"))) == 6
 
     # the prototypes come back with the checkpoint: the fine branch of the net eval.py rebuilt used them
@@ -68,8 +144,15 @@ def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
     from usb_cfsg.engine.checkpoint import load_state_strict
     from usb_cfsg.nets import BUILDERS
 
-    net = BUILDERS["clip_tiny"](num_classes=3, pretrained="none", img_size=64, head="cfsg", num_tuned_blocks=4,
-                                class_names=ckpt["class_names"], text_encoder="minilm")
+    net = BUILDERS["clip_tiny"](
+        num_classes=3,
+        pretrained="none",
+        img_size=64,
+        head="cfsg",
+        num_tuned_blocks=4,
+        class_names=ckpt["class_names"],
+        text_encoder="minilm",
+    )
     assert not net.prototypes.initialized.any()
     load_state_strict(net, model, "model", "latest_model.pth")
     assert torch.equal(net.prototypes.mu, model["prototypes.mu"]) and net.prototypes.initialized.all()
@@ -113,8 +196,15 @@ class ControlledNet(torch.nn.Module):
     def forward(self, x):
         i = x.view(-1).long()
         logits = self.logits[i]
-        return {"logits": logits, "logits_coarse": logits, "logits_fine": logits, "logits_ova": self.logits_ova[i],
-                "feat": self.feat_local[i], "feat_local": self.feat_local[i], "score_ova": self.score_ova[i]}
+        return {
+            "logits": logits,
+            "logits_coarse": logits,
+            "logits_fine": logits,
+            "logits_ova": self.logits_ova[i],
+            "feat": self.feat_local[i],
+            "feat_local": self.feat_local[i],
+            "score_ova": self.score_ova[i],
+        }
 
 
 def _peaked(cls, conf):
@@ -136,8 +226,12 @@ def controlled_step_setup(it=10, start_fix=0, ova_views="weak_weak", p_cutoff=0.
     """
     weak = [(1, 0.99), (3, 0.6), (2, 0.99), (2, 0.5)]
     strong = [(3, 0.97), (0, 0.9), (1, 0.99), (1, 0.9)]
-    logits = [_peaked(0, 0.7), _peaked(0, 0.8)] + [_peaked(*w) for w in weak] + [_peaked(*s) for s in strong] \
+    logits = (
+        [_peaked(0, 0.7), _peaked(0, 0.8)]
         + [_peaked(*w) for w in weak]
+        + [_peaked(*s) for s in strong]
+        + [_peaked(*w) for w in weak]
+    )
     g = torch.Generator().manual_seed(0)
     logits_ova = torch.randn(14, 2, K, generator=g)
     score_ova = [0.0, 0.0, 0.1, 0.2, 0.9, 0.8] + [0.5] * 8
@@ -148,8 +242,14 @@ def controlled_step_setup(it=10, start_fix=0, ova_views="weak_weak", p_cutoff=0.
     alg.lambda_ova, alg.lambda_em, alg.lambda_socr, alg.lambda_fix = 0.0, 0.0, 0.0, 1.0
     alg.p_cutoff, alg.ood_threshold, alg.start_fix, alg.ova_views = p_cutoff, ood_threshold, start_fix, ova_views
     ids = torch.arange(14, dtype=torch.float32).view(-1, 1)
-    batch = dict(x_lb=ids[0:2], y_lb=torch.tensor([0, 0]), x_ulb_w=ids[2:6], x_ulb_s=ids[6:10],
-                 x_ulb_w2=ids[10:14], y_ulb=torch.tensor([1, 3, 7, 2]))
+    batch = dict(
+        x_lb=ids[0:2],
+        y_lb=torch.tensor([0, 0]),
+        x_ulb_w=ids[2:6],
+        x_ulb_s=ids[6:10],
+        x_ulb_w2=ids[10:14],
+        y_ulb=torch.tensor([1, 3, 7, 2]),
+    )
     return alg, net, batch
 
 
@@ -223,8 +323,11 @@ def test_unlabeled_items_carry_a_second_weak_view_when_ova_views_is_weak_weak(cu
 
 # ------------------------------------------------------------------------- unknown scores
 def _outputs():
-    return {"score_ova": np.array([0.1, 0.5, 0.9]), "score_mcm": np.array([0.70, 0.72, 0.74]),
-            "score_glmcm": np.array([0.740, 0.745, 0.749])}
+    return {
+        "score_ova": np.array([0.1, 0.5, 0.9]),
+        "score_mcm": np.array([0.70, 0.72, 0.74]),
+        "score_glmcm": np.array([0.740, 0.745, 0.749]),
+    }
 
 
 def test_fused_score_without_calibration_is_the_plain_mean():
@@ -236,8 +339,11 @@ def test_fused_score_without_calibration_is_the_plain_mean():
 
 def test_fused_score_maps_ova_and_glmcm_with_the_calibrated_ranges():
     cls = get_algorithm_class("cfsg_clip")
-    calibration = {"ranges": {"ova": [0.0, 1.0], "glmcm": [0.740, 0.750], "mcm": [0.0, 1.0]},
-                   "thresholds": {}, "source": "train_ulb"}
+    calibration = {
+        "ranges": {"ova": [0.0, 1.0], "glmcm": [0.740, 0.750], "mcm": [0.0, 1.0]},
+        "thresholds": {},
+        "source": "train_ulb",
+    }
     scores, _ = cls.compute_unknown_scores(_outputs(), Namespace(ood_score="glmcm"), calibration)
     np.testing.assert_allclose(scores["fused"], [(0.1 + 0.0) / 2, (0.5 + 0.5) / 2, (0.9 + 0.9) / 2], atol=1e-9)
     np.testing.assert_allclose(scores["glmcm"], _outputs()["score_glmcm"])  # the raw scores stay raw
@@ -250,7 +356,11 @@ def test_new_switches_are_config_keys_with_their_documented_defaults():
 
     args = build_config(["--algorithm", "cfsg_clip"])
     assert (args.mcm_temperature, args.ova_bias, args.ova_views, args.sfm_posterior_scale) == (
-        1.0, False, "weak_strong", 100.0)
+        1.0,
+        False,
+        "weak_strong",
+        100.0,
+    )
     spec = get_algorithm_class("cfsg_clip").net_spec(args)[1]
     assert spec["mcm_temperature"] == 1.0 and spec["ova_bias"] is False and spec["sfm_posterior_scale"] == 100.0
     with pytest.raises((ConfigError, SystemExit, ValueError)):
@@ -258,7 +368,7 @@ def test_new_switches_are_config_keys_with_their_documented_defaults():
 
 
 # --------------------------------------------------------------------- 2 processes (gloo)
-_DUMP_SCRIPT = '''
+_DUMP_SCRIPT = """
 import sys
 import torch
 sys.path.insert(0, {root!r})
@@ -284,16 +394,36 @@ def train_and_dump(self):
 
 CFSGCLIP._update_prototypes, CFSGCLIP.train = spy, train_and_dump
 sys.exit(train.cli(sys.argv[2:]))
-'''
+"""
 
 
 def test_two_processes_end_with_identical_prototypes(cub_root, tmp_path):
     script = tmp_path / "run_and_dump.py"
     script.write_text(_DUMP_SCRIPT.format(root=ROOT))
-    argv = tiny_run_argv(cub_root, str(tmp_path), "ddp", algorithm="cfsg_clip", iters=3, num_eval_iter=3,
-                         use_tensorboard="false", text_encoder="minilm", p_cutoff=0.0, ood_threshold=1.0)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
-           str(script), str(tmp_path), *argv]
+    argv = tiny_run_argv(
+        cub_root,
+        str(tmp_path),
+        "ddp",
+        algorithm="cfsg_clip",
+        iters=3,
+        num_eval_iter=3,
+        use_tensorboard="false",
+        text_encoder="minilm",
+        p_cutoff=0.0,
+        ood_threshold=1.0,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        str(tmp_path),
+        *argv,
+    ]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

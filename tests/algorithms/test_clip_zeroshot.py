@@ -1,4 +1,5 @@
 """clip_zeroshot: no training through train.py, and metrics equal to a direct computation from open_clip itself."""
+
 import json
 
 import numpy as np
@@ -23,7 +24,7 @@ def _direct_scores(ckpt, images, temperature=1.0):
     model = open_clip.create_model("clip-tiny", pretrained=None, force_image_size=images.shape[-1]).eval()
     state = ckpt["ema_model"]
     prefix = "backbone.visual."
-    model.visual.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+    model.visual.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
     t = F.normalize(state["text_embeddings"].float(), dim=-1)
     captured = {}
     last = model.visual.transformer.resblocks[-1]
@@ -33,7 +34,7 @@ def _direct_scores(ckpt, images, temperature=1.0):
         hook.remove()
         x = captured["x"]  # the last block's input [B, T, W] (batch first)
         width = model.visual.transformer.width
-        v = F.linear(last.ln_1(x), last.attn.in_proj_weight[2 * width:], last.attn.in_proj_bias[2 * width:])
+        v = F.linear(last.ln_1(x), last.attn.in_proj_weight[2 * width :], last.attn.in_proj_bias[2 * width :])
         v = last.ls_1(last.attn.out_proj(v))
         dense = model.visual.ln_post(v[:, 1:]) @ model.visual.proj  # MaskCLIP value path, every patch
 
@@ -72,8 +73,16 @@ def test_zero_shot_run_trains_nothing_and_matches_open_clip(cub_root, tmp_path):
     # per image: the net's own scores are the direct ones (not only their ranking)
     from usb_cfsg.nets.clip import build_clip_net
 
-    net = build_clip_net("clip-tiny", k, None, head="clip_zeroshot", img_size=64, num_tuned_blocks=4,
-                         class_names=info.seen_class_names, text_encoder="clip").eval()
+    net = build_clip_net(
+        "clip-tiny",
+        k,
+        None,
+        head="clip_zeroshot",
+        img_size=64,
+        num_tuned_blocks=4,
+        class_names=info.seen_class_names,
+        text_encoder="clip",
+    ).eval()
     net.load_state_dict(ckpt["ema_model"])
     with torch.no_grad():
         out = net(images)
@@ -84,8 +93,9 @@ def test_zero_shot_run_trains_nothing_and_matches_open_clip(cub_root, tmp_path):
 
 
 def test_any_budget_is_ignored_with_a_notice(cub_root, tmp_path):
-    argv = tiny_run_argv(cub_root, str(tmp_path), "zs5", algorithm="clip_zeroshot", iters=5, text_encoder="clip",
-                         ood_score="glmcm")
+    argv = tiny_run_argv(
+        cub_root, str(tmp_path), "zs5", algorithm="clip_zeroshot", iters=5, text_encoder="clip", ood_score="glmcm"
+    )
     assert train.cli(argv) == 0
     log = (tmp_path / "zs5" / "log.txt").read_text()
     assert "clip_zeroshot trains nothing: num_train_iter 5 is ignored" in log

@@ -1,4 +1,5 @@
 """iomatch: open-set targets and losses against hand-computed values, its scores, train.py end to end."""
+
 import json
 import math
 
@@ -27,8 +28,8 @@ def test_open_set_targets_by_hand():
 
 
 def test_unlabeled_losses_double_filtering_and_open_targets_by_hand():
-    logits_w = torch.tensor([[math.log(19.0), 0.0]] * 2)          # p = (0.95, 0.05) for both images
-    mb_w = _mb([[0.8, 0.4], [0.1, 0.1]]).float()                 # image A looks like an inlier, B an outlier
+    logits_w = torch.tensor([[math.log(19.0), 0.0]] * 2)  # p = (0.95, 0.05) for both images
+    mb_w = _mb([[0.8, 0.4], [0.1, 0.1]]).float()  # image A looks like an inlier, B an outlier
     logits_s = torch.tensor([[0.0, 0.0], [5.0, 0.0]])
     open_s = torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, math.log(2.0)]])
     u = iomatch_unlabeled_losses(logits_w, logits_s, mb_w, open_s, p_cutoff=0.9, q_cutoff=0.5)
@@ -49,8 +50,11 @@ def test_unlabeled_losses_double_filtering_and_open_targets_by_hand():
 
 
 def test_unknown_scores_by_hand():
-    outputs = {"logits": np.array([[2.0, 0.0]]), "logits_mb": _mb([[0.8, 0.4]]).numpy(),
-               "logits_open": np.array([[0.0, 0.0, math.log(2.0)]])}
+    outputs = {
+        "logits": np.array([[2.0, 0.0]]),
+        "logits_mb": _mb([[0.8, 0.4]]).numpy(),
+        "logits_open": np.array([[0.0, 0.0, math.log(2.0)]]),
+    }
     scores, primary = IOMatch.compute_unknown_scores(outputs, None)
     p0 = 1 / (1 + math.exp(-2.0))
     assert primary == "open"
@@ -63,14 +67,23 @@ def test_unknown_scores_by_hand():
 def test_defaults_are_the_papers():
     a = build_config(["--algorithm", "iomatch"])
     assert (a.p_cutoff, a.q_cutoff, a.mb_loss_ratio, a.op_loss_ratio, a.dist_align, a.da_len, a.proj_dim) == (
-        0.95, 0.5, 1.0, 1.0, True, 128, 128)
+        0.95,
+        0.5,
+        1.0,
+        1.0,
+        True,
+        128,
+        128,
+    )
     assert resolve_op_start(-1, 262144) == 1024 and resolve_op_start(0, 100) == 0
 
 
 @pytest.mark.slow
 def test_iomatch_20_iterations_through_train_py(cub_root, tmp_path):
-    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "io", algorithm="iomatch", iters=20, op_start=5,
-                                   p_cutoff=0.5)) == 0
+    assert (
+        train.cli(tiny_run_argv(cub_root, str(tmp_path), "io", algorithm="iomatch", iters=20, op_start=5, p_cutoff=0.5))
+        == 0
+    )
     run = tmp_path / "io"
     scalars = tb_scalars(run)
     for key in ("train/ce_loss", "train/mb_loss", "train/ui_loss", "train/op_loss", "train/q_mask_ratio"):
@@ -86,9 +99,14 @@ def test_iomatch_20_iterations_through_train_py(cub_root, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algorithm,extra", [("openmatch", dict(start_fix=1, select_interval=2)),
-                                             ("iomatch", dict(op_start=1)),
-                                             ("clip_zeroshot", dict(text_encoder="clip"))])
+@pytest.mark.parametrize(
+    "algorithm,extra",
+    [
+        ("openmatch", dict(start_fix=1, select_interval=2)),
+        ("iomatch", dict(op_start=1)),
+        ("clip_zeroshot", dict(text_encoder="clip")),
+    ],
+)
 def test_two_process_gloo(cub_root, tmp_path, algorithm, extra):
     """Each baseline under DDP (2 CPU processes, gloo): trains, saves without the wrapper, rank 0 evaluates."""
     import os
@@ -97,8 +115,15 @@ def test_two_process_gloo(cub_root, tmp_path, algorithm, extra):
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     argv = tiny_run_argv(cub_root, str(tmp_path), "ddp", algorithm=algorithm, iters=4, num_eval_iter=2, **extra)
-    cmd = [sys.executable, os.path.join(root, "train.py"), *argv, "--world_size", "2",
-           "--multiprocessing_distributed", "true"]
+    cmd = [
+        sys.executable,
+        os.path.join(root, "train.py"),
+        *argv,
+        "--world_size",
+        "2",
+        "--multiprocessing_distributed",
+        "true",
+    ]
     env = dict(os.environ, PYTHONPATH=root, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]

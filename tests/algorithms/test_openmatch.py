@@ -1,4 +1,5 @@
 """openmatch: loss terms against hand-computed values, the selection schedule, two weak views, train.py end to end."""
+
 import functools
 import json
 import math
@@ -10,8 +11,13 @@ import torch
 
 import train
 from tests.conftest import tiny_run_argv
-from usb_cfsg.algorithms.openmatch import (OpenMatch, fixmatch_on_selected, openmatch_losses, resolve_select_interval,
-                                           resolve_start_fix)
+from usb_cfsg.algorithms.openmatch import (
+    OpenMatch,
+    fixmatch_on_selected,
+    openmatch_losses,
+    resolve_select_interval,
+    resolve_start_fix,
+)
 from usb_cfsg.config import build_config
 from usb_cfsg.engine.checkpoint import safe_load
 from usb_cfsg.errors import ConfigError
@@ -39,8 +45,8 @@ def test_openmatch_losses_use_both_weak_views_by_hand():
     logits_lb = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
     y = torch.tensor([0])
     ova_lb = _ova([[LN3, 0.0], [0.0, 0.0]])  # view 1: p_pos = (0.75, 0.5); view 2: (0.5, 0.5)
-    u1 = _ova([[LN3, 0.0]])                    # unlabeled view 1: p_pos = (0.75, 0.5)
-    u2 = _ova([[0.0, 0.0]])                    # unlabeled view 2: p_pos = (0.5, 0.5)
+    u1 = _ova([[LN3, 0.0]])  # unlabeled view 1: p_pos = (0.75, 0.5)
+    u2 = _ova([[0.0, 0.0]])  # unlabeled view 2: p_pos = (0.5, 0.5)
     t = openmatch_losses(logits_lb, ova_lb, y, u1, u2)
 
     softplus = lambda v: math.log1p(math.exp(v))  # noqa: E731
@@ -71,7 +77,7 @@ def test_fixmatch_on_selected_masks_and_normalises_by_hand():
 
 
 def test_schedule_maps_openmatch_epochs_to_iterations():
-    assert resolve_start_fix(-1, 2 ** 19) == 10 * 1024  # OP_Match: epoch 10 of 512 x 1024 iterations
+    assert resolve_start_fix(-1, 2**19) == 10 * 1024  # OP_Match: epoch 10 of 512 x 1024 iterations
     assert resolve_start_fix(-1, 500) == 10 and resolve_start_fix(7, 500) == 7
     assert resolve_select_interval(-1, 1000, 32) == 32  # one pass over 1000 unlabeled images, 32 per step
     assert resolve_select_interval(5, 1000, 32) == 5
@@ -84,15 +90,22 @@ def test_schedule_maps_openmatch_epochs_to_iterations():
 def test_defaults_are_the_papers_and_bad_values_fail_early():
     a = build_config(["--algorithm", "openmatch"])
     assert (a.lambda_ova, a.lambda_em, a.lambda_socr, a.lambda_fix, a.p_cutoff, a.T, a.select_threshold) == (
-        1.0, 0.1, 0.5, 1.0, 0.0, 1.0, 0.5)
+        1.0,
+        0.1,
+        0.5,
+        1.0,
+        0.0,
+        1.0,
+        0.5,
+    )
     assert (a.start_fix, a.select_interval) == (-1, -1)
     with pytest.raises(ConfigError, match="select_threshold"):
         build_config(["--algorithm", "openmatch", "--select_threshold", "1.5"])
 
 
 def test_second_weak_view_items():
-    from usb_cfsg.datasets.transforms import build_transforms
     from usb_cfsg.datasets.torch_dataset import OpenSetDataset
+    from usb_cfsg.datasets.transforms import build_transforms
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 255, size=(2, 40, 40, 3), dtype=np.uint8)
@@ -116,8 +129,14 @@ def test_openmatch_through_train_py_with_exact_resume(cub_root, tmp_path, monkey
     run = tmp_path / "straight"
     log = (run / "log.txt").read_text()
     scalars = tb_scalars(run)
-    for key in ("train/ce_loss", "train/ova_loss", "train/em_loss", "train/socr_loss", "train/fix_loss",
-                "train/selected_ratio"):
+    for key in (
+        "train/ce_loss",
+        "train/ova_loss",
+        "train/em_loss",
+        "train/socr_loss",
+        "train/fix_loss",
+        "train/selected_ratio",
+    ):
         assert key in scalars, key
     assert scalars["train/fix_loss"][0] == 0.0 and scalars["train/selected_ratio"][0] == 0.0  # step 1 < start_fix
     assert "as inliers at iteration 2" in log and "as inliers at iteration 5" in log
@@ -143,8 +162,14 @@ def test_openmatch_through_train_py_with_exact_resume(cub_root, tmp_path, monkey
     monkeypatch.setattr(OpenMatch, "train_step", original)
     half = str(tmp_path / "half" / "latest_model.pth")
     assert safe_load(half)["it"] == 4
-    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "half", algorithm="openmatch", resume="true",
-                                   load_path=half, **common)) == 0
+    assert (
+        train.cli(
+            tiny_run_argv(
+                cub_root, str(tmp_path), "half", algorithm="openmatch", resume="true", load_path=half, **common
+            )
+        )
+        == 0
+    )
     again = safe_load(str(tmp_path / "half" / "latest_model.pth"))
     assert torch.equal(again["extra"]["selected"], ckpt["extra"]["selected"])
     for name, tensor in ckpt["model"].items():

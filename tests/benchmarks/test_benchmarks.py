@@ -1,4 +1,5 @@
 """The benchmark scripts run on CPU (tiny net): step variants, prediction, loader, the GPU check's dry run."""
+
 from __future__ import annotations
 
 import json
@@ -34,20 +35,60 @@ def test_median_and_spread():
 
 def test_step_measure_bf16_compiled_and_flops(tmp_path):
     data = common.write_replica(str(tmp_path))
-    eager = bench_step.measure("cfsg_clip", bench_step.parse(
-        ["--net", "clip_tiny", "--img_size", "32", "--batch_size", "2", "--steps", "1", "--threads", "1",
-         "--flops"]), data)
+    eager = bench_step.measure(
+        "cfsg_clip",
+        bench_step.parse(
+            ["--net", "clip_tiny", "--img_size", "32", "--batch_size", "2", "--steps", "1", "--threads", "1", "--flops"]
+        ),
+        data,
+    )
     assert eager["flops_per_step"] > 0 and eager["images_per_step"] == 6 and eager["step_s_median"] > 0
-    compiled = bench_step.measure("fixmatch", bench_step.parse(
-        ["--net", "clip_tiny", "--img_size", "32", "--batch_size", "2", "--steps", "1", "--threads", "1",
-         "--amp_dtype", "bf16", "--compile", "--compile_backend", "eager"]), data)
+    compiled = bench_step.measure(
+        "fixmatch",
+        bench_step.parse(
+            [
+                "--net",
+                "clip_tiny",
+                "--img_size",
+                "32",
+                "--batch_size",
+                "2",
+                "--steps",
+                "1",
+                "--threads",
+                "1",
+                "--amp_dtype",
+                "bf16",
+                "--compile",
+                "--compile_backend",
+                "eager",
+            ]
+        ),
+        data,
+    )
     assert compiled["compile_failed"] == [] and compiled["images_per_s"] > 0
 
 
 def test_predict_benchmark_runs_every_branch_and_score(tmp_path):
     out = tmp_path / "p.json"
-    res = bench_predict.main(["--net", "clip_tiny", "--img_size", "32", "--batch_size", "2", "--rounds", "2",
-                              "--num_classes", "3", "--threads", "1", "--json", str(out)])
+    res = bench_predict.main(
+        [
+            "--net",
+            "clip_tiny",
+            "--img_size",
+            "32",
+            "--batch_size",
+            "2",
+            "--rounds",
+            "2",
+            "--num_classes",
+            "3",
+            "--threads",
+            "1",
+            "--json",
+            str(out),
+        ]
+    )
     saved = json.loads(out.read_text())
     assert saved["throughput_ratio"] == pytest.approx(res["throughput_ratio"]) and res["throughput_ratio"] > 0
     assert {"score_ova", "score_mcm", "score_glmcm"} <= set(res["cfsg_scores"])
@@ -66,5 +107,7 @@ def test_gpu_check_dry_run_writes_every_piece(tmp_path):
         assert row["images_per_s"] > 0 and row["flops_per_step"] > 0, (alg, variant, row)
     assert rows[("cfsg_clip", "bf16+compile")]["compile_failed"] == []  # compiled (eager backend on CPU), no fallback
     assert set(doc["step"]["cfsg_over_fixmatch"]) == {"fp32", "bf16+compile"}
-    assert [r["amp"] for r in doc["predict"]] == ["none", "bf16"] and all("throughput_ratio" in r for r in doc["predict"])
+    assert [r["amp"] for r in doc["predict"]] == ["none", "bf16"] and all(
+        "throughput_ratio" in r for r in doc["predict"]
+    )
     assert doc["loader"]["cache_speedup"] > 0 and doc["wall_s"] < 400

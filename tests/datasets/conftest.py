@@ -1,4 +1,5 @@
 """Fixtures for the dataset tests: replica folders and a USB-like argument namespace."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -9,6 +9,7 @@ learn them.
 
 Import them from other tests as ``from tests.datasets.replicas import write_cub_replica``.
 """
+
 from __future__ import annotations
 
 import colorsys
@@ -26,18 +27,33 @@ Size = Union[int, tuple[int, int]]
 KINDS = ("rgb", "gray", "cmyk", "rgba", "la", "palette", "palette_transparent", "i16", "corrupt", "truncated")
 
 CUB_NAMES = [
-    "001.Black_footed_Albatross", "002.Laysan_Albatross", "003.Sooty_Albatross",
-    "004.Groove_billed_Ani", "005.Crested_Auklet", "006.Least_Auklet", "007.Parakeet_Auklet",
-    "008.Rhinoceros_Auklet", "009.Brewer_Blackbird", "010.Red_winged_Blackbird",
+    "001.Black_footed_Albatross",
+    "002.Laysan_Albatross",
+    "003.Sooty_Albatross",
+    "004.Groove_billed_Ani",
+    "005.Crested_Auklet",
+    "006.Least_Auklet",
+    "007.Parakeet_Auklet",
+    "008.Rhinoceros_Auklet",
+    "009.Brewer_Blackbird",
+    "010.Red_winged_Blackbird",
 ]
 CAR_NAMES = [
-    "AM General Hummer SUV 2000", "Acura RL Sedan 2012", "Acura TL Sedan 2012",
-    "Acura TL Type-S 2008", "Acura TSX Sedan 2012", "Acura Integra Type R 2001",
+    "AM General Hummer SUV 2000",
+    "Acura RL Sedan 2012",
+    "Acura TL Sedan 2012",
+    "Acura TL Type-S 2008",
+    "Acura TSX Sedan 2012",
+    "Acura Integra Type R 2001",
 ]
 AIRCRAFT_NAMES = ["707-320", "727-200", "A300B4", "Cessna 172", "F/A-18", "DH-82", "737-800", "Tu-134"]
 DOG_FOLDERS = [
-    "n02085620-Chihuahua", "n02085782-Japanese_spaniel", "n02085936-Maltese_dog",
-    "n02086079-Pekinese", "n02086240-Shih-Tzu", "n02086646-Blenheim_spaniel",
+    "n02085620-Chihuahua",
+    "n02085782-Japanese_spaniel",
+    "n02085936-Maltese_dog",
+    "n02086079-Pekinese",
+    "n02086240-Shih-Tzu",
+    "n02086646-Blenheim_spaniel",
 ]
 FOLDER_NAMES = ["apple", "banana", "cherry", "date", "elderberry", "fig", "grape", "honeydew"]
 
@@ -124,11 +140,7 @@ def _order(count: int, shuffle_seed: Optional[int]) -> list[int]:
 
 def _plan(num_classes: int, per_train: int, per_test: int) -> list[tuple[int, int, bool]]:
     """(class, image number within class, is_train) of every image, classes in order."""
-    return [
-        (c, i, i < per_train)
-        for c in range(num_classes)
-        for i in range(per_train + per_test)
-    ]
+    return [(c, i, i < per_train) for c in range(num_classes) for i in range(per_train + per_test)]
 
 
 def write_cub_replica(
@@ -167,9 +179,14 @@ def _cars_struct(records: list[tuple[str, int]], size: tuple[int, int]) -> np.nd
     dtype = [(f, "O") for f in ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")]
     arr = np.zeros((1, len(records)), dtype=dtype)
     for j, (fname, label) in enumerate(records):
-        arr[0, j] = (np.array([[1]], dtype=np.uint8), np.array([[1]], dtype=np.uint8),
-                     np.array([[size[0]]], dtype=np.uint16), np.array([[size[1]]], dtype=np.uint16),
-                     np.array([[label]], dtype=np.uint8), np.array([fname]))
+        arr[0, j] = (
+            np.array([[1]], dtype=np.uint8),
+            np.array([[1]], dtype=np.uint8),
+            np.array([[size[0]]], dtype=np.uint16),
+            np.array([[size[1]]], dtype=np.uint16),
+            np.array([[label]], dtype=np.uint8),
+            np.array([fname]),
+        )
     return arr
 
 
@@ -227,8 +244,11 @@ def write_aircraft_replica(
     lines: dict[bool, list[str]] = {True: [], False: []}
     for cls, idx, is_train in _plan(num_classes, per_class_train, per_class_test):
         image_id = f"{1000000 + cls * 1000 + idx:07d}"
-        write_image(base / "images" / f"{image_id}.jpg", class_pixels(cls, num_classes, idx, image_size),
-                    _jpeg_kind(cls, idx, quirks))
+        write_image(
+            base / "images" / f"{image_id}.jpg",
+            class_pixels(cls, num_classes, idx, image_size),
+            _jpeg_kind(cls, idx, quirks),
+        )
         lines[is_train].append(f"{image_id} {names[cls]}\n")
     (base / "variants.txt").write_text("".join(f"{n}\n" for n in names))
     for is_train, fname in ((True, "images_variant_trainval.txt"), (False, "images_variant_test.txt")):
@@ -258,8 +278,11 @@ def write_flowers_replica(
     sets: dict[str, list[int]] = {"trnid": [], "valid": [], "tstid": []}
     for n, (cls, idx, is_train) in enumerate(plan):
         number = n + 1
-        write_image(base / "jpg" / f"image_{number:05d}.jpg", class_pixels(cls, num_classes, idx, image_size),
-                    _jpeg_kind(cls, idx, quirks))
+        write_image(
+            base / "jpg" / f"image_{number:05d}.jpg",
+            class_pixels(cls, num_classes, idx, image_size),
+            _jpeg_kind(cls, idx, quirks),
+        )
         labels[0, n] = cls + 1
         key = ("trnid" if idx < (per_class_train + 1) // 2 else "valid") if is_train else "tstid"
         sets[key].append(number)
@@ -291,7 +314,9 @@ def write_dogs_replica(
     for cls, idx, is_train in _plan(num_classes, per_class_train, per_class_test):
         synset = folders[cls].split("-", 1)[0]
         rel = f"{folders[cls]}/{synset}_{1000 + idx}.jpg"
-        write_image(base / "Images" / rel, class_pixels(cls, num_classes, idx, image_size), _jpeg_kind(cls, idx, quirks))
+        write_image(
+            base / "Images" / rel, class_pixels(cls, num_classes, idx, image_size), _jpeg_kind(cls, idx, quirks)
+        )
         entries[is_train].append((rel, cls + 1))
     lists_dir = base / "lists" if lists_in_subfolder else base
     lists_dir.mkdir(parents=True, exist_ok=True)
@@ -303,14 +328,24 @@ def write_dogs_replica(
             files[j, 0] = np.array([rel])
             annos[j, 0] = np.array([rel[:-4]])
         labels = np.asarray([[lab] for _, lab in rows], dtype=np.float64)
-        scipy.io.savemat(str(lists_dir / f"{stem}.mat"), {"file_list": files, "annotation_list": annos, "labels": labels})
+        scipy.io.savemat(
+            str(lists_dir / f"{stem}.mat"), {"file_list": files, "annotation_list": annos, "labels": labels}
+        )
     return base
 
 
 #: Image kinds and file suffixes cycled through by :func:`write_image_folder_replica` with quirks.
 FOLDER_QUIRKS = (
-    ("rgb", ".jpg"), ("gray", ".jpg"), ("cmyk", ".jpg"), ("rgba", ".png"), ("la", ".png"),
-    ("palette", ".png"), ("palette_transparent", ".png"), ("i16", ".png"), ("rgb", ".bmp"), ("rgb", ".webp"),
+    ("rgb", ".jpg"),
+    ("gray", ".jpg"),
+    ("cmyk", ".jpg"),
+    ("rgba", ".png"),
+    ("la", ".png"),
+    ("palette", ".png"),
+    ("palette_transparent", ".png"),
+    ("i16", ".png"),
+    ("rgb", ".bmp"),
+    ("rgb", ".webp"),
 )
 
 
@@ -335,8 +370,9 @@ def write_image_folder_replica(
         kind, suffix = FOLDER_QUIRKS[counter % len(FOLDER_QUIRKS)] if quirks else ("rgb", ".jpg")
         counter += 1
         split = "train" if is_train else "test"
-        write_image(base / split / names[cls] / f"img_{idx:03d}{suffix}",
-                    class_pixels(cls, len(names), idx, image_size), kind)
+        write_image(
+            base / split / names[cls] / f"img_{idx:03d}{suffix}", class_pixels(cls, len(names), idx, image_size), kind
+        )
     if quirks:
         for split in ("train", "test"):
             (base / split / "README.txt").write_text("not a class\n")
@@ -361,8 +397,11 @@ def write_fmnist_replica(
     base.mkdir(parents=True, exist_ok=True)
     for prefix, count in (("train", num_train), ("t10k", num_test)):
         labels = (np.arange(count) % 10).astype(np.uint8)
-        images = np.stack([class_pixels(int(lab), 10, i, 28)[:, :, 0] for i, lab in enumerate(labels)]) \
-            if count else np.zeros((0, 28, 28), dtype=np.uint8)
+        images = (
+            np.stack([class_pixels(int(lab), 10, i, 28)[:, :, 0] for i, lab in enumerate(labels)])
+            if count
+            else np.zeros((0, 28, 28), dtype=np.uint8)
+        )
         for stem, array in ((f"{prefix}-images-idx3-ubyte", images), (f"{prefix}-labels-idx1-ubyte", labels)):
             data = _idx_bytes(array)
             if gz:

@@ -1,4 +1,5 @@
 """build_openset_datasets: USB datasets, items, split.json and reproducibility."""
+
 from __future__ import annotations
 
 import json
@@ -42,7 +43,12 @@ def test_datasets_and_items(cub_dir: Path, args_factory: Callable, tmp_path: Pat
     assert sorted(set(y_ulb)) == [0, 1, 2, 3, 4, 5]  # >= K marks unseen classes
     ev = dsets["eval"]
     assert set(ev[0]) == {"idx_lb", "x_lb", "y_lb"} and set(ev.targets.tolist()) == {0, 1, 2}
-    assert dsets["test_open"].targets.tolist().count(3) == 6 and set(dsets["test_open"].targets.tolist()) == {0, 1, 2, 3}
+    assert dsets["test_open"].targets.tolist().count(3) == 6 and set(dsets["test_open"].targets.tolist()) == {
+        0,
+        1,
+        2,
+        3,
+    }
     assert dsets["test_open"].num_classes == 4
 
     batch = next(iter(DataLoader(dsets["train_ulb"], batch_size=5, shuffle=False, num_workers=0)))
@@ -61,8 +67,16 @@ def test_quirky_images_through_the_pipeline(folder_dir: Path, args_factory: Call
 
 
 def test_split_json(cub_dir: Path, args_factory: Callable, tmp_path: Path) -> None:
-    args = args_factory(data_dir=str(cub_dir), num_classes=2, num_labels=4, class_split="random", split_seed=5,
-                        ulb_unseen_ratio=0.5, include_lb_to_ulb=False, seed=3)
+    args = args_factory(
+        data_dir=str(cub_dir),
+        num_classes=2,
+        num_labels=4,
+        class_split="random",
+        split_seed=5,
+        ulb_unseen_ratio=0.5,
+        include_lb_to_ulb=False,
+        seed=3,
+    )
     _, info = build_openset_datasets(args, "fixmatch", MEAN, STD, str(tmp_path / "run"))
     record = json.loads((tmp_path / "run" / "split.json").read_text())
     assert record["dataset"] == "cub200" and record["data_dir"] == str(cub_dir)
@@ -92,11 +106,19 @@ def test_reproducible_across_shuffled_replicas(tmp_path: Path, args_factory: Cal
     picked = []
     for name, shuffle in (("a", None), ("b", 5)):
         replicas.write_cub_replica(tmp_path / name, shuffle_seed=shuffle)
-        args = args_factory(data_dir=str(tmp_path / name), num_classes=4, num_labels=8, class_split="random",
-                            ulb_unseen_ratio=0.2, seed=2)
+        args = args_factory(
+            data_dir=str(tmp_path / name),
+            num_classes=4,
+            num_labels=8,
+            class_split="random",
+            ulb_unseen_ratio=0.2,
+            seed=2,
+        )
         dsets, info = build_openset_datasets(args, "fixmatch", MEAN, STD, str(tmp_path / f"run_{name}"))
-        rel = {k: [(str(Path(p).relative_to(tmp_path / name)), int(t)) for p, t in zip(dsets[k].data, dsets[k].targets)]
-               for k in ("train_lb", "train_ulb", "eval", "test_open")}
+        rel = {
+            k: [(str(Path(p).relative_to(tmp_path / name)), int(t)) for p, t in zip(dsets[k].data, dsets[k].targets)]
+            for k in ("train_lb", "train_ulb", "eval", "test_open")
+        }
         picked.append((rel, info.seen_class_names))
         record = json.loads((tmp_path / f"run_{name}" / "split.json").read_text())
         picked[-1] += (record["lb_files"],)
@@ -116,8 +138,12 @@ def test_corrupt_image_error_names_the_file(cub_dir: Path, args_factory: Callabl
 
 
 def test_optional_keys_may_be_absent_or_strings(cub_dir: Path, args_factory: Callable) -> None:
-    args = args_factory(data_dir=str(cub_dir), seen_classes="Least Auklet, 0, Sooty Albatross",
-                        ulb_unseen_ratio="none", class_names=None)
+    args = args_factory(
+        data_dir=str(cub_dir),
+        seen_classes="Least Auklet, 0, Sooty Albatross",
+        ulb_unseen_ratio="none",
+        class_names=None,
+    )
     _, info = build_openset_datasets(args, "fixmatch", MEAN, STD, None)
     assert info.seen_class_names == ["Least Auklet", "Black footed Albatross", "Sooty Albatross"]
     assert info.class_names[:3] == info.seen_class_names
@@ -125,8 +151,9 @@ def test_optional_keys_may_be_absent_or_strings(cub_dir: Path, args_factory: Cal
 
 def test_fmnist_arrays_become_rgb_tensors(tmp_path: Path, args_factory: Callable) -> None:
     replicas.write_fmnist_replica(tmp_path, num_train=40, num_test=20)
-    args = args_factory(dataset="fmnist_openset", data_dir=str(tmp_path), num_classes=6, num_labels=12, img_size=28,
-                        crop_ratio=1.0)
+    args = args_factory(
+        dataset="fmnist_openset", data_dir=str(tmp_path), num_classes=6, num_labels=12, img_size=28, crop_ratio=1.0
+    )
     dsets, info = build_openset_datasets(args, "fixmatch", MEAN, STD, None)
     assert info.seen_class_names == ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal"]
     item = dsets["train_ulb"][0]
@@ -134,10 +161,13 @@ def test_fmnist_arrays_become_rgb_tensors(tmp_path: Path, args_factory: Callable
     assert dsets["eval"][0]["x_lb"].shape == (3, 28, 28)
 
 
-@pytest.mark.parametrize("alg, keys", [
-    ("fullysupervised", {"idx_ulb", "y_ulb"}),
-    ("comatch", {"idx_ulb", "x_ulb_w", "x_ulb_s_0", "x_ulb_s_1", "y_ulb"}),
-])
+@pytest.mark.parametrize(
+    "alg, keys",
+    [
+        ("fullysupervised", {"idx_ulb", "y_ulb"}),
+        ("comatch", {"idx_ulb", "x_ulb_w", "x_ulb_s_0", "x_ulb_s_1", "y_ulb"}),
+    ],
+)
 def test_unlabeled_views_follow_the_algorithm(cub_dir: Path, args_factory: Callable, alg: str, keys: set) -> None:
     dsets, _ = build_openset_datasets(args_factory(data_dir=str(cub_dir)), alg, MEAN, STD, None)
     assert set(dsets["train_ulb"][0]) == keys

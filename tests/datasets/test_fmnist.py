@@ -1,4 +1,5 @@
 """The Fashion-MNIST reader: IDX files, the Debian fallback, and the real Debian data."""
+
 from __future__ import annotations
 
 import gzip
@@ -81,7 +82,9 @@ def test_download_offline(tmp_path: Path, no_debian: Path, offline: list[str]) -
     assert "apt-get install dataset-fashion-mnist" in message and str(tmp_path / "fashion-mnist") in message
 
 
-@pytest.mark.skipif(not HAVE_DEBIAN, reason=f"Fashion-MNIST not installed in {DEBIAN} (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not HAVE_DEBIAN, reason=f"Fashion-MNIST not installed in {DEBIAN} (apt-get install dataset-fashion-mnist)"
+)
 def test_real_debian_fashion_mnist() -> None:
     src = read_source("fmnist_openset", None)
     assert src.class_names == NAMES
@@ -96,8 +99,9 @@ def test_real_debian_fashion_mnist() -> None:
 
 def _card(path: Path, pool: np.ndarray, num_train: int) -> Path:
     """A demo CLIP card holding only what the data side reads (the builder is tested in tests/test_demo_clip.py)."""
-    path.write_text(json.dumps({"dataset": "fmnist_openset",
-                                "pool": {"num_train": num_train, "indices": [int(i) for i in pool]}}))
+    path.write_text(
+        json.dumps({"dataset": "fmnist_openset", "pool": {"num_train": num_train, "indices": [int(i) for i in pool]}})
+    )
     return path
 
 
@@ -111,8 +115,14 @@ def test_pretrain_pool_never_enters_the_split(tmp_path: Path, no_debian: Path, a
     assert len(where) == 200  # every replica image is distinct, so items map back to their index
     pool = select_pool(src.train_targets, 0.5, seed=0)
     card = _card(tmp_path / "card.json", pool, 200)
-    args = args_factory(dataset="fmnist_openset", data_dir=str(tmp_path / "data"), num_classes=6, num_labels=12,
-                        img_size=28, pretrain_pool=str(card))
+    args = args_factory(
+        dataset="fmnist_openset",
+        data_dir=str(tmp_path / "data"),
+        num_classes=6,
+        num_labels=12,
+        img_size=28,
+        pretrain_pool=str(card),
+    )
     datasets, info = build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
     lb = {where[np.asarray(img).tobytes()] for img in datasets["train_lb"].data}
     ulb = {where[np.asarray(img).tobytes()] for img in datasets["train_ulb"].data}
@@ -120,17 +130,29 @@ def test_pretrain_pool_never_enters_the_split(tmp_path: Path, no_debian: Path, a
     assert lb.isdisjoint(pool.tolist()) and ulb.isdisjoint(pool.tolist())
     assert lb | ulb == set(range(200)) - set(pool.tolist())  # the rest of the training set, all of it
     assert len(datasets["test_open"]) == 20  # the test set is untouched
-    without, _ = build_openset_datasets(args_factory(dataset="fmnist_openset", data_dir=str(tmp_path / "data"),
-                                                     num_classes=6, num_labels=12, img_size=28),
-                                        "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
+    without, _ = build_openset_datasets(
+        args_factory(
+            dataset="fmnist_openset", data_dir=str(tmp_path / "data"), num_classes=6, num_labels=12, img_size=28
+        ),
+        "fixmatch",
+        (0.5,) * 3,
+        (0.5,) * 3,
+        None,
+    )
     assert len(without["train_ulb"]) == 200
 
 
 def test_pretrain_pool_of_another_training_set_is_refused(tmp_path: Path, no_debian: Path, args_factory) -> None:
     write_fmnist_replica(tmp_path / "data", num_train=40, num_test=10)
     card = _card(tmp_path / "card.json", np.arange(0, 60, 2), 60)
-    args = args_factory(dataset="fmnist_openset", data_dir=str(tmp_path / "data"), num_classes=6, num_labels=12,
-                        img_size=28, pretrain_pool=str(card))
+    args = args_factory(
+        dataset="fmnist_openset",
+        data_dir=str(tmp_path / "data"),
+        num_classes=6,
+        num_labels=12,
+        img_size=28,
+        pretrain_pool=str(card),
+    )
     with pytest.raises(DatasetError, match="indexes 60 training images, this fmnist_openset has 40"):
         build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
     args.pretrain_pool = str(tmp_path / "missing" / "card.json")
@@ -138,7 +160,9 @@ def test_pretrain_pool_of_another_training_set_is_refused(tmp_path: Path, no_deb
         build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
 
 
-@pytest.mark.skipif(not HAVE_DEBIAN, reason=f"Fashion-MNIST not installed in {DEBIAN} (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not HAVE_DEBIAN, reason=f"Fashion-MNIST not installed in {DEBIAN} (apt-get install dataset-fashion-mnist)"
+)
 def test_real_fashion_mnist_split_is_disjoint_from_the_demo_pool(tmp_path: Path) -> None:
     """On the real data with the demo's split settings: no pretraining image is labeled or unlabeled."""
     from usb_cfsg.demo_clip import select_pool, without_pretrain_pool

@@ -1,4 +1,5 @@
 """load_rgb: every image quirk becomes 8-bit RGB; broken files raise errors naming the path."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -65,7 +66,7 @@ def test_16_bit_png_is_scaled_not_clipped(tmp_path: Path) -> None:
 
 
 def test_32_bit_and_float_images() -> None:
-    as_int = Image.fromarray((np.arange(320, dtype=np.int32).reshape(16, 20) * 200))
+    as_int = Image.fromarray(np.arange(320, dtype=np.int32).reshape(16, 20) * 200)
     assert as_int.mode == "I"
     out = np.asarray(to_rgb(as_int))
     assert out.dtype == np.uint8 and out.max() > 200 and out.min() == 0

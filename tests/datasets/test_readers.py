@@ -1,4 +1,5 @@
 """Readers of the file-based datasets, on miniature replicas of each publisher's layout."""
+
 from __future__ import annotations
 
 import logging
@@ -28,45 +29,89 @@ def _dogs_flat(root: Path, **kw: Any) -> Path:
 # name -> (dataset, writer, class names, train count, test count, annotation files relative to the folder)
 CASES: dict[str, tuple[str, Callable[..., Path], list[str], int, int, list[str]]] = {
     "cub200": (
-        "cub200", replicas.write_cub_replica,
-        ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross", "Groove billed Ani",
-         "Crested Auklet", "Least Auklet"],
-        24, 12, ["images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"],
+        "cub200",
+        replicas.write_cub_replica,
+        [
+            "Black footed Albatross",
+            "Laysan Albatross",
+            "Sooty Albatross",
+            "Groove billed Ani",
+            "Crested Auklet",
+            "Least Auklet",
+        ],
+        24,
+        12,
+        ["images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"],
     ),
     "cars_devkit": (
-        "stanford_cars", replicas.write_cars_replica, replicas.CAR_NAMES[:5], 15, 10,
+        "stanford_cars",
+        replicas.write_cars_replica,
+        replicas.CAR_NAMES[:5],
+        15,
+        10,
         ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat"],
     ),
     "cars_torchvision": (
-        "stanford_cars", _cars_tv, replicas.CAR_NAMES[:5], 15, 10,
+        "stanford_cars",
+        _cars_tv,
+        replicas.CAR_NAMES[:5],
+        15,
+        10,
         ["devkit/cars_meta.mat", "devkit/cars_train_annos.mat", "cars_test_annos_withlabels.mat"],
     ),
     "aircraft": (
-        "fgvc_aircraft", replicas.write_aircraft_replica, replicas.AIRCRAFT_NAMES[:5], 15, 10,
+        "fgvc_aircraft",
+        replicas.write_aircraft_replica,
+        replicas.AIRCRAFT_NAMES[:5],
+        15,
+        10,
         ["variants.txt", "images_variant_trainval.txt", "images_variant_test.txt"],
     ),
     "flowers": (
-        "flowers102", replicas.write_flowers_replica,
-        ["pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea"], 16, 8,
+        "flowers102",
+        replicas.write_flowers_replica,
+        ["pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea"],
+        16,
+        8,
         ["imagelabels.mat", "setid.mat"],
     ),
     "dogs": (
-        "stanford_dogs", replicas.write_dogs_replica,
-        ["Chihuahua", "Japanese spaniel", "Maltese dog", "Pekinese"], 12, 8,
+        "stanford_dogs",
+        replicas.write_dogs_replica,
+        ["Chihuahua", "Japanese spaniel", "Maltese dog", "Pekinese"],
+        12,
+        8,
         ["lists/train_list.mat", "lists/test_list.mat"],
     ),
     "dogs_flat_lists": (
-        "stanford_dogs", _dogs_flat, ["Chihuahua", "Japanese spaniel", "Maltese dog", "Pekinese"], 12, 8,
+        "stanford_dogs",
+        _dogs_flat,
+        ["Chihuahua", "Japanese spaniel", "Maltese dog", "Pekinese"],
+        12,
+        8,
         ["train_list.mat", "test_list.mat"],
     ),
     "image_folder": (
-        "image_folder", replicas.write_image_folder_replica, ["apple", "banana", "cherry", "date"], 12, 8, [],
+        "image_folder",
+        replicas.write_image_folder_replica,
+        ["apple", "banana", "cherry", "date"],
+        12,
+        8,
+        [],
     ),
 }
 
 
 def test_every_reader_is_registered() -> None:
-    expected = {"cub200", "stanford_cars", "fgvc_aircraft", "flowers102", "stanford_dogs", "image_folder", "fmnist_openset"}
+    expected = {
+        "cub200",
+        "stanford_cars",
+        "fgvc_aircraft",
+        "flowers102",
+        "stanford_dogs",
+        "image_folder",
+        "fmnist_openset",
+    }
     assert expected <= set(DATASETS.names())
 
 
@@ -102,7 +147,9 @@ def test_missing_annotation_file_shows_layout(tmp_path: Path, case: str) -> None
         assert "Expected layout" in message and "|--" in message
 
 
-@pytest.mark.parametrize("name", ["cub200", "stanford_cars", "fgvc_aircraft", "flowers102", "stanford_dogs", "image_folder"])
+@pytest.mark.parametrize(
+    "name", ["cub200", "stanford_cars", "fgvc_aircraft", "flowers102", "stanford_dogs", "image_folder"]
+)
 def test_missing_root(tmp_path: Path, name: str) -> None:
     with pytest.raises(DatasetError, match="no data_dir"):
         read_source(name, None)
@@ -271,6 +318,7 @@ def test_image_folder_needs_both_splits(tmp_path: Path) -> None:
 
 
 # --- download=True ------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize(
     "name, url_part, where",

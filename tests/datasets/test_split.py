@@ -1,4 +1,5 @@
 """make_openset_split on synthetic sources (no images needed)."""
+
 from __future__ import annotations
 
 import json
@@ -11,11 +12,21 @@ from usb_cfsg.datasets import SourceData, make_openset_split
 from usb_cfsg.datasets.split import OpenSetSplit
 from usb_cfsg.errors import DatasetError
 
-NAMES = ["Black footed Albatross", "Laysan Albatross", "Sooty Albatross", "Groove billed Ani", "Crested Auklet",
-         "Least Auklet", "Parakeet Auklet", "Rhinoceros Auklet"]
+NAMES = [
+    "Black footed Albatross",
+    "Laysan Albatross",
+    "Sooty Albatross",
+    "Groove billed Ani",
+    "Crested Auklet",
+    "Least Auklet",
+    "Parakeet Auklet",
+    "Rhinoceros Auklet",
+]
 
 
-def make_source(per_train: int = 10, per_test: int = 3, num_classes: int = 8, shuffle_seed: int | None = None) -> SourceData:
+def make_source(
+    per_train: int = 10, per_test: int = 3, num_classes: int = 8, shuffle_seed: int | None = None
+) -> SourceData:
     """Paths like '/d/images/003/img_07.jpg'; optional shuffling of item order."""
     train = [(f"/d/images/{c:03d}/img_{i:02d}.jpg", c) for c in range(num_classes) for i in range(per_train)]
     test = [(f"/d/test/{c:03d}/img_{i:02d}.jpg", c) for c in range(num_classes) for i in range(per_test)]
@@ -81,8 +92,15 @@ def test_random_class_split_depends_on_split_seed_only() -> None:
 
 
 def test_same_images_whatever_the_item_order() -> None:
-    kwargs = dict(num_seen=5, num_labels=15, class_split="random", split_seed=2, ulb_unseen_ratio=0.2,
-                  include_lb_to_ulb=False, seed=7)
+    kwargs = dict(
+        num_seen=5,
+        num_labels=15,
+        class_split="random",
+        split_seed=2,
+        ulb_unseen_ratio=0.2,
+        include_lb_to_ulb=False,
+        seed=7,
+    )
     a_src, b_src = make_source(shuffle_seed=None), make_source(shuffle_seed=11)
     assert a_src.train_items != b_src.train_items
     a, b = make_openset_split(a_src, **kwargs), make_openset_split(b_src, **kwargs)
@@ -123,14 +141,22 @@ def test_ulb_unseen_ratio_above_the_natural_ratio_drops_nothing() -> None:
     [
         (dict(num_seen=4, num_labels=10), r"num_labels = 10 must be a positive multiple of num_classes = 4"),
         (dict(num_seen=4, num_labels=0), r"num_labels = 0 must be a positive multiple of num_classes = 4"),
-        (dict(num_seen=4, num_labels=44), r"seen class 'Black footed Albatross' \(index 0\) has 10 training image\(s\), "
-                                          r"fewer than the 11 labels per class"),
+        (
+            dict(num_seen=4, num_labels=44),
+            r"seen class 'Black footed Albatross' \(index 0\) has 10 training image\(s\), "
+            r"fewer than the 11 labels per class",
+        ),
         (dict(num_seen=9, num_labels=9), r"num_classes \(seen classes\) = 9, but toy has 8 classes"),
         (dict(num_seen=0, num_labels=9), r"num_classes \(seen classes\) = 0"),
-        (dict(num_seen=2, num_labels=2, class_split="last"), r"class_split must be 'first', 'random' or 'ssb', got 'last'"),
+        (
+            dict(num_seen=2, num_labels=2, class_split="last"),
+            r"class_split must be 'first', 'random' or 'ssb', got 'last'",
+        ),
         (dict(num_seen=2, num_labels=2, ulb_unseen_ratio=1.0), r"ulb_unseen_ratio must be in \[0, 1\)"),
-        (dict(num_seen=2, num_labels=2, seen_classes=["Laysan Albatros", 0]),
-         r"unknown class 'Laysan Albatros', did you mean 'Laysan Albatross'"),
+        (
+            dict(num_seen=2, num_labels=2, seen_classes=["Laysan Albatros", 0]),
+            r"unknown class 'Laysan Albatros', did you mean 'Laysan Albatross'",
+        ),
         (dict(num_seen=2, num_labels=2, seen_classes=[1, "Laysan Albatross"]), r"given twice"),
         (dict(num_seen=2, num_labels=2, seen_classes=[1, 8]), r"class index 8 is out of range 0..7"),
         (dict(num_seen=2, num_labels=2, seen_classes=[1, 2, 3]), r"seen_classes lists 3 classes but num_classes"),
@@ -144,10 +170,14 @@ def test_bad_arguments(kwargs: dict, message: str) -> None:
 
 def test_uneven_class_sizes_name_the_short_class() -> None:
     src = make_source()
-    keep = [i for i, t in enumerate(src.train_targets) if not (t == 2 and src.train_items[i] > "/d/images/002/img_01.jpg")]
+    keep = [
+        i for i, t in enumerate(src.train_targets) if not (t == 2 and src.train_items[i] > "/d/images/002/img_01.jpg")
+    ]
     src.train_items = [src.train_items[i] for i in keep]
     src.train_targets = src.train_targets[keep]
-    with pytest.raises(DatasetError, match=r"'Sooty Albatross' \(index 2\) has 2 training image\(s\), fewer than the 3"):
+    with pytest.raises(
+        DatasetError, match=r"'Sooty Albatross' \(index 2\) has 2 training image\(s\), fewer than the 3"
+    ):
         make_openset_split(src, num_seen=4, num_labels=12)
 
 
@@ -164,8 +194,14 @@ def test_json_round_trip() -> None:
     data = json.loads(split.to_json())
     assert data["seen_classes"] == [0, 1, 2] and data["num_seen"] == 3
     assert data["params"] == {
-        "num_seen": 3, "num_labels": 6, "class_split": "first", "split_seed": 0, "seen_classes": None,
-        "ulb_unseen_ratio": 0.25, "include_lb_to_ulb": True, "seed": 4,
+        "num_seen": 3,
+        "num_labels": 6,
+        "class_split": "first",
+        "split_seed": 0,
+        "seen_classes": None,
+        "ulb_unseen_ratio": 0.25,
+        "include_lb_to_ulb": True,
+        "seed": 4,
     }
     back = OpenSetSplit.from_json(split.to_json(indent=1))
     for field in ("lb_indices", "ulb_indices", "eval_indices", "test_indices", "class_to_label"):
@@ -200,17 +236,28 @@ def _expected_names_by_ssb_index(dataset: str, base) -> list[str]:
     return [str(n) for n in np.unique([line.split(" ", 1)[1] for line in lines if line.strip()])]
 
 
-@pytest.mark.parametrize("dataset,total,known", [("cub200", 200, 100), ("stanford_cars", 196, 98),
-                                                 ("fgvc_aircraft", 100, 50)])
+@pytest.mark.parametrize(
+    "dataset,total,known", [("cub200", 200, 100), ("stanford_cars", 196, 98), ("fgvc_aircraft", 100, 50)]
+)
 def test_ssb_index_convention_on_replicas_with_every_class(tmp_path, dataset: str, total: int, known: int) -> None:
     from tests.datasets import replicas
     from usb_cfsg.datasets import read_source
     from usb_cfsg.datasets.ssb import ssb_classes
 
-    writer = {"cub200": replicas.write_cub_replica, "stanford_cars": replicas.write_cars_replica,
-              "fgvc_aircraft": replicas.write_aircraft_replica}[dataset]
-    base = writer(tmp_path / "data", num_classes=total, per_class_train=1, per_class_test=1, image_size=8,
-                  quirks=False, shuffle_seed=3)
+    writer = {
+        "cub200": replicas.write_cub_replica,
+        "stanford_cars": replicas.write_cars_replica,
+        "fgvc_aircraft": replicas.write_aircraft_replica,
+    }[dataset]
+    base = writer(
+        tmp_path / "data",
+        num_classes=total,
+        per_class_train=1,
+        per_class_test=1,
+        image_size=8,
+        quirks=False,
+        shuffle_seed=3,
+    )
     source = read_source(dataset, str(base))
     names_by_index = _expected_names_by_ssb_index(dataset, base)
     entry = _ssb_entry(dataset)
@@ -223,8 +270,9 @@ def test_ssb_index_convention_on_replicas_with_every_class(tmp_path, dataset: st
         assert source.class_names != sorted(source.class_names)
         assert ssb.seen_classes != entry["known_classes"]
 
-    split = make_openset_split(source, num_seen=known, num_labels=known, class_split="ssb",
-                               seen_classes=ssb.seen_classes)
+    split = make_openset_split(
+        source, num_seen=known, num_labels=known, class_split="ssb", seen_classes=ssb.seen_classes
+    )
     assert split.seen_classes == ssb.seen_classes and split.params["class_split"] == "ssb"
     assert set(split.unseen_classes) == set(ssb.difficulty)
 
@@ -234,11 +282,18 @@ def test_ssb_through_build_carries_difficulty_per_test_image(tmp_path) -> None:
     from tests.datasets.conftest import make_args
     from usb_cfsg.datasets import build_openset_datasets
 
-    base = replicas.write_aircraft_replica(tmp_path / "data", num_classes=100, per_class_train=1, per_class_test=2,
-                                           image_size=8, quirks=False)
+    base = replicas.write_aircraft_replica(
+        tmp_path / "data", num_classes=100, per_class_train=1, per_class_test=2, image_size=8, quirks=False
+    )
     display = [f"plane {i}" for i in range(100)]
-    args = make_args(dataset="fgvc_aircraft", data_dir=str(base), num_classes=50, num_labels=50, class_split="ssb",
-                     class_names=display)
+    args = make_args(
+        dataset="fgvc_aircraft",
+        data_dir=str(base),
+        num_classes=50,
+        num_labels=50,
+        class_split="ssb",
+        class_names=display,
+    )
     dsets, info = build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.25,) * 3, str(tmp_path / "run"))
     names_by_index = _expected_names_by_ssb_index("fgvc_aircraft", base)
     variants = (base / "variants.txt").read_text().split("\n")
@@ -257,11 +312,14 @@ def test_ssb_through_build_carries_difficulty_per_test_image(tmp_path) -> None:
     assert record["config"]["class_split"] == "ssb" and len(record["ssb_difficulty"]) == 50
 
 
-@pytest.mark.parametrize("overrides,message", [
-    ({"num_classes": 40, "num_labels": 40}, "fixes 50 known classes, but num_classes = 40; set num_classes: 50"),
-    ({"dataset": "flowers102"}, "ssb exists for"),
-    ({"seen_classes": [0, 1]}, "seen_classes is given too"),
-])
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"num_classes": 40, "num_labels": 40}, "fixes 50 known classes, but num_classes = 40; set num_classes: 50"),
+        ({"dataset": "flowers102"}, "ssb exists for"),
+        ({"seen_classes": [0, 1]}, "seen_classes is given too"),
+    ],
+)
 def test_ssb_errors_name_the_fix(overrides: dict, message: str) -> None:
     from tests.datasets.conftest import make_args
     from usb_cfsg.datasets import build_openset_datasets

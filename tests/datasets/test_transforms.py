@@ -1,4 +1,5 @@
 """build_transforms: USB's weak/strong/eval recipe with the backbone's normalisation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,14 @@ def test_resize_follows_crop_ratio() -> None:
     assert list(resize.size) == [256, 256]
     assert evaluate.transforms[0].size == 256
     names = [type(t).__name__ for t in build_transforms(224, 0.875, CLIP_MEAN, CLIP_STD)[1].transforms]
-    assert names == ["Resize", "RandomResizedCropAndInterpolation", "RandomHorizontalFlip", "RandAugment",
-                     "ToTensor", "Normalize"]
+    assert names == [
+        "Resize",
+        "RandomResizedCropAndInterpolation",
+        "RandomHorizontalFlip",
+        "RandAugment",
+        "ToTensor",
+        "Normalize",
+    ]
 
 
 @pytest.mark.parametrize(

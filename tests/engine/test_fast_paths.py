@@ -1,5 +1,6 @@
 """GPU fast paths, exercised on CPU: autocast dtypes, compile with fallback, channels_last,
 the decoded-image cache and persistent loader workers."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from usb_cfsg.engine.device import (amp_dtype, apply_channels_last, apply_fast_paths, autocast_factory,
-                                    compile_model, grad_scaler)
+from usb_cfsg.engine.device import (
+    amp_dtype,
+    apply_channels_last,
+    apply_fast_paths,
+    autocast_factory,
+    compile_model,
+    grad_scaler,
+)
 from usb_cfsg.engine.sampling import SeededDataset, train_loader
 from usb_cfsg.errors import ConfigError
 
@@ -50,8 +57,15 @@ def tiny_cfsg():
     from usb_cfsg.nets.clip import build_clip_net
 
     torch.manual_seed(0)
-    return build_clip_net("clip-tiny", 3, None, head="cfsg", img_size=64, num_tuned_blocks=2,
-                          class_names=["red bird", "green bird", "blue bird"]).eval()
+    return build_clip_net(
+        "clip-tiny",
+        3,
+        None,
+        head="cfsg",
+        img_size=64,
+        num_tuned_blocks=2,
+        class_names=["red bird", "green bird", "blue bird"],
+    ).eval()
 
 
 # ------------------------------------------------------------------ amp_dtype
@@ -83,10 +97,29 @@ def test_bf16_autocast_runs_the_cfsg_net_in_bf16(tiny_cfsg):
 def test_config_keys_validate():
     from usb_cfsg.config import build_config
 
-    args = build_config(["--amp", "true", "--amp_dtype", "bf16", "--compile", "true", "--cache_images", "true",
-                         "--persistent_workers", "false", "--channels_last", "true"])
+    args = build_config(
+        [
+            "--amp",
+            "true",
+            "--amp_dtype",
+            "bf16",
+            "--compile",
+            "true",
+            "--cache_images",
+            "true",
+            "--persistent_workers",
+            "false",
+            "--channels_last",
+            "true",
+        ]
+    )
     assert (args.amp_dtype, args.compile, args.cache_images, args.persistent_workers, args.channels_last) == (
-        "bf16", True, True, False, True)
+        "bf16",
+        True,
+        True,
+        False,
+        True,
+    )
     with pytest.raises(ConfigError, match="amp_dtype"):
         build_config(["--amp_dtype", "float16"])
 
@@ -166,8 +199,16 @@ def test_channels_last_gives_the_same_output():
 def _datasets(cub_root, alg="fixmatch"):
     from usb_cfsg.datasets import build_openset_datasets
 
-    args = SimpleNamespace(dataset="cub200", data_dir=cub_root, num_classes=3, num_labels=6, include_lb_to_ulb=True,
-                           img_size=32, crop_ratio=0.875, seed=0)
+    args = SimpleNamespace(
+        dataset="cub200",
+        data_dir=cub_root,
+        num_classes=3,
+        num_labels=6,
+        include_lb_to_ulb=True,
+        img_size=32,
+        crop_ratio=0.875,
+        seed=0,
+    )
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
     return build_openset_datasets(args, alg, mean, std, None)[0]
 
@@ -205,8 +246,9 @@ def test_cache_lives_in_shared_memory_and_serves_workers(cub_root):
     attach_image_cache(cached, threads=1)
     sample = cached["train_ulb"].__sample__
     assert isinstance(sample, CachedSample) and sample.images.is_shared()
-    batches = [b["x_ulb_w"] for b in train_loader(cached["train_ulb"], 4, 2, 0, 0, 1, num_workers=2,
-                                                     persistent_workers=True)]
+    batches = [
+        b["x_ulb_w"] for b in train_loader(cached["train_ulb"], 4, 2, 0, 0, 1, num_workers=2, persistent_workers=True)
+    ]
     ref = [b["x_ulb_w"] for b in train_loader(_datasets(cub_root)["train_ulb"], 4, 2, 0, 0, 1, num_workers=0)]
     assert len(batches) == len(ref) == 2
     for x, y in zip(batches, ref):
@@ -231,7 +273,7 @@ class _Numbers(torch.utils.data.Dataset):
         return 10
 
     def __getitem__(self, i):
-        return torch.tensor([i, int(torch.randint(0, 10 ** 6, ()))])
+        return torch.tensor([i, int(torch.randint(0, 10**6, ()))])
 
 
 def _epochs(loader, epochs, start=0):
@@ -284,8 +326,14 @@ def _run_python(code: str) -> str:
     import sys
 
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root, timeout=300,
-                          env=dict(os.environ, PYTHONPATH=root))
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        timeout=300,
+        env=dict(os.environ, PYTHONPATH=root),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
 
@@ -299,7 +347,8 @@ def test_help_and_config_errors_come_before_torch_loads(tmp_path):
         "assert '--sfm_keep_ratio' in buf.getvalue() and '--amp_dtype' in buf.getvalue()\n"
         "assert train.cli(['--algorithm', 'fixmatch', '--lr', 'abc']) == 2\n"
         "assert train.cli(['--algorithm', 'cfsg_clip', '--amp_dtpe', 'bf16']) == 2\n"
-        "print(sorted(m for m in ('torch', 'semilearn', 'open_clip') if m in sys.modules))\n")
+        "print(sorted(m for m in ('torch', 'semilearn', 'open_clip') if m in sys.modules))\n"
+    )
     assert out.strip().splitlines()[-1] == "[]", STALE
 
 
@@ -308,7 +357,8 @@ def test_import_usb_cfsg_registers_when_semilearn_loads():
         "import sys, usb_cfsg\n"
         "assert 'semilearn' not in sys.modules and 'torch' not in sys.modules\n"
         "from semilearn.core.utils import ALGORITHMS, get_net_builder\n"
-        "print('cfsg_clip' in ALGORITHMS, get_net_builder('clip_tiny', False).__name__)\n")
+        "print('cfsg_clip' in ALGORITHMS, get_net_builder('clip_tiny', False).__name__)\n"
+    )
     assert out.strip().splitlines()[-1] == "True clip_tiny"
 
 
@@ -350,30 +400,63 @@ def _reference_forward(net, x):
     logits_ova = net.ova(z_f)
     with torch.no_grad():
         pred = logits.argmax(dim=1)
-        scores = {"score_ova": ova_unknown_score(logits_ova, pred), "score_mcm": mcm_score(g, t, net.mcm_temperature),
-                  "score_glmcm": glmcm_score(g, dense, t, net.mcm_temperature)}
-    return {"logits": logits, "feat": z_f, "logits_coarse": logits_coarse, "logits_fine": logits_fine,
-            "logits_ova": logits_ova, "feat_local": c["local"], "feat_global": g, "relevance": c["relevance"],
-            "keep_idx": c["keep_idx"], **scores}
+        scores = {
+            "score_ova": ova_unknown_score(logits_ova, pred),
+            "score_mcm": mcm_score(g, t, net.mcm_temperature),
+            "score_glmcm": glmcm_score(g, dense, t, net.mcm_temperature),
+        }
+    return {
+        "logits": logits,
+        "feat": z_f,
+        "logits_coarse": logits_coarse,
+        "logits_fine": logits_fine,
+        "logits_ova": logits_ova,
+        "feat_local": c["local"],
+        "feat_global": g,
+        "relevance": c["relevance"],
+        "keep_idx": c["keep_idx"],
+        **scores,
+    }
 
 
-@pytest.mark.parametrize("switches", [{}, {"sfm_dense": "tokens"}, {"use_sfm": False}, {"use_vsi": False},
-                                      {"closed_head": "fine", "sfm_keep_ratio": 0.5}])
+@pytest.mark.parametrize(
+    "switches",
+    [
+        {},
+        {"sfm_dense": "tokens"},
+        {"use_sfm": False},
+        {"use_vsi": False},
+        {"closed_head": "fine", "sfm_keep_ratio": 0.5},
+    ],
+)
 def test_cfsg_forward_computing_only_used_tokens_equals_the_full_computation(switches):
     from usb_cfsg.nets.clip import build_clip_net
 
     torch.manual_seed(0)
-    net = build_clip_net("clip-tiny", 3, None, head="cfsg", img_size=64, num_tuned_blocks=2,
-                         class_names=["red bird", "green bird", "blue bird"], **switches).train()
-    net.prototypes.update(torch.randn(6, net.num_features), torch.tensor([0, 1, 2, 0, 1, 2]),
-                          torch.ones(6, dtype=torch.bool))
+    net = build_clip_net(
+        "clip-tiny",
+        3,
+        None,
+        head="cfsg",
+        img_size=64,
+        num_tuned_blocks=2,
+        class_names=["red bird", "green bird", "blue bird"],
+        **switches,
+    ).train()
+    net.prototypes.update(
+        torch.randn(6, net.num_features), torch.tensor([0, 1, 2, 0, 1, 2]), torch.ones(6, dtype=torch.bool)
+    )
     x = torch.randn(3, 3, 64, 64)
     results = []
     for forward in (net, lambda images: _reference_forward(net, images)):
         net.zero_grad()
         out = forward(x)
-        (out["logits"].pow(2).sum() + out["logits_ova"].sum() + out["feat_local"].sum()
-         + out["relevance"].pow(2).sum()).backward()
+        (
+            out["logits"].pow(2).sum()
+            + out["logits_ova"].sum()
+            + out["feat_local"].sum()
+            + out["relevance"].pow(2).sum()
+        ).backward()
         results.append((out, {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}))
     (fast, fast_grads), (ref, ref_grads) = results
     assert fast.keys() == ref.keys()
@@ -391,8 +474,9 @@ def test_cfsg_step_counts_fewer_flops_than_the_full_computation():
     from usb_cfsg.nets.clip import build_clip_net
 
     torch.manual_seed(0)
-    net = build_clip_net("clip-tiny", 3, None, head="cfsg", img_size=64, num_tuned_blocks=2,
-                         class_names=["a", "b", "c"]).train()
+    net = build_clip_net(
+        "clip-tiny", 3, None, head="cfsg", img_size=64, num_tuned_blocks=2, class_names=["a", "b", "c"]
+    ).train()
     x = torch.randn(4, 3, 64, 64)
     flops = []
     for forward in (net, lambda images: _reference_forward(net, images)):
@@ -412,9 +496,20 @@ def test_fast_path_keys_reach_the_algorithm(cub_root, tmp_path):
     from usb_cfsg.datasets.cache import CachedSample
     from usb_cfsg.engine.plugin import build_algorithm
 
-    args = build_config(tiny_run_argv(cub_root, str(tmp_path), "fast", algorithm="cfsg_clip", amp="true",
-                                      amp_dtype="bf16", compile="true", cache_images="true",
-                                      persistent_workers="true", num_workers=1))
+    args = build_config(
+        tiny_run_argv(
+            cub_root,
+            str(tmp_path),
+            "fast",
+            algorithm="cfsg_clip",
+            amp="true",
+            amp_dtype="bf16",
+            compile="true",
+            cache_images="true",
+            persistent_workers="true",
+            num_workers=1,
+        )
+    )
     alg = build_algorithm(args, get_net_builder(args.net, False), device=CPU, record_split=False)
     with alg.amp_cm():
         assert torch.get_autocast_dtype("cpu") == torch.bfloat16 and torch.is_autocast_enabled("cpu")

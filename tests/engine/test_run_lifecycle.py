@@ -1,4 +1,5 @@
 """Run folders, reruns, honest resume, failed starts, the non-finite-loss guard and the log format."""
+
 import functools
 import math
 import os
@@ -12,11 +13,20 @@ import yaml
 import train
 from tests.conftest import tiny_run_argv
 from usb_cfsg.engine.checkpoint import safe_load
-from usb_cfsg.engine.hooks import (CompactLoggingHook, GuardedParamUpdateHook, NonFiniteLossError, StepEndHook,
-                                   ThroughputHook, compact_line, format_hms)
+from usb_cfsg.engine.hooks import (
+    CompactLoggingHook,
+    GuardedParamUpdateHook,
+    NonFiniteLossError,
+    StepEndHook,
+    ThroughputHook,
+    compact_line,
+    format_hms,
+)
 
-LINE = re.compile(r"^it (\d+)/(\d+) \| loss [-\d.naif]+ \(sup [-\d.naif]+, unsup [-\d.naif]+\) \| lr \d\.\d\de[-+]\d\d "
-                  r"\| [\d.]+ img/s \| ETA \d+:\d\d:\d\d$")
+LINE = re.compile(
+    r"^it (\d+)/(\d+) \| loss [-\d.naif]+ \(sup [-\d.naif]+, unsup [-\d.naif]+\) \| lr \d\.\d\de[-+]\d\d "
+    r"\| [\d.]+ img/s \| ETA \d+:\d\d:\d\d$"
+)
 
 
 def _messages(log_text):
@@ -51,8 +61,10 @@ def test_resume_refuses_schedule_changes_and_never_rewrites_a_finished_run(cub_r
     run = tmp_path / "r"
     assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "r", iters=4, **common)) == 0
     ckpt = str(run / "latest_model.pth")
-    frozen = {name: ((run / name).read_bytes(), (run / name).stat().st_mtime_ns)
-              for name in ("config.yaml", "openset_metrics.json", "latest_model.pth", "log.txt")}
+    frozen = {
+        name: ((run / name).read_bytes(), (run / name).stat().st_mtime_ns)
+        for name in ("config.yaml", "openset_metrics.json", "latest_model.pth", "log.txt")
+    }
     capsys.readouterr()
 
     # changing num_train_iter without resume_extend: refused, with the reason and the fix
@@ -63,8 +75,10 @@ def test_resume_refuses_schedule_changes_and_never_rewrites_a_finished_run(cub_r
     assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "r", iters=4, resume="true", lr=0.01, **common)) == 2
     assert "lr 0.001 -> 0.01" in capsys.readouterr().err
     # the issue's case: a finished 4-iteration run resumed with a shorter schedule
-    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "r", iters=3, resume="true", resume_extend="true",
-                                   **common)) == 2
+    assert (
+        train.cli(tiny_run_argv(cub_root, str(tmp_path), "r", iters=3, resume="true", resume_extend="true", **common))
+        == 2
+    )
     assert "already at iteration 4" in capsys.readouterr().err
     # the same schedule: a finished run, nothing trained, nothing written
     assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "r", iters=4, resume="true", **common)) == 0
@@ -72,18 +86,33 @@ def test_resume_refuses_schedule_changes_and_never_rewrites_a_finished_run(cub_r
     for name, (data, mtime) in frozen.items():
         assert (run / name).read_bytes() == data and (run / name).stat().st_mtime_ns == mtime, name
     # an extension whose start fails (data moved away) leaves config.yaml and the checkpoint as they were
-    assert train.cli(tiny_run_argv(str(tmp_path / "moved"), str(tmp_path), "r", iters=6, resume="true",
-                                   resume_extend="true", **common)) == 2
+    assert (
+        train.cli(
+            tiny_run_argv(
+                str(tmp_path / "moved"), str(tmp_path), "r", iters=6, resume="true", resume_extend="true", **common
+            )
+        )
+        == 2
+    )
     for name in ("config.yaml", "latest_model.pth", "openset_metrics.json"):
         assert (run / name).read_bytes() == frozen[name][0], name
 
     # explicit extension: trains on, says what changes, config.yaml holds the run's new schedule
-    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "r", iters=6, resume="true", load_path=ckpt,
-                                   resume_extend="true", **common)) == 0
+    assert (
+        train.cli(
+            tiny_run_argv(
+                cub_root, str(tmp_path), "r", iters=6, resume="true", load_path=ckpt, resume_extend="true", **common
+            )
+        )
+        == 0
+    )
     assert safe_load(ckpt)["it"] == 6
     log = (run / "log.txt").read_text()
-    assert re.search(r"resume_extend: num_train_iter 4 -> 6; the lr schedule is recomputed for 6 iterations: at "
-                     r"iteration 4 the lr goes from \S+ \(old schedule\) to \S+ \(new\)", log)
+    assert re.search(
+        r"resume_extend: num_train_iter 4 -> 6; the lr schedule is recomputed for 6 iterations: at "
+        r"iteration 4 the lr goes from \S+ \(old schedule\) to \S+ \(new\)",
+        log,
+    )
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved == {**yaml.safe_load(frozen["config.yaml"][0]), "num_train_iter": 6}  # resume keys normalised
     assert log.count("resolved config:") == 2  # logged by the two starts that trained, not by the refused ones
@@ -100,7 +129,9 @@ def test_a_failed_start_leaves_no_folder_and_restores_a_replaced_run(tmp_path, c
     old.mkdir()
     (old / "latest_model.pth").write_bytes(b"previous run")
     assert train.cli(tiny_run_argv(str(tmp_path / "no_data"), str(tmp_path), "old", iters=2, overwrite="true")) == 2
-    assert (old / "latest_model.pth").read_bytes() == b"previous run" and sorted(os.listdir(old)) == ["latest_model.pth"]
+    assert (old / "latest_model.pth").read_bytes() == b"previous run" and sorted(os.listdir(old)) == [
+        "latest_model.pth"
+    ]
     assert sorted(os.listdir(tmp_path)) == ["old"]
 
 
@@ -109,8 +140,9 @@ def test_overwrite_refuses_to_delete_what_the_run_loads(tmp_path, capsys):
     run.mkdir()
     (run / "latest_model.pth").write_bytes(b"x")
     (run / "weights.pt").write_bytes(b"w")
-    argv = tiny_run_argv(str(tmp_path / "no_data"), str(tmp_path), "w", iters=2, overwrite="true",
-                         pretrain_path=str(run / "weights.pt"))
+    argv = tiny_run_argv(
+        str(tmp_path / "no_data"), str(tmp_path), "w", iters=2, overwrite="true", pretrain_path=str(run / "weights.pt")
+    )
     assert train.cli(argv) == 2
     assert "overwrite would delete pretrain_path" in capsys.readouterr().err
     assert (run / "weights.pt").exists()
@@ -138,9 +170,19 @@ def _fake_algorithm(max_lr=0.1):
     model = torch.nn.Linear(2, 1)
     opt = torch.optim.SGD(model.parameters(), lr=max_lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 / (1 + step))
-    alg = types.SimpleNamespace(model=model, optimizer=opt, scheduler=sched, use_amp=False, clip_grad=0.0, it=0,
-                                args=types.SimpleNamespace(rank=0), distributed=False, log_dict={}, out_dict={},
-                                last_checkpoint=("/runs/x/latest_model.pth", 8))
+    alg = types.SimpleNamespace(
+        model=model,
+        optimizer=opt,
+        scheduler=sched,
+        use_amp=False,
+        clip_grad=0.0,
+        it=0,
+        args=types.SimpleNamespace(rank=0),
+        distributed=False,
+        log_dict={},
+        out_dict={},
+        last_checkpoint=("/runs/x/latest_model.pth", 8),
+    )
     return alg
 
 
@@ -150,8 +192,11 @@ def _step(hook, alg, bad):
     if bad:
         loss = loss * float("nan")
     alg.out_dict = {"loss": loss}
-    alg.log_dict = {"train/sup_loss": 0.5, "train/unsup_loss": float("nan") if bad else 0.1,
-                    "train/id_recall": float("nan")}
+    alg.log_dict = {
+        "train/sup_loss": 0.5,
+        "train/unsup_loss": float("nan") if bad else 0.1,
+        "train/id_recall": float("nan"),
+    }
     hook.after_train_step(alg)
     alg.it += 1
 
@@ -172,9 +217,12 @@ def test_guard_skips_non_finite_steps_and_stops_after_max_bad_steps(caplog):
     assert hook.bad_streak == 0
     _step(hook, alg, bad=True)
     _step(hook, alg, bad=True)
-    with pytest.raises(NonFiniteLossError, match=r"3 consecutive steps \(iterations 3-5\) had a non-finite loss "
-                                                 r"\(train/unsup_loss\).*'/runs/x/latest_model.pth' \(iteration 8\) "
-                                                 r"is kept"):
+    with pytest.raises(
+        NonFiniteLossError,
+        match=r"3 consecutive steps \(iterations 3-5\) had a non-finite loss "
+        r"\(train/unsup_loss\).*'/runs/x/latest_model.pth' \(iteration 8\) "
+        r"is kept",
+    ):
         _step(hook, alg, bad=True)
 
 
@@ -192,8 +240,16 @@ def test_non_finite_losses_stop_a_run_and_keep_the_last_good_checkpoint(cub_root
         return out, log
 
     monkeypatch.setattr(FixMatch, "train_step", poisoned)
-    argv = tiny_run_argv(cub_root, str(tmp_path), "nan", iters=12, num_eval_iter=4, num_log_iter=1,
-                         max_bad_steps=3, use_tensorboard="false")
+    argv = tiny_run_argv(
+        cub_root,
+        str(tmp_path),
+        "nan",
+        iters=12,
+        num_eval_iter=4,
+        num_log_iter=1,
+        max_bad_steps=3,
+        use_tensorboard="false",
+    )
     assert train.cli(argv) == 2
     assert "3 consecutive steps (iterations 5-7) had a non-finite loss (train/unsup_loss)" in capsys.readouterr().err
     ckpt = safe_load(str(tmp_path / "nan" / "latest_model.pth"))
@@ -221,9 +277,19 @@ def test_compact_log_lines_and_tensorboard_steps(cub_root, tmp_path):
 
 def test_format_hms_and_compact_line():
     assert format_hms(3725.2) == "1:02:05" and format_hms(0) == "0:00:00" and format_hms(float("nan")) == "?"
-    line = compact_line(25, 500, {"train/sup_loss": 0.9, "train/unsup_loss": 0.3345, "train/total_loss": 1.2345,
-                                  "train/util_ratio": 0.5, "lr": 1e-3, "train/images_per_sec": 45.23,
-                                  "train/eta_min": 3.2})
+    line = compact_line(
+        25,
+        500,
+        {
+            "train/sup_loss": 0.9,
+            "train/unsup_loss": 0.3345,
+            "train/total_loss": 1.2345,
+            "train/util_ratio": 0.5,
+            "lr": 1e-3,
+            "train/images_per_sec": 45.23,
+            "train/eta_min": 3.2,
+        },
+    )
     assert line == "it 25/500 | loss 1.2345 (sup 0.9000, unsup 0.3345) | lr 1.00e-03 | 45.2 img/s | ETA 0:03:12"
 
 
@@ -240,9 +306,14 @@ def test_throughput_and_eta_exclude_evaluation_time():
     timer = ThroughputHook(smoothing=0.0, clock=clock)  # no smoothing: the last step's time
     end = StepEndHook(timer)
     logger = CompactLoggingHook(timer, clock=clock)
-    alg = types.SimpleNamespace(args=types.SimpleNamespace(batch_size=4, uratio=1, world_size=1), it=0,
-                                num_train_iter=10, device=torch.device("cpu"), log_dict={},
-                                optimizer=types.SimpleNamespace(param_groups=[{"lr": 0.1}]))
+    alg = types.SimpleNamespace(
+        args=types.SimpleNamespace(batch_size=4, uratio=1, world_size=1),
+        it=0,
+        num_train_iter=10,
+        device=torch.device("cpu"),
+        log_dict={},
+        optimizer=types.SimpleNamespace(param_groups=[{"lr": 0.1}]),
+    )
     timer.before_run(alg)
     for it, evaluation in ((0, 0.0), (1, 30.0), (2, 0.0)):
         alg.it, alg.log_dict = it, {}

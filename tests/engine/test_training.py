@@ -1,4 +1,5 @@
 """End-to-end training through train.py on CPU: USB's fixmatch, exact resume, 2-process gloo."""
+
 import os
 import re
 import subprocess
@@ -10,9 +11,9 @@ import yaml
 
 import train
 from tests.conftest import tiny_run_argv
+from usb_cfsg.engine.checkpoint import safe_load
 from usb_cfsg.engine.hooks import ThroughputHook
 from usb_cfsg.engine.launch import free_port
-from usb_cfsg.engine.checkpoint import safe_load
 from usb_cfsg.errors import CheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -30,8 +31,11 @@ def test_fixmatch_20_iterations_end_to_end(cub_root, tmp_path):
     assert ckpt["it"] == 20 and ckpt["class_names"] and len(ckpt["class_names"]) == 3
     log = (run / "log.txt").read_text()
     assert "RANDOM INITIALISATION" in log
-    assert re.search(r"\] it 5/20 \| loss [\d.]+ \(sup [\d.]+, unsup [\d.]+\) \| lr [\d.e-]+ \| [\d.]+ img/s \| "
-                     r"ETA \d+:\d\d:\d\d\n", log)
+    assert re.search(
+        r"\] it 5/20 \| loss [\d.]+ \(sup [\d.]+, unsup [\d.]+\) \| lr [\d.e-]+ \| [\d.]+ img/s \| "
+        r"ETA \d+:\d\d:\d\d\n",
+        log,
+    )
 
 
 def test_existing_run_folder_is_not_silently_replaced(cub_root, tmp_path):
@@ -85,15 +89,33 @@ def test_resume_from_bad_checkpoint_fails_loudly(cub_root, tmp_path):
     assert train.cli(argv) == 2  # the CLI reports it as an error, never a silent restart
 
 
-@pytest.mark.parametrize("launcher,algorithm", [("spawn", "fixmatch"), ("spawn", "cfsg_clip"), ("torchrun", "fixmatch")])
+@pytest.mark.parametrize(
+    "launcher,algorithm", [("spawn", "fixmatch"), ("spawn", "cfsg_clip"), ("torchrun", "fixmatch")]
+)
 def test_two_process_gloo(cub_root, tmp_path, launcher, algorithm):
     argv = tiny_run_argv(cub_root, str(tmp_path), "ddp", algorithm=algorithm, iters=4, num_eval_iter=2)
     if launcher == "spawn":  # train.py starts the processes
-        cmd = [sys.executable, os.path.join(ROOT, "train.py"), *argv, "--world_size", "2",
-               "--multiprocessing_distributed", "true"]
+        cmd = [
+            sys.executable,
+            os.path.join(ROOT, "train.py"),
+            *argv,
+            "--world_size",
+            "2",
+            "--multiprocessing_distributed",
+            "true",
+        ]
     else:  # torchrun starts them; train.py reads RANK / WORLD_SIZE / LOCAL_RANK
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-               str(free_port()), os.path.join(ROOT, "train.py"), *argv]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            str(free_port()),
+            os.path.join(ROOT, "train.py"),
+            *argv,
+        ]
     env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -107,8 +129,21 @@ def test_two_process_gloo(cub_root, tmp_path, launcher, algorithm):
 
 @pytest.mark.parametrize("algorithm", ["fixmatch", "cfsg_clip"])
 def test_amp_runs_as_bf16_autocast_on_cpu(cub_root, tmp_path, algorithm):
-    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "amp", algorithm=algorithm, iters=4, num_eval_iter=2,
-                                   num_log_iter=1, amp="true")) == 0
+    assert (
+        train.cli(
+            tiny_run_argv(
+                cub_root,
+                str(tmp_path),
+                "amp",
+                algorithm=algorithm,
+                iters=4,
+                num_eval_iter=2,
+                num_log_iter=1,
+                amp="true",
+            )
+        )
+        == 0
+    )
     log = (tmp_path / "amp" / "log.txt").read_text()
     losses = [float(v) for v in re.findall(r"\] it \d+/4 \| loss ([-\d.naif]+)", log)]
     assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
@@ -127,7 +162,13 @@ def test_autocast_factory_picks_bf16_on_cpu():
 
 @pytest.mark.parametrize("algorithm", ["flexmatch", "freematch", "softmatch", "meanteacher", "fullysupervised"])
 def test_other_usb_algorithms_train_and_report_on_cpu(cub_root, tmp_path, algorithm):
-    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "alg", algorithm=algorithm, iters=2, num_eval_iter=2,
-                                   use_tensorboard="false")) == 0
+    assert (
+        train.cli(
+            tiny_run_argv(
+                cub_root, str(tmp_path), "alg", algorithm=algorithm, iters=2, num_eval_iter=2, use_tensorboard="false"
+            )
+        )
+        == 0
+    )
     metrics = (tmp_path / "alg" / "openset_metrics.json").read_text()
     assert f'"algorithm": "{algorithm}"' in metrics and '"primary_score": "msp"' in metrics

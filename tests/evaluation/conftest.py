@@ -1,4 +1,5 @@
 """Shared fixtures for the evaluation tests."""
+
 from __future__ import annotations
 
 import logging

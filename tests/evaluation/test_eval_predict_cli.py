@@ -3,6 +3,7 @@
 One short fixmatch run (clip_tiny, random init, 32 px, 4 iterations, 3 seen classes of the 6-class
 replica) is shared by every test.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -52,8 +53,13 @@ def run(tmp_path_factory, cub_root):
     root = tmp_path_factory.mktemp("cli")
     argv = tiny_run_argv(cub_root, str(root / "runs"), "fm", img_size=32, iters=4, num_eval_iter=2, num_log_iter=2)
     results = train_main(build_config(argv))  # train.py's main, returning the results dict
-    return {"root": root, "data": Path(cub_root), "dir": root / "runs" / "fm", "results": results,
-            "ckpt": root / "runs" / "fm" / "latest_model.pth"}
+    return {
+        "root": root,
+        "data": Path(cub_root),
+        "dir": root / "runs" / "fm",
+        "results": results,
+        "ckpt": root / "runs" / "fm" / "latest_model.pth",
+    }
 
 
 def _strict_json(path):
@@ -64,8 +70,11 @@ def _strict_json(path):
 
 
 def _folder_digest(folder: Path):
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 # ------------------------------------------------------------------ train.py
@@ -84,7 +93,9 @@ def test_training_ends_with_the_openset_report(run):
         assert isinstance(data[key], float) and 0.0 <= data[key] <= 1.0, key
     for name, values in data["scores"].items():
         assert list(values) == list(SCORE_KEYS) + ["threshold_source"]
-        assert all(isinstance(values[k], float) and 0.0 <= values[k] <= 1.0 for k in SCORE_KEYS if k != "threshold"), name
+        assert all(isinstance(values[k], float) and 0.0 <= values[k] <= 1.0 for k in SCORE_KEYS if k != "threshold"), (
+            name
+        )
         if name == data["primary_score"]:
             assert all(values[k] == data[k] for k in SCORE_KEYS)
     # ranges and thresholds fitted on the unlabeled training images, stored in latest_model.pth as well
@@ -203,8 +214,15 @@ def test_predict_folder_with_a_corrupt_file(run, tmp_path, capsys):
     for line in lines:
         if "error" in line:
             continue
-        assert set(line) == {"path", "label", "class_index", "closest_class", "confidence", "unknown_score",
-                             "is_unknown"}
+        assert set(line) == {
+            "path",
+            "label",
+            "class_index",
+            "closest_class",
+            "confidence",
+            "unknown_score",
+            "is_unknown",
+        }
         assert 1 / K - 1e-9 <= line["confidence"] <= 1.0
         assert line["closest_class"] in names
         assert line["unknown_score"] == pytest.approx(1.0 - line["confidence"])  # msp
@@ -260,8 +278,12 @@ def test_predict_relevance_overlays(run, tmp_path, capsys):
 
     predictor.net = WithRelevance()
     lines = []
-    predict_paths(predictor, [str(image), str(image)], relevance_dir=str(tmp_path / "rel"),
-                  write=lambda s: lines.append(json.loads(s)))
+    predict_paths(
+        predictor,
+        [str(image), str(image)],
+        relevance_dir=str(tmp_path / "rel"),
+        write=lambda s: lines.append(json.loads(s)),
+    )
     overlays = [Path(line["relevance"]) for line in lines]
     assert len(set(overlays)) == 2
     for line, path in zip(lines, overlays):
@@ -315,8 +337,10 @@ def test_relevance_figure_maps_the_networks_crop_back(size):
 
     w, h = size
     yy, xx = np.mgrid[0:h, 0:w]
-    img = Image.fromarray(np.stack([xx * 255 // max(1, w - 1), yy * 255 // max(1, h - 1),
-                                    np.zeros_like(xx)], axis=-1).astype(np.uint8), "RGB")
+    img = Image.fromarray(
+        np.stack([xx * 255 // max(1, w - 1), yy * 255 // max(1, h - 1), np.zeros_like(xx)], axis=-1).astype(np.uint8),
+        "RGB",
+    )
     seen = np.asarray(view_transform(64, 0.875)(img)).astype(float)
     left, top, right, bottom = crop_box(w, h, 64, 0.875)
     again = np.asarray(img.crop((round(left), round(top), round(right), round(bottom))).resize((64, 64))).astype(float)
@@ -325,8 +349,17 @@ def test_relevance_figure_maps_the_networks_crop_back(size):
 
 def test_open_clip_net_trains_and_predicts_by_clip_model(tmp_path, cub_root):
     """net: open_clip + clip_model goes through the config, the run and the checkpoint to predict.py."""
-    argv = tiny_run_argv(cub_root, str(tmp_path / "runs"), "oc", img_size=32, iters=2, num_eval_iter=2,
-                         num_log_iter=1, net="open_clip", clip_model="clip-tiny")
+    argv = tiny_run_argv(
+        cub_root,
+        str(tmp_path / "runs"),
+        "oc",
+        img_size=32,
+        iters=2,
+        num_eval_iter=2,
+        num_log_iter=1,
+        net="open_clip",
+        clip_model="clip-tiny",
+    )
     train_main(build_config(argv))
     ckpt = tmp_path / "runs" / "oc" / "latest_model.pth"
     stored = torch.load(ckpt, map_location="cpu", weights_only=True)["config"]

@@ -1,4 +1,5 @@
 """The evaluator on synthetic outputs: default unknown scores, metrics per score, files, hook order, overlays."""
+
 from __future__ import annotations
 
 import json
@@ -145,10 +146,11 @@ def test_metrics_for_every_score_and_primary_headline():
 def test_thresholds_never_depend_on_the_test_scores(caplog):
     y, logits, scores, primary, k = _toy()
     train_logits, _ = _train_scores()
-    calibration = fit_calibration({"logits": train_logits},
-                                  lambda out, cal: PluginMixin.compute_unknown_scores(out, Namespace()), 0.5, "toy")
+    calibration = fit_calibration(
+        {"logits": train_logits}, lambda out, cal: PluginMixin.compute_unknown_scores(out, Namespace()), 0.5, "toy"
+    )
     a = openset_metrics_from_outputs(y, logits, scores, primary, k, 0.5, calibration=calibration)
-    shifted = {name: arr * 3.0 - 7.0 if name == "energy" else arr ** 2 for name, arr in scores.items()}
+    shifted = {name: arr * 3.0 - 7.0 if name == "energy" else arr**2 for name, arr in scores.items()}
     b = openset_metrics_from_outputs(y, logits, shifted, primary, k, 0.5, calibration=calibration)
     for name in scores:
         assert a["scores"][name]["threshold"] == b["scores"][name]["threshold"] == calibration["thresholds"][name]
@@ -160,8 +162,10 @@ def test_thresholds_never_depend_on_the_test_scores(caplog):
     assert math.isnan(c["scores"]["energy"]["threshold"]) and math.isnan(c["scores"]["energy"]["unknown_recall"])
     assert c["scores"]["energy"]["auroc"] == a["scores"]["energy"]["auroc"]  # ranking metrics need no threshold
     assert c["scores"]["msp"]["threshold"] == 0.5
-    assert any("'energy' is not in [0, 1] and has no threshold fitted on training data" in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "'energy' is not in [0, 1] and has no threshold fitted on training data" in r.getMessage()
+        for r in caplog.records
+    )
     with pytest.raises(EvaluationError, match="not allowed"):
         openset_metrics_from_outputs(y, logits, scores, primary, k, "otsu")
 
@@ -222,8 +226,10 @@ def test_malformed_scores_are_named():
 
 
 def test_metrics_json_is_strict_with_nan_as_null(tmp_path):
-    path = write_metrics_json(str(tmp_path / "m.json"), {"auroc": float("nan"), "scores": {"a": {"fpr95": np.float64(0.25)}},
-                                                         "n": np.int64(3), "checkpoint": None})
+    path = write_metrics_json(
+        str(tmp_path / "m.json"),
+        {"auroc": float("nan"), "scores": {"a": {"fpr95": np.float64(0.25)}}, "n": np.int64(3), "checkpoint": None},
+    )
     assert _strict_json(path) == {"auroc": None, "scores": {"a": {"fpr95": 0.25}}, "n": 3, "checkpoint": None}
     assert math.isnan(load_metrics_json(path)["auroc"])
     assert [p.name for p in tmp_path.iterdir()] == ["m.json"]  # no temporary file left
@@ -248,8 +254,16 @@ def _fake_algorithm(tmp_path, rank=0, only_seen=False, num_train=90):
 
     class Fake(PluginMixin):
         def __init__(self):  # no nets; the datasets are index lists
-            self.args = Namespace(algorithm="fake", dataset="toy", ood_threshold=0.5, rank=rank,
-                                  save_dir=str(tmp_path / "runs"), save_name="r1", eval_batch_size=16, num_workers=0)
+            self.args = Namespace(
+                algorithm="fake",
+                dataset="toy",
+                ood_threshold=0.5,
+                rank=rank,
+                save_dir=str(tmp_path / "runs"),
+                save_name="r1",
+                eval_batch_size=16,
+                num_workers=0,
+            )
             self.num_classes = k
             self.openset_info = SimpleNamespace(dataset="toy_ds", seen_class_names=["a", "b", "c"])
             self.loader_dict = {"test_open": object()}
@@ -296,7 +310,7 @@ def test_evaluate_openset_writes_the_report(tmp_path):
         assert (run / name).read_bytes()[:8] == PNG_MAGIC
     cm, names = read_confusion_csv(run / "confusion.csv")
     assert names == ["a", "b", "c"] and cm.shape == (4, 4) and cm.sum() == outputs["y"].size
-    (values, it), = alg.tb_log.calls
+    ((values, it),) = alg.tb_log.calls
     assert it == 7 and values["test_open/auroc"] == record["auroc"]
     assert values["test_open/energy/fpr95"] == record["scores"]["energy"]["fpr95"]
     assert values["test_open/fpr95_id"] == record["fpr95_id"]
@@ -326,7 +340,7 @@ def test_difficulty_reaches_the_report_and_tensorboard(tmp_path):
     data = _strict_json(tmp_path / "out" / "openset_metrics.json")
     assert list(data["difficulty"]) == ["Easy", "Hard"] and data["difficulty"]["Hard"]["num_test_unseen"] == 5
     assert data["difficulty"] == record["difficulty"]
-    (values, _), = alg.tb_log.calls
+    ((values, _),) = alg.tb_log.calls
     assert values["test_open/Hard/auroc"] == record["difficulty"]["Hard"]["auroc"]
     text = "\n".join(alg.printed)
     assert "unknown: Easy" in text and "unknown: Hard" in text
@@ -380,8 +394,19 @@ def test_hook_runs_after_usb_evaluation_hook_and_extends_results(tmp_path):
     assert [p.name for p in ckpt.parent.iterdir() if ".tmp" in p.name] == []
     assert alg.results_dict["test_open/closed_acc"] == alg.openset_results["closed_acc"]
     assert {k for k in alg.results_dict if k.startswith("test_open/")} == {
-        "test_open/" + k for k in ("closed_acc", "auroc", "fpr95", "fpr95_id", "open_bacc", "unknown_recall",
-                                   "seen_acc", "h_score", "macro_f1")}
+        "test_open/" + k
+        for k in (
+            "closed_acc",
+            "auroc",
+            "fpr95",
+            "fpr95_id",
+            "open_bacc",
+            "unknown_recall",
+            "seen_acc",
+            "h_score",
+            "macro_f1",
+        )
+    }
 
 
 def test_openset_curves_at_every_evaluation_reach_the_log_and_tensorboard(tmp_path):
@@ -403,8 +428,9 @@ def test_openset_curves_at_every_evaluation_reach_the_log_and_tensorboard(tmp_pa
     tb = [(values, it) for values, it in alg.tb_log.calls if "test_open/auroc" in values]
     assert [it for _, it in tb] == [4, 9]  # the final point is the end-of-training evaluation's
     y, logits, scores, primary, k = _toy()
-    assert tb[0][0]["test_open/auroc"] == pytest.approx(compute_openset_metrics(y, logits.argmax(1), scores["msp"],
-                                                                                0.5, k)["auroc"])
+    assert tb[0][0]["test_open/auroc"] == pytest.approx(
+        compute_openset_metrics(y, logits.argmax(1), scores["msp"], 0.5, k)["auroc"]
+    )
     assert {"test_open/auroc", "test_open/fpr95", "test_open/unknown_recall"} <= set(tb[0][0])
     lines = [p for p in alg.printed if "open-set test" in p]
     assert len(lines) == 3 and lines[0].startswith("it 5/") and "open-set test (msp): auroc " in lines[0]
@@ -449,9 +475,19 @@ def test_predict_scores_and_threshold_come_from_the_checkpoint_calibration():
     np.testing.assert_allclose(scores["raw"], [0.5, 0.1])  # the ranges were applied
 
     def predictor(threshold, given):
-        return Predictor(net=None, device=None, transform=None, view=None, class_names=["a", "b"], threshold=threshold,
-                         scores=score_function(Ranged, Namespace(), calibration), algorithm="ranged", amp_cm=None,
-                         calibration=calibration, threshold_given=given)
+        return Predictor(
+            net=None,
+            device=None,
+            transform=None,
+            view=None,
+            class_names=["a", "b"],
+            threshold=threshold,
+            scores=score_function(Ranged, Namespace(), calibration),
+            algorithm="ranged",
+            amp_cm=None,
+            calibration=calibration,
+            threshold_given=given,
+        )
 
     records, _ = predictor(0.5, False).records(logits)  # default: the calibrated threshold 0.25, not ood_threshold
     assert [r["is_unknown"] for r in records] == [True, False]

@@ -1,4 +1,5 @@
 """Reference-value tests of usb_cfsg.evaluation.metrics: hand-worked cases and scikit-learn."""
+
 from __future__ import annotations
 
 import math
@@ -341,8 +342,11 @@ def test_single_class_and_single_seen_class() -> None:
 
 def test_nan_and_inf_scores_raise_with_counts_and_indices() -> None:
     score = np.array([0.1, np.nan, 0.3, np.inf, 0.5])
-    with pytest.raises(ValueError, match=r"unknown_score has 2 of 5 non-finite values \(1 NaN, 1 inf\) "
-                                         r"at indices \[1, 3\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"unknown_score has 2 of 5 non-finite values \(1 NaN, 1 inf\) "
+        r"at indices \[1, 3\]",
+    ):
         m.compute_openset_metrics([0, 1, 2, 2, 0], [0, 1, 0, 0, 0], score, 0.5, 2)
     with pytest.raises(MetricInputError, match="non-finite"):
         m.auroc(score, [0, 1, 0, 1, 0])

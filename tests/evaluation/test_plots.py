@@ -1,4 +1,5 @@
 """Tests of usb_cfsg.evaluation.plots: files exist, are valid PNGs, CSV round-trips, writes are atomic."""
+
 from __future__ import annotations
 
 import csv

@@ -1,10 +1,11 @@
 """Tests of usb_cfsg.evaluation.report.format_summary."""
+
 from __future__ import annotations
 
 from usb_cfsg.evaluation import metrics as m
 from usb_cfsg.evaluation.report import format_percent, format_summary
 
-from .test_metrics import CLOSED, K, SCORE, T, Y
+from .test_metrics import CLOSED, SCORE, K, T, Y
 
 
 def test_format_percent() -> None:
@@ -51,8 +52,7 @@ def test_summary_with_per_score_rows_and_nan() -> None:
     assert any(line.split() == ["AUROC", "(unknown", "=", "positive)", "n/a"] for line in lines)
     assert any(line.split() == ["best_it", "1200"] for line in lines)
     header = next(i for i, line in enumerate(lines) if line.startswith("score"))
-    assert lines[header].split() == ["score", "AUROC", "FPR95", "FPR95-ID", "open", "bAcc", "unk.", "recall",
-                                     "H-score"]
+    assert lines[header].split() == ["score", "AUROC", "FPR95", "FPR95-ID", "open", "bAcc", "unk.", "recall", "H-score"]
     assert lines[header + 2].split() == ["ova", "91.23%", "35.00%", "-", "70.00%", "50.00%", "60.00%"]
     assert lines[header + 3].split() == ["mcm", "n/a", "40.00%", "-", "-", "-", "-"]
     # Columns line up: each percentage ends at the same column in both rows.
@@ -73,8 +73,18 @@ def test_summary_shows_difficulty_groups_and_sources() -> None:
     }
     lines = format_summary(metrics).splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("difficulty"))
-    assert lines[header].split() == ["difficulty", "(vs", "all", "seen)", "images", "AUROC", "FPR95", "FPR95-ID",
-                                     "unk.", "recall"]
+    assert lines[header].split() == [
+        "difficulty",
+        "(vs",
+        "all",
+        "seen)",
+        "images",
+        "AUROC",
+        "FPR95",
+        "FPR95-ID",
+        "unk.",
+        "recall",
+    ]
     assert lines[header + 2].split() == ["unknown:", "Easy", "12", "95.00%", "20.00%", "10.00%", "75.00%"]
     assert lines[header + 3].split() == ["unknown:", "Hard", "30", "60.00%", "n/a", "70.00%", "25.00%"]
     assert lines[-2] == "threshold: " + metrics["threshold_source"]

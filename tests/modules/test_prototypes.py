@@ -61,8 +61,7 @@ def test_no_autograd_and_deterministic():
 
 def test_ignores_unselected_invalid_labels_and_rejects_selected_ones():
     protos = ClassPrototypes(2, 2, normalize=False)
-    protos.update(torch.tensor([[1.0, 1.0], [9.0, 9.0]]), torch.tensor([1, -1]),
-                  mask=torch.tensor([True, False]))
+    protos.update(torch.tensor([[1.0, 1.0], [9.0, 9.0]]), torch.tensor([1, -1]), mask=torch.tensor([True, False]))
     torch.testing.assert_close(protos.mu, torch.tensor([[0.0, 0.0], [1.0, 1.0]]))
     with pytest.raises(ValueError):
         protos.update(torch.ones(1, 2), torch.tensor([2]))

@@ -19,8 +19,7 @@ def test_mcm_reference():
     feat = torch.tensor([[1.0, 0.0], [0.6, 0.8], [3.0, 0.0]])
     expected = torch.tensor([1 - _sig(1.0), 1 - _sig(0.2), 1 - _sig(1.0)])
     torch.testing.assert_close(mcm_score(feat, TEXT), expected)
-    torch.testing.assert_close(mcm_score(feat, TEXT), torch.tensor([0.268941, 0.450166, 0.268941]),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(mcm_score(feat, TEXT), torch.tensor([0.268941, 0.450166, 0.268941]), atol=1e-6, rtol=0)
     # T = 0.5: sigmoid(0.2 / 0.5) = sigmoid(0.4) = 0.598688 -> 0.401312
     torch.testing.assert_close(mcm_score(feat[1:2], TEXT, temperature=0.5), torch.tensor([1 - _sig(0.4)]))
 
@@ -47,8 +46,9 @@ def test_glmcm_reference():
     torch.testing.assert_close(glmcm_score(g, patches, TEXT), torch.tensor([0.359553]), atol=1e-6, rtol=0)
     # a single local feature [B, D] is one "patch"
     torch.testing.assert_close(glmcm_score(g, torch.tensor([[0.0, 1.0]]), TEXT), torch.tensor([expected]))
-    torch.testing.assert_close(glmcm_score(g, torch.tensor([[1.0, 1.0]]), TEXT),
-                               torch.tensor([1 - (_sig(0.2) + 0.5) / 2]))
+    torch.testing.assert_close(
+        glmcm_score(g, torch.tensor([[1.0, 1.0]]), TEXT), torch.tensor([1 - (_sig(0.2) + 0.5) / 2])
+    )
 
 
 def test_glmcm_range_and_consistency_with_mcm():
@@ -70,8 +70,9 @@ def test_fused_score():
     # range (0.4, 0.6) maps glmcm to [0, 1]: mean([0.2, 0], [0.8, 1]) = [0.1, 0.9]
     torch.testing.assert_close(fused_score(scores, ranges={"glmcm": (0.4, 0.6)}), torch.tensor([0.1, 0.9]))
     # scores outside [0, 1] are clamped; unnamed scores are ignored
-    torch.testing.assert_close(fused_score({"a": torch.tensor([-1.0, 2.0]), "b": torch.zeros(2)}, {"a": 1.0}),
-                               torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(
+        fused_score({"a": torch.tensor([-1.0, 2.0]), "b": torch.zeros(2)}, {"a": 1.0}), torch.tensor([0.0, 1.0])
+    )
     with pytest.raises(KeyError):
         fused_score(scores, {"mcm": 1.0})
     with pytest.raises(ValueError):

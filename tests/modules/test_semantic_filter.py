@@ -7,12 +7,19 @@ import torch.nn.functional as F
 from usb_cfsg.modules import CosineClassifier, SemanticFilter, SFMOutput, gather_tokens, keep_count
 
 
-@pytest.mark.parametrize("n,rho,expected", [
-    (196, 0.25, 49), (16, 0.25, 4), (10, 0.25, 3),  # 2.5 rounds half-up
-    (6, 0.25, 2),  # 1.5 -> 2
-    (3, 0.1, 1),  # 0.3 -> 0 -> at least 1
-    (7, 1.0, 7), (1, 0.25, 1), (49, 0.5, 25),
-])
+@pytest.mark.parametrize(
+    "n,rho,expected",
+    [
+        (196, 0.25, 49),
+        (16, 0.25, 4),
+        (10, 0.25, 3),  # 2.5 rounds half-up
+        (6, 0.25, 2),  # 1.5 -> 2
+        (3, 0.1, 1),  # 0.3 -> 0 -> at least 1
+        (7, 1.0, 7),
+        (1, 0.25, 1),
+        (49, 0.5, 25),
+    ],
+)
 def test_keep_count(n, rho, expected):
     assert keep_count(n, rho) == expected
     assert SemanticFilter(keep_ratio=rho).keep_count(n) == expected
@@ -29,8 +36,7 @@ def test_keep_count_rejects_bad_values():
 
 def _random_inputs(B=3, N=10, D=8, K=5, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(B, D, generator=g), torch.randn(B, N, D, generator=g),
-            torch.randn(K, D, generator=g))
+    return (torch.randn(B, D, generator=g), torch.randn(B, N, D, generator=g), torch.randn(K, D, generator=g))
 
 
 def test_defaults():
@@ -102,8 +108,9 @@ def test_coarse_logits_match_manual_cosine():
     zc = F.normalize(F.normalize(g, dim=-1) + 0.7 * F.normalize(out.local, dim=-1), dim=-1)
     torch.testing.assert_close(out.coarse, zc)
     clf = CosineClassifier.from_text(t, scale=30.0)
-    manual = torch.stack([torch.stack([30.0 * torch.dot(zc[b], t[k]) / t[k].norm() for k in range(4)])
-                          for b in range(2)])
+    manual = torch.stack(
+        [torch.stack([30.0 * torch.dot(zc[b], t[k]) / t[k].norm() for k in range(4)]) for b in range(2)]
+    )
     torch.testing.assert_close(clf(out.coarse), manual)
 
 

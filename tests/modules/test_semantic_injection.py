@@ -9,8 +9,7 @@ K, D, W = 6, 4, 8
 def _setup(seed=0):
     torch.manual_seed(seed)
     vsi = VisualSemanticInjection(D, W, topk=3)
-    logits = torch.tensor([[0.1, 3.0, 2.0, -1.0, 1.0, 0.0],
-                           [5.0, 0.0, 0.0, 4.0, 0.5, 3.0]])
+    logits = torch.tensor([[0.1, 3.0, 2.0, -1.0, 1.0, 0.0], [5.0, 0.0, 0.0, 4.0, 0.5, 3.0]])
     protos, text = torch.randn(K, D), torch.randn(K, D)
     return vsi, logits, protos, text
 
@@ -30,9 +29,7 @@ def test_defaults_and_shapes():
 def test_cue_tokens_by_hand():
     vsi = VisualSemanticInjection(2, 3, topk=1, type_init_std=0.0)
     with torch.no_grad():
-        vsi.proj.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0],
-                                            [0.0, 1.0, 1.0, 0.0],
-                                            [0.0, 0.0, 0.0, 2.0]]))
+        vsi.proj.weight.copy_(torch.tensor([[1.0, 0.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 2.0]]))
         vsi.proj.bias.copy_(torch.tensor([0.0, 0.5, -1.0]))
         vsi.type_embedding.copy_(torch.tensor([1.0, 1.0, 1.0]))
     protos = torch.tensor([[3.0, 4.0], [0.0, 7.0]])  # normalised: [0.6, 0.8], [0, 1]

@@ -1,4 +1,5 @@
 """The CFSG network: outputs, switches, gradients, the role of the prototypes, value-path features."""
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -6,15 +7,21 @@ from open_clip.transformer import Attention, CustomResidualAttentionBlock, Layer
 
 import usb_cfsg  # noqa: F401
 from usb_cfsg.errors import ConfigError
-from usb_cfsg.modules import SemanticFilter
 from usb_cfsg.nets import BUILDERS, CFSGNet
 
 
 def make(text_encoder="clip", **switches):
     torch.manual_seed(0)
-    return BUILDERS["clip_tiny"](num_classes=4, pretrained="none", img_size=64, head="cfsg", num_tuned_blocks=2,
-                                 class_names=["Shirt", "Coat", "Bag", "Sandal"], text_encoder=text_encoder,
-                                 **switches)
+    return BUILDERS["clip_tiny"](
+        num_classes=4,
+        pretrained="none",
+        img_size=64,
+        head="cfsg",
+        num_tuned_blocks=2,
+        class_names=["Shirt", "Coat", "Bag", "Sandal"],
+        text_encoder=text_encoder,
+        **switches,
+    )
 
 
 def test_outputs_shapes_and_ranges():
@@ -38,8 +45,9 @@ def test_closed_head_fine_uses_fine_logits():
     torch.testing.assert_close(out["logits"], out["logits_fine"])
 
 
-@pytest.mark.parametrize("switches", [dict(use_sfm=False), dict(use_vsi=False), dict(use_sfm=False, use_vsi=False),
-                                      dict(sfm_dense="tokens")])
+@pytest.mark.parametrize(
+    "switches", [dict(use_sfm=False), dict(use_vsi=False), dict(use_sfm=False, use_vsi=False), dict(sfm_dense="tokens")]
+)
 def test_ablation_switches_run(switches):
     net = make(**switches)
     out = net(torch.randn(2, 3, 64, 64))
@@ -53,17 +61,28 @@ def test_ablation_switches_run(switches):
 def test_gradients_reach_exactly_the_trainable_parameters(text_encoder):
     net = make(text_encoder)
     out = net(torch.randn(4, 3, 64, 64))
-    loss = (torch.nn.functional.cross_entropy(out["logits_coarse"], torch.tensor([0, 1, 2, 3]))
-            + torch.nn.functional.cross_entropy(out["logits_fine"], torch.tensor([0, 1, 2, 3]))
-            + out["logits_ova"].logsumexp(1).sum())
+    loss = (
+        torch.nn.functional.cross_entropy(out["logits_coarse"], torch.tensor([0, 1, 2, 3]))
+        + torch.nn.functional.cross_entropy(out["logits_fine"], torch.tensor([0, 1, 2, 3]))
+        + out["logits_ova"].logsumexp(1).sum()
+    )
     loss.backward()
     trainable = {n for n, p in net.named_parameters() if p.requires_grad}
     with_grad = {n for n, p in net.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     assert with_grad == trainable
-    expected_prefixes = ("backbone.visual.transformer.resblocks.2.", "backbone.visual.transformer.resblocks.3.",
-                         "backbone.visual.ln_post", "backbone.visual.proj", "coarse_head.", "fine_head.", "vsi.",
-                         "ova.")
-    assert all(n.startswith(expected_prefixes + (("text.proj",) if text_encoder == "minilm" else ())) for n in trainable)
+    expected_prefixes = (
+        "backbone.visual.transformer.resblocks.2.",
+        "backbone.visual.transformer.resblocks.3.",
+        "backbone.visual.ln_post",
+        "backbone.visual.proj",
+        "coarse_head.",
+        "fine_head.",
+        "vsi.",
+        "ova.",
+    )
+    assert all(
+        n.startswith(expected_prefixes + (("text.proj",) if text_encoder == "minilm" else ())) for n in trainable
+    )
     for prefix in expected_prefixes:
         assert any(n.startswith(prefix) for n in trainable), prefix
     assert ("text.proj.weight" in trainable) == (text_encoder == "minilm")
@@ -110,7 +129,7 @@ def _value_path_by_hand(bb, last_in):
     """MaskCLIP's value path written out from the last block's weights (no call into the block's modules)."""
     block, W = bb.tuned_blocks[-1], bb.width
     x = F.layer_norm(last_in, (W,), block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
-    v = x @ block.attn.in_proj_weight[2 * W:].t() + block.attn.in_proj_bias[2 * W:]
+    v = x @ block.attn.in_proj_weight[2 * W :].t() + block.attn.in_proj_bias[2 * W :]
     o = v @ block.attn.out_proj.weight.t() + block.attn.out_proj.bias
     if isinstance(block.ls_1, LayerScale):
         o = o * block.ls_1.gamma
@@ -149,10 +168,12 @@ def test_value_features_apply_the_last_blocks_layerscale():
     with torch.no_grad():
         block.ls_1.gamma.uniform_(0.1, 2.0)
         _, last_in, *_ = _intermediates(net, torch.randn(2, 3, 64, 64))
-        torch.testing.assert_close(net.backbone.value_features(last_in), _value_path_by_hand(net.backbone, last_in),
-                                   rtol=1e-4, atol=1e-5)
-        torch.testing.assert_close(net.backbone.value_features(last_in),
-                                   _self_only_attention(net.backbone, last_in), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(
+            net.backbone.value_features(last_in), _value_path_by_hand(net.backbone, last_in), rtol=1e-4, atol=1e-5
+        )
+        torch.testing.assert_close(
+            net.backbone.value_features(last_in), _self_only_attention(net.backbone, last_in), rtol=1e-4, atol=1e-5
+        )
 
 
 @pytest.mark.parametrize("change", ["custom_block", "custom_attention", "unknown_layerscale"])
@@ -253,8 +274,9 @@ def test_sfm_posterior_scale_and_ova_bias_reach_the_modules():
     assert default.ova.fc.bias is None and soft.ova.fc.bias is not None  # OpenMatch's head has no bias
     with torch.no_grad():
         _, _, g, _, t = _intermediates(default, x)
-        torch.testing.assert_close(default.sfm.class_posterior(g, t), (100 * F.normalize(g, dim=-1)
-                                                                     @ F.normalize(t, dim=-1).t()).softmax(-1))
+        torch.testing.assert_close(
+            default.sfm.class_posterior(g, t), (100 * F.normalize(g, dim=-1) @ F.normalize(t, dim=-1).t()).softmax(-1)
+        )
         assert not torch.allclose(default(x)["relevance"], soft(x)["relevance"])
     with pytest.raises(ConfigError, match="sfm_posterior_scale"):
         make(sfm_posterior_scale=0.0)

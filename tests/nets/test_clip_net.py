@@ -1,4 +1,5 @@
 """USB's net contract for every CLIP net, frozen/trainable split, and weight loading."""
+
 import open_clip
 import pytest
 import torch
@@ -16,8 +17,9 @@ NETS = [("clip_tiny", 64), ("clip_vit_b32", 128), ("clip_vit_b16", 64), ("clip_v
 @pytest.mark.parametrize("name,size", NETS)
 def test_contract_forward_backward_and_frozen_split(name, size):
     torch.manual_seed(0)
-    net = BUILDERS[name](num_classes=3, pretrained="none", img_size=size, num_tuned_blocks=2,
-                         class_names=["cat", "dog", "bird"])
+    net = BUILDERS[name](
+        num_classes=3, pretrained="none", img_size=size, num_tuned_blocks=2, class_names=["cat", "dog", "bird"]
+    )
     x = torch.randn(2, 3, size, size)
     out = net(x)
     assert set(out) == {"logits", "feat"}
@@ -255,8 +257,7 @@ def test_cached_tag_weights_load_without_network(monkeypatch, no_network, tmp_pa
 
 def test_offline_hf_hub_model_fails_fast(no_network):
     with pytest.raises(ConfigError, match=r"clip_model hf-hub:someone/clip-model.*cannot be reached"):
-        BUILDERS["open_clip"](num_classes=2, clip_model="hf-hub:someone/clip-model", pretrained="none",
-                              img_size=64)
+        BUILDERS["open_clip"](num_classes=2, clip_model="hf-hub:someone/clip-model", pretrained="none", img_size=64)
 
 
 # ------------------------------------------------------------------ net: open_clip, clip_model
@@ -264,8 +265,9 @@ def test_offline_hf_hub_model_fails_fast(no_network):
 
 def test_open_clip_net_builds_heads_on_the_named_architecture():
     torch.manual_seed(0)
-    net = BUILDERS["open_clip"](num_classes=3, clip_model="ViT-B-16-quickgelu", pretrained="none", img_size=32,
-                                num_tuned_blocks=1, head="cfsg")
+    net = BUILDERS["open_clip"](
+        num_classes=3, clip_model="ViT-B-16-quickgelu", pretrained="none", img_size=32, num_tuned_blocks=1, head="cfsg"
+    )
     assert net.backbone.num_blocks == 12 and net.backbone.width == 768
     assert type(net.backbone.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
     out = net(torch.randn(2, 3, 32, 32))
@@ -281,9 +283,12 @@ def test_local_dir_model_with_its_weights_and_normalisation(tmp_path):
     folder = tmp_path / "my-clip"
     folder.mkdir()
     model_cfg = open_clip.get_model_config("clip-tiny")
-    (folder / "open_clip_config.json").write_text(json.dumps({
-        "model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}))
-    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    (folder / "open_clip_config.json").write_text(
+        json.dumps({"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}})
+    )
+    save_file(
+        {k: v.contiguous() for k, v in reference.state_dict().items()}, str(folder / "open_clip_model.safetensors")
+    )
     name = f"local-dir:{folder}"
     net = BUILDERS["open_clip"](num_classes=2, clip_model=name, pretrained="openai", img_size=64)
     x = torch.randn(2, 3, 64, 64)
@@ -294,16 +299,20 @@ def test_local_dir_model_with_its_weights_and_normalisation(tmp_path):
     mean, std = BUILDERS["open_clip"].mean_std_for(Namespace(clip_model=name, pretrained="openai"))
     assert mean == (0.5, 0.5, 0.5) and std == (0.25, 0.25, 0.25)
     assert BUILDERS["clip_vit_b16"].mean_std_for(Namespace(pretrained="openai"))[0] == pytest.approx(
-        (0.48145466, 0.4578275, 0.40821073))
+        (0.48145466, 0.4578275, 0.40821073)
+    )
 
 
-@pytest.mark.parametrize("clip_model,expected", [
-    ("RN50", r"RN50: its image tower is a ResNet.*clip_model: ViT-B-16"),
-    ("ViT-B-16-SigLIP", r"timm model 'vit_base_patch16_siglip_224'.*clip_model: ViT-B-16"),
-    ("coca_ViT-B-32", r"pools with attention.*clip_model: ViT-B-16"),
-    ("ViT-B-61", r"not an open_clip architecture, did you mean 'ViT-B-16'"),
-    (None, r"net: open_clip needs clip_model"),
-])
+@pytest.mark.parametrize(
+    "clip_model,expected",
+    [
+        ("RN50", r"RN50: its image tower is a ResNet.*clip_model: ViT-B-16"),
+        ("ViT-B-16-SigLIP", r"timm model 'vit_base_patch16_siglip_224'.*clip_model: ViT-B-16"),
+        ("coca_ViT-B-32", r"pools with attention.*clip_model: ViT-B-16"),
+        ("ViT-B-61", r"not an open_clip architecture, did you mean 'ViT-B-16'"),
+        (None, r"net: open_clip needs clip_model"),
+    ],
+)
 def test_unsupported_open_clip_models_are_clear_errors(clip_model, expected):
     from usb_cfsg.nets.clip import validate_clip_model
 
@@ -324,8 +333,9 @@ def test_weights_from_checkpoint_builds_quietly_with_the_runs_activation(tmp_pat
     archive = write_openai_torchscript(_tiny_reference(5, quick_gelu=True), tmp_path / "w.pt")
     caplog.clear()
     with caplog.at_level("DEBUG"):
-        net = BUILDERS["clip_tiny"](num_classes=2, pretrained="openai", pretrained_path=str(archive), img_size=64,
-                                    weights_from_checkpoint=True)
+        net = BUILDERS["clip_tiny"](
+            num_classes=2, pretrained="openai", pretrained_path=str(archive), img_size=64, weights_from_checkpoint=True
+        )
         plain = BUILDERS["clip_tiny"](num_classes=2, pretrained="none", img_size=64, weights_from_checkpoint=True)
     assert no_network == []  # nothing fetched
     assert type(net.backbone.visual.transformer.resblocks[0].mlp.gelu).__name__ == "QuickGELU"
@@ -336,8 +346,11 @@ def test_weights_from_checkpoint_builds_quietly_with_the_runs_activation(tmp_pat
 def test_config_rejects_unknown_tags_and_towers_before_any_data_or_model():
     from usb_cfsg.config import build_config
 
-    with pytest.raises(ConfigError, match=r"pretrained 'opneai' is not an open_clip tag of ViT-B-16, did you mean "
-                                          r"'openai'"):
+    with pytest.raises(
+        ConfigError,
+        match=r"pretrained 'opneai' is not an open_clip tag of ViT-B-16, did you mean "
+        r"'openai'",
+    ):
         build_config(["--net", "clip_vit_b16", "--pretrained", "opneai"])
     with pytest.raises(ConfigError, match="RN50: its image tower is a ResNet"):
         build_config(["--net", "open_clip", "--clip_model", "RN50", "--pretrained", "none"])

@@ -4,6 +4,7 @@
 ``_MODULES``. A name that semilearn (or anyone) already registered is an error, not a silent
 overwrite as in semilearn's own registry.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -33,10 +34,13 @@ def register_algorithm(name: str) -> Callable[[Type[Any]], Type[Any]]:
         if name in registry:
             existing = registry[name]
             same = (getattr(existing, "__module__", None), getattr(existing, "__qualname__", None)) == (
-                cls.__module__, cls.__qualname__)
+                cls.__module__,
+                cls.__qualname__,
+            )
             if not same:
-                raise RegistryError(f"algorithm {name!r} is already registered by "
-                                    f"{existing.__module__}.{existing.__qualname__}")
+                raise RegistryError(
+                    f"algorithm {name!r} is already registered by {existing.__module__}.{existing.__qualname__}"
+                )
         registry._dict[name] = cls
         return cls
 
@@ -53,8 +57,7 @@ def get_algorithm_class(name: str) -> Type[Any]:
     registry = _semilearn_algorithms()
     if name not in registry:
         names = list(registry.keys())
-        raise RegistryError(f"unknown algorithm {name!r}{did_you_mean(name, names)} "
-                            f"Known: {', '.join(sorted(names))}")
+        raise RegistryError(f"unknown algorithm {name!r}{did_you_mean(name, names)} Known: {', '.join(sorted(names))}")
     return registry[name]
 
 

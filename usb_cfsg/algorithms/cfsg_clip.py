@@ -15,6 +15,7 @@ Class prototypes (the VSI cues) are EMA means of the filtered local features of 
 and of the selected unlabeled samples (with their pseudo-labels), averaged over processes.
 ``y_ulb`` (the unlabeled true labels) is read only for logged diagnostics of the selection.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Optional, Tuple, cast
@@ -33,8 +34,20 @@ from ..nets.cfsg import NET_SCORES, OOD_SCORES
 from . import register_algorithm
 
 #: net keyword -> config key, for every switch of the CFSG network
-NET_SWITCHES = ("use_sfm", "use_vsi", "sfm_keep_ratio", "sfm_temperature", "sfm_posterior_scale", "sfm_local_weight",
-                "sfm_dense", "vsi_topk", "proto_momentum", "closed_head", "mcm_temperature", "ova_bias")
+NET_SWITCHES = (
+    "use_sfm",
+    "use_vsi",
+    "sfm_keep_ratio",
+    "sfm_temperature",
+    "sfm_posterior_scale",
+    "sfm_local_weight",
+    "sfm_dense",
+    "vsi_topk",
+    "proto_momentum",
+    "closed_head",
+    "mcm_temperature",
+    "ova_bias",
+)
 #: the two scores ``fused`` averages (each mapped to [0, 1] with its calibrated range)
 FUSED_FROM = ("ova", "glmcm")
 OVA_VIEWS = ("weak_weak", "weak_strong")
@@ -87,16 +100,31 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         """Ranges of cfsg_clip's keys, checked by config.py before any data is read (problem strings)."""
         from ..config import check_ranges
 
-        problems = check_ranges(args, (
-            ("sfm_keep_ratio", "(0, 1]"), ("sfm_temperature", "(0, inf)"), ("sfm_local_weight", "[0, inf)"),
-            ("vsi_topk", "[1, inf)"), ("proto_momentum", "[0, 1]"), ("mcm_temperature", "(0, inf)"),
-            ("lambda_ova", "[0, inf)"), ("lambda_em", "[0, inf)"), ("lambda_socr", "[0, inf)"),
-            ("lambda_fix", "[0, inf)"), ("p_cutoff", "[0, 1]"), ("ood_threshold", "[0, 1]"), ("start_fix", "[0, inf)"),
-            ("num_tuned_blocks", "[0, inf)")))
+        problems = check_ranges(
+            args,
+            (
+                ("sfm_keep_ratio", "(0, 1]"),
+                ("sfm_temperature", "(0, inf)"),
+                ("sfm_local_weight", "[0, inf)"),
+                ("vsi_topk", "[1, inf)"),
+                ("proto_momentum", "[0, 1]"),
+                ("mcm_temperature", "(0, inf)"),
+                ("lambda_ova", "[0, inf)"),
+                ("lambda_em", "[0, inf)"),
+                ("lambda_socr", "[0, inf)"),
+                ("lambda_fix", "[0, inf)"),
+                ("p_cutoff", "[0, 1]"),
+                ("ood_threshold", "[0, 1]"),
+                ("start_fix", "[0, inf)"),
+                ("num_tuned_blocks", "[0, inf)"),
+            ),
+        )
         topk, k = getattr(args, "vsi_topk", None), getattr(args, "num_classes", None)
         if isinstance(topk, int) and isinstance(k, int) and topk > k >= 1:
-            problems.append(f"vsi_topk ({topk}) must not exceed num_classes ({k}): the cues come from the top-k "
-                            f"seen classes; e.g. vsi_topk: {min(3, k)}")
+            problems.append(
+                f"vsi_topk ({topk}) must not exceed num_classes ({k}): the cues come from the top-k "
+                f"seen classes; e.g. vsi_topk: {min(3, k)}"
+            )
         return problems
 
     # ------------------------------------------------------------------ data
@@ -111,9 +139,11 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
     def _update_prototypes(self, feats: torch.Tensor, labels: torch.Tensor, mask: torch.Tensor) -> None:
         reduce = None
         if self.distributed and dist.is_initialized():
+
             def reduce(t: torch.Tensor) -> torch.Tensor:
                 dist.all_reduce(t)
                 return t
+
         prototypes = cast(ClassPrototypes, unwrap(self.model).prototypes)
         prototypes.update(feats.detach().float(), labels, mask, reduce_fn=reduce)
 
@@ -130,9 +160,11 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         views = [x_lb, x_ulb_w, x_ulb_s]
         if self.ova_views == "weak_weak":
             if x_ulb_w2 is None:
-                raise ValueError("ova_views: weak_weak needs a second weak view of the unlabeled images (x_ulb_w2), "
-                                 "which the dataset did not provide (set_dataset turns OpenSetDataset.second_weak_view "
-                                 "on for train_ulb); or set ova_views: weak_strong")
+                raise ValueError(
+                    "ova_views: weak_weak needs a second weak view of the unlabeled images (x_ulb_w2), "
+                    "which the dataset did not provide (set_dataset turns OpenSetDataset.second_weak_view "
+                    "on for train_ulb); or set ova_views: weak_strong"
+                )
             views.append(x_ulb_w2)
         with self.amp_cm():
             out = self.model(torch.cat(views))
@@ -171,11 +203,19 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
 
         feat_dict = {"x_lb": lb["feat"], "x_ulb_w": w["feat"], "x_ulb_s": s["feat"]}
         out_dict = self.process_out_dict(loss=total_loss, feat=feat_dict)
-        log = dict(sup_loss=sup_loss.item(), ce_coarse=ce_coarse.item(), ce_fine=ce_fine.item(), ova_loss=l_ova.item(),
-                   em_loss=l_em.item(), socr_loss=l_socr.item(), fix_loss=float(l_fix.item()),
-                   unsup_loss=unsup_loss.item(), total_loss=total_loss.item(),
-                   util_ratio=float(mask.float().mean().item()) if fix_on else 0.0,
-                   id_ratio=float(inlier.float().mean().item()))
+        log = dict(
+            sup_loss=sup_loss.item(),
+            ce_coarse=ce_coarse.item(),
+            ce_fine=ce_fine.item(),
+            ova_loss=l_ova.item(),
+            em_loss=l_em.item(),
+            socr_loss=l_socr.item(),
+            fix_loss=float(l_fix.item()),
+            unsup_loss=unsup_loss.item(),
+            total_loss=total_loss.item(),
+            util_ratio=float(mask.float().mean().item()) if fix_on else 0.0,
+            id_ratio=float(inlier.float().mean().item()),
+        )
         if y_ulb is not None:
             log.update(self.selection_diagnostics(inlier, y_ulb))
         log_dict = self.process_log_dict(**log)
@@ -186,13 +226,16 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         true_id = y_ulb < self.num_classes
         hit = (selected & true_id).sum().item()
         n_sel, n_id = selected.sum().item(), true_id.sum().item()
-        return {"id_precision": hit / n_sel if n_sel else float("nan"),
-                "id_recall": hit / n_id if n_id else float("nan")}
+        return {
+            "id_precision": hit / n_sel if n_sel else float("nan"),
+            "id_recall": hit / n_id if n_id else float("nan"),
+        }
 
     # ------------------------------------------------------------ evaluation
     @classmethod
-    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args: Any,
-                               calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
+    def compute_unknown_scores(
+        cls, outputs: Dict[str, np.ndarray], args: Any, calibration: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, np.ndarray], str]:
         """CFSG's unknown scores and the primary one (``ood_score``); higher = more unknown.
 
         ``ova``, ``mcm`` and ``glmcm`` are the net's ``score_<name>`` outputs. ``fused`` is
@@ -219,8 +262,10 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             given = calibration.get("ranges") or {}
             missing = [name for name in FUSED_FROM if name not in given]
             if missing:
-                raise ValueError(f"calibration has no range for {missing} (ranges given: {sorted(given)}); the fused "
-                                 f"score needs ranges of {list(FUSED_FROM)} fitted on training data")
+                raise ValueError(
+                    f"calibration has no range for {missing} (ranges given: {sorted(given)}); the fused "
+                    f"score needs ranges of {list(FUSED_FROM)} fitted on training data"
+                )
             ranges = {name: (float(given[name][0]), float(given[name][1])) for name in FUSED_FROM}
         fused = fused_score({name: torch.from_numpy(scores[name]) for name in FUSED_FROM}, ranges=ranges)
         scores["fused"] = fused.numpy()
@@ -230,26 +275,46 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
     def get_argument():
         return [
             SSL_Argument("--num_tuned_blocks", int, 4, "trainable last visual blocks m"),
-            SSL_Argument("--text_encoder", _choice("clip", "minilm"), "clip",
-                         "class-name embeddings: CLIP text tower or offline MiniLM + learned projection"),
+            SSL_Argument(
+                "--text_encoder",
+                _choice("clip", "minilm"),
+                "clip",
+                "class-name embeddings: CLIP text tower or offline MiniLM + learned projection",
+            ),
             SSL_Argument("--use_sfm", str2bool, True, "semantic filtering module in the coarse branch"),
             SSL_Argument("--use_vsi", str2bool, True, "visual-semantic injection cue tokens in the fine branch"),
             SSL_Argument("--sfm_keep_ratio", float, 0.25, "rho: fraction of patches kept by the SFM"),
             SSL_Argument("--sfm_temperature", float, 0.07, "tau_f: patch-class affinity softmax temperature"),
-            SSL_Argument("--sfm_posterior_scale", float, 100.0,
-                         "s of the SFM class posterior softmax(s cos(g, t)); 100 = CLIP's zero-shot scale"),
+            SSL_Argument(
+                "--sfm_posterior_scale",
+                float,
+                100.0,
+                "s of the SFM class posterior softmax(s cos(g, t)); 100 = CLIP's zero-shot scale",
+            ),
             SSL_Argument("--sfm_local_weight", float, 1.0, "lambda_f: weight of the local feature in z_c"),
-            SSL_Argument("--sfm_dense", _choice("value", "tokens"), "value",
-                         "patch features of the affinity: last block's value path (MaskCLIP) or final tokens"),
+            SSL_Argument(
+                "--sfm_dense",
+                _choice("value", "tokens"),
+                "value",
+                "patch features of the affinity: last block's value path (MaskCLIP) or final tokens",
+            ),
             SSL_Argument("--vsi_topk", int, 3, "k: cue tokens from the top-k coarse classes"),
             SSL_Argument("--proto_momentum", float, 0.99, "EMA momentum of the class prototypes"),
-            SSL_Argument("--closed_head", _choice("ensemble", "fine"), "ensemble",
-                         "closed-set prediction: (coarse + fine) / 2, or fine only"),
+            SSL_Argument(
+                "--closed_head",
+                _choice("ensemble", "fine"),
+                "ensemble",
+                "closed-set prediction: (coarse + fine) / 2, or fine only",
+            ),
             SSL_Argument("--mcm_temperature", float, 1.0, "T of the MCM / GL-MCM scores (1, as both papers)"),
             SSL_Argument("--ova_bias", str2bool, False, "bias in the OVA head's linear layer (OpenMatch: none)"),
-            SSL_Argument("--ova_views", _choice(*OVA_VIEWS), "weak_strong",
-                         "unlabeled views of the OVA entropy/consistency: weak and strong (no extra forward) or "
-                         "two weak (OpenMatch, one more unlabeled forward per step)"),
+            SSL_Argument(
+                "--ova_views",
+                _choice(*OVA_VIEWS),
+                "weak_strong",
+                "unlabeled views of the OVA entropy/consistency: weak and strong (no extra forward) or "
+                "two weak (OpenMatch, one more unlabeled forward per step)",
+            ),
             SSL_Argument("--lambda_ova", float, 1.0, "weight of the labeled OVA loss"),
             SSL_Argument("--lambda_em", float, 0.1, "weight of OVA entropy minimisation on unlabeled data"),
             SSL_Argument("--lambda_socr", float, 0.5, "weight of OVA consistency between the two views"),
@@ -257,6 +322,10 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             SSL_Argument("--p_cutoff", float, 0.95, "confidence threshold of pseudo-labels"),
             SSL_Argument("--ood_threshold", float, 0.5, "OVA unknown score below which a sample is an inlier"),
             SSL_Argument("--start_fix", int, 0, "iterations before the FixMatch term starts"),
-            SSL_Argument("--ood_score", _choice(*OOD_SCORES), "fused",
-                         "primary unknown score; fused = mean of ova and glmcm on ranges fitted on training data"),
+            SSL_Argument(
+                "--ood_score",
+                _choice(*OOD_SCORES),
+                "fused",
+                "primary unknown score; fused = mean of ova and glmcm on ranges fitted on training data",
+            ),
         ]

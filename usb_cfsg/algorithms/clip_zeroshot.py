@@ -18,6 +18,7 @@ folder gets the same files as a trained run: ``config.yaml``, ``latest_model.pth
 as loaded) and ``openset_metrics.json``. With ``text_encoder: minilm`` the class embeddings pass
 through an untrained random projection, so zero-shot results are at chance level; a warning says so.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,6 +44,7 @@ ZS_SCORES = ("mcm", "glmcm")
 
 def _one_of(*options: str):
     """An argparse-style parser accepting only ``options`` (config.py reads ``choices`` for validation)."""
+
     def parse(text: str) -> str:
         if text not in options:
             raise ValueError(f"expected one of {options}, got {text!r}")
@@ -103,9 +105,12 @@ class ClipZeroShot(PluginMixin, AlgorithmBase):
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
         if getattr(args, "text_encoder", "clip") != "clip":
-            logger.warning("clip_zeroshot with text_encoder %s: the class embeddings pass through an untrained "
-                           "random projection, so zero-shot results are at chance level; use text_encoder: clip "
-                           "with a pretrained CLIP", args.text_encoder)
+            logger.warning(
+                "clip_zeroshot with text_encoder %s: the class embeddings pass through an untrained "
+                "random projection, so zero-shot results are at chance level; use text_encoder: clip "
+                "with a pretrained CLIP",
+                args.text_encoder,
+            )
 
     @classmethod
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
@@ -121,8 +126,10 @@ class ClipZeroShot(PluginMixin, AlgorithmBase):
     def train(self):
         """No training: the hooks' before_run / after_run (checkpoint, open-set evaluation) only."""
         if self.num_train_iter:
-            self.print_fn(f"clip_zeroshot trains nothing: num_train_iter {self.num_train_iter} is ignored; "
-                          f"evaluating the CLIP weights as loaded")
+            self.print_fn(
+                f"clip_zeroshot trains nothing: num_train_iter {self.num_train_iter} is ignored; "
+                f"evaluating the CLIP weights as loaded"
+            )
         self.model.eval()
         self.epoch = 0
         self.call_hook("before_run")
@@ -133,8 +140,9 @@ class ClipZeroShot(PluginMixin, AlgorithmBase):
         raise RuntimeError("clip_zeroshot has no training step")
 
     @classmethod
-    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args: Any,
-                               calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
+    def compute_unknown_scores(
+        cls, outputs: Dict[str, np.ndarray], args: Any, calibration: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, np.ndarray], str]:
         """MCM and GL-MCM (the net's ``score_mcm`` / ``score_glmcm``); headline ``ood_score``."""
         return {name: np.asarray(outputs[f"score_{name}"], dtype=np.float64) for name in ZS_SCORES}, args.ood_score
 

@@ -27,6 +27,7 @@ paper's open-set prediction is the argmax of that classifier. Also reported: ``m
 o_neg_k``, the unknown entry of the targets built from the closed-set and multi-binary heads),
 ``ova`` (``p_neg`` of the predicted class) and ``msp``.
 """
+
 from __future__ import annotations
 
 import logging
@@ -60,8 +61,9 @@ class IOMatchNet(ClipNet):
     [B, 2, K] (softmax over dim 1; index 1 = "is class k") and ``logits_open`` [B, K+1].
     """
 
-    def __init__(self, backbone, text, num_classes: int, logit_scale: float = 30.0, proj_dim: int = 128,
-                 **unused: Any) -> None:
+    def __init__(
+        self, backbone, text, num_classes: int, logit_scale: float = 30.0, proj_dim: int = 128, **unused: Any
+    ) -> None:
         super().__init__(backbone, text, num_classes, logit_scale=logit_scale)
         if proj_dim < 1:
             raise ConfigError(f"proj_dim must be >= 1, got {proj_dim}")
@@ -80,8 +82,13 @@ class IOMatchNet(ClipNet):
         if only_feat:
             return feat
         h = self.proj(feat)
-        return {"logits": self.classifier(feat), "feat": feat, "feat_proj": h, "logits_mb": self.mb(h),
-                "logits_open": self.open_head(h)}
+        return {
+            "logits": self.classifier(feat),
+            "feat": feat,
+            "feat_proj": h,
+            "logits_mb": self.mb(h),
+            "logits_open": self.open_head(h),
+        }
 
 
 def open_set_targets(probs: torch.Tensor, logits_mb: torch.Tensor) -> torch.Tensor:
@@ -103,9 +110,15 @@ def soft_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -(targets * F.log_softmax(logits, dim=1)).sum(dim=1)
 
 
-def iomatch_unlabeled_losses(logits_w: torch.Tensor, logits_s: torch.Tensor, logits_mb_w: torch.Tensor,
-                             logits_open_s: torch.Tensor, p_cutoff: float, q_cutoff: float,
-                             targets_p: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+def iomatch_unlabeled_losses(
+    logits_w: torch.Tensor,
+    logits_s: torch.Tensor,
+    logits_mb_w: torch.Tensor,
+    logits_open_s: torch.Tensor,
+    p_cutoff: float,
+    q_cutoff: float,
+    targets_p: Optional[torch.Tensor] = None,
+) -> Dict[str, torch.Tensor]:
     """IOMatch's two unlabeled terms and their masks.
 
     Args:
@@ -148,10 +161,13 @@ class IOMatch(PluginMixin, AlgorithmBase):
         if self.dist_align:
             from semilearn.algorithms.hooks import DistAlignQueueHook
 
-            self.da = DistAlignQueueHook(num_classes=self.num_classes, queue_length=args.da_len,
-                                         p_target_type="uniform")
-        self.print_fn(f"iomatch: open-set loss from iteration {self.op_start}; distribution alignment "
-                      f"{'on (uniform target, queue ' + str(args.da_len) + ')' if self.dist_align else 'off'}")
+            self.da = DistAlignQueueHook(
+                num_classes=self.num_classes, queue_length=args.da_len, p_target_type="uniform"
+            )
+        self.print_fn(
+            f"iomatch: open-set loss from iteration {self.op_start}; distribution alignment "
+            f"{'on (uniform target, queue ' + str(args.da_len) + ')' if self.dist_align else 'off'}"
+        )
 
     @classmethod
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
@@ -162,8 +178,17 @@ class IOMatch(PluginMixin, AlgorithmBase):
         """Ranges of IOMatch's keys (checked before any data is read)."""
         from ..config import check_ranges
 
-        problems = check_ranges(args, (("p_cutoff", "[0, 1]"), ("q_cutoff", "[0, 1]"), ("mb_loss_ratio", "[0, inf)"),
-                                       ("op_loss_ratio", "[0, inf)"), ("da_len", "[1, inf)"), ("proj_dim", "[1, inf)")))
+        problems = check_ranges(
+            args,
+            (
+                ("p_cutoff", "[0, 1]"),
+                ("q_cutoff", "[0, 1]"),
+                ("mb_loss_ratio", "[0, inf)"),
+                ("op_loss_ratio", "[0, inf)"),
+                ("da_len", "[1, inf)"),
+                ("proj_dim", "[1, inf)"),
+            ),
+        )
         if getattr(args, "op_start", -1) < -1:
             problems.append(f"op_start must be >= 0 iterations or -1 (auto), got {args.op_start}")
         return problems
@@ -192,18 +217,30 @@ class IOMatch(PluginMixin, AlgorithmBase):
             total_loss = sup_loss + unsup_loss
 
         feat = out["feat"]
-        out_dict = self.process_out_dict(loss=total_loss, feat={"x_lb": feat[:num_lb], "x_ulb_w": feat[num_lb:].chunk(2)[0]})
+        out_dict = self.process_out_dict(
+            loss=total_loss, feat={"x_lb": feat[:num_lb], "x_ulb_w": feat[num_lb:].chunk(2)[0]}
+        )
         sel = u["in_mask"] & u["p_mask"]
-        log = dict(sup_loss=sup_loss.item(), ce_loss=ce.item(), mb_loss=l_mb.item(), ui_loss=u["ui"].item(),
-                   op_loss=float(l_op.item()), unsup_loss=unsup_loss.item(), total_loss=total_loss.item(),
-                   selected_ratio=float(sel.float().mean().item()), in_mask_ratio=float(u["in_mask"].float().mean()),
-                   p_mask_ratio=float(u["p_mask"].float().mean()), q_mask_ratio=float(u["q_mask"].float().mean()))
+        log = dict(
+            sup_loss=sup_loss.item(),
+            ce_loss=ce.item(),
+            mb_loss=l_mb.item(),
+            ui_loss=u["ui"].item(),
+            op_loss=float(l_op.item()),
+            unsup_loss=unsup_loss.item(),
+            total_loss=total_loss.item(),
+            selected_ratio=float(sel.float().mean().item()),
+            in_mask_ratio=float(u["in_mask"].float().mean()),
+            p_mask_ratio=float(u["p_mask"].float().mean()),
+            q_mask_ratio=float(u["q_mask"].float().mean()),
+        )
         return out_dict, self.process_log_dict(**log)
 
     # ------------------------------------------------------------ evaluation
     @classmethod
-    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args: Any,
-                               calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
+    def compute_unknown_scores(
+        cls, outputs: Dict[str, np.ndarray], args: Any, calibration: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, np.ndarray], str]:
         """``open`` (headline, the open-set classifier's outlier probability), ``mb``, ``ova`` and ``msp``."""
         logits = torch.from_numpy(np.asarray(outputs["logits"], dtype=np.float64))
         mb = torch.from_numpy(np.asarray(outputs["logits_mb"], dtype=np.float64))
@@ -220,31 +257,44 @@ class IOMatch(PluginMixin, AlgorithmBase):
     def extra_state(self) -> Dict[str, Any]:
         if self.da is None:
             return {}
-        return {"da_p_model": self.da.p_model.detach().cpu().clone(),
-                "da_p_model_ptr": self.da.p_model_ptr.detach().cpu().clone()}
+        return {
+            "da_p_model": self.da.p_model.detach().cpu().clone(),
+            "da_p_model_ptr": self.da.p_model_ptr.detach().cpu().clone(),
+        }
 
     def load_extra_state(self, state: Dict[str, Any]) -> None:
         if self.da is not None and "da_p_model" in state:
             if tuple(state["da_p_model"].shape) != tuple(self.da.p_model.shape):
-                raise ConfigError(f"the checkpoint's distribution-alignment queue has shape "
-                                  f"{tuple(state['da_p_model'].shape)}, this run {tuple(self.da.p_model.shape)}: "
-                                  f"resume with the same da_len and num_classes")
+                raise ConfigError(
+                    f"the checkpoint's distribution-alignment queue has shape "
+                    f"{tuple(state['da_p_model'].shape)}, this run {tuple(self.da.p_model.shape)}: "
+                    f"resume with the same da_len and num_classes"
+                )
             self.da.p_model = state["da_p_model"].to(self.device)
             self.da.p_model_ptr = state["da_p_model_ptr"].to(self.device)
 
     @staticmethod
     def get_argument():
         return [
-            SSL_Argument("--p_cutoff", float, 0.95, "closed-set pseudo-label confidence threshold tau_p (IOMatch: 0.95)"),
+            SSL_Argument(
+                "--p_cutoff", float, 0.95, "closed-set pseudo-label confidence threshold tau_p (IOMatch: 0.95)"
+            ),
             SSL_Argument("--q_cutoff", float, 0.5, "open-set target confidence threshold tau_q (IOMatch: 0.5)"),
             SSL_Argument("--mb_loss_ratio", float, 1.0, "weight of the labeled multi-binary loss (IOMatch: 1)"),
             SSL_Argument("--op_loss_ratio", float, 1.0, "weight of the open-set loss L_op (IOMatch: 1)"),
-            SSL_Argument("--op_start", int, -1,
-                         "iterations before L_op starts; -1 = num_train_iter/256 (IOMatch: after the first of 256 "
-                         "epochs)"),
-            SSL_Argument("--dist_align", str2bool, True,
-                         "distribution alignment of the closed-set pseudo-labels to a uniform prior (IOMatch: on; "
-                         "its CIFAR-10 configs turn it off)"),
+            SSL_Argument(
+                "--op_start",
+                int,
+                -1,
+                "iterations before L_op starts; -1 = num_train_iter/256 (IOMatch: after the first of 256 epochs)",
+            ),
+            SSL_Argument(
+                "--dist_align",
+                str2bool,
+                True,
+                "distribution alignment of the closed-set pseudo-labels to a uniform prior (IOMatch: on; "
+                "its CIFAR-10 configs turn it off)",
+            ),
             SSL_Argument("--da_len", int, 128, "queue length of the distribution alignment (IOMatch: 128)"),
             SSL_Argument("--proj_dim", int, 128, "output size of the projection head (IOMatch: 128)"),
         ]

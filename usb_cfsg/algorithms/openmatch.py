@@ -38,6 +38,7 @@ through the evaluation transform (OP_Match: flip only), which is deterministic.
 
 Unknown score (headline ``ova``): ``p_neg`` of the closed-set predicted class; ``msp`` is reported too.
 """
+
 from __future__ import annotations
 
 import logging
@@ -85,8 +86,9 @@ class OpenMatchNet(ClipNet):
         return {"logits": self.classifier(feat), "feat": feat, "logits_ova": self.ova(feat)}
 
 
-def openmatch_losses(logits_lb: torch.Tensor, ova_lb: torch.Tensor, y_lb: torch.Tensor, ova_u1: torch.Tensor,
-                     ova_u2: torch.Tensor) -> Dict[str, torch.Tensor]:
+def openmatch_losses(
+    logits_lb: torch.Tensor, ova_lb: torch.Tensor, y_lb: torch.Tensor, ova_u1: torch.Tensor, ova_u2: torch.Tensor
+) -> Dict[str, torch.Tensor]:
     """OpenMatch's labeled and open-set unlabeled terms.
 
     Args:
@@ -109,8 +111,9 @@ def openmatch_losses(logits_lb: torch.Tensor, ova_lb: torch.Tensor, y_lb: torch.
     }
 
 
-def fixmatch_on_selected(logits_w: torch.Tensor, logits_s: torch.Tensor, selected: torch.Tensor, p_cutoff: float,
-                         temperature: float = 1.0) -> Tuple[torch.Tensor, torch.Tensor]:
+def fixmatch_on_selected(
+    logits_w: torch.Tensor, logits_s: torch.Tensor, selected: torch.Tensor, p_cutoff: float, temperature: float = 1.0
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """FixMatch CE of the strong view against the weak view's hard pseudo-label, over selected images.
 
     Args:
@@ -147,12 +150,15 @@ class OpenMatch(PluginMixin, AlgorithmBase):
         self.select_threshold = args.select_threshold
         self.start_fix = resolve_start_fix(args.start_fix, args.num_train_iter)
         world = max(1, args.world_size) if self.distributed else 1
-        self.select_interval = resolve_select_interval(args.select_interval, args.ulb_dest_len,
-                                                       args.batch_size * args.uratio * world)
+        self.select_interval = resolve_select_interval(
+            args.select_interval, args.ulb_dest_len, args.batch_size * args.uratio * world
+        )
         self.selected = torch.zeros(args.ulb_dest_len, dtype=torch.bool)
         self.selection_it = -1
-        self.print_fn(f"openmatch: FixMatch on selected inliers from iteration {self.start_fix}; inliers "
-                      f"reselected every {self.select_interval} iterations over {args.ulb_dest_len} unlabeled images")
+        self.print_fn(
+            f"openmatch: FixMatch on selected inliers from iteration {self.start_fix}; inliers "
+            f"reselected every {self.select_interval} iterations over {args.ulb_dest_len} unlabeled images"
+        )
 
     @classmethod
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
@@ -163,9 +169,18 @@ class OpenMatch(PluginMixin, AlgorithmBase):
         """Ranges of OpenMatch's keys (checked before any data is read)."""
         from ..config import check_ranges
 
-        problems = check_ranges(args, (("lambda_ova", "[0, inf)"), ("lambda_em", "[0, inf)"),
-                                       ("lambda_socr", "[0, inf)"), ("lambda_fix", "[0, inf)"), ("p_cutoff", "[0, 1]"),
-                                       ("T", "(0, inf)"), ("select_threshold", "(0, 1]")))
+        problems = check_ranges(
+            args,
+            (
+                ("lambda_ova", "[0, inf)"),
+                ("lambda_em", "[0, inf)"),
+                ("lambda_socr", "[0, inf)"),
+                ("lambda_fix", "[0, inf)"),
+                ("p_cutoff", "[0, 1]"),
+                ("T", "(0, inf)"),
+                ("select_threshold", "(0, 1]"),
+            ),
+        )
         if getattr(args, "start_fix", -1) < -1:
             problems.append(f"start_fix must be >= 0 iterations or -1 (auto), got {args.start_fix}")
         if getattr(args, "select_interval", -1) == 0 or getattr(args, "select_interval", -1) < -1:
@@ -181,15 +196,17 @@ class OpenMatch(PluginMixin, AlgorithmBase):
         d["train_ulb"].second_weak_view = True
         ulb = d["train_ulb"]
         # the unlabeled images through the deterministic evaluation transform, for the inlier selection
-        d[SELECT_LOADER] = OpenSetDataset(self.algorithm, ulb.data, ulb.targets, self.args.num_classes,
-                                          d["eval"].transform)
+        d[SELECT_LOADER] = OpenSetDataset(
+            self.algorithm, ulb.data, ulb.targets, self.args.num_classes, d["eval"].transform
+        )
         return d
 
     def set_data_loader(self):
         loaders = super().set_data_loader()
         a = self.args
-        loaders[SELECT_LOADER] = eval_loader(self.dataset_dict[SELECT_LOADER], a.eval_batch_size, a.num_workers,
-                                             self.device.type == "cuda")
+        loaders[SELECT_LOADER] = eval_loader(
+            self.dataset_dict[SELECT_LOADER], a.eval_batch_size, a.num_workers, self.device.type == "cuda"
+        )
         return loaders
 
     # ------------------------------------------------------------ selection
@@ -206,8 +223,10 @@ class OpenMatch(PluginMixin, AlgorithmBase):
         true_id = torch.from_numpy(out["y"]) < self.num_classes  # diagnostics only
         n_sel, n_id = int(selected.sum()), int(true_id.sum())
         hit = int((selected & true_id).sum())
-        self.print_fn(f"openmatch: selected {n_sel}/{len(selected)} unlabeled images as inliers at iteration "
-                      f"{self.it} (precision {hit / max(n_sel, 1):.3f}, recall {hit / max(n_id, 1):.3f})")
+        self.print_fn(
+            f"openmatch: selected {n_sel}/{len(selected)} unlabeled images as inliers at iteration "
+            f"{self.it} (precision {hit / max(n_sel, 1):.3f}, recall {hit / max(n_id, 1):.3f})"
+        )
         self.selected = selected
         self.selection_it = int(self.it)
         return selected
@@ -228,8 +247,9 @@ class OpenMatch(PluginMixin, AlgorithmBase):
             terms = openmatch_losses(logits[lb], ova[lb], y_lb, ova[u1], ova[u2])
             if fix_on:
                 sel = self.selected.to(idx_ulb.device)[idx_ulb]
-                l_fix, used = fixmatch_on_selected(logits[u1], logits[2 * num_lb + 2 * num_ulb:], sel, self.p_cutoff,
-                                                   self.T)
+                l_fix, used = fixmatch_on_selected(
+                    logits[u1], logits[2 * num_lb + 2 * num_ulb :], sel, self.p_cutoff, self.T
+                )
             else:
                 l_fix, used = logits.new_zeros(()), torch.zeros(num_ulb, dtype=torch.bool, device=logits.device)
             sup_loss = terms["ce"] + self.lambda_ova * terms["ova"]
@@ -238,21 +258,30 @@ class OpenMatch(PluginMixin, AlgorithmBase):
 
         feat = out["feat"]
         out_dict = self.process_out_dict(loss=total_loss, feat={"x_lb": feat[:num_lb], "x_ulb_w": feat[u1]})
-        log = dict(sup_loss=sup_loss.item(), ce_loss=terms["ce"].item(), ova_loss=terms["ova"].item(),
-                   em_loss=terms["em"].item(), socr_loss=terms["socr"].item(), fix_loss=float(l_fix.item()),
-                   unsup_loss=unsup_loss.item(), total_loss=total_loss.item(),
-                   util_ratio=float(used.float().mean().item()),
-                   selected_ratio=float(self.selected.float().mean().item()) if fix_on else 0.0)
+        log = dict(
+            sup_loss=sup_loss.item(),
+            ce_loss=terms["ce"].item(),
+            ova_loss=terms["ova"].item(),
+            em_loss=terms["em"].item(),
+            socr_loss=terms["socr"].item(),
+            fix_loss=float(l_fix.item()),
+            unsup_loss=unsup_loss.item(),
+            total_loss=total_loss.item(),
+            util_ratio=float(used.float().mean().item()),
+            selected_ratio=float(self.selected.float().mean().item()) if fix_on else 0.0,
+        )
         return out_dict, self.process_log_dict(**log)
 
     # ------------------------------------------------------------ evaluation
     @classmethod
-    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args: Any,
-                               calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
+    def compute_unknown_scores(
+        cls, outputs: Dict[str, np.ndarray], args: Any, calibration: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, np.ndarray], str]:
         """``ova`` = p_neg of the predicted class (OpenMatch's score, the headline) and ``msp``."""
         logits = torch.from_numpy(np.asarray(outputs["logits"], dtype=np.float32))
-        ova = ova_unknown_score(torch.from_numpy(np.asarray(outputs["logits_ova"], dtype=np.float32)),
-                                logits.argmax(dim=1))
+        ova = ova_unknown_score(
+            torch.from_numpy(np.asarray(outputs["logits_ova"], dtype=np.float32)), logits.argmax(dim=1)
+        )
         msp = 1.0 - torch.softmax(logits.double(), dim=1).max(dim=1).values
         return {"ova": ova.double().numpy(), "msp": msp.numpy()}, "ova"
 
@@ -264,8 +293,10 @@ class OpenMatch(PluginMixin, AlgorithmBase):
         if "selected" in state:
             selected = state["selected"].bool().cpu()
             if selected.shape != self.selected.shape:
-                raise ConfigError(f"the checkpoint's inlier selection covers {selected.shape[0]} unlabeled images, "
-                                  f"this run has {self.selected.shape[0]}: resume with the same data and split")
+                raise ConfigError(
+                    f"the checkpoint's inlier selection covers {selected.shape[0]} unlabeled images, "
+                    f"this run has {self.selected.shape[0]}: resume with the same data and split"
+                )
             self.selected = selected
             self.selection_it = int(state.get("selection_it", -1))
 
@@ -273,20 +304,38 @@ class OpenMatch(PluginMixin, AlgorithmBase):
     def get_argument():
         return [
             SSL_Argument("--lambda_ova", float, 1.0, "weight of the labeled OVA loss (OpenMatch: 1)"),
-            SSL_Argument("--lambda_em", float, 0.1, "weight of open-set entropy minimisation (OpenMatch lambda_oem: 0.1)"),
-            SSL_Argument("--lambda_socr", float, 0.5,
-                         "weight of soft open-set consistency (OpenMatch: 0.5 CIFAR-10/ImageNet, 1.0 CIFAR-100)"),
+            SSL_Argument(
+                "--lambda_em", float, 0.1, "weight of open-set entropy minimisation (OpenMatch lambda_oem: 0.1)"
+            ),
+            SSL_Argument(
+                "--lambda_socr",
+                float,
+                0.5,
+                "weight of soft open-set consistency (OpenMatch: 0.5 CIFAR-10/ImageNet, 1.0 CIFAR-100)",
+            ),
             SSL_Argument("--lambda_fix", float, 1.0, "weight of the FixMatch term on selected inliers (OpenMatch: 1)"),
             SSL_Argument("--p_cutoff", float, 0.0, "pseudo-label confidence threshold (OpenMatch: 0.0)"),
             SSL_Argument("--T", float, 1.0, "pseudo-label softmax temperature (OpenMatch: 1)"),
-            SSL_Argument("--start_fix", int, -1,
-                         "iterations before FixMatch and the inlier selection start; -1 = 10/512 of num_train_iter "
-                         "(OpenMatch: epoch 10 of 512)"),
-            SSL_Argument("--select_interval", int, -1,
-                         "iterations between inlier selections over the whole unlabeled set; -1 = one pass over "
-                         "the unlabeled set (OpenMatch: once per epoch)"),
-            SSL_Argument("--select_threshold", float, 0.5,
-                         "an unlabeled image is a selected inlier when p_neg(y_hat) < this (OpenMatch: 0.5)"),
+            SSL_Argument(
+                "--start_fix",
+                int,
+                -1,
+                "iterations before FixMatch and the inlier selection start; -1 = 10/512 of num_train_iter "
+                "(OpenMatch: epoch 10 of 512)",
+            ),
+            SSL_Argument(
+                "--select_interval",
+                int,
+                -1,
+                "iterations between inlier selections over the whole unlabeled set; -1 = one pass over "
+                "the unlabeled set (OpenMatch: once per epoch)",
+            ),
+            SSL_Argument(
+                "--select_threshold",
+                float,
+                0.5,
+                "an unlabeled image is a selected inlier when p_neg(y_hat) < this (OpenMatch: 0.5)",
+            ),
         ]
 
 

@@ -3,6 +3,7 @@
 Importing this package registers every reader in :data:`DATASETS`; it does not import semilearn
 (the torch dataset module does, when :func:`build_openset_datasets` first runs).
 """
+
 from __future__ import annotations
 
 from . import cub200, fgvc_aircraft, flowers102, fmnist, image_folder, stanford_cars, stanford_dogs  # noqa: F401

@@ -4,6 +4,7 @@ A *reader* turns a dataset as its publisher ships it into a :class:`SourceData`;
 split (``usb_cfsg.datasets.split``) and the USB glue (``usb_cfsg.datasets.build``) work on that
 alone, so one split implementation serves every dataset.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -1,4 +1,5 @@
 """USB glue: from ``args`` to the datasets an algorithm's ``set_dataset`` returns."""
+
 from __future__ import annotations
 
 import json
@@ -202,13 +203,17 @@ def build_openset_datasets(
         from .ssb import SSB_DATASETS
 
         if config["dataset"] not in SSB_DATASETS:
-            raise DatasetError(f"class_split: ssb exists for {sorted(SSB_DATASETS)} only, not {config['dataset']!r}; "
-                               f"use class_split: first or random, or list seen_classes")
+            raise DatasetError(
+                f"class_split: ssb exists for {sorted(SSB_DATASETS)} only, not {config['dataset']!r}; "
+                f"use class_split: first or random, or list seen_classes"
+            )
         if config["num_classes"] != SSB_DATASETS[config["dataset"]][1]:
             known = SSB_DATASETS[config["dataset"]][1]
-            raise DatasetError(f"class_split: ssb on {config['dataset']} fixes {known} known classes, but "
-                               f"num_classes = {config['num_classes']}; set num_classes: {known} (and num_labels a "
-                               f"multiple of {known})")
+            raise DatasetError(
+                f"class_split: ssb on {config['dataset']} fixes {known} known classes, but "
+                f"num_classes = {config['num_classes']}; set num_classes: {known} (and num_labels a "
+                f"multiple of {known})"
+            )
     source = read_source(
         config["dataset"],
         config["data_dir"],
@@ -258,14 +263,17 @@ def build_openset_datasets(
     cal_idx = calibration_indices(len(ulb_items), CALIBRATION_MAX_IMAGES)
     datasets = {
         "train_lb": OpenSetDataset(alg, lb_items, split.relabel(lb_t), k, weak, is_ulb=False, strong_transform=strong),
-        "train_ulb": OpenSetDataset(alg, ulb_items, split.relabel(ulb_t), k, weak, is_ulb=True, strong_transform=strong),
+        "train_ulb": OpenSetDataset(
+            alg, ulb_items, split.relabel(ulb_t), k, weak, is_ulb=True, strong_transform=strong
+        ),
         "eval": OpenSetDataset(alg, ev_items, split.relabel(ev_t), k, evaluate),
         "test": None,
         "test_open": OpenSetDataset(alg, te_items, split.open_label(te_t), k + 1, evaluate),
         # at most CALIBRATION_MAX_IMAGES unlabeled images with the evaluation transform: where the
         # evaluator fits its score ranges and thresholds (training data only; labels never read)
-        CALIBRATION_SET: OpenSetDataset(alg, take(ulb_items, cal_idx), split.open_label(ulb_t[cal_idx]), k + 1,
-                                        evaluate),
+        CALIBRATION_SET: OpenSetDataset(
+            alg, take(ulb_items, cal_idx), split.open_label(ulb_t[cal_idx]), k + 1, evaluate
+        ),
     }
     info = OpenSetInfo(
         dataset=source.name,
@@ -283,7 +291,14 @@ def build_openset_datasets(
     n_unseen_ulb = int((split.relabel(ulb_t) >= k).sum())
     logger.info(
         "%s: %d seen / %d unseen classes; labeled %d, unlabeled %d (%d of unseen classes), eval %d, open-set test %d",
-        source.name, k, len(split.unseen_classes), len(lb_items), len(ulb_items), n_unseen_ulb, len(ev_items), len(te_items),
+        source.name,
+        k,
+        len(split.unseen_classes),
+        len(lb_items),
+        len(ulb_items),
+        n_unseen_ulb,
+        len(ev_items),
+        len(te_items),
     )
     if run_dir is not None:
         write_split_json(Path(run_dir) / SPLIT_FILE, source, info, config["data_dir"], config)

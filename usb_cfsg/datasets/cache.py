@@ -12,6 +12,7 @@ of its transforms on them. The images a model sees are exactly those it sees wit
 Images shared by several datasets (labeled images reused as unlabeled, the seen-class test
 images in both ``eval`` and ``test_open``) are stored once.
 """
+
 from __future__ import annotations
 
 import logging
@@ -89,13 +90,17 @@ def _allocate(shape: Tuple[int, ...]) -> torch.Tensor:
     free = _shm_free_bytes()
     if free is not None and free > 2 * images.numel():
         return images.share_memory_()
-    logger.info("cache_images: /dev/shm has %s free, too little for %.2f GB: the cache stays in process memory",
-                "unknown" if free is None else f"{free / 2 ** 30:.2f} GB", images.numel() / 2 ** 30)
+    logger.info(
+        "cache_images: /dev/shm has %s free, too little for %.2f GB: the cache stays in process memory",
+        "unknown" if free is None else f"{free / 2**30:.2f} GB",
+        images.numel() / 2**30,
+    )
     return images
 
 
-def _decode_all(decode: Callable[[int], np.ndarray], count: int, shape_hint: Tuple[int, ...],
-                threads: int) -> torch.Tensor:
+def _decode_all(
+    decode: Callable[[int], np.ndarray], count: int, shape_hint: Tuple[int, ...], threads: int
+) -> torch.Tensor:
     images = _allocate((count,) + shape_hint)
 
     def fill(i: int) -> None:
@@ -149,7 +154,7 @@ def attach_image_cache(datasets: Dict[str, Any], threads: Optional[int] = None) 
         by_path = isinstance(data, np.ndarray) and data.dtype.kind in ("U", "S")
         rows = np.empty(len(ds), dtype=np.int64)
         for i in range(len(ds)):
-            key = ("path", str(data[i])) if by_path else ("item", id(ds), i)
+            key = ("path", str(data[i])) if by_path and data is not None else ("item", id(ds), i)
             row = group["keys"].get(key)
             if row is None:
                 row = group["keys"][key] = len(group["sources"])
@@ -158,7 +163,7 @@ def attach_image_cache(datasets: Dict[str, Any], threads: Optional[int] = None) 
         plans.append((name, ds, sig, rows, rest, rest_strong))
 
     summary: Dict[str, Any] = {"datasets": {}, "unique_images": 0, "bytes": 0}
-    for sig, group in groups.items():
+    for group in groups.values():
         sources, head = group["sources"], group["head"]
 
         def decode(r: int, sources=sources, head=head) -> np.ndarray:
@@ -180,11 +185,13 @@ def attach_image_cache(datasets: Dict[str, Any], threads: Optional[int] = None) 
             ds.strong_transform = rest_strong
         summary["datasets"][name] = {"images": len(rows), "shape": list(images.shape[1:])}
     if plans:
-        logger.info("cache_images: %d images decoded once (%.2f GB%s): %s", summary["unique_images"],
-                    summary["bytes"] / 2 ** 30,
-                    ", shared memory" if any(g["images"].is_shared() for g in groups.values()) else "",
-                    ", ".join(f"{n} {d['images']} x {'x'.join(map(str, d['shape']))}"
-                              for n, d in summary["datasets"].items()))
+        logger.info(
+            "cache_images: %d images decoded once (%.2f GB%s): %s",
+            summary["unique_images"],
+            summary["bytes"] / 2**30,
+            ", shared memory" if any(g["images"].is_shared() for g in groups.values()) else "",
+            ", ".join(f"{n} {d['images']} x {'x'.join(map(str, d['shape']))}" for n, d in summary["datasets"].items()),
+        )
     return summary
 
 

@@ -1,4 +1,5 @@
 """Helpers shared by the dataset readers: locating a dataset, clear errors, checking images."""
+
 from __future__ import annotations
 
 import logging
@@ -204,7 +205,11 @@ def check_images(
         if missing or unreadable:
             logger.warning(
                 "%s: skipped %d missing and %d unreadable %s image(s) of %d (skip_bad_images)",
-                name, len(missing), unreadable, split, len(items),
+                name,
+                len(missing),
+                unreadable,
+                split,
+                len(items),
             )
     kept_items = [p for p, k in zip(items, keep) if k]
     kept_targets = np.asarray(targets, dtype=np.int64)[keep]

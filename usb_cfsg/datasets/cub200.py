@@ -1,4 +1,5 @@
 """CUB-200-2011 (Caltech-UCSD Birds): 200 bird species, 5,994 train / 5,794 test images."""
+
 from __future__ import annotations
 
 import logging
@@ -113,16 +114,22 @@ def read_cub200(
             )
         flag = is_train[image_id]
         if flag not in ("0", "1"):
-            raise DatasetError(f"{NAME}: {base / 'train_test_split.txt'}: image id {image_id} has {flag!r}, expected 0 or 1")
+            raise DatasetError(
+                f"{NAME}: {base / 'train_test_split.txt'}: image id {image_id} has {flag!r}, expected 0 or 1"
+            )
         split = "train" if flag == "1" else "test"
         split_items[split].append(str(base / "images" / rel))
         split_targets[split].append(int(label) - 1)
     if not split_items["train"]:
         raise layout_error(NAME, base / "train_test_split.txt", LAYOUT, "(no image is marked 1 = train)")
 
-    train_items, train_targets = check_images(NAME, "train", split_items["train"], split_targets["train"], skip_bad_images)
+    train_items, train_targets = check_images(
+        NAME, "train", split_items["train"], split_targets["train"], skip_bad_images
+    )
     test_items, test_targets = check_images(NAME, "test", split_items["test"], split_targets["test"], skip_bad_images)
-    logger.info("%s: %d classes, %d train / %d test images from %s", NAME, len(names), len(train_items), len(test_items), base)
+    logger.info(
+        "%s: %d classes, %d train / %d test images from %s", NAME, len(names), len(train_items), len(test_items), base
+    )
     return SourceData(
         name=NAME,
         class_names=apply_class_names(NAME, names, class_names),

@@ -5,6 +5,7 @@ Every download goes through :func:`fetch_all`, which uses torchvision's
 URL, checksum mismatch) into a :class:`~usb_cfsg.errors.DatasetError` that says where to get the
 files by hand and where to unpack them.
 """
+
 from __future__ import annotations
 
 import logging

@@ -1,4 +1,5 @@
 """FGVC-Aircraft 2013b at the variant level: 100 aircraft variants, 6,667 trainval / 3,333 test."""
+
 from __future__ import annotations
 
 import logging
@@ -95,7 +96,9 @@ def read_fgvc_aircraft(
     test = _read_list(base / "images_variant_test.txt", index, base / "images")
     train_items, train_targets = check_images(NAME, "train", *train, skip_bad_images)
     test_items, test_targets = check_images(NAME, "test", *test, skip_bad_images)
-    logger.info("%s: %d classes, %d train / %d test images from %s", NAME, len(names), len(train_items), len(test_items), base)
+    logger.info(
+        "%s: %d classes, %d train / %d test images from %s", NAME, len(names), len(train_items), len(test_items), base
+    )
     return SourceData(
         name=NAME,
         class_names=apply_class_names(NAME, names, class_names),

@@ -1,4 +1,5 @@
 """Oxford 102 Flowers: 102 flower species, 2,040 train+val / 6,149 test images."""
+
 from __future__ import annotations
 
 import logging
@@ -42,25 +43,108 @@ PROMPT_TEMPLATES = (
 #: The publisher ships no names; this is the list in common use (label 1 first), except that
 #: class 60 is "pink-yellow dahlia" where that list has a stray "?".
 FLOWER_NAMES = [
-    "pink primrose", "hard-leaved pocket orchid", "canterbury bells", "sweet pea",
-    "english marigold", "tiger lily", "moon orchid", "bird of paradise", "monkshood",
-    "globe thistle", "snapdragon", "colt's foot", "king protea", "spear thistle", "yellow iris",
-    "globe-flower", "purple coneflower", "peruvian lily", "balloon flower",
-    "giant white arum lily", "fire lily", "pincushion flower", "fritillary", "red ginger",
-    "grape hyacinth", "corn poppy", "prince of wales feathers", "stemless gentian", "artichoke",
-    "sweet william", "carnation", "garden phlox", "love in the mist", "mexican aster",
-    "alpine sea holly", "ruby-lipped cattleya", "cape flower", "great masterwort", "siam tulip",
-    "lenten rose", "barbeton daisy", "daffodil", "sword lily", "poinsettia", "bolero deep blue",
-    "wallflower", "marigold", "buttercup", "oxeye daisy", "common dandelion", "petunia",
-    "wild pansy", "primula", "sunflower", "pelargonium", "bishop of llandaff", "gaura",
-    "geranium", "orange dahlia", "pink-yellow dahlia", "cautleya spicata", "japanese anemone",
-    "black-eyed susan", "silverbush", "californian poppy", "osteospermum", "spring crocus",
-    "bearded iris", "windflower", "tree poppy", "gazania", "azalea", "water lily", "rose",
-    "thorn apple", "morning glory", "passion flower", "lotus", "toad lily", "anthurium",
-    "frangipani", "clematis", "hibiscus", "columbine", "desert-rose", "tree mallow", "magnolia",
-    "cyclamen", "watercress", "canna lily", "hippeastrum", "bee balm", "ball moss", "foxglove",
-    "bougainvillea", "camellia", "mallow", "mexican petunia", "bromelia", "blanket flower",
-    "trumpet creeper", "blackberry lily",
+    "pink primrose",
+    "hard-leaved pocket orchid",
+    "canterbury bells",
+    "sweet pea",
+    "english marigold",
+    "tiger lily",
+    "moon orchid",
+    "bird of paradise",
+    "monkshood",
+    "globe thistle",
+    "snapdragon",
+    "colt's foot",
+    "king protea",
+    "spear thistle",
+    "yellow iris",
+    "globe-flower",
+    "purple coneflower",
+    "peruvian lily",
+    "balloon flower",
+    "giant white arum lily",
+    "fire lily",
+    "pincushion flower",
+    "fritillary",
+    "red ginger",
+    "grape hyacinth",
+    "corn poppy",
+    "prince of wales feathers",
+    "stemless gentian",
+    "artichoke",
+    "sweet william",
+    "carnation",
+    "garden phlox",
+    "love in the mist",
+    "mexican aster",
+    "alpine sea holly",
+    "ruby-lipped cattleya",
+    "cape flower",
+    "great masterwort",
+    "siam tulip",
+    "lenten rose",
+    "barbeton daisy",
+    "daffodil",
+    "sword lily",
+    "poinsettia",
+    "bolero deep blue",
+    "wallflower",
+    "marigold",
+    "buttercup",
+    "oxeye daisy",
+    "common dandelion",
+    "petunia",
+    "wild pansy",
+    "primula",
+    "sunflower",
+    "pelargonium",
+    "bishop of llandaff",
+    "gaura",
+    "geranium",
+    "orange dahlia",
+    "pink-yellow dahlia",
+    "cautleya spicata",
+    "japanese anemone",
+    "black-eyed susan",
+    "silverbush",
+    "californian poppy",
+    "osteospermum",
+    "spring crocus",
+    "bearded iris",
+    "windflower",
+    "tree poppy",
+    "gazania",
+    "azalea",
+    "water lily",
+    "rose",
+    "thorn apple",
+    "morning glory",
+    "passion flower",
+    "lotus",
+    "toad lily",
+    "anthurium",
+    "frangipani",
+    "clematis",
+    "hibiscus",
+    "columbine",
+    "desert-rose",
+    "tree mallow",
+    "magnolia",
+    "cyclamen",
+    "watercress",
+    "canna lily",
+    "hippeastrum",
+    "bee balm",
+    "ball moss",
+    "foxglove",
+    "bougainvillea",
+    "camellia",
+    "mallow",
+    "mexican petunia",
+    "bromelia",
+    "blanket flower",
+    "trumpet creeper",
+    "blackberry lily",
 ]
 
 
@@ -76,7 +160,9 @@ def _split(set_ids: dict, key: str, path: Path, labels: np.ndarray, image_dir: P
     targets: list[int] = []
     for number in mat_field(NAME, set_ids, key, path).astype(np.int64).tolist():
         if not 1 <= number <= len(labels):
-            raise DatasetError(f"{NAME}: {path}: {key} lists image {number}, but imagelabels.mat has {len(labels)} images")
+            raise DatasetError(
+                f"{NAME}: {path}: {key} lists image {number}, but imagelabels.mat has {len(labels)} images"
+            )
         items.append(str(image_dir / f"image_{number:05d}.jpg"))
         targets.append(int(labels[number - 1]) - 1)
     return items, targets
@@ -117,7 +203,9 @@ def read_flowers102(
     tst = _split(set_ids, "tstid", setid_path, labels, image_dir)
     train_items, train_targets = check_images(NAME, "train", trn[0] + val[0], trn[1] + val[1], skip_bad_images)
     test_items, test_targets = check_images(NAME, "test", *tst, skip_bad_images)
-    logger.info("%s: %d classes, %d train / %d test images from %s", NAME, num_classes, len(train_items), len(test_items), base)
+    logger.info(
+        "%s: %d classes, %d train / %d test images from %s", NAME, num_classes, len(train_items), len(test_items), base
+    )
     return SourceData(
         name=NAME,
         class_names=apply_class_names(NAME, FLOWER_NAMES[:num_classes], class_names),

@@ -7,6 +7,7 @@ card (``pretrain_pool: <dir>/card.json``); the open-set split then sees only the
 outside the card's pool (:func:`usb_cfsg.demo_clip.without_pretrain_pool`), so no pretraining image
 is ever a labeled or unlabeled image.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -41,8 +42,16 @@ REMOTES = (
     Remote(url=MIRROR + "t10k-labels-idx1-ubyte.gz", md5="bb300cfdad3c16e7a12a480ee83cd310", extract=False),
 )
 CLASS_NAMES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 PROMPT_TEMPLATES = (
     "a photo of a {}, a type of clothing.",
@@ -101,9 +110,11 @@ def read_idx(path: Path, expected_ndim: int) -> np.ndarray:
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] != expected_ndim:
         raise DatasetError(f"{NAME}: {path} is not an IDX file of unsigned bytes with {expected_ndim} dimension(s)")
     header = 4 + 4 * expected_ndim
-    shape = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(expected_ndim))
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(expected_ndim))
     if len(raw) != header + int(np.prod(shape)):
-        raise DatasetError(f"{NAME}: {path} is truncated or padded: header says shape {shape}, file has {len(raw)} bytes")
+        raise DatasetError(
+            f"{NAME}: {path} is truncated or padded: header says shape {shape}, file has {len(raw)} bytes"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -138,8 +149,13 @@ def read_fmnist(
     folder = next((c for c in _candidates(root) if _complete(c)), None)
     if folder is None and download and root is not None and str(root) != "":
         dest = Path(root).expanduser() / SUBDIRS[0]
-        fetch_all(NAME, REMOTES, dest, f"Install Debian's copy instead (apt-get install dataset-fashion-mnist), "
-                  f"or download the four .gz files by hand from {MIRROR} into {dest}.")
+        fetch_all(
+            NAME,
+            REMOTES,
+            dest,
+            f"Install Debian's copy instead (apt-get install dataset-fashion-mnist), "
+            f"or download the four .gz files by hand from {MIRROR} into {dest}.",
+        )
         folder = dest if _complete(dest) else None
     if folder is None:
         looked = ", ".join(str(c) for c in _candidates(root))
@@ -149,15 +165,18 @@ def read_fmnist(
             f"or put these files in data_dir (or set download: true):\n{LAYOUT}"
         )
     found = {key: _find(folder, stem) for key, stem in FILES.items()}
-    arrays = {key: read_idx(path, 3 if key.endswith("images") else 1) for key, path in found.items()
-              if path is not None}  # all present: the folder was checked complete above
+    arrays = {
+        key: read_idx(path, 3 if key.endswith("images") else 1) for key, path in found.items() if path is not None
+    }  # all present: the folder was checked complete above
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         if len(images) != len(labels):
             raise DatasetError(f"{NAME}: {folder}: {split} has {len(images)} images but {len(labels)} labels")
         if labels.size and labels.max() >= len(CLASS_NAMES):
             raise DatasetError(f"{NAME}: {folder}: {split} labels must lie in 0..{len(CLASS_NAMES) - 1}")
-    logger.info("%s: %d train / %d test images from %s", NAME, len(arrays["train_images"]), len(arrays["test_images"]), folder)
+    logger.info(
+        "%s: %d train / %d test images from %s", NAME, len(arrays["train_images"]), len(arrays["test_images"]), folder
+    )
     return SourceData(
         name=NAME,
         class_names=apply_class_names(NAME, CLASS_NAMES, class_names),

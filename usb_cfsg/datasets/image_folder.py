@@ -1,4 +1,5 @@
 """Any dataset laid out as ``root/train/<class>/*`` and ``root/test/<class>/*``."""
+
 from __future__ import annotations
 
 import logging
@@ -99,7 +100,9 @@ def read_image_folder(
     per_split = {split: _class_folders(base / split) for split in SPLITS}
     found = sorted(set(per_split["train"]) | set(per_split["test"]))
     if not found:
-        raise DatasetError(f"{NAME}: no class folders in {base / 'train'} or {base / 'test'}\nExpected layout:\n{LAYOUT}")
+        raise DatasetError(
+            f"{NAME}: no class folders in {base / 'train'} or {base / 'test'}\nExpected layout:\n{LAYOUT}"
+        )
     classes = _choose_classes(base, found, class_names)
     extensions = image_extensions()
     data: dict[str, tuple[list[str], list[int]]] = {}
@@ -125,7 +128,9 @@ def read_image_folder(
         data[split] = items, targets
     train_items, train_targets = check_images(NAME, "train", *data["train"], skip_bad_images)
     test_items, test_targets = check_images(NAME, "test", *data["test"], skip_bad_images)
-    logger.info("%s: %d classes, %d train / %d test images from %s", NAME, len(classes), len(train_items), len(test_items), base)
+    logger.info(
+        "%s: %d classes, %d train / %d test images from %s", NAME, len(classes), len(train_items), len(test_items), base
+    )
     return SourceData(
         name=NAME,
         class_names=[c.replace("_", " ") for c in classes],

@@ -5,6 +5,7 @@ has CMYK JPEGs, user folders bring RGBA and palette PNGs with transparency and 1
 USB's transforms (and RandAugment in particular) expect 8-bit RGB, so every image goes through
 :func:`load_rgb` first. Transparent pixels are composited on white, which is what a viewer shows.
 """
+
 from __future__ import annotations
 
 import os
@@ -157,7 +158,7 @@ def load_rgb(source: Union[str, os.PathLike, np.ndarray], fix: str = DATASET_FIX
         raise DatasetError(f"image {path} is too large to decode safely ({_one_line(exc)}); {fix}") from None
     except OSError as exc:
         raise DatasetError(f"cannot read image {path}: {_one_line(exc)}; {fix}") from None
-    except Exception as exc:  # noqa: BLE001 - PIL's format plugins raise many types on malformed headers
+    except Exception as exc:
         raise DatasetError(f"corrupt image {path}: {type(exc).__name__}: {_one_line(exc)}; {fix}") from None
     try:
         img.load()
@@ -166,9 +167,10 @@ def load_rgb(source: Union[str, os.PathLike, np.ndarray], fix: str = DATASET_FIX
         raise DatasetError(f"image {path} is too large to decode safely ({_one_line(exc)}); {fix}") from None
     except MemoryError:
         raise DatasetError(f"image {path} ({img.size[0]}x{img.size[1]} px) does not fit in memory; {fix}") from None
-    except Exception as exc:  # noqa: BLE001 - truncated/corrupt data: OSError, ValueError, SyntaxError, struct.error, ...
-        raise DatasetError(f"corrupt or truncated image {path}: {type(exc).__name__}: {_one_line(exc)}; "
-                           f"{fix}") from None
+    except Exception as exc:
+        raise DatasetError(
+            f"corrupt or truncated image {path}: {type(exc).__name__}: {_one_line(exc)}; {fix}"
+        ) from None
     finally:
         img.close()
 

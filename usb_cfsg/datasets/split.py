@@ -25,6 +25,7 @@ its own generator seeded by ``(seed, class index)``, and every index list is ord
 So the same arguments on the same files select the same images, and in the same order, even when
 annotation lines are shuffled.
 """
+
 from __future__ import annotations
 
 import json
@@ -107,7 +108,7 @@ class OpenSetSplit:
         return json.dumps(self.to_dict(), indent=indent)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "OpenSetSplit":
+    def from_dict(cls, data: dict[str, Any]) -> OpenSetSplit:
         """Rebuild a split from :meth:`to_dict` output."""
         as_idx = lambda key: np.asarray(data[key], dtype=np.int64)  # noqa: E731
         return cls(
@@ -123,7 +124,7 @@ class OpenSetSplit:
         )
 
     @classmethod
-    def from_json(cls, text: str) -> "OpenSetSplit":
+    def from_json(cls, text: str) -> OpenSetSplit:
         """Rebuild a split from :meth:`to_json` output."""
         return cls.from_dict(json.loads(text))
 
@@ -188,9 +189,11 @@ def _choose_seen(
             f"use 1..{num_classes} (usually fewer than {num_classes}, so that some classes stay unseen)"
         )
     if class_split == "ssb" and seen_classes is None:
-        raise DatasetError("class_split 'ssb' needs the benchmark's known classes: resolve them with "
-                           "usb_cfsg.datasets.ssb.ssb_classes(...) and pass them as seen_classes "
-                           "(build_openset_datasets does this)")
+        raise DatasetError(
+            "class_split 'ssb' needs the benchmark's known classes: resolve them with "
+            "usb_cfsg.datasets.ssb.ssb_classes(...) and pass them as seen_classes "
+            "(build_openset_datasets does this)"
+        )
     if seen_classes is not None:
         if isinstance(seen_classes, (str, bytes)) or not isinstance(seen_classes, Sequence):
             raise DatasetError(f"seen_classes must be a list of class names or indices, got {seen_classes!r}")

@@ -20,6 +20,7 @@ class, ``tests/datasets/test_split.py``):
   The mapping therefore goes through the names: SSB index ``i`` is the class whose (original)
   variant name is the ``i``-th of the sorted unique names of the training images.
 """
+
 from __future__ import annotations
 
 import functools
@@ -64,7 +65,9 @@ def load_ssb_file() -> Dict[str, Any]:
         return json.load(fh)
 
 
-def ssb_index_to_class(dataset: str, class_names: Sequence[str], train_targets: Union[Sequence[int], np.ndarray]) -> List[int]:
+def ssb_index_to_class(
+    dataset: str, class_names: Sequence[str], train_targets: Union[Sequence[int], np.ndarray]
+) -> List[int]:
     """``order[i]`` = our reader's class index of SSB class index ``i``.
 
     Args:
@@ -78,24 +81,31 @@ def ssb_index_to_class(dataset: str, class_names: Sequence[str], train_targets: 
         DatasetError: A dataset without an SSB split, or a class count that is not the benchmark's.
     """
     if dataset not in SSB_DATASETS:
-        raise DatasetError(f"class_split: ssb exists for {sorted(SSB_DATASETS)} only, not {dataset!r}; use "
-                           f"class_split: first or random, or list seen_classes")
+        raise DatasetError(
+            f"class_split: ssb exists for {sorted(SSB_DATASETS)} only, not {dataset!r}; use "
+            f"class_split: first or random, or list seen_classes"
+        )
     total, _ = SSB_DATASETS[dataset]
     if len(class_names) != total:
-        raise DatasetError(f"class_split: ssb: {dataset} has {len(class_names)} classes here, but the Semantic Shift "
-                           f"Benchmark split is defined on all {total}; use the complete dataset")
+        raise DatasetError(
+            f"class_split: ssb: {dataset} has {len(class_names)} classes here, but the Semantic Shift "
+            f"Benchmark split is defined on all {total}; use the complete dataset"
+        )
     if dataset != "fgvc_aircraft":
         return list(range(total))
     present = sorted({int(t) for t in np.asarray(train_targets, dtype=np.int64).tolist()})
     if len(present) != total:
-        raise DatasetError(f"class_split: ssb: the fgvc_aircraft training images cover {len(present)} of {total} "
-                           f"variants; the benchmark numbers the variants of images_variant_trainval.txt, all {total}")
+        raise DatasetError(
+            f"class_split: ssb: the fgvc_aircraft training images cover {len(present)} of {total} "
+            f"variants; the benchmark numbers the variants of images_variant_trainval.txt, all {total}"
+        )
     by_name = sorted(present, key=lambda c: str(class_names[c]))  # numpy.unique order of the variant names
     return by_name
 
 
-def ssb_classes(dataset: str, num_seen: int, class_names: Sequence[str],
-                train_targets: Union[Sequence[int], np.ndarray]) -> SSBClasses:
+def ssb_classes(
+    dataset: str, num_seen: int, class_names: Sequence[str], train_targets: Union[Sequence[int], np.ndarray]
+) -> SSBClasses:
     """The SSB known classes and unknown-class difficulties of ``dataset`` in reader indices.
 
     Args:
@@ -108,12 +118,16 @@ def ssb_classes(dataset: str, num_seen: int, class_names: Sequence[str],
         DatasetError: No SSB split for the dataset, the wrong ``num_classes``, or an incomplete dataset.
     """
     if dataset not in SSB_DATASETS:
-        raise DatasetError(f"class_split: ssb exists for {sorted(SSB_DATASETS)} only, not {dataset!r}; use "
-                           f"class_split: first or random, or list seen_classes")
+        raise DatasetError(
+            f"class_split: ssb exists for {sorted(SSB_DATASETS)} only, not {dataset!r}; use "
+            f"class_split: first or random, or list seen_classes"
+        )
     _, known = SSB_DATASETS[dataset]
     if int(num_seen) != known:
-        raise DatasetError(f"class_split: ssb on {dataset} fixes {known} known classes, but num_classes = {num_seen}; "
-                           f"set num_classes: {known} (and num_labels a multiple of {known})")
+        raise DatasetError(
+            f"class_split: ssb on {dataset} fixes {known} known classes, but num_classes = {num_seen}; "
+            f"set num_classes: {known} (and num_labels a multiple of {known})"
+        )
     order = ssb_index_to_class(dataset, class_names, train_targets)
     data = load_ssb_file()
     entry = data["datasets"][dataset]
@@ -124,8 +138,10 @@ def ssb_classes(dataset: str, num_seen: int, class_names: Sequence[str],
             difficulty[order[int(i)]] = str(group)
     unknown = set(range(len(order))) - set(seen)
     if len(seen) != known or set(difficulty) != unknown:
-        raise DatasetError(f"{SSB_FILE}: the {dataset} lists do not partition its {len(order)} classes; the file is "
-                           f"damaged (reinstall usb_cfsg)")
+        raise DatasetError(
+            f"{SSB_FILE}: the {dataset} lists do not partition its {len(order)} classes; the file is "
+            f"damaged (reinstall usb_cfsg)"
+        )
     return SSBClasses(dataset=dataset, seen_classes=seen, difficulty=difficulty, source=str(data["source"]))
 
 
@@ -134,5 +150,13 @@ def difficulty_of_images(test_targets: Union[Sequence[int], np.ndarray], difficu
     return [difficulty.get(int(t), "") for t in np.asarray(test_targets, dtype=np.int64).tolist()]
 
 
-__all__ = ["DIFFICULTIES", "SSBClasses", "SSB_DATASETS", "SSB_FILE", "load_ssb_file", "ssb_classes",
-           "ssb_index_to_class", "difficulty_of_images"]
+__all__ = [
+    "DIFFICULTIES",
+    "SSBClasses",
+    "SSB_DATASETS",
+    "SSB_FILE",
+    "load_ssb_file",
+    "ssb_classes",
+    "ssb_index_to_class",
+    "difficulty_of_images",
+]

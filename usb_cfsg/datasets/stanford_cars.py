@@ -1,4 +1,5 @@
 """Stanford Cars: 196 car models (make, model, year), 8,144 train / 8,041 test images."""
+
 from __future__ import annotations
 
 import logging
@@ -103,7 +104,9 @@ def read_stanford_cars(
     test = _read_annotations(test_annos, _image_folder(base, "test"), len(names))
     train_items, train_targets = check_images(NAME, "train", *train, skip_bad_images)
     test_items, test_targets = check_images(NAME, "test", *test, skip_bad_images)
-    logger.info("%s: %d classes, %d train / %d test images from %s", NAME, len(names), len(train_items), len(test_items), base)
+    logger.info(
+        "%s: %d classes, %d train / %d test images from %s", NAME, len(names), len(train_items), len(test_items), base
+    )
     return SourceData(
         name=NAME,
         class_names=apply_class_names(NAME, names, class_names),

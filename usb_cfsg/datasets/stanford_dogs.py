@@ -1,4 +1,5 @@
 """Stanford Dogs: 120 dog breeds (ImageNet synsets), 12,000 train / 8,580 test images."""
+
 from __future__ import annotations
 
 import logging
@@ -25,10 +26,7 @@ LAYOUT = """\
 |-- lists/train_list.mat            file_list: n02085620-Chihuahua/<file>.jpg, labels: 1-based
 `-- lists/test_list.mat             (the .mat files may also sit next to Images/, as lists.tar unpacks them)
 """
-HINT = (
-    f"Get images.tar and lists.tar from {PAGE} and unpack both in <data_dir>/stanford_dogs/, "
-    "or set download: true."
-)
+HINT = f"Get images.tar and lists.tar from {PAGE} and unpack both in <data_dir>/stanford_dogs/, or set download: true."
 MARKERS = ("Images",)
 PROMPT_TEMPLATES = (
     "a photo of a {}, a type of dog.",
@@ -109,7 +107,11 @@ def read_stanford_dogs(
         checked[split] = check_images(NAME, split, items, [lab - 1 for lab in labels], skip_bad_images)
     logger.info(
         "%s: %d classes, %d train / %d test images from %s",
-        NAME, num_classes, len(checked["train"][0]), len(checked["test"][0]), base,
+        NAME,
+        num_classes,
+        len(checked["train"][0]),
+        len(checked["test"][0]),
+        base,
     )
     return SourceData(
         name=NAME,

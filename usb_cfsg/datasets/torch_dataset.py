@@ -1,4 +1,5 @@
 """USB ``BasicDataset`` over image files or arrays, every image decoded to RGB by ``load_rgb``."""
+
 from __future__ import annotations
 
 from typing import Any, Optional, Sequence, Union

@@ -1,4 +1,5 @@
 """Weak, strong and eval augmentations, following USB's recipe for 224-px file datasets (aves.py)."""
+
 from __future__ import annotations
 
 import math
@@ -50,18 +51,22 @@ def build_transforms(
     img_size = int(img_size)
     resized = int(math.floor(img_size / float(crop_ratio)))
     finish = [T.ToTensor(), T.Normalize(list(mean), list(std))]
-    weak = T.Compose([
-        T.Resize((resized, resized)),
-        T.RandomCrop((img_size, img_size)),
-        T.RandomHorizontalFlip(),
-        *finish,
-    ])
-    strong = T.Compose([
-        T.Resize((resized, resized)),
-        RandomResizedCropAndInterpolation((img_size, img_size)),
-        T.RandomHorizontalFlip(),
-        RandAugment(3, 10),
-        *finish,
-    ])
+    weak = T.Compose(
+        [
+            T.Resize((resized, resized)),
+            T.RandomCrop((img_size, img_size)),
+            T.RandomHorizontalFlip(),
+            *finish,
+        ]
+    )
+    strong = T.Compose(
+        [
+            T.Resize((resized, resized)),
+            RandomResizedCropAndInterpolation((img_size, img_size)),
+            T.RandomHorizontalFlip(),
+            RandAugment(3, 10),
+            *finish,
+        ]
+    )
     evaluate = T.Compose([T.Resize(resized), T.CenterCrop(img_size), *finish])
     return weak, strong, evaluate

@@ -1,4 +1,5 @@
 """Device, data-order, checkpoint and launch glue that semilearn 0.3.2 lacks."""
+
 from .. import register as _register
 
 # Register nets, algorithms and datasets before importing plugin.py ourselves: registering imports

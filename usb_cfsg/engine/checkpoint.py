@@ -3,6 +3,7 @@
 Checkpoints hold only tensors and plain Python types, so they load under torch>=2.6's default
 ``weights_only=True`` without trusting the file.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,19 +39,25 @@ def safe_load(path: str, required: Iterable[str] = ()) -> Dict[str, Any]:
         CheckpointError: missing file, unreadable/untrusted content, or missing keys.
     """
     if not path or not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist; give load_path: <save_dir>/<save_name>/"
-                              f"latest_model.pth (or model_best.pth)")
+        raise CheckpointError(
+            f"checkpoint {path!r} does not exist; give load_path: <save_dir>/<save_name>/"
+            f"latest_model.pth (or model_best.pth)"
+        )
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch.load raises many types on foreign or damaged bytes
-        raise CheckpointError(f"cannot read checkpoint {path!r}: it is corrupt, truncated, or holds objects that "
-                              f"are not tensors/plain Python types ({type(exc).__name__}: {exc})") from exc
+    except Exception as exc:
+        raise CheckpointError(
+            f"cannot read checkpoint {path!r}: it is corrupt, truncated, or holds objects that "
+            f"are not tensors/plain Python types ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path!r} holds a {type(ckpt).__name__}, not a training checkpoint (a dict)")
     missing = [k for k in required if k not in ckpt]
     if missing:
-        raise CheckpointError(f"checkpoint {path!r} lacks {missing}; it has {sorted(ckpt)[:20]}. Expected a "
-                              f"checkpoint written by usb_cfsg's train.py (latest_model.pth / model_best.pth)")
+        raise CheckpointError(
+            f"checkpoint {path!r} lacks {missing}; it has {sorted(ckpt)[:20]}. Expected a "
+            f"checkpoint written by usb_cfsg's train.py (latest_model.pth / model_best.pth)"
+        )
     return ckpt
 
 
@@ -65,14 +72,16 @@ def peek_checkpoint(path: str, required: Iterable[str] = ("format", "it", "confi
         return safe_load(path, required)  # raises the "does not exist" error
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception:  # noqa: BLE001 - not a zip archive (mmap needs one) or damaged: full load reports it
+    except Exception:
         ckpt = safe_load(path, required)
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path!r} holds a {type(ckpt).__name__}, not a training checkpoint (a dict)")
     missing = [k for k in required if k not in ckpt]
     if missing:
-        raise CheckpointError(f"checkpoint {path!r} lacks {missing}; it has {sorted(ckpt)[:20]}. Expected a "
-                              f"checkpoint written by usb_cfsg's train.py (latest_model.pth / model_best.pth)")
+        raise CheckpointError(
+            f"checkpoint {path!r} lacks {missing}; it has {sorted(ckpt)[:20]}. Expected a "
+            f"checkpoint written by usb_cfsg's train.py (latest_model.pth / model_best.pth)"
+        )
     return {k: v for k, v in ckpt.items() if not isinstance(v, (dict, torch.Tensor)) or k in ("config",)}
 
 
@@ -81,8 +90,13 @@ def rng_state() -> Dict[str, Any]:
     np_state: Any = np.random.get_state()  # (name, keys, pos, has_gauss, cached_gaussian)
     state = {
         "python": random.getstate(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -111,5 +125,6 @@ def load_state_strict(module: torch.nn.Module, state: Dict[str, torch.Tensor], w
         raise CheckpointError(
             f"{what} in {path!r} does not match this run's network: missing {missing[:5]}, unexpected "
             f"{unexpected[:5]}, shape mismatch {[(k, tuple(state[k].shape), tuple(own[k].shape)) for k in shape[:5]]}. "
-            f"Use the same net, num_classes and algorithm switches as the run that wrote it")
+            f"Use the same net, num_classes and algorithm switches as the run that wrote it"
+        )
     module.load_state_dict(state, strict=True)

@@ -8,6 +8,7 @@
   heads, with a logged fallback to eager execution if compilation fails) and the
   ``channels_last`` key (NHWC memory format for the patch-embedding convolution and its input).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -110,8 +111,9 @@ class CompileFallback:
         mode: ``torch.compile`` mode (None = default).
     """
 
-    def __init__(self, fn: Callable[..., Any], name: str, backend: Any = "inductor",
-                 mode: Optional[str] = None) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], name: str, backend: Any = "inductor", mode: Optional[str] = None
+    ) -> None:
         self.name = name
         self.eager = fn
         self.failed: Optional[str] = None
@@ -121,10 +123,14 @@ class CompileFallback:
         if self.failed is None:
             try:
                 return self.compiled(*args, **kwargs)
-            except Exception as exc:  # noqa: BLE001 - any compiler failure means: run eagerly
+            except Exception as exc:
                 self.failed = f"{type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
-                logger.warning("compile: torch.compile of %s failed (%s); running it eagerly. "
-                               "Set compile: false to skip the attempt.", self.name, self.failed)
+                logger.warning(
+                    "compile: torch.compile of %s failed (%s); running it eagerly. "
+                    "Set compile: false to skip the attempt.",
+                    self.name,
+                    self.failed,
+                )
         return self.eager(*args, **kwargs)
 
 
@@ -147,7 +153,8 @@ def compile_targets(model: nn.Module) -> List[Tuple[str, Any, str]]:
         return [(type(net).__name__, net, "forward")]
     targets: List[Tuple[str, Any, str]] = [
         (f"backbone.visual.transformer.resblocks.{i}", block, "forward")
-        for i, block in enumerate(backbone.visual.transformer.resblocks)]
+        for i, block in enumerate(backbone.visual.transformer.resblocks)
+    ]
     targets += [(f"backbone.{m}", backbone, m) for m in _BACKBONE_METHODS if hasattr(backbone, m)]
     for name in ("classifier", "coarse_head", "fine_head", "ova", "vsi"):
         head = getattr(net, name, None)
@@ -174,8 +181,12 @@ def compile_model(model: nn.Module, backend: Any = "inductor", mode: Optional[st
 
 
 def _to_channels_last(module: nn.Module, args: Tuple[Any, ...]) -> Tuple[Any, ...]:
-    return tuple(a.contiguous(memory_format=torch.channels_last)
-                 if isinstance(a, torch.Tensor) and a.dim() == 4 and a.is_floating_point() else a for a in args)
+    return tuple(
+        a.contiguous(memory_format=torch.channels_last)
+        if isinstance(a, torch.Tensor) and a.dim() == 4 and a.is_floating_point()
+        else a
+        for a in args
+    )
 
 
 def convolutions(model: nn.Module) -> Iterable[nn.Module]:
@@ -197,8 +208,9 @@ def apply_channels_last(model: nn.Module) -> int:
     return count
 
 
-def apply_fast_paths(model: nn.Module, args: Any, device: torch.device,
-                     backend: Any = "inductor") -> Optional[List[CompileFallback]]:
+def apply_fast_paths(
+    model: nn.Module, args: Any, device: torch.device, backend: Any = "inductor"
+) -> Optional[List[CompileFallback]]:
     """Apply the ``channels_last`` and ``compile`` keys of ``args`` to ``model`` in place.
 
     Args:
@@ -219,11 +231,23 @@ def apply_fast_paths(model: nn.Module, args: Any, device: torch.device,
             logger.info("channels_last: ignored on CPU (it helps cuDNN convolutions only)")
     if getattr(args, "compile", False):
         wrappers = compile_model(model, backend=backend)
-        logger.info("compile: %d modules will be compiled with torch.compile (%s) at their first call",
-                    len(wrappers), backend)
+        logger.info(
+            "compile: %d modules will be compiled with torch.compile (%s) at their first call", len(wrappers), backend
+        )
         return wrappers
     return None
 
 
-__all__ = ["AMP_DTYPES", "CompileFallback", "amp_dtype", "apply_channels_last", "apply_fast_paths",
-           "autocast_factory", "compile_model", "compile_targets", "grad_scaler", "resolve_device", "synchronize"]
+__all__ = [
+    "AMP_DTYPES",
+    "CompileFallback",
+    "amp_dtype",
+    "apply_channels_last",
+    "apply_fast_paths",
+    "autocast_factory",
+    "compile_model",
+    "compile_targets",
+    "grad_scaler",
+    "resolve_device",
+    "synchronize",
+]

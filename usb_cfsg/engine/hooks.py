@@ -17,6 +17,7 @@
   :class:`NonFiniteLossError`, before anything else is written, so the last checkpoint (written
   from finite steps only) is kept.
 """
+
 from __future__ import annotations
 
 import logging
@@ -131,6 +132,7 @@ def compact_line(step: int, total: int, log: Dict[str, float]) -> str:
     if not shown:
         shown = [k for k in log if k.endswith("_loss")][:3]
     if shown:
+
         def name(key: str) -> str:
             return key.split("/")[-1].replace("_loss", "").replace("total", "loss")
 
@@ -157,8 +159,9 @@ class CompactLoggingHook(Hook):
     TensorBoard at step ``it + 1`` (the number the log shows).
     """
 
-    def __init__(self, throughput: Optional[ThroughputHook] = None,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
+    def __init__(
+        self, throughput: Optional[ThroughputHook] = None, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
         self.throughput = throughput
         self.clock = clock
 
@@ -171,8 +174,10 @@ class CompactLoggingHook(Hook):
         if _is_main(algorithm):
             algorithm.print_fn(compact_line(step, total, log))
             if "eval/top-1-acc" in log:
-                text = (f"it {step}/{total} | eval top-1 {log['eval/top-1-acc']:.4f} (best "
-                        f"{algorithm.best_eval_acc:.4f} at it {algorithm.best_it + 1})")
+                text = (
+                    f"it {step}/{total} | eval top-1 {log['eval/top-1-acc']:.4f} (best "
+                    f"{algorithm.best_eval_acc:.4f} at it {algorithm.best_it + 1})"
+                )
                 if self.throughput is not None:
                     text += f" | evaluation + checkpoint {self.clock() - self.throughput.compute_end:.1f} s"
                 algorithm.print_fn(text)
@@ -182,8 +187,7 @@ class CompactLoggingHook(Hook):
 
 def non_finite_terms(log: Dict[str, Any]) -> List[str]:
     """The loss entries of a step's ``log_dict`` that are not finite (``["train/unsup_loss"]``)."""
-    return [k for k, v in log.items()
-            if "loss" in k and isinstance(v, (int, float)) and not math.isfinite(float(v))]
+    return [k for k, v in log.items() if "loss" in k and isinstance(v, (int, float)) and not math.isfinite(float(v))]
 
 
 class GuardedParamUpdateHook(ParamUpdateHook):
@@ -229,13 +233,22 @@ class GuardedParamUpdateHook(ParamUpdateHook):
         step = algorithm.it + 1
         terms = non_finite_terms(algorithm.log_dict) or ["the loss returned by train_step"]
         if _is_main(algorithm):
-            logger.warning("it %d: non-finite %s: step skipped (%d in a row; the run stops at max_bad_steps=%d)",
-                           step, ", ".join(terms), self.bad_streak, self.max_bad_steps)
+            logger.warning(
+                "it %d: non-finite %s: step skipped (%d in a row; the run stops at max_bad_steps=%d)",
+                step,
+                ", ".join(terms),
+                self.bad_streak,
+                self.max_bad_steps,
+            )
         if self.bad_streak >= self.max_bad_steps:
             last = getattr(algorithm, "last_checkpoint", None)
-            kept = (f"the last checkpoint {last[0]!r} (iteration {last[1]}) is kept" if last else
-                    "no checkpoint had been written yet")
+            kept = (
+                f"the last checkpoint {last[0]!r} (iteration {last[1]}) is kept"
+                if last
+                else "no checkpoint had been written yet"
+            )
             raise NonFiniteLossError(
                 f"{self.bad_streak} consecutive steps (iterations {step - self.bad_streak + 1}-{step}) had a non-finite "
                 f"loss ({', '.join(terms)}); the run stops and {kept}. Try a lower lr, clip_grad > 0 or amp false, "
-                f"or raise max_bad_steps")
+                f"or raise max_bad_steps"
+            )

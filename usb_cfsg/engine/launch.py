@@ -21,6 +21,7 @@ What a start does, in this order (decisions documented here and in README 'Runs 
    new run folder behind.
 4. The resolved configuration is logged, and training starts.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,12 +49,39 @@ _FORMAT = "[%(asctime)s %(levelname)s] %(message)s"
 #: Keys that may differ between a checkpoint's configuration and the run resuming it: where things
 #: are, how often to log/evaluate, how to launch and load. Every other key shapes training; a
 #: difference is refused (see :func:`check_resume`).
-RESUME_FREE_KEYS = frozenset({
-    "save_dir", "save_name", "resume", "resume_extend", "load_path", "overwrite", "use_tensorboard", "use_wandb",
-    "use_aim", "num_log_iter", "num_eval_iter", "eval_batch_size", "num_workers", "data_dir", "download", "device",
-    "gpu", "rank", "multiprocessing_distributed", "dist_url", "dist_backend", "relevance_dir", "max_bad_steps",
-    "pretrain_path", "persistent_workers", "pin_memory", "cache_images", "compile", "channels_last",
-})
+RESUME_FREE_KEYS = frozenset(
+    {
+        "save_dir",
+        "save_name",
+        "resume",
+        "resume_extend",
+        "load_path",
+        "overwrite",
+        "use_tensorboard",
+        "use_wandb",
+        "use_aim",
+        "num_log_iter",
+        "num_eval_iter",
+        "eval_batch_size",
+        "num_workers",
+        "data_dir",
+        "download",
+        "device",
+        "gpu",
+        "rank",
+        "multiprocessing_distributed",
+        "dist_url",
+        "dist_backend",
+        "relevance_dir",
+        "max_bad_steps",
+        "pretrain_path",
+        "persistent_workers",
+        "pin_memory",
+        "cache_images",
+        "compile",
+        "channels_last",
+    }
+)
 #: Keys that change the length of the lr schedule; they may change on resume under ``resume_extend``.
 SCHEDULE_KEYS = ("num_train_iter", "epoch")
 
@@ -85,7 +113,7 @@ def setup_logging(path: Optional[str], level: int = logging.INFO) -> logging.Log
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
-    np.random.seed(seed % (2 ** 32))
+    np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
 
 
@@ -98,15 +126,20 @@ def free_port() -> int:
 def cap_num_workers(args: Namespace, notify: bool = True) -> None:
     """Cap ``num_workers`` to the CPUs this process may use, with one notice when ``notify`` (the
     unlabeled loader, which uses twice as many, is capped the same way by ``plugin.loader_workers``)."""
-    cpus = loader_workers(10 ** 6)
+    cpus = loader_workers(10**6)
     wanted = int(args.num_workers)
     if wanted <= cpus and 2 * wanted <= cpus:
         return
     args.num_workers = min(wanted, cpus)
     if notify:
-        logger.info("num_workers %d: %d CPUs available, using %d workers for the labeled and evaluation loaders "
-                    "and %d for the unlabeled loader (2 x num_workers, capped)", wanted, cpus, args.num_workers,
-                    min(2 * wanted, cpus))
+        logger.info(
+            "num_workers %d: %d CPUs available, using %d workers for the labeled and evaluation loaders "
+            "and %d for the unlabeled loader (2 x num_workers, capped)",
+            wanted,
+            cpus,
+            args.num_workers,
+            min(2 * wanted, cpus),
+        )
 
 
 def _inside(child: Optional[str], parent: str) -> bool:
@@ -134,7 +167,7 @@ class RunFolder:
         self.is_started = False
 
     @classmethod
-    def prepare(cls, args: Namespace) -> "RunFolder":
+    def prepare(cls, args: Namespace) -> RunFolder:
         """Create the run folder (see the module docstring, step 2).
 
         Raises:
@@ -152,16 +185,21 @@ class RunFolder:
             os.makedirs(path)
             return cls(path, created=True)
         if not args.overwrite:
-            raise ConfigError(f"run folder {path!r} already exists: pass --overwrite true to replace it, "
-                              f"--resume true --load_path {os.path.join(path, 'latest_model.pth')} to continue, "
-                              f"or another --save_name")
+            raise ConfigError(
+                f"run folder {path!r} already exists: pass --overwrite true to replace it, "
+                f"--resume true --load_path {os.path.join(path, 'latest_model.pth')} to continue, "
+                f"or another --save_name"
+            )
         for key in ("pretrain_path", "data_dir"):
             value = getattr(args, key, None)
             if _inside(value, path):
-                raise ConfigError(f"overwrite would delete {key} {value!r}, which this run loads, with the run folder "
-                                  f"{path!r}: move it elsewhere or choose another --save_name")
-        backup = os.path.join(os.path.dirname(os.path.abspath(path)),
-                              f".{os.path.basename(os.path.abspath(path))}.replaced-{os.getpid()}")
+                raise ConfigError(
+                    f"overwrite would delete {key} {value!r}, which this run loads, with the run folder "
+                    f"{path!r}: move it elsewhere or choose another --save_name"
+                )
+        backup = os.path.join(
+            os.path.dirname(os.path.abspath(path)), f".{os.path.basename(os.path.abspath(path))}.replaced-{os.getpid()}"
+        )
         os.rename(path, backup)
         os.makedirs(path)
         logger.info("overwrite: replacing %s (the previous run is deleted once this one has started)", path)
@@ -202,8 +240,10 @@ def check_net(args: Namespace) -> None:
 
         names = [n for n in dir(nets) if not n.startswith("_")]
     if args.net not in names:
-        raise ConfigError(f"unknown net {args.net!r}{did_you_mean(args.net, names)} (net_from_name: "
-                          f"{args.net_from_name}); see README 'Configuration' for the nets")
+        raise ConfigError(
+            f"unknown net {args.net!r}{did_you_mean(args.net, names)} (net_from_name: "
+            f"{args.net_from_name}); see README 'Configuration' for the nets"
+        )
 
 
 def check_resume(args: Namespace, ckpt: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -231,32 +271,43 @@ def check_resume(args: Namespace, ckpt: Dict[str, Any]) -> Optional[Dict[str, An
     if ckpt.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path!r} has format {ckpt.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
     if ckpt.get("algorithm") not in (None, args.algorithm):
-        raise CheckpointError(f"{path!r} was written by algorithm {ckpt.get('algorithm')!r}; this run is "
-                              f"{args.algorithm!r}: resume with --algorithm {ckpt.get('algorithm')}")
+        raise CheckpointError(
+            f"{path!r} was written by algorithm {ckpt.get('algorithm')!r}; this run is "
+            f"{args.algorithm!r}: resume with --algorithm {ckpt.get('algorithm')}"
+        )
     old_cfg = dict(ckpt.get("config") or {})
     new_cfg = config_to_dict(args)
     it = int(ckpt["it"])
-    changed = {k: (old_cfg[k], new_cfg[k]) for k in sorted(set(old_cfg) & set(new_cfg))
-               if k not in RESUME_FREE_KEYS and old_cfg[k] != new_cfg[k]}
+    changed = {
+        k: (old_cfg[k], new_cfg[k])
+        for k in sorted(set(old_cfg) & set(new_cfg))
+        if k not in RESUME_FREE_KEYS and old_cfg[k] != new_cfg[k]
+    }
     schedule = {k: v for k, v in changed.items() if k in SCHEDULE_KEYS}
     other = {k: v for k, v in changed.items() if k not in SCHEDULE_KEYS}
     folder = os.path.dirname(os.path.abspath(path))
     if other:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in other.items())
-        raise ConfigError(f"resume from {path!r}: this run changes keys that shape training ({listed}); a resume "
-                          f"continues the checkpoint's run as it was configured. Resume with its own config "
-                          f"(python train.py --c {os.path.join(folder, 'config.yaml')} --resume true), or start a "
-                          f"new run with another --save_name")
+        raise ConfigError(
+            f"resume from {path!r}: this run changes keys that shape training ({listed}); a resume "
+            f"continues the checkpoint's run as it was configured. Resume with its own config "
+            f"(python train.py --c {os.path.join(folder, 'config.yaml')} --resume true), or start a "
+            f"new run with another --save_name"
+        )
     if schedule and not args.resume_extend:
         listed = ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in schedule.items())
-        raise ConfigError(f"resume from {path!r} (iteration {it}) changes the schedule ({listed}): the lr schedule "
-                          f"and the epoch length follow num_train_iter, so the resumed run would not be the run that "
-                          f"was started. Add --resume_extend true to continue with the schedule recomputed for the "
-                          f"new length, or resume with num_train_iter {old_cfg.get('num_train_iter')!r}")
+        raise ConfigError(
+            f"resume from {path!r} (iteration {it}) changes the schedule ({listed}): the lr schedule "
+            f"and the epoch length follow num_train_iter, so the resumed run would not be the run that "
+            f"was started. Add --resume_extend true to continue with the schedule recomputed for the "
+            f"new length, or resume with num_train_iter {old_cfg.get('num_train_iter')!r}"
+        )
     if it >= args.num_train_iter:
         if schedule:
-            raise ConfigError(f"resume from {path!r}: the checkpoint is already at iteration {it}; num_train_iter "
-                              f"{args.num_train_iter} would train nothing. Give a num_train_iter above {it}")
+            raise ConfigError(
+                f"resume from {path!r}: the checkpoint is already at iteration {it}; num_train_iter "
+                f"{args.num_train_iter} would train nothing. Give a num_train_iter above {it}"
+            )
         return None
     return {"it": it, "old": {k: a for k, (a, _) in schedule.items()}}
 
@@ -271,17 +322,23 @@ def preflight(args: Namespace) -> bool:
     """
     check_net(args)
     if args.pretrain_path and not os.path.isfile(args.pretrain_path):
-        raise ConfigError(f"pretrain_path {args.pretrain_path!r} does not exist (absolute: "
-                          f"{os.path.abspath(args.pretrain_path)!r}); give a local weights file, or pretrain_path none")
+        raise ConfigError(
+            f"pretrain_path {args.pretrain_path!r} does not exist (absolute: "
+            f"{os.path.abspath(args.pretrain_path)!r}); give a local weights file, or pretrain_path none"
+        )
     args.resume_info = None
     if not args.resume:
         return True
     ckpt = peek_checkpoint(args.load_path, required=("format", "it"))
     info = check_resume(args, ckpt)
     if info is None:
-        logger.info("%s is a finished run (iteration %d of num_train_iter %d): nothing to train; its folder and "
-                    "results are left as they are. To train longer: --num_train_iter N --resume_extend true",
-                    args.load_path, int(ckpt["it"]), args.num_train_iter)
+        logger.info(
+            "%s is a finished run (iteration %d of num_train_iter %d): nothing to train; its folder and "
+            "results are left as they are. To train longer: --num_train_iter N --resume_extend true",
+            args.load_path,
+            int(ckpt["it"]),
+            args.num_train_iter,
+        )
         return False
     args.resume_info = info
     return True
@@ -292,8 +349,11 @@ def place_model(model: torch.nn.Module, device: torch.device, distributed: bool)
     model = model.to(device)
     if distributed:
         model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None,
-            broadcast_buffers=False, find_unused_parameters=True)
+            model,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            find_unused_parameters=True,
+        )
     return model
 
 
@@ -366,8 +426,7 @@ def worker(local_rank: int, args: Namespace, started: Union[None, Callable[[], N
         backend = args.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size,
-                                rank=args.rank)
+        dist.init_process_group(backend=backend, init_method=args.dist_url, world_size=args.world_size, rank=args.rank)
         log.info("process %d/%d on %s (%s)", args.rank, args.world_size, device, backend)
     try:
         return _train(args, device, path, log, started if args.rank == 0 else None)
@@ -402,13 +461,21 @@ def apply_schedule_change(algorithm: Any, info: Dict[str, Any], log: logging.Log
             group["lr"] = base * fn(step)
         sched._last_lr = [g["lr"] for g in algorithm.optimizer.param_groups]
         new_lr = float(algorithm.optimizer.param_groups[-1]["lr"])
-    log.warning("resume_extend: %s; the lr schedule is recomputed for %d iterations: at iteration %d the lr goes "
-                "from %.3e (old schedule) to %.3e (new); iterations per epoch: %d", changes, args.num_train_iter,
-                info["it"], old_lr, new_lr, algorithm.num_iter_per_epoch)
+    log.warning(
+        "resume_extend: %s; the lr schedule is recomputed for %d iterations: at iteration %d the lr goes "
+        "from %.3e (old schedule) to %.3e (new); iterations per epoch: %d",
+        changes,
+        args.num_train_iter,
+        info["it"],
+        old_lr,
+        new_lr,
+        algorithm.num_iter_per_epoch,
+    )
 
 
-def _train(args: Namespace, device: torch.device, path: str, log: logging.Logger,
-           started: Any = None) -> Dict[str, Any]:
+def _train(
+    args: Namespace, device: torch.device, path: str, log: logging.Logger, started: Any = None
+) -> Dict[str, Any]:
     from semilearn.core.utils import TBLog, get_net_builder
 
     seed_everything(args.seed)
@@ -427,8 +494,9 @@ def _train(args: Namespace, device: torch.device, path: str, log: logging.Logger
             n_train = sum(p.numel() for p in algorithm.model.parameters() if p.requires_grad)
             n_all = sum(p.numel() for p in algorithm.model.parameters())
             log.info("resolved config:\n%s", format_config(args))
-            log.info("device: %s, world size %d; trainable parameters: %d of %d", device, args.world_size, n_train,
-                     n_all)
+            log.info(
+                "device: %s, world size %d; trainable parameters: %d of %d", device, args.world_size, n_train, n_all
+            )
             config_path = os.path.join(path, "config.yaml")
             # config.yaml holds the run's configuration, written once the start has succeeded: at a
             # fresh start, and on resume only when missing (a new folder) or resume_extend changed it
@@ -438,8 +506,12 @@ def _train(args: Namespace, device: torch.device, path: str, log: logging.Logger
         if hasattr(algorithm, "warmup"):  # USB's train.py runs these stages (e.g. Dash's warm-up)
             log.info("warmup stage")
             algorithm.warmup()
-        log.info("training %s for %d iterations%s", args.algorithm, args.num_train_iter,
-                 f" (from iteration {algorithm.it})" if args.resume else "")
+        log.info(
+            "training %s for %d iterations%s",
+            args.algorithm,
+            args.num_train_iter,
+            f" (from iteration {algorithm.it})" if args.resume else "",
+        )
         algorithm.train()
         if hasattr(algorithm, "finetune"):
             log.info("finetune stage")

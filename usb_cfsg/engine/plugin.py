@@ -12,6 +12,7 @@ ours) with :class:`PluginMixin`, which
 * writes checkpoints atomically with RNG state and the resolved config, and resumes exactly or
   fails loudly (never a silent restart).
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,8 +61,17 @@ class PluginMixin:
     print_fn: Any
     _hooks: list
 
-    def __init__(self, args, net_builder, tb_log=None, logger=None, device: Optional[torch.device] = None,
-                 record_split: bool = True, weights_from_checkpoint: bool = False, **kw):
+    def __init__(
+        self,
+        args,
+        net_builder,
+        tb_log=None,
+        logger=None,
+        device: Optional[torch.device] = None,
+        record_split: bool = True,
+        weights_from_checkpoint: bool = False,
+        **kw,
+    ):
         self.device = device or torch.device("cpu")
         # eval.py: the weights come from a checkpoint; no CLIP weights fetched, no optimizer built
         self.weights_from_checkpoint = weights_from_checkpoint
@@ -71,8 +81,10 @@ class PluginMixin:
         self.ngpus_per_node = max(1, args.world_size)  # USB computes rank % ngpus_per_node (0 on CPU)
         self.amp_cm = autocast_factory(self.device, bool(args.amp), getattr(args, "amp_dtype", "auto"))
         if args.amp and self.device.type == "cpu":
-            self.print_fn("amp on CPU runs bf16 autocast: correct everywhere, but much slower than fp32 on CPUs "
-                          "without bf16 units (AVX512-BF16/AMX); use --amp false for CPU speed")
+            self.print_fn(
+                "amp on CPU runs bf16 autocast: correct everywhere, but much slower than fp32 on CPUs "
+                "without bf16 units (AVX512-BF16/AMX); use --amp false for CPU speed"
+            )
         self.loss_scaler = grad_scaler(self.device, bool(args.amp), getattr(args, "amp_dtype", "auto"))
         # after set_ema_model's deep copy: compile / channels_last act on the training model only
         self.compiled = apply_fast_paths(self.model, args, self.device)
@@ -106,10 +118,20 @@ class PluginMixin:
         keep = bool(getattr(a, "persistent_workers", False))
         world = max(1, a.world_size) if self.distributed else 1
         loaders = {
-            "train_lb": train_loader(d["train_lb"], a.batch_size, self.num_iter_per_epoch, a.seed, a.rank, world,
-                                     a.num_workers, pin, keep),
-            "train_ulb": train_loader(d["train_ulb"], a.batch_size * a.uratio, self.num_iter_per_epoch, a.seed + 1,
-                                      a.rank, world, loader_workers(2 * a.num_workers), pin, keep),
+            "train_lb": train_loader(
+                d["train_lb"], a.batch_size, self.num_iter_per_epoch, a.seed, a.rank, world, a.num_workers, pin, keep
+            ),
+            "train_ulb": train_loader(
+                d["train_ulb"],
+                a.batch_size * a.uratio,
+                self.num_iter_per_epoch,
+                a.seed + 1,
+                a.rank,
+                world,
+                loader_workers(2 * a.num_workers),
+                pin,
+                keep,
+            ),
             "eval": eval_loader(d["eval"], a.eval_batch_size, a.num_workers, pin, keep),
         }
         if d.get("test_open") is not None:
@@ -140,8 +162,9 @@ class PluginMixin:
     def set_model(self):
         a = self.args
         if not getattr(self.net_builder, "usb_cfsg_clip", False):
-            return self.net_builder(num_classes=self.num_classes, pretrained=bool(a.pretrained),
-                                    pretrained_path=a.pretrain_path)
+            return self.net_builder(
+                num_classes=self.num_classes, pretrained=bool(a.pretrained), pretrained_path=a.pretrain_path
+            )
         info = self.openset_info
         templates = a.prompt_templates or (info.prompt_templates if info is not None else None)
         head, head_kwargs = self.net_spec(a)
@@ -196,8 +219,9 @@ class PluginMixin:
 
     # ------------------------------------------------------ open-set scores
     @classmethod
-    def compute_unknown_scores(cls, outputs: Dict[str, np.ndarray], args,
-                               calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
+    def compute_unknown_scores(
+        cls, outputs: Dict[str, np.ndarray], args, calibration: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, np.ndarray], str]:
         """Open-set scores from the net outputs, the config and a calibration (the override point).
 
         Default for any USB algorithm, from ``outputs["logits"]`` [N, K]: ``msp`` = 1 - max softmax
@@ -221,8 +245,9 @@ class PluginMixin:
         return {"msp": 1.0 - 1.0 / total, "energy": -(top + np.log(total))}, "msp"
 
     @classmethod
-    def scores_with_calibration(cls, outputs: Dict[str, np.ndarray], args,
-                                calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
+    def scores_with_calibration(
+        cls, outputs: Dict[str, np.ndarray], args, calibration: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, np.ndarray], str]:
         """:meth:`compute_unknown_scores`, passing ``calibration`` only to overrides that accept it."""
         import inspect
 
@@ -230,8 +255,9 @@ class PluginMixin:
             return cls.compute_unknown_scores(outputs, args, calibration=calibration)
         return cls.compute_unknown_scores(outputs, args)
 
-    def unknown_scores(self, outputs: Dict[str, np.ndarray],
-                       calibration: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], str]:
+    def unknown_scores(
+        self, outputs: Dict[str, np.ndarray], calibration: Optional[Dict[str, Any]] = None
+    ) -> Tuple[Dict[str, np.ndarray], str]:
         """``(scores, primary)`` for this run: :meth:`compute_unknown_scores` with ``self.args``."""
         return self.scores_with_calibration(outputs, self.args, calibration)
 
@@ -367,8 +393,9 @@ class PluginMixin:
         if ckpt["format"] != CHECKPOINT_FORMAT:
             raise CheckpointError(f"{load_path!r} has format {ckpt['format']!r}, expected {CHECKPOINT_FORMAT!r}")
         if ckpt.get("algorithm") != self.algorithm:
-            raise CheckpointError(f"{load_path!r} was written by algorithm {ckpt.get('algorithm')!r}; this run is "
-                                  f"{self.algorithm!r}")
+            raise CheckpointError(
+                f"{load_path!r} was written by algorithm {ckpt.get('algorithm')!r}; this run is {self.algorithm!r}"
+            )
         load_state_strict(unwrap(self.model), ckpt["model"], "model", load_path)
         load_state_strict(unwrap(self.ema_model), ckpt["ema_model"], "ema_model", load_path)
         try:
@@ -406,15 +433,28 @@ def loader_workers(requested: int) -> int:
     return max(0, min(int(requested), cpus))
 
 
-def clip_net_kwargs(args, head: str, head_kwargs: Dict[str, Any], class_names: Optional[Sequence[str]],
-                    prompt_templates: Optional[Sequence[str]]) -> Dict[str, Any]:
+def clip_net_kwargs(
+    args,
+    head: str,
+    head_kwargs: Dict[str, Any],
+    class_names: Optional[Sequence[str]],
+    prompt_templates: Optional[Sequence[str]],
+) -> Dict[str, Any]:
     """Keyword arguments of one of our CLIP net builders for a run (shared by set_model and predict.py)."""
     return dict(
-        num_classes=args.num_classes, pretrained=args.pretrained, pretrained_path=args.pretrain_path,
-        clip_model=getattr(args, "clip_model", None), head=head, img_size=args.img_size,
+        num_classes=args.num_classes,
+        pretrained=args.pretrained,
+        pretrained_path=args.pretrain_path,
+        clip_model=getattr(args, "clip_model", None),
+        head=head,
+        img_size=args.img_size,
         num_tuned_blocks=args.num_tuned_blocks,
-        class_names=list(class_names) if class_names is not None else None, prompt_templates=prompt_templates,
-        text_encoder=args.text_encoder, seed=args.seed, **head_kwargs)
+        class_names=list(class_names) if class_names is not None else None,
+        prompt_templates=prompt_templates,
+        text_encoder=args.text_encoder,
+        seed=args.seed,
+        **head_kwargs,
+    )
 
 
 def plugin_class(name: str) -> Type[Any]:
@@ -427,8 +467,15 @@ def plugin_class(name: str) -> Type[Any]:
     return type(f"Plugin{base.__name__}", (PluginMixin, base), {"__module__": __name__})
 
 
-def build_algorithm(args, net_builder, tb_log=None, logger_=None, device: Optional[torch.device] = None,
-                    record_split: bool = True, weights_from_checkpoint: bool = False):
+def build_algorithm(
+    args,
+    net_builder,
+    tb_log=None,
+    logger_=None,
+    device: Optional[torch.device] = None,
+    record_split: bool = True,
+    weights_from_checkpoint: bool = False,
+):
     """Instantiate the registered algorithm ``args.algorithm`` with :class:`PluginMixin` in front.
 
     ``record_split=False`` builds the datasets without writing ``split.json`` (evaluation);
@@ -436,9 +483,15 @@ def build_algorithm(args, net_builder, tb_log=None, logger_=None, device: Option
     """
     if not hasattr(args, "distributed"):  # set by the launcher; a single process otherwise (eval, benchmarks)
         args.distributed = False
-    return plugin_class(args.algorithm)(args=args, net_builder=net_builder, tb_log=tb_log, logger=logger_,
-                                        device=device, record_split=record_split,
-                                        weights_from_checkpoint=weights_from_checkpoint)
+    return plugin_class(args.algorithm)(
+        args=args,
+        net_builder=net_builder,
+        tb_log=tb_log,
+        logger=logger_,
+        device=device,
+        record_split=record_split,
+        weights_from_checkpoint=weights_from_checkpoint,
+    )
 
 
 __all__ = ["PluginMixin", "build_algorithm", "clip_net_kwargs", "plugin_class"]

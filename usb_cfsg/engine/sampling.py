@@ -8,6 +8,7 @@ process-global RNG, so a resumed run sees different data than an uninterrupted o
 * :class:`SeededDataset` applies the dataset's random transforms under that per-sample seed,
   leaving the global RNG untouched, so the result does not depend on workers or resumption.
 """
+
 from __future__ import annotations
 
 import random
@@ -23,7 +24,7 @@ _MIX = 0x9E3779B1
 def _mix(*parts: int) -> int:
     h = 0
     for p in parts:
-        h = (h * _MIX + int(p) + 0x7F4A7C15) % (2 ** 63 - 1)
+        h = (h * _MIX + int(p) + 0x7F4A7C15) % (2**63 - 1)
     return h
 
 
@@ -39,8 +40,9 @@ class ResumableSampler(Sampler[Tuple[int, int]]):
         batch_size: Batch size, to translate a start iteration into a start position.
     """
 
-    def __init__(self, dataset_len: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1,
-                 batch_size: int = 1) -> None:
+    def __init__(
+        self, dataset_len: int, num_samples: int, seed: int, rank: int = 0, world_size: int = 1, batch_size: int = 1
+    ) -> None:
         if dataset_len < 1:
             raise ValueError("cannot sample from an empty dataset")
         self.dataset_len = dataset_len
@@ -64,7 +66,7 @@ class ResumableSampler(Sampler[Tuple[int, int]]):
         total = self.num_samples * self.world_size
         reps = -(-total // self.dataset_len)
         order = torch.cat([torch.randperm(self.dataset_len, generator=gen) for _ in range(reps)])[:total]
-        return order[self.rank::self.world_size]
+        return order[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
         order = self._order().tolist()
@@ -101,7 +103,7 @@ class SeededDataset(Dataset):
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             random.seed(seed)
-            np.random.seed(seed % (2 ** 32))
+            np.random.seed(seed % (2**32))
             torch.manual_seed(seed)
             try:
                 return self.dataset[index]
@@ -118,8 +120,17 @@ def _worker_options(num_workers: int, pin_memory: bool, persistent_workers: bool
     return opts
 
 
-def train_loader(dataset: Dataset, batch_size: int, iters_per_epoch: int, seed: int, rank: int, world_size: int,
-                 num_workers: int, pin_memory: bool = False, persistent_workers: bool = False) -> DataLoader:
+def train_loader(
+    dataset: Dataset,
+    batch_size: int,
+    iters_per_epoch: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    num_workers: int,
+    pin_memory: bool = False,
+    persistent_workers: bool = False,
+) -> DataLoader:
     """An infinite-style training loader (one epoch = ``iters_per_epoch`` batches) that can resume.
 
     Args:
@@ -136,15 +147,27 @@ def train_loader(dataset: Dataset, batch_size: int, iters_per_epoch: int, seed: 
             augmentations are the same either way: the sampler runs in the main process and
             every sample carries its own seed.
     """
-    sampler = ResumableSampler(len(dataset), iters_per_epoch * batch_size, seed, rank, world_size, batch_size)
-    return DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=sampler, drop_last=True,
-                      generator=torch.Generator().manual_seed(seed),
-                      **_worker_options(num_workers, pin_memory, persistent_workers))
+    num_items = len(dataset)  # type: ignore[arg-type]  # map-style datasets have __len__
+    sampler = ResumableSampler(num_items, iters_per_epoch * batch_size, seed, rank, world_size, batch_size)
+    return DataLoader(
+        SeededDataset(dataset),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,
+        generator=torch.Generator().manual_seed(seed),
+        **_worker_options(num_workers, pin_memory, persistent_workers),
+    )
 
 
-def eval_loader(dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool = False,
-                persistent_workers: bool = False) -> DataLoader:
+def eval_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, pin_memory: bool = False, persistent_workers: bool = False
+) -> DataLoader:
     """A deterministic, unshuffled loader that does not consume the global RNG."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
-                      generator=torch.Generator().manual_seed(0),
-                      **_worker_options(num_workers, pin_memory, persistent_workers))
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(0),
+        **_worker_options(num_workers, pin_memory, persistent_workers),
+    )

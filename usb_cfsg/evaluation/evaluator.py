@@ -44,6 +44,7 @@ i.e. on part of the open-set test set; reporting the best model would select on 
 exactly; on a checkpoint without one (``model_best.pth``, older runs) it fits the calibration on
 the training data the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -64,17 +65,47 @@ from .report import format_summary
 logger = logging.getLogger("usb_cfsg")
 
 #: Headline metrics (of the primary score) in openset_metrics.json, TensorBoard and results.
-HEADLINE_KEYS: Tuple[str, ...] = ("closed_acc", "auroc", "fpr95", "fpr95_id", "open_bacc", "unknown_recall",
-                                  "seen_acc", "h_score", "macro_f1")
+HEADLINE_KEYS: Tuple[str, ...] = (
+    "closed_acc",
+    "auroc",
+    "fpr95",
+    "fpr95_id",
+    "open_bacc",
+    "unknown_recall",
+    "seen_acc",
+    "h_score",
+    "macro_f1",
+)
 #: Per-score metrics under ``"scores"`` in openset_metrics.json (numbers; NaN written as null).
-SCORE_KEYS: Tuple[str, ...] = ("auroc", "fpr95", "fpr95_id", "open_bacc", "unknown_recall", "seen_acc", "h_score",
-                               "macro_f1", "threshold")
+SCORE_KEYS: Tuple[str, ...] = (
+    "auroc",
+    "fpr95",
+    "fpr95_id",
+    "open_bacc",
+    "unknown_recall",
+    "seen_acc",
+    "h_score",
+    "macro_f1",
+    "threshold",
+)
 #: Per-difficulty metrics (``class_split: ssb``): seen-class test images against one group's unknowns.
 DIFFICULTY_KEYS: Tuple[str, ...] = ("num_test_unseen", "auroc", "fpr95", "fpr95_id", "unknown_recall")
 #: Top-level keys of openset_metrics.json, in file order.
-JSON_KEYS: Tuple[str, ...] = ("algorithm", "dataset", "num_seen", "num_test_seen", "num_test_unseen",
-                              "primary_score", *HEADLINE_KEYS, "threshold", "threshold_source", "difficulty", "scores",
-                              "calibration", "checkpoint")
+JSON_KEYS: Tuple[str, ...] = (
+    "algorithm",
+    "dataset",
+    "num_seen",
+    "num_test_seen",
+    "num_test_unseen",
+    "primary_score",
+    *HEADLINE_KEYS,
+    "threshold",
+    "threshold_source",
+    "difficulty",
+    "scores",
+    "calibration",
+    "checkpoint",
+)
 #: Most unlabeled training images the calibration uses at each evaluation during training.
 CALIBRATION_MAX_IMAGES_TRAINING = 500
 #: Quantiles of a score's training values that make its range.
@@ -100,14 +131,16 @@ def _validated_scores(scores: Mapping[str, Any], primary: str, n: int, source: s
     if not isinstance(scores, Mapping) or not scores:
         raise EvaluationError(f"{source} returned no scores ({scores!r}); expected {{name: array [N]}}")
     if primary not in scores:
-        raise EvaluationError(f"{source} names primary score {primary!r}, which is not among its scores "
-                              f"{sorted(scores)}")
+        raise EvaluationError(
+            f"{source} names primary score {primary!r}, which is not among its scores {sorted(scores)}"
+        )
     out = {}
     for name, values in scores.items():
         arr = np.asarray(values, dtype=np.float64)
         if arr.shape != (n,):
-            raise EvaluationError(f"{source}: score {name!r} has shape {arr.shape}, expected ({n},), one value "
-                                  f"per test image")
+            raise EvaluationError(
+                f"{source}: score {name!r} has shape {arr.shape}, expected ({n},), one value per test image"
+            )
         out[str(name)] = arr
     return out
 
@@ -122,8 +155,9 @@ def _in_unit_interval(score: np.ndarray) -> bool:
 RANK_ONLY_SCORES = frozenset({"mcm", "glmcm"})
 
 
-def fit_thresholds(scores: Mapping[str, np.ndarray], threshold: float, where: str
-                   ) -> Tuple[Dict[str, float], Dict[str, str]]:
+def fit_thresholds(
+    scores: Mapping[str, np.ndarray], threshold: float, where: str
+) -> Tuple[Dict[str, float], Dict[str, str]]:
     """Rejection threshold per score from **training** scores, and where each came from.
 
     A score whose training values lie in [0, 1] (msp, ova, fused, ...) gets the configured
@@ -190,8 +224,14 @@ def fit_calibration(
     raw, primary = score_fn(dict(outputs), None)
     raw = _validated_scores(raw, primary, n, "unknown_scores (calibration)")
     ranges = {name: [float(v) for v in fit_score_range(torch.as_tensor(arr), quantiles)] for name, arr in raw.items()}
-    calibration: Dict[str, Any] = {"ranges": ranges, "thresholds": {}, "threshold_sources": {}, "source": source,
-                                   "num_images": n, "quantiles": [float(q) for q in quantiles]}
+    calibration: Dict[str, Any] = {
+        "ranges": ranges,
+        "thresholds": {},
+        "threshold_sources": {},
+        "source": source,
+        "num_images": n,
+        "quantiles": [float(q) for q in quantiles],
+    }
     calibrated, primary = score_fn(dict(outputs), calibration)
     calibrated = _validated_scores(calibrated, primary, n, "unknown_scores (calibration)")
     thresholds, sources = fit_thresholds(calibrated, threshold, f"{n} unlabeled training images")
@@ -214,8 +254,10 @@ def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optio
 
     dataset = (getattr(algorithm, "dataset_dict", None) or {}).get(CALIBRATION_SET)
     if dataset is None or len(dataset) == 0:
-        logger.warning("no unlabeled training images to calibrate the unknown scores on: score ranges are not "
-                       "fitted and scores outside [0, 1] get no threshold")
+        logger.warning(
+            "no unlabeled training images to calibrate the unknown scores on: score ranges are not "
+            "fitted and scores outside [0, 1] get no threshold"
+        )
         return None
     args = algorithm.args
     indices = calibration_indices(len(dataset), int(max_images))
@@ -223,8 +265,9 @@ def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optio
     available = len(unlabeled) if unlabeled is not None else len(dataset)
     device = getattr(algorithm, "device", None)
     pin = getattr(device, "type", "cpu") == "cuda"
-    loader = eval_loader(Subset(dataset, indices.tolist()), int(args.eval_batch_size),
-                         int(getattr(args, "num_workers", 0) or 0), pin)
+    loader = eval_loader(
+        Subset(dataset, indices.tolist()), int(args.eval_batch_size), int(getattr(args, "num_workers", 0) or 0), pin
+    )
     key = "_calibration"
     algorithm.loader_dict[key] = loader
     try:
@@ -232,32 +275,41 @@ def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optio
     finally:
         algorithm.loader_dict.pop(key, None)
     outputs.pop("y", None)  # the labels of unlabeled images are never used
-    source = (f"{len(indices)} of {available} unlabeled training images (train_ulb, evaluation transform, evenly "
-              f"spaced), EMA weights at iteration {int(getattr(algorithm, 'it', 0))}")
+    source = (
+        f"{len(indices)} of {available} unlabeled training images (train_ulb, evaluation transform, evenly "
+        f"spaced), EMA weights at iteration {int(getattr(algorithm, 'it', 0))}"
+    )
     calibration = fit_calibration(outputs, algorithm.unknown_scores, float(args.ood_threshold), source)
     calibration["num_available"] = int(available)
     return calibration
 
 
-def _threshold_for(name: str, arr: np.ndarray, threshold: Any, calibration: Optional[Mapping[str, Any]]
-                   ) -> Tuple[Optional[float], str]:
+def _threshold_for(
+    name: str, arr: np.ndarray, threshold: Any, calibration: Optional[Mapping[str, Any]]
+) -> Tuple[Optional[float], str]:
     """The threshold of one score and its source; None when none may be used."""
     if isinstance(threshold, str):
-        raise EvaluationError(f"threshold {threshold!r}: a threshold fitted on the test scores is not allowed; "
-                              f"thresholds come from ood_threshold or the calibration on training data")
+        raise EvaluationError(
+            f"threshold {threshold!r}: a threshold fitted on the test scores is not allowed; "
+            f"thresholds come from ood_threshold or the calibration on training data"
+        )
     fitted = (calibration or {}).get("thresholds") or {}
     if name in fitted:
         sources = (calibration or {}).get("threshold_sources") or {}
         return float(fitted[name]), str(sources.get(name, (calibration or {}).get("source", "calibration")))
     if _in_unit_interval(arr):
         return float(threshold), "ood_threshold (config), no calibration on training data"
-    logger.warning("score %r is not in [0, 1] and has no threshold fitted on training data: its threshold-based "
-                   "metrics are reported as NaN (calibrate on the unlabeled training set)", name)
+    logger.warning(
+        "score %r is not in [0, 1] and has no threshold fitted on training data: its threshold-based "
+        "metrics are reported as NaN (calibrate on the unlabeled training set)",
+        name,
+    )
     return None, "none: the score is not in [0, 1] and was not calibrated on training data"
 
 
-def _score_metrics(y: np.ndarray, closed_pred: np.ndarray, arr: np.ndarray, t: Optional[float], k: int
-                   ) -> Dict[str, Any]:
+def _score_metrics(
+    y: np.ndarray, closed_pred: np.ndarray, arr: np.ndarray, t: Optional[float], k: int
+) -> Dict[str, Any]:
     if t is not None:
         return compute_openset_metrics(y, closed_pred, arr, t, k)
     out = compute_openset_metrics(y, closed_pred, arr, float("inf"), k)
@@ -291,8 +343,10 @@ def difficulty_metrics(
 
     groups = np.asarray([str(d) for d in difficulty])
     unknown = y_open == num_seen
-    present = sorted({str(g) for g in groups[unknown]} - {""},
-                     key=lambda g: (DIFFICULTIES.index(g) if g in DIFFICULTIES else len(DIFFICULTIES), g))
+    present = sorted(
+        {str(g) for g in groups[unknown]} - {""},
+        key=lambda g: (DIFFICULTIES.index(g) if g in DIFFICULTIES else len(DIFFICULTIES), g),
+    )
     out: Dict[str, Dict[str, Any]] = {}
     for group in present:
         mask = ~unknown | (groups == group)
@@ -349,8 +403,9 @@ def openset_metrics_from_outputs(
         try:
             m = _score_metrics(y, closed_pred, arr, t, num_seen)
             m["threshold_source"] = source
-            m["difficulty"] = (difficulty_metrics(y, closed_pred, arr, t, num_seen, difficulty)
-                               if difficulty is not None else None)
+            m["difficulty"] = (
+                difficulty_metrics(y, closed_pred, arr, t, num_seen, difficulty) if difficulty is not None else None
+            )
         except MetricInputError as exc:
             raise MetricInputError(f"score {name!r}: {exc}") from None
         per_score[name] = m
@@ -364,9 +419,14 @@ def openset_metrics_from_outputs(
     result["threshold"] = head["threshold"]
     result["threshold_source"] = head["threshold_source"]
     result["difficulty"] = head["difficulty"] or None
-    result["scores"] = {name: {**{k: m[k] for k in SCORE_KEYS}, "threshold_source": m["threshold_source"],
-                               **({"difficulty": m["difficulty"]} if m["difficulty"] else {})}
-                        for name, m in per_score.items()}
+    result["scores"] = {
+        name: {
+            **{k: m[k] for k in SCORE_KEYS},
+            "threshold_source": m["threshold_source"],
+            **({"difficulty": m["difficulty"]} if m["difficulty"] else {}),
+        }
+        for name, m in per_score.items()
+    }
     return result
 
 
@@ -415,15 +475,26 @@ def write_openset_files(
     has_threshold = math.isfinite(threshold)
     is_unknown = np.asarray(y_open) == k
     # without a threshold (an uncalibrated score outside [0, 1]) nothing is rejected in confusion.csv
-    open_pred = open_set_predictions(np.asarray(logits).argmax(axis=1), scores[primary],
-                                     threshold if has_threshold else float("inf"), k)
+    open_pred = open_set_predictions(
+        np.asarray(logits).argmax(axis=1), scores[primary], threshold if has_threshold else float("inf"), k
+    )
     files = {
-        "roc": save_roc(os.path.join(out_dir, ROC_FILE), scores, is_unknown,
-                        title=f"Unknown detection ROC: {record['algorithm']} on {record['dataset']}"),
-        "score_hist": save_score_hist(os.path.join(out_dir, HIST_FILE), scores[primary], is_unknown, primary,
-                                      threshold=threshold if has_threshold else None),
-        "confusion": write_confusion_csv(os.path.join(out_dir, CONFUSION_FILE),
-                                         confusion_matrix(y_open, open_pred, k), class_names),
+        "roc": save_roc(
+            os.path.join(out_dir, ROC_FILE),
+            scores,
+            is_unknown,
+            title=f"Unknown detection ROC: {record['algorithm']} on {record['dataset']}",
+        ),
+        "score_hist": save_score_hist(
+            os.path.join(out_dir, HIST_FILE),
+            scores[primary],
+            is_unknown,
+            primary,
+            threshold=threshold if has_threshold else None,
+        ),
+        "confusion": write_confusion_csv(
+            os.path.join(out_dir, CONFUSION_FILE), confusion_matrix(y_open, open_pred, k), class_names
+        ),
     }
     # the JSON last: its presence means the evaluation finished
     files["metrics"] = write_metrics_json(os.path.join(out_dir, METRICS_FILE), record)
@@ -482,8 +553,10 @@ def evaluate_openset(
     args = algorithm.args
     loaders = getattr(algorithm, "loader_dict", None) or {}
     if dest not in loaders:
-        raise EvaluationError(f"no {dest!r} loader to evaluate (loaders: {sorted(loaders)}); the dataset must "
-                              f"provide the open-set test split")
+        raise EvaluationError(
+            f"no {dest!r} loader to evaluate (loaders: {sorted(loaders)}); the dataset must "
+            f"provide the open-set test split"
+        )
     k = int(algorithm.num_classes)
     if calibration is None:
         calibration = calibrate(algorithm)
@@ -494,8 +567,16 @@ def evaluate_openset(
     net_outputs = {key: value for key, value in outputs.items() if key != "y"}
     scores, primary = algorithm.unknown_scores(net_outputs, calibration=calibration)
     scores = _validated_scores(scores, primary, y.shape[0], f"{type(algorithm).__name__}.unknown_scores")
-    metrics = openset_metrics_from_outputs(y, outputs["logits"], scores, primary, k, args.ood_threshold,
-                                           calibration=calibration, difficulty=_difficulty(algorithm, dest, y.shape[0]))
+    metrics = openset_metrics_from_outputs(
+        y,
+        outputs["logits"],
+        scores,
+        primary,
+        k,
+        args.ood_threshold,
+        calibration=calibration,
+        difficulty=_difficulty(algorithm, dest, y.shape[0]),
+    )
 
     info = getattr(algorithm, "openset_info", None)
     record: Dict[str, Any] = {
@@ -523,8 +604,9 @@ def evaluate_openset(
     return record
 
 
-def openset_curve_point(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES_TRAINING
-                        ) -> Tuple[Dict[str, float], str]:
+def openset_curve_point(
+    algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES_TRAINING
+) -> Tuple[Dict[str, float], str]:
     """The headline score's :data:`CURVE_KEYS` on ``test_open`` now, keyed ``test_open/<key>``, and its name.
 
     Calibrated on at most ``max_images`` unlabeled training images (cheaper than the final
@@ -534,9 +616,15 @@ def openset_curve_point(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES
     outputs = algorithm.predict_loader("test_open")
     y = np.asarray(outputs.pop("y"))
     scores, primary = algorithm.unknown_scores(outputs, calibration=calibration)
-    metrics = openset_metrics_from_outputs(y, outputs["logits"], {primary: scores[primary]}, primary,
-                                           int(algorithm.num_classes), algorithm.args.ood_threshold,
-                                           calibration=calibration)
+    metrics = openset_metrics_from_outputs(
+        y,
+        outputs["logits"],
+        {primary: scores[primary]},
+        primary,
+        int(algorithm.num_classes),
+        algorithm.args.ood_threshold,
+        calibration=calibration,
+    )
     return {f"{TB_PREFIX}{key}": float(metrics[key]) for key in CURVE_KEYS}, primary
 
 
@@ -574,15 +662,16 @@ class OpenSetEvalHook(Hook):
         if isinstance(log_dict, dict):
             log_dict.update({key: value for key, value in values.items() if math.isfinite(value)})
         if int(getattr(algorithm.args, "rank", 0) or 0) == 0:
-            shown = ", ".join(f"{key[len(TB_PREFIX):]} {value:.4f}" for key, value in values.items())
+            shown = ", ".join(f"{key[len(TB_PREFIX) :]} {value:.4f}" for key, value in values.items())
             algorithm.print_fn(f"it {algorithm.it + 1}/{algorithm.num_train_iter} | open-set test ({primary}): {shown}")
 
     def after_run(self, algorithm) -> None:
         if "test_open" not in (getattr(algorithm, "loader_dict", None) or {}):
             algorithm.print_fn("no open-set test split: open-set evaluation skipped")
             return
-        checkpoint = os.path.abspath(os.path.join(algorithm.args.save_dir, algorithm.args.save_name,
-                                                  "latest_model.pth"))
+        checkpoint = os.path.abspath(
+            os.path.join(algorithm.args.save_dir, algorithm.args.save_name, "latest_model.pth")
+        )
         calibration = calibrate(algorithm)
         record = evaluate_openset(algorithm, "test_open", checkpoint=checkpoint, calibration=calibration)
         if int(getattr(algorithm.args, "rank", 0) or 0) == 0 and os.path.isfile(checkpoint):
@@ -596,7 +685,7 @@ class OpenSetEvalHook(Hook):
 
 def load_metrics_json(path: str) -> Dict[str, Any]:
     """Read openset_metrics.json back (``null`` -> NaN for the numeric metrics)."""
-    with open(path, "r", encoding="utf-8") as fh:
+    with open(path, encoding="utf-8") as fh:
         data = json.load(fh)
 
     def nan(v: Any) -> Any:

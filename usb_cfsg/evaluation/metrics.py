@@ -19,6 +19,7 @@ warning is logged; it never raises from deep inside a third-party library. Malfo
 Note that ``json.dump`` writes NaN as the non-standard token ``NaN``; callers that need strict JSON
 should map NaN to ``None`` first.
 """
+
 from __future__ import annotations
 
 import contextlib

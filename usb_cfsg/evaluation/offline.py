@@ -14,6 +14,7 @@ Nothing in the run folder is removed or changed, except the output files when ``
 run folder (the default). The datasets are built without writing ``split.json``; a warning says
 when the split built now differs from the one the run recorded.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,16 @@ EVAL_SPECS: Dict[str, KeySpec] = {
     "out_dir": KeySpec("out_dir", "str", None, True, help="Where eval.py writes its files (default: the run folder)."),
 }
 #: Keys read from a checkpoint's config that describe the past process, not the evaluation.
-_RUNTIME_KEYS = {"rank", "gpu", "world_size", "dist_url", "multiprocessing_distributed",
-                 "resume", "lb_dest_len", "ulb_dest_len"}
+_RUNTIME_KEYS = {
+    "rank",
+    "gpu",
+    "world_size",
+    "dist_url",
+    "multiprocessing_distributed",
+    "resume",
+    "lb_dest_len",
+    "ulb_dest_len",
+}
 
 
 def read_training_checkpoint(path: str, required: Sequence[str] = ("format", "model", "ema_model")) -> Dict[str, Any]:
@@ -43,8 +52,10 @@ def read_training_checkpoint(path: str, required: Sequence[str] = ("format", "mo
 
     ckpt = safe_load(path, required=required)
     if ckpt["format"] != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{path!r} is a checkpoint of format {ckpt['format']!r}, expected "
-                              f"{CHECKPOINT_FORMAT!r} (written by usb_cfsg's train.py)")
+        raise CheckpointError(
+            f"{path!r} is a checkpoint of format {ckpt['format']!r}, expected "
+            f"{CHECKPOINT_FORMAT!r} (written by usb_cfsg's train.py)"
+        )
     return ckpt
 
 
@@ -69,16 +80,18 @@ def build_eval_config(argv: Sequence[str]) -> Tuple[Namespace, Dict[str, Any]]:
     else:
         stored = ckpt.get("config")
         if not isinstance(stored, dict):
-            raise CheckpointError(f"{load_path!r} stores no config; give the run's config with --c "
-                                  f"<save_dir>/<save_name>/config.yaml")
+            raise CheckpointError(
+                f"{load_path!r} stores no config; give the run's config with --c <save_dir>/<save_name>/config.yaml"
+            )
         algorithm = pairs.get("algorithm", stored.get("algorithm", "fixmatch"))
         specs = {**base_specs(), **algorithm_specs(get_algorithm_class(str(algorithm))), **EVAL_SPECS}
         values = {k: v for k, v in stored.items() if k in specs and k not in _RUNTIME_KEYS}
         values.update(pairs)
         args = build_config([], overrides=values, extra_specs=EVAL_SPECS)
     if ckpt.get("algorithm") is not None and ckpt["algorithm"] != args.algorithm:
-        raise CheckpointError(f"{load_path!r} was written by algorithm {ckpt['algorithm']!r}, but the config "
-                              f"says {args.algorithm!r}")
+        raise CheckpointError(
+            f"{load_path!r} was written by algorithm {ckpt['algorithm']!r}, but the config says {args.algorithm!r}"
+        )
     return args, ckpt
 
 
@@ -95,8 +108,11 @@ def _warn_if_split_differs(run_dir: str, info: Any) -> None:
     except ValueError:
         recorded = None
     if recorded != json.loads(json.dumps(info.split.to_dict())):
-        logger.warning("the data split built now differs from the one the run recorded in %s (the data "
-                       "or split settings changed): the labeled/unlabeled split is not the run's", path)
+        logger.warning(
+            "the data split built now differs from the one the run recorded in %s (the data "
+            "or split settings changed): the labeled/unlabeled split is not the run's",
+            path,
+        )
 
 
 def load_eval_algorithm(args: Namespace, ckpt: Dict[str, Any], load_path: str):
@@ -119,15 +135,18 @@ def load_eval_algorithm(args: Namespace, ckpt: Dict[str, Any], load_path: str):
     args.gpu = device.index if device.type == "cuda" else None
     seed_everything(args.seed)
     net_builder = get_net_builder(args.net, args.net_from_name)
-    algorithm = build_algorithm(args, net_builder, None, logger, device=device, record_split=False,
-                                weights_from_checkpoint=True)
+    algorithm = build_algorithm(
+        args, net_builder, None, logger, device=device, record_split=False, weights_from_checkpoint=True
+    )
     info = algorithm.openset_info
     _warn_if_split_differs(run_dir(args), info)
     stored_names = ckpt.get("class_names")
     if info is not None and stored_names is not None and list(stored_names) != list(info.seen_class_names):
-        raise CheckpointError(f"{load_path!r} was trained on seen classes {list(stored_names)[:5]}..., but the "
-                              f"dataset now gives {list(info.seen_class_names)[:5]}...: use the run's data and "
-                              f"split settings")
+        raise CheckpointError(
+            f"{load_path!r} was trained on seen classes {list(stored_names)[:5]}..., but the "
+            f"dataset now gives {list(info.seen_class_names)[:5]}...: use the run's data and "
+            f"split settings"
+        )
     load_state_strict(unwrap(algorithm.model), ckpt["model"], "model", load_path)
     load_state_strict(unwrap(algorithm.ema_model), ckpt["ema_model"], "ema_model", load_path)
     algorithm.model = algorithm.model.to(device)
@@ -150,14 +169,18 @@ def evaluate_checkpoint(argv: Sequence[str]) -> Dict[str, Any]:
     out_dir = args.out_dir or run_dir(args)
     calibration = ckpt.get("calibration")
     if isinstance(calibration, dict):
-        logger.info("using the score calibration stored in %s (fitted on %s)", args.load_path,
-                    calibration.get("source", "training data"))
+        logger.info(
+            "using the score calibration stored in %s (fitted on %s)",
+            args.load_path,
+            calibration.get("source", "training data"),
+        )
     else:
         logger.info("%s stores no score calibration: fitting it on the unlabeled training images", args.load_path)
         calibration = calibrate(algorithm)
     logger.info("evaluating %s (EMA weights) on the open-set test set; writing to %s", args.load_path, out_dir)
-    record = evaluate_openset(algorithm, "test_open", out_dir=out_dir, checkpoint=os.path.abspath(args.load_path),
-                              calibration=calibration)
+    record = evaluate_openset(
+        algorithm, "test_open", out_dir=out_dir, checkpoint=os.path.abspath(args.load_path), calibration=calibration
+    )
     if args.relevance_dir:
         from .relevance import RelevanceHook
 
@@ -165,5 +188,4 @@ def evaluate_checkpoint(argv: Sequence[str]) -> Dict[str, Any]:
     return record
 
 
-__all__ = ["EVAL_SPECS", "build_eval_config", "evaluate_checkpoint", "load_eval_algorithm",
-           "read_training_checkpoint"]
+__all__ = ["EVAL_SPECS", "build_eval_config", "evaluate_checkpoint", "load_eval_algorithm", "read_training_checkpoint"]

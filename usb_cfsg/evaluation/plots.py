@@ -5,6 +5,7 @@ figure state), at 5x4 inches and 100 dpi. Every file is written atomically: to a
 the same folder, then moved into place with :func:`os.replace`, so a reader never sees a half
 written file and an interrupted run leaves the previous file intact.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -119,8 +120,14 @@ def save_roc(
             n_pos,
             os.fspath(path),
         )
-        ax.text(0.5, 0.5, f"ROC undefined:\n{n_neg} seen, {n_pos} unknown samples",
-                ha="center", va="center", transform=ax.transAxes)
+        ax.text(
+            0.5,
+            0.5,
+            f"ROC undefined:\n{n_neg} seen, {n_pos} unknown samples",
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
     ax.set_xlim(0.0, 1.0)
     ax.set_ylim(0.0, 1.0)
     ax.set_xlabel("false-positive rate (seen flagged unknown)")
@@ -166,10 +173,11 @@ def save_score_hist(
     for mask, label, color in ((~positive, "seen", "tab:blue"), (positive, "unseen", "tab:orange")):
         group = arr[mask]
         if group.size:
-            ax.hist(group, bins=edges.tolist(), density=True, alpha=0.55, color=color, label=f"{label} (n={group.size})")
+            ax.hist(
+                group, bins=edges.tolist(), density=True, alpha=0.55, color=color, label=f"{label} (n={group.size})"
+            )
     if threshold is not None and np.isfinite(threshold):
-        ax.axvline(float(threshold), color="k", linestyle="--", linewidth=1,
-                   label=f"threshold {float(threshold):.4g}")
+        ax.axvline(float(threshold), color="k", linestyle="--", linewidth=1, label=f"threshold {float(threshold):.4g}")
     ax.set_xlabel(f"{name} (higher = more likely unknown)")
     ax.set_ylabel("density")
     ax.set_title(f"{name}: seen vs unseen test samples")

@@ -38,6 +38,7 @@ Output, one JSON object per line on stdout, in input order::
 
 An unreadable image gives ``{"path", "error"}`` and the rest continue (exit status 1 at the end).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,13 +59,31 @@ from ..errors import CheckpointError, UsbCfsgError
 logger = logging.getLogger("usb_cfsg")
 
 #: File extensions taken from folders (case-insensitive). Files named explicitly are always tried.
-IMAGE_EXTENSIONS: Tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                                     ".pgm", ".pbm")
+IMAGE_EXTENSIONS: Tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+)
 #: What predict.py needs in a checkpoint.
 REQUIRED_KEYS: Tuple[str, ...] = ("format", "config", "class_names", "mean_std", "algorithm", "ema_model")
 #: Config keys the net and transform are rebuilt from.
-_CONFIG_KEYS: Tuple[str, ...] = ("net", "num_classes", "img_size", "crop_ratio", "num_tuned_blocks", "text_encoder",
-                                 "seed")
+_CONFIG_KEYS: Tuple[str, ...] = (
+    "net",
+    "num_classes",
+    "img_size",
+    "crop_ratio",
+    "num_tuned_blocks",
+    "text_encoder",
+    "seed",
+)
 
 
 class PredictError(UsbCfsgError, RuntimeError):
@@ -80,8 +99,9 @@ def net_head_spec(cls: Any, args: Namespace) -> Tuple[str, Dict[str, Any]]:
     return head, dict(kwargs)
 
 
-def score_function(cls: Any, args: Namespace, calibration: Optional[Dict[str, Any]] = None
-                   ) -> Callable[[Dict[str, np.ndarray]], Tuple[Dict[str, np.ndarray], str]]:
+def score_function(
+    cls: Any, args: Namespace, calibration: Optional[Dict[str, Any]] = None
+) -> Callable[[Dict[str, np.ndarray]], Tuple[Dict[str, np.ndarray], str]]:
     """``outputs -> (scores, primary)`` as the algorithm's ``compute_unknown_scores``, without building it."""
     if hasattr(cls, "scores_with_calibration"):
         return lambda outputs: cls.scores_with_calibration(outputs, args, calibration)
@@ -128,8 +148,11 @@ class Predictor:
             out = self.net(x)
         if isinstance(out, torch.Tensor):
             out = {"logits": out}
-        return {k: v.float().cpu().numpy() for k, v in out.items()
-                if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == x.shape[0]}
+        return {
+            k: v.float().cpu().numpy()
+            for k, v in out.items()
+            if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == x.shape[0]
+        }
 
     def records(self, outputs: Dict[str, np.ndarray]) -> Tuple[List[Dict[str, Any]], str]:
         """One prediction record per image from the net outputs; also the primary score's name."""
@@ -137,8 +160,10 @@ class Predictor:
         scores, primary = self.scores({k: v for k, v in outputs.items()})
         unknown = np.asarray(scores[primary], dtype=np.float64)
         if unknown.shape != (logits.shape[0],):
-            raise PredictError(f"algorithm {self.algorithm!r}: score {primary!r} has shape {unknown.shape}, expected "
-                               f"({logits.shape[0]},)")
+            raise PredictError(
+                f"algorithm {self.algorithm!r}: score {primary!r} has shape {unknown.shape}, expected "
+                f"({logits.shape[0]},)"
+            )
         top = logits.max(axis=1)
         confidence = 1.0 / np.exp(logits - top[:, None]).sum(axis=1)
         pred = logits.argmax(axis=1)
@@ -146,28 +171,40 @@ class Predictor:
         out = []
         for i in range(logits.shape[0]):
             is_unknown = bool(unknown[i] >= threshold)
-            out.append({
-                "label": "unknown" if is_unknown else self.class_names[int(pred[i])],
-                "class_index": -1 if is_unknown else int(pred[i]),
-                "closest_class": self.class_names[int(pred[i])],
-                "confidence": float(confidence[i]),
-                "unknown_score": float(unknown[i]) if math.isfinite(unknown[i]) else None,
-                "is_unknown": is_unknown,
-            })
+            out.append(
+                {
+                    "label": "unknown" if is_unknown else self.class_names[int(pred[i])],
+                    "class_index": -1 if is_unknown else int(pred[i]),
+                    "closest_class": self.class_names[int(pred[i])],
+                    "confidence": float(confidence[i]),
+                    "unknown_score": float(unknown[i]) if math.isfinite(unknown[i]) else None,
+                    "is_unknown": is_unknown,
+                }
+            )
         return out, primary
 
 
 def _config(ckpt: Dict[str, Any], path: str) -> Namespace:
     cfg = ckpt["config"]
     if not isinstance(cfg, dict):
-        raise CheckpointError(f"{path!r}: 'config' is a {type(cfg).__name__}, expected the resolved config dict "
-                              f"that usb_cfsg's train.py stores")
+        raise CheckpointError(
+            f"{path!r}: 'config' is a {type(cfg).__name__}, expected the resolved config dict "
+            f"that usb_cfsg's train.py stores"
+        )
     missing = [k for k in _CONFIG_KEYS if k not in cfg]
     if missing:
-        raise CheckpointError(f"{path!r}: the stored config lacks {missing}; expected a checkpoint written by "
-                              f"usb_cfsg's train.py")
-    defaults = {"pretrain_path": None, "clip_model": None, "prompt_templates": None, "net_from_name": False, "amp": False,
-                "ood_threshold": 0.5, "algorithm": ckpt["algorithm"]}
+        raise CheckpointError(
+            f"{path!r}: the stored config lacks {missing}; expected a checkpoint written by usb_cfsg's train.py"
+        )
+    defaults = {
+        "pretrain_path": None,
+        "clip_model": None,
+        "prompt_templates": None,
+        "net_from_name": False,
+        "amp": False,
+        "ood_threshold": 0.5,
+        "algorithm": ckpt["algorithm"],
+    }
     return Namespace(**{**defaults, **cfg})
 
 
@@ -196,8 +233,9 @@ def load_predictor(path: str, device: str = "auto", threshold: Optional[float] =
     args = _config(ckpt, path)
     names = ckpt["class_names"]
     if not isinstance(names, (list, tuple)) or len(names) != int(args.num_classes):
-        raise CheckpointError(f"{path!r}: class_names {names!r} does not list num_classes={args.num_classes} "
-                              f"seen-class names")
+        raise CheckpointError(
+            f"{path!r}: class_names {names!r} does not list num_classes={args.num_classes} seen-class names"
+        )
     mean_std = ckpt["mean_std"]
     try:
         mean, std = [tuple(float(v) for v in m) for m in mean_std]
@@ -224,12 +262,21 @@ def load_predictor(path: str, device: str = "auto", threshold: Optional[float] =
     from .relevance import view_transform
 
     calibration = ckpt.get("calibration") if isinstance(ckpt.get("calibration"), dict) else None
-    return Predictor(net=net, device=dev, transform=transform, view=view_transform(args.img_size, args.crop_ratio),
-                     class_names=list(names),
-                     threshold=t, scores=score_function(cls, args, calibration), algorithm=str(ckpt["algorithm"]),
-                     amp_cm=autocast_factory(dev, bool(args.amp)), calibration=calibration,
-                     img_size=int(args.img_size), crop_ratio=float(args.crop_ratio),
-                     threshold_given=threshold is not None)
+    return Predictor(
+        net=net,
+        device=dev,
+        transform=transform,
+        view=view_transform(args.img_size, args.crop_ratio),
+        class_names=list(names),
+        threshold=t,
+        scores=score_function(cls, args, calibration),
+        algorithm=str(ckpt["algorithm"]),
+        amp_cm=autocast_factory(dev, bool(args.amp)),
+        calibration=calibration,
+        img_size=int(args.img_size),
+        crop_ratio=float(args.crop_ratio),
+        threshold_given=threshold is not None,
+    )
 
 
 # ----------------------------------------------------------------- inputs and the run
@@ -247,8 +294,11 @@ def find_images(paths: Sequence[str]) -> List[str]:
             found = []
             for root, dirs, files in os.walk(p):
                 dirs.sort()
-                found += [os.path.join(root, f) for f in sorted(files)
-                          if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")]
+                found += [
+                    os.path.join(root, f)
+                    for f in sorted(files)
+                    if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith(".")
+                ]
             out += found
         else:
             out.append(p)
@@ -257,7 +307,7 @@ def find_images(paths: Sequence[str]) -> List[str]:
 
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for i in range(0, len(items), size):
-        yield items[i:i + size]
+        yield items[i : i + size]
 
 
 class _OverlayNames:
@@ -285,13 +335,21 @@ def _answer(record: Dict[str, Any]) -> str:
     """The title of a relevance figure: the answer, and for an unknown image what the closed-set head thought."""
     if record["is_unknown"]:
         score = record["unknown_score"]
-        return (f"unknown (closest seen class: {record['closest_class']}, unknown score "
-                f"{score:.2f})" if score is not None else "unknown")
+        return (
+            f"unknown (closest seen class: {record['closest_class']}, unknown score {score:.2f})"
+            if score is not None
+            else "unknown"
+        )
     return f"{record['label']} (confidence {record['confidence']:.2f})"
 
 
-def predict_paths(predictor: Predictor, paths: Sequence[str], batch_size: int = 32,
-                  relevance_dir: Optional[str] = None, write: Callable[[str], None] = print) -> int:
+def predict_paths(
+    predictor: Predictor,
+    paths: Sequence[str],
+    batch_size: int = 32,
+    relevance_dir: Optional[str] = None,
+    write: Callable[[str], None] = print,
+) -> int:
     """Predict every image in ``paths`` and ``write`` one JSON line per image, in order.
 
     Returns:
@@ -320,19 +378,28 @@ def predict_paths(predictor: Predictor, paths: Sequence[str], batch_size: int = 
             order = sorted(images)
             outputs = predictor.forward([images[i] for i in order])
             if "logits" not in outputs:
-                raise PredictError(f"algorithm {predictor.algorithm!r}: the net returned no 'logits' "
-                                   f"(outputs: {sorted(outputs)})")
+                raise PredictError(
+                    f"algorithm {predictor.algorithm!r}: the net returned no 'logits' (outputs: {sorted(outputs)})"
+                )
             if names is not None and "relevance" not in outputs:
-                raise PredictError(f"algorithm {predictor.algorithm!r} produces no relevance map (its net outputs "
-                                   f"{sorted(outputs)}); --relevance-dir needs a net with a 'relevance' output, "
-                                   f"such as cfsg_clip's")
+                raise PredictError(
+                    f"algorithm {predictor.algorithm!r} produces no relevance map (its net outputs "
+                    f"{sorted(outputs)}); --relevance-dir needs a net with a 'relevance' output, "
+                    f"such as cfsg_clip's"
+                )
             recs, _ = predictor.records(outputs)
             for j, i in enumerate(order):
                 records[i] = recs[j]
                 if names is not None:
                     target = names(chunk[i])
-                    save_relevance_figure(images[i], outputs["relevance"][j], target, title=_answer(records[i]),
-                                          img_size=predictor.img_size, crop_ratio=predictor.crop_ratio)
+                    save_relevance_figure(
+                        images[i],
+                        outputs["relevance"][j],
+                        target,
+                        title=_answer(records[i]),
+                        img_size=predictor.img_size,
+                        crop_ratio=predictor.crop_ratio,
+                    )
                     records[i]["relevance"] = target
         for i, path in enumerate(chunk):
             if i in failed:
@@ -347,16 +414,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="predict.py",
         description="Classify images with a trained checkpoint; one JSON line per image on stdout "
-                    "(label 'unknown' and class_index -1 when the unknown score reaches the threshold).")
+        "(label 'unknown' and class_index -1 when the unknown score reaches the threshold).",
+    )
     parser.add_argument("--load_path", "--load-path", required=True, help="checkpoint written by train.py")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="unknown-score threshold (score >= threshold: unknown); default the run's ood_threshold")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="unknown-score threshold (score >= threshold: unknown); default the run's ood_threshold",
+    )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
-    parser.add_argument("--relevance-dir", "--relevance_dir", dest="relevance_dir", default=None,
-                        help="save a relevance figure per image here: the image at its size, the patch relevance "
-                             "over the crop the net saw, a colour bar, the answer as title (nets with a "
-                             "'relevance' output, e.g. cfsg_clip)")
+    parser.add_argument(
+        "--relevance-dir",
+        "--relevance_dir",
+        dest="relevance_dir",
+        default=None,
+        help="save a relevance figure per image here: the image at its size, the patch relevance "
+        "over the crop the net saw, a colour bar, the answer as title (nets with a "
+        "'relevance' output, e.g. cfsg_clip)",
+    )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     return parser
 
@@ -389,5 +466,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return 0
 
 
-__all__ = ["IMAGE_EXTENSIONS", "PredictError", "Predictor", "find_images", "load_predictor", "main",
-           "net_head_spec", "predict_paths", "score_function"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "PredictError",
+    "Predictor",
+    "find_images",
+    "load_predictor",
+    "main",
+    "net_head_spec",
+    "predict_paths",
+    "score_function",
+]

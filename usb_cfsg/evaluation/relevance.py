@@ -10,6 +10,7 @@ Two renderings:
   ``Title`` text chunk.
 * :func:`save_relevance_overlay`: the bare blend over an image of the network's view, same size.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,9 @@ def relevance_grid(relevance: np.ndarray) -> np.ndarray:
     return r.reshape(side, side)
 
 
-def save_relevance_overlay(image: Image.Image, relevance: np.ndarray, path: PathLike, alpha: float = 0.5,
-                           cmap: str = "jet") -> str:
+def save_relevance_overlay(
+    image: Image.Image, relevance: np.ndarray, path: PathLike, alpha: float = 0.5, cmap: str = "jet"
+) -> str:
     """Save ``image`` with its relevance map blended on top as a PNG (atomic write).
 
     The [N] relevance vector is laid out on its sqrt(N) x sqrt(N) patch grid, min-max scaled,
@@ -130,9 +132,17 @@ def _title_lines(title: str, width_px: int) -> Tuple[list, float]:
     return textwrap.wrap(title, per_line)[:2], 6.5
 
 
-def save_relevance_figure(image: Image.Image, relevance: np.ndarray, path: PathLike, *,
-                          title: Optional[str] = None, img_size: Optional[int] = None,
-                          crop_ratio: Optional[float] = None, alpha: float = 0.5, cmap: str = "jet") -> str:
+def save_relevance_figure(
+    image: Image.Image,
+    relevance: np.ndarray,
+    path: PathLike,
+    *,
+    title: Optional[str] = None,
+    img_size: Optional[int] = None,
+    crop_ratio: Optional[float] = None,
+    alpha: float = 0.5,
+    cmap: str = "jet",
+) -> str:
     """Save the relevance map over the original image with a colour bar and a title (atomic PNG write).
 
     Args:
@@ -170,7 +180,7 @@ def save_relevance_figure(image: Image.Image, relevance: np.ndarray, path: PathL
         left, top, right, bottom = 0.0, 0.0, float(shown_w), float(shown_h)
     base = np.asarray(rgb, dtype=np.float64) / 255.0
     outside = np.ones((shown_h, shown_w), dtype=bool)
-    outside[int(round(top)):int(round(bottom)), int(round(left)):int(round(right))] = False
+    outside[int(round(top)) : int(round(bottom)), int(round(left)) : int(round(right))] = False
     base[outside] *= 0.45  # what the network did not see
 
     dpi = 100.0
@@ -181,8 +191,15 @@ def save_relevance_figure(image: Image.Image, relevance: np.ndarray, path: PathL
     fig = Figure(figsize=(fig_w / dpi, fig_h / dpi), dpi=dpi)
     ax = fig.add_axes((0.0, 0.0, shown_w / fig_w, shown_h / fig_h))
     ax.imshow(base, extent=(0, shown_w, shown_h, 0), interpolation="nearest")
-    heat = ax.imshow(grid, extent=(left, right, bottom, top), cmap=cmap, alpha=float(alpha), vmin=0.0, vmax=1.0,
-                     interpolation="bilinear")
+    heat = ax.imshow(
+        grid,
+        extent=(left, right, bottom, top),
+        cmap=cmap,
+        alpha=float(alpha),
+        vmin=0.0,
+        vmax=1.0,
+        interpolation="bilinear",
+    )
     ax.set_xlim(0, shown_w)
     ax.set_ylim(shown_h, 0)
     ax.set_axis_off()
@@ -193,8 +210,15 @@ def save_relevance_figure(image: Image.Image, relevance: np.ndarray, path: PathL
     bar.set_label("relevance (min-max)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
     if lines:
-        fig.text(0.5, 1.0 - 0.5 * title_px / fig_h, "\n".join(lines), ha="center", va="center",
-                 fontsize=fontsize, clip_on=False)
+        fig.text(
+            0.5,
+            1.0 - 0.5 * title_px / fig_h,
+            "\n".join(lines),
+            ha="center",
+            va="center",
+            fontsize=fontsize,
+            clip_on=False,
+        )
     final = os.fspath(path)
     with _atomic_path(final) as tmp:
         fig.savefig(tmp, format="png", dpi=dpi, metadata={"Title": title or ""})
@@ -269,9 +293,14 @@ class RelevanceHook(_relevance_hook_base()):  # type: ignore[misc]  # semilearn 
         for j, i in enumerate(idx):
             label = int(ds.targets[i])
             cls = name_of(label).replace(" ", "_").replace("/", "-")
-            save_relevance_figure(images[j], rel[j], os.path.join(folder, f"{i:03d}_{cls}.png"),
-                                  title=f"predicted: {name_of(pred[j])} (true: {name_of(label)})",
-                                  img_size=args.img_size, crop_ratio=args.crop_ratio)
+            save_relevance_figure(
+                images[j],
+                rel[j],
+                os.path.join(folder, f"{i:03d}_{cls}.png"),
+                title=f"predicted: {name_of(pred[j])} (true: {name_of(label)})",
+                img_size=args.img_size,
+                crop_ratio=args.crop_ratio,
+            )
         algorithm.print_fn(f"relevance maps of {len(idx)} eval images saved to {folder}")
 
     def after_train_step(self, algorithm) -> None:

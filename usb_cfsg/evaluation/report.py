@@ -5,6 +5,7 @@ FPR95 appears in both conventions: ``fpr95`` with the unknown images as the posi
 GL-MCM). With the Semantic Shift Benchmark split a third table gives AUROC, both FPR95s and the
 unknown recall of the headline score per difficulty group of the unknown classes.
 """
+
 from __future__ import annotations
 
 import math
@@ -43,8 +44,11 @@ DIFFICULTY_COLUMNS: Tuple[Tuple[str, str], ...] = (
 )
 
 _COUNT_KEYS = ("num_test_seen", "num_test_unseen")
-_HANDLED = {key for key, _ in HEADLINE} | set(_COUNT_KEYS) | {"threshold", "threshold_source", "scores", "difficulty",
-                                                              "calibration"}
+_HANDLED = (
+    {key for key, _ in HEADLINE}
+    | set(_COUNT_KEYS)
+    | {"threshold", "threshold_source", "scores", "difficulty", "calibration"}
+)
 
 
 def _is_number(value: Any) -> bool:
@@ -138,8 +142,10 @@ def format_summary(metrics: Mapping[str, Any], title: Optional[str] = None) -> s
         for name, values in groups.items():
             values = values if isinstance(values, Mapping) else {}
             count = values.get("num_test_unseen")
-            group_rows.append([f"unknown: {name}", "-" if count is None else str(count)]
-                              + [format_percent(values.get(key)) for key, _ in DIFFICULTY_COLUMNS])
+            group_rows.append(
+                [f"unknown: {name}", "-" if count is None else str(count)]
+                + [format_percent(values.get(key)) for key, _ in DIFFICULTY_COLUMNS]
+            )
         lines.append("")
         lines += _table(["difficulty (vs all seen)", "images"] + [t for _, t in DIFFICULTY_COLUMNS], group_rows)
 

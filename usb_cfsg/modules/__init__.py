@@ -9,26 +9,51 @@
 
 Every unknown score in this project follows "higher = more unknown".
 """
+
 from .cosine_classifier import DEFAULT_LOGIT_SCALE, CosineClassifier
-from .ova_head import (OVAHead, ova_consistency, ova_entropy, ova_loss, ova_probs,
-                       ova_unknown_score)
+from .ova_head import OVAHead, ova_consistency, ova_entropy, ova_loss, ova_probs, ova_unknown_score
 from .prototypes import DEFAULT_PROTOTYPE_MOMENTUM, ClassPrototypes, ReduceFn
-from .scores import (DEFAULT_MCM_TEMPERATURE, fit_score_range, fused_score, glmcm_score,
-                     max_softmax_cosine, mcm_score)
-from .semantic_filter import (DEFAULT_KEEP_RATIO, DEFAULT_LOCAL_WEIGHT, DEFAULT_SFM_LOGIT_SCALE,
-                              DEFAULT_SFM_TEMPERATURE, SemanticFilter, SFMOutput, gather_tokens,
-                              keep_count)
-from .semantic_injection import (DEFAULT_TOPK, DEFAULT_TYPE_INIT_STD, VisualSemanticInjection,
-                                 VSIOutput)
+from .scores import DEFAULT_MCM_TEMPERATURE, fit_score_range, fused_score, glmcm_score, max_softmax_cosine, mcm_score
+from .semantic_filter import (
+    DEFAULT_KEEP_RATIO,
+    DEFAULT_LOCAL_WEIGHT,
+    DEFAULT_SFM_LOGIT_SCALE,
+    DEFAULT_SFM_TEMPERATURE,
+    SemanticFilter,
+    SFMOutput,
+    gather_tokens,
+    keep_count,
+)
+from .semantic_injection import DEFAULT_TOPK, DEFAULT_TYPE_INIT_STD, VisualSemanticInjection, VSIOutput
 
 __all__ = [
-    "CosineClassifier", "DEFAULT_LOGIT_SCALE",
-    "SemanticFilter", "SFMOutput", "keep_count", "gather_tokens",
-    "DEFAULT_KEEP_RATIO", "DEFAULT_LOCAL_WEIGHT", "DEFAULT_SFM_LOGIT_SCALE",
+    "CosineClassifier",
+    "DEFAULT_LOGIT_SCALE",
+    "SemanticFilter",
+    "SFMOutput",
+    "keep_count",
+    "gather_tokens",
+    "DEFAULT_KEEP_RATIO",
+    "DEFAULT_LOCAL_WEIGHT",
+    "DEFAULT_SFM_LOGIT_SCALE",
     "DEFAULT_SFM_TEMPERATURE",
-    "ClassPrototypes", "ReduceFn", "DEFAULT_PROTOTYPE_MOMENTUM",
-    "VisualSemanticInjection", "VSIOutput", "DEFAULT_TOPK", "DEFAULT_TYPE_INIT_STD",
-    "OVAHead", "ova_loss", "ova_entropy", "ova_consistency", "ova_unknown_score", "ova_probs",
-    "mcm_score", "glmcm_score", "fused_score", "fit_score_range", "max_softmax_cosine",
+    "ClassPrototypes",
+    "ReduceFn",
+    "DEFAULT_PROTOTYPE_MOMENTUM",
+    "VisualSemanticInjection",
+    "VSIOutput",
+    "DEFAULT_TOPK",
+    "DEFAULT_TYPE_INIT_STD",
+    "OVAHead",
+    "ova_loss",
+    "ova_entropy",
+    "ova_consistency",
+    "ova_unknown_score",
+    "ova_probs",
+    "mcm_score",
+    "glmcm_score",
+    "fused_score",
+    "fit_score_range",
+    "max_softmax_cosine",
     "DEFAULT_MCM_TEMPERATURE",
 ]

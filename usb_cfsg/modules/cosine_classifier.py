@@ -3,6 +3,7 @@
 Used for the coarse logits ``l_c = s * cos(z_c, W_c)`` and the fine logits ``l_f = s * cos(z_f, W_f)``
 of CFSG-CLIP, with ``W`` initialised from the CLIP text embeddings of the seen classes.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,8 +36,9 @@ class CosineClassifier(nn.Module):
         - output: [B, K], values in [-s, s]
     """
 
-    def __init__(self, num_classes: int, dim: int, scale: float = DEFAULT_LOGIT_SCALE,
-                 init: Tensor | None = None) -> None:
+    def __init__(
+        self, num_classes: int, dim: int, scale: float = DEFAULT_LOGIT_SCALE, init: Tensor | None = None
+    ) -> None:
         super().__init__()
         if num_classes < 1 or dim < 1:
             raise ValueError(f"num_classes and dim must be positive, got {num_classes} and {dim}")
@@ -50,7 +52,7 @@ class CosineClassifier(nn.Module):
             self.init_from(init)
 
     @classmethod
-    def from_text(cls, text_emb: Tensor, scale: float = DEFAULT_LOGIT_SCALE) -> "CosineClassifier":
+    def from_text(cls, text_emb: Tensor, scale: float = DEFAULT_LOGIT_SCALE) -> CosineClassifier:
         """Build a classifier whose weight is the normalised ``text_emb`` [K, D]."""
         if text_emb.dim() != 2:
             raise ValueError(f"text_emb must be [K, D], got shape {tuple(text_emb.shape)}")
@@ -64,8 +66,7 @@ class CosineClassifier(nn.Module):
             text_emb: Class embeddings [K, D]; copied (detached), so the source stays frozen.
         """
         if tuple(text_emb.shape) != tuple(self.weight.shape):
-            raise ValueError(f"text_emb must have shape {tuple(self.weight.shape)}, "
-                             f"got {tuple(text_emb.shape)}")
+            raise ValueError(f"text_emb must have shape {tuple(self.weight.shape)}, got {tuple(text_emb.shape)}")
         self.weight.copy_(F.normalize(text_emb.detach().to(self.weight), dim=-1))
 
     def normalized_weight(self) -> Tensor:

@@ -8,6 +8,7 @@ negative probability of the closed-set predicted class (higher = more unknown, i
 The loss functions are pure (no module state) and reproduce OpenMatch's reference code, except
 that log-probabilities come from ``log_softmax`` instead of ``log(softmax + 1e-8)``.
 """
+
 from __future__ import annotations
 
 import torch.nn.functional as F
@@ -76,8 +77,8 @@ def ova_loss(logits_open: Tensor, y: Tensor) -> Tensor:
     B, _, K = logits_open.shape
     if y.shape != (B,):
         raise ValueError(f"y must be [{B}], got {tuple(y.shape)}")
-    nll = -logits_open.log_softmax(dim=1)                                         # [B, 2, K], >= 0
-    pos = F.one_hot(y.long(), K).to(nll.dtype)                                   # [B, K]
+    nll = -logits_open.log_softmax(dim=1)  # [B, 2, K], >= 0
+    pos = F.one_hot(y.long(), K).to(nll.dtype)  # [B, K]
     loss_pos = (nll[:, POS] * pos).sum(dim=1).mean()
     # -log p >= 0, so zeroing the true class leaves the max over the other classes (0 if K == 1).
     loss_neg = (nll[:, NEG] * (1.0 - pos)).max(dim=1).values.mean()
@@ -119,7 +120,7 @@ def ova_consistency(logits_a: Tensor, logits_b: Tensor) -> Tensor:
     if logits_b.shape != logits_a.shape:
         raise ValueError(f"shape mismatch: {tuple(logits_a.shape)} vs {tuple(logits_b.shape)}")
     diff = logits_a.softmax(dim=1) - logits_b.softmax(dim=1)
-    return (diff ** 2).sum(dim=(1, 2)).mean()
+    return (diff**2).sum(dim=(1, 2)).mean()
 
 
 def ova_unknown_score(logits_open: Tensor, closed_pred: Tensor) -> Tensor:
@@ -134,7 +135,6 @@ def ova_unknown_score(logits_open: Tensor, closed_pred: Tensor) -> Tensor:
     """
     _check(logits_open)
     if closed_pred.shape != logits_open.shape[:1]:
-        raise ValueError(f"closed_pred must be [{logits_open.shape[0]}], "
-                         f"got {tuple(closed_pred.shape)}")
-    p_neg = logits_open.softmax(dim=1)[:, NEG]                                    # [B, K]
+        raise ValueError(f"closed_pred must be [{logits_open.shape[0]}], got {tuple(closed_pred.shape)}")
+    p_neg = logits_open.softmax(dim=1)[:, NEG]  # [B, K]
     return p_neg.gather(1, closed_pred.long().view(-1, 1)).squeeze(1)

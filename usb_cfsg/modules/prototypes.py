@@ -3,6 +3,7 @@
 CFSG-CLIP keeps one prototype ``mu_k`` per seen class, an EMA of the local feature ``f`` over the
 labeled samples and the confident in-distribution unlabeled samples of class k.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -54,8 +55,9 @@ class ClassPrototypes(nn.Module):
     mu: Tensor
     initialized: Tensor
 
-    def __init__(self, num_classes: int, dim: int, momentum: float = DEFAULT_PROTOTYPE_MOMENTUM,
-                 normalize: bool = True) -> None:
+    def __init__(
+        self, num_classes: int, dim: int, momentum: float = DEFAULT_PROTOTYPE_MOMENTUM, normalize: bool = True
+    ) -> None:
         super().__init__()
         if num_classes < 1 or dim < 1:
             raise ValueError(f"num_classes and dim must be positive, got {num_classes} and {dim}")
@@ -68,8 +70,7 @@ class ClassPrototypes(nn.Module):
         self.register_buffer("initialized", torch.zeros(num_classes, dtype=torch.bool))
 
     @torch.no_grad()
-    def class_sums(self, feats: Tensor, labels: Tensor,
-                   mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def class_sums(self, feats: Tensor, labels: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Per-class feature sums and counts of the selected samples.
 
         Args:
@@ -95,15 +96,23 @@ class ClassPrototypes(nn.Module):
             raise ValueError(f"mask must be [{labels.shape[0]}], got {tuple(sel.shape)}")
         chosen = labels[sel]
         if chosen.numel() and (int(chosen.min()) < 0 or int(chosen.max()) >= self.num_classes):
-            raise ValueError(f"selected labels must be in [0, {self.num_classes}), got "
-                             f"min {int(chosen.min())}, max {int(chosen.max())}")
+            raise ValueError(
+                f"selected labels must be in [0, {self.num_classes}), got "
+                f"min {int(chosen.min())}, max {int(chosen.max())}"
+            )
         onehot = F.one_hot(labels.clamp(0, self.num_classes - 1), self.num_classes).to(x.dtype)
-        onehot = onehot * sel.unsqueeze(1).to(x.dtype)                             # [B, K]
+        onehot = onehot * sel.unsqueeze(1).to(x.dtype)  # [B, K]
         return onehot.t() @ x, onehot.sum(dim=0)
 
     @torch.no_grad()
-    def update(self, feats: Tensor, labels: Tensor, mask: Tensor | None = None,
-               momentum: float | None = None, reduce_fn: ReduceFn | None = None) -> Tensor:
+    def update(
+        self,
+        feats: Tensor,
+        labels: Tensor,
+        mask: Tensor | None = None,
+        momentum: float | None = None,
+        reduce_fn: ReduceFn | None = None,
+    ) -> Tensor:
         """EMA-update the prototypes of the classes present among the selected samples.
 
         Args:
@@ -123,8 +132,7 @@ class ClassPrototypes(nn.Module):
         return self.update_from_sums(sums, counts, momentum)
 
     @torch.no_grad()
-    def update_from_sums(self, sums: Tensor, counts: Tensor,
-                         momentum: float | None = None) -> Tensor:
+    def update_from_sums(self, sums: Tensor, counts: Tensor, momentum: float | None = None) -> Tensor:
         """Apply the EMA update from per-class ``sums`` [K, D] and ``counts`` [K].
 
         Returns:
@@ -175,8 +183,7 @@ class ClassPrototypes(nn.Module):
         self.initialized.zero_()
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, dim={self.dim}, momentum={self.momentum}, "
-                f"normalize={self.normalize}")
+        return f"num_classes={self.num_classes}, dim={self.dim}, momentum={self.momentum}, normalize={self.normalize}"
 
 
 def _check_momentum(m: float) -> None:

@@ -14,6 +14,7 @@ Both use temperature T = 1 by default, as the MCM and GL-MCM papers do. Note tha
 in the hundreds, the scores lie in a narrow band just below 1 - 1/K; ranking metrics do not care,
 but fusion with other scores does (see :func:`fused_score`'s ``ranges``).
 """
+
 from __future__ import annotations
 
 from typing import Mapping
@@ -25,8 +26,7 @@ from torch import Tensor
 DEFAULT_MCM_TEMPERATURE = 1.0
 
 
-def max_softmax_cosine(feat: Tensor, text: Tensor, temperature: float = DEFAULT_MCM_TEMPERATURE
-                       ) -> Tensor:
+def max_softmax_cosine(feat: Tensor, text: Tensor, temperature: float = DEFAULT_MCM_TEMPERATURE) -> Tensor:
     """``max_k softmax_k(cos(feat, t_k) / T)`` over the last dimension.
 
     Args:
@@ -40,8 +40,7 @@ def max_softmax_cosine(feat: Tensor, text: Tensor, temperature: float = DEFAULT_
     if not temperature > 0:
         raise ValueError(f"temperature must be positive, got {temperature}")
     if text.dim() != 2 or feat.shape[-1] != text.shape[1]:
-        raise ValueError(f"expected feat [..., D] and text [K, D], got {tuple(feat.shape)} and "
-                         f"{tuple(text.shape)}")
+        raise ValueError(f"expected feat [..., D] and text [K, D], got {tuple(feat.shape)} and {tuple(text.shape)}")
     cos = F.normalize(feat, dim=-1) @ F.normalize(text.to(feat.dtype), dim=-1).t()
     return (cos / temperature).softmax(dim=-1).max(dim=-1).values
 
@@ -62,8 +61,9 @@ def mcm_score(feat: Tensor, text: Tensor, temperature: float = DEFAULT_MCM_TEMPE
     return 1.0 - max_softmax_cosine(feat, text, temperature)
 
 
-def glmcm_score(global_feat: Tensor, local_feat: Tensor, text: Tensor,
-                temperature: float = DEFAULT_MCM_TEMPERATURE) -> Tensor:
+def glmcm_score(
+    global_feat: Tensor, local_feat: Tensor, text: Tensor, temperature: float = DEFAULT_MCM_TEMPERATURE
+) -> Tensor:
     """GL-MCM unknown score ``1 - (S_MCM(g) + max_i S_MCM(l_i)) / 2``.
 
     Args:
@@ -82,15 +82,15 @@ def glmcm_score(global_feat: Tensor, local_feat: Tensor, text: Tensor,
     if local_feat.dim() == 2:
         local_feat = local_feat.unsqueeze(1)
     if local_feat.dim() != 3 or local_feat.shape[0] != global_feat.shape[0]:
-        raise ValueError(f"local_feat must be [B, D] or [B, N, D] with B={global_feat.shape[0]}, "
-                         f"got {tuple(local_feat.shape)}")
-    s_global = max_softmax_cosine(global_feat, text, temperature)                # [B]
+        raise ValueError(
+            f"local_feat must be [B, D] or [B, N, D] with B={global_feat.shape[0]}, got {tuple(local_feat.shape)}"
+        )
+    s_global = max_softmax_cosine(global_feat, text, temperature)  # [B]
     s_local = max_softmax_cosine(local_feat, text, temperature).max(dim=1).values  # [B]
     return 1.0 - 0.5 * (s_global + s_local)
 
 
-def fit_score_range(score: Tensor, quantiles: tuple[float, float] = (0.01, 0.99)
-                    ) -> tuple[float, float]:
+def fit_score_range(score: Tensor, quantiles: tuple[float, float] = (0.01, 0.99)) -> tuple[float, float]:
     """A robust ``(lo, hi)`` range of a score from its quantiles, for :func:`fused_score`.
 
     Args:
@@ -111,8 +111,11 @@ def fit_score_range(score: Tensor, quantiles: tuple[float, float] = (0.01, 0.99)
     return lo, max(hi, lo + 1e-6)
 
 
-def fused_score(scores: Mapping[str, Tensor], weights: Mapping[str, float] | None = None,
-                ranges: Mapping[str, tuple[float, float]] | None = None) -> Tensor:
+def fused_score(
+    scores: Mapping[str, Tensor],
+    weights: Mapping[str, float] | None = None,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> Tensor:
     """Weighted mean of unknown scores, each first mapped to [0, 1].
 
     Mapping: a score with an entry ``(lo, hi)`` in ``ranges`` becomes
@@ -139,8 +142,7 @@ def fused_score(scores: Mapping[str, Tensor], weights: Mapping[str, float] | Non
         weights = {name: 1.0 for name in scores}
     missing = [name for name in weights if name not in scores]
     if missing:
-        raise KeyError(f"weights name scores that were not given: {missing}; "
-                       f"given: {sorted(scores)}")
+        raise KeyError(f"weights name scores that were not given: {missing}; given: {sorted(scores)}")
     if any(w < 0 for w in weights.values()) or not sum(weights.values()) > 0:
         raise ValueError(f"weights must be non-negative with a positive sum, got {dict(weights)}")
     ranges = ranges or {}

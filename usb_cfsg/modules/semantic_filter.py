@@ -16,6 +16,7 @@ The coarse logits ``s * cos(z_c, W_c)`` are computed by the network with a
 :class:`~usb_cfsg.modules.cosine_classifier.CosineClassifier`; the ``use_sfm=False`` ablation
 (no filtering, ``z_c = g``) is also the network's business.
 """
+
 from __future__ import annotations
 
 import math
@@ -70,8 +71,9 @@ def gather_tokens(tokens: Tensor, index: Tensor) -> Tensor:
         [B, n, C]; differentiable with respect to ``tokens``.
     """
     if tokens.dim() != 3 or index.dim() != 2 or index.shape[0] != tokens.shape[0]:
-        raise ValueError(f"expected tokens [B, N, C] and index [B, n], got {tuple(tokens.shape)} "
-                         f"and {tuple(index.shape)}")
+        raise ValueError(
+            f"expected tokens [B, N, C] and index [B, n], got {tuple(tokens.shape)} and {tuple(index.shape)}"
+        )
     return tokens.gather(1, index.unsqueeze(-1).expand(-1, -1, tokens.shape[-1]))
 
 
@@ -121,11 +123,14 @@ class SemanticFilter(nn.Module):
     feature pools the raw patch features.
     """
 
-    def __init__(self, keep_ratio: float = DEFAULT_KEEP_RATIO,
-                 temperature: float = DEFAULT_SFM_TEMPERATURE,
-                 logit_scale: float = DEFAULT_SFM_LOGIT_SCALE,
-                 local_weight: float = DEFAULT_LOCAL_WEIGHT,
-                 detach_relevance: bool = False) -> None:
+    def __init__(
+        self,
+        keep_ratio: float = DEFAULT_KEEP_RATIO,
+        temperature: float = DEFAULT_SFM_TEMPERATURE,
+        logit_scale: float = DEFAULT_SFM_LOGIT_SCALE,
+        local_weight: float = DEFAULT_LOCAL_WEIGHT,
+        detach_relevance: bool = False,
+    ) -> None:
         super().__init__()
         if not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
@@ -151,8 +156,9 @@ class SemanticFilter(nn.Module):
         t = F.normalize(text.to(g.dtype), dim=-1)
         return (self.logit_scale * g @ t.t()).softmax(dim=-1)
 
-    def forward(self, global_feat: Tensor, patch_feat: Tensor, text: Tensor,
-                affinity_feat: Tensor | None = None) -> SFMOutput:
+    def forward(
+        self, global_feat: Tensor, patch_feat: Tensor, text: Tensor, affinity_feat: Tensor | None = None
+    ) -> SFMOutput:
         """Filter the patches and build the local and coarse features.
 
         Args:
@@ -166,24 +172,33 @@ class SemanticFilter(nn.Module):
             An :class:`SFMOutput`.
         """
         if global_feat.dim() != 2 or patch_feat.dim() != 3 or text.dim() != 2:
-            raise ValueError("expected global_feat [B, D], patch_feat [B, N, D], text [K, D], got "
-                             f"{tuple(global_feat.shape)}, {tuple(patch_feat.shape)}, "
-                             f"{tuple(text.shape)}")
+            raise ValueError(
+                "expected global_feat [B, D], patch_feat [B, N, D], text [K, D], got "
+                f"{tuple(global_feat.shape)}, {tuple(patch_feat.shape)}, "
+                f"{tuple(text.shape)}"
+            )
         B, N, D = patch_feat.shape
         if global_feat.shape != (B, D) or text.shape[1] != D:
-            raise ValueError(f"inconsistent shapes: global_feat {tuple(global_feat.shape)}, "
-                             f"patch_feat {tuple(patch_feat.shape)}, text {tuple(text.shape)}")
+            raise ValueError(
+                f"inconsistent shapes: global_feat {tuple(global_feat.shape)}, "
+                f"patch_feat {tuple(patch_feat.shape)}, text {tuple(text.shape)}"
+            )
         dense = patch_feat if affinity_feat is None else affinity_feat
         if dense.shape != patch_feat.shape:
-            raise ValueError(f"affinity_feat must have shape {tuple(patch_feat.shape)}, "
-                             f"got {tuple(dense.shape)}")
+            raise ValueError(f"affinity_feat must have shape {tuple(patch_feat.shape)}, got {tuple(dense.shape)}")
         pi, affinity, relevance, keep_idx, keep_mask = self.select(global_feat, dense, text)
         local, coarse = self.pool(global_feat, gather_tokens(patch_feat, keep_idx), relevance, keep_idx)
-        return SFMOutput(class_probs=pi, affinity=affinity, relevance=relevance,
-                         keep_idx=keep_idx, keep_mask=keep_mask, local=local, coarse=coarse)
+        return SFMOutput(
+            class_probs=pi,
+            affinity=affinity,
+            relevance=relevance,
+            keep_idx=keep_idx,
+            keep_mask=keep_mask,
+            local=local,
+            coarse=coarse,
+        )
 
-    def select(self, global_feat: Tensor, dense: Tensor, text: Tensor
-               ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    def select(self, global_feat: Tensor, dense: Tensor, text: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
         """Steps 1-4: which patches to keep, from the dense features alone.
 
         Split from :meth:`forward` so that a network can compute the patch features of the kept
@@ -198,21 +213,22 @@ class SemanticFilter(nn.Module):
             ``(class_probs, affinity, relevance, keep_idx, keep_mask)`` as in :class:`SFMOutput`.
         """
         B, N, _ = dense.shape
-        t = F.normalize(text.to(dense.dtype), dim=-1)                             # [K, D]
-        pi = self.class_posterior(global_feat, t)                                 # [B, K]
-        affinity = F.normalize(dense, dim=-1) @ t.t()                             # [B, N, K]
-        per_class = (affinity / self.temperature).softmax(dim=1)                  # over patches
-        relevance = torch.einsum("bnk,bk->bn", per_class, pi)                     # [B, N]
+        t = F.normalize(text.to(dense.dtype), dim=-1)  # [K, D]
+        pi = self.class_posterior(global_feat, t)  # [B, K]
+        affinity = F.normalize(dense, dim=-1) @ t.t()  # [B, N, K]
+        per_class = (affinity / self.temperature).softmax(dim=1)  # over patches
+        relevance = torch.einsum("bnk,bk->bn", per_class, pi)  # [B, N]
 
         n_keep = self.keep_count(N)
         order = torch.sort(relevance.detach(), dim=1, descending=True, stable=True).indices
-        keep_idx = order[:, :n_keep]                                              # [B, n_keep]
+        keep_idx = order[:, :n_keep]  # [B, n_keep]
         keep_mask = torch.zeros(B, N, dtype=torch.bool, device=dense.device)
         keep_mask.scatter_(1, keep_idx, True)
         return pi, affinity, relevance, keep_idx, keep_mask
 
-    def pool(self, global_feat: Tensor, kept_feat: Tensor, relevance: Tensor, keep_idx: Tensor
-             ) -> tuple[Tensor, Tensor]:
+    def pool(
+        self, global_feat: Tensor, kept_feat: Tensor, relevance: Tensor, keep_idx: Tensor
+    ) -> tuple[Tensor, Tensor]:
         """Steps 5-6: the local feature from the kept patches' features, and the coarse feature.
 
         Args:
@@ -225,14 +241,15 @@ class SemanticFilter(nn.Module):
             ``(local, coarse)`` as in :class:`SFMOutput`.
         """
         weights = relevance.detach() if self.detach_relevance else relevance
-        w_kept = weights.gather(1, keep_idx)                                      # [B, n_keep]
+        w_kept = weights.gather(1, keep_idx)  # [B, n_keep]
         w_kept = w_kept / w_kept.sum(dim=1, keepdim=True).clamp_min(torch.finfo(w_kept.dtype).tiny)
         local = torch.einsum("bn,bnd->bd", w_kept, kept_feat)
-        coarse = F.normalize(F.normalize(global_feat, dim=-1)
-                             + self.local_weight * F.normalize(local, dim=-1), dim=-1)
+        coarse = F.normalize(F.normalize(global_feat, dim=-1) + self.local_weight * F.normalize(local, dim=-1), dim=-1)
         return local, coarse
 
     def extra_repr(self) -> str:
-        return (f"keep_ratio={self.keep_ratio}, temperature={self.temperature}, "
-                f"logit_scale={self.logit_scale}, local_weight={self.local_weight}, "
-                f"detach_relevance={self.detach_relevance}")
+        return (
+            f"keep_ratio={self.keep_ratio}, temperature={self.temperature}, "
+            f"logit_scale={self.logit_scale}, local_weight={self.local_weight}, "
+            f"detach_relevance={self.detach_relevance}"
+        )

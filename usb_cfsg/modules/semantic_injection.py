@@ -5,6 +5,7 @@ built from the class prototype ``mu`` and the class text embedding ``t`` (both i
 dimension D), in the ViT token width W. The network appends the cues to the trunk tokens H and
 runs the last m blocks again on ``[cls, kept patches, cues]``.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -48,8 +49,9 @@ class VisualSemanticInjection(nn.Module):
     come from the frozen text tower; a learnable prompt variant would receive gradients).
     """
 
-    def __init__(self, joint_dim: int, width: int, topk: int = DEFAULT_TOPK,
-                 type_init_std: float = DEFAULT_TYPE_INIT_STD) -> None:
+    def __init__(
+        self, joint_dim: int, width: int, topk: int = DEFAULT_TOPK, type_init_std: float = DEFAULT_TYPE_INIT_STD
+    ) -> None:
         super().__init__()
         if joint_dim < 1 or width < 1:
             raise ValueError(f"joint_dim and width must be positive, got {joint_dim} and {width}")
@@ -74,14 +76,15 @@ class VisualSemanticInjection(nn.Module):
         Returns:
             [B, k, W].
         """
-        if prototypes.dim() != 2 or prototypes.shape != text.shape \
-                or prototypes.shape[1] != self.joint_dim:
-            raise ValueError(f"prototypes and text must both be [K, {self.joint_dim}], got "
-                             f"{tuple(prototypes.shape)} and {tuple(text.shape)}")
+        if prototypes.dim() != 2 or prototypes.shape != text.shape or prototypes.shape[1] != self.joint_dim:
+            raise ValueError(
+                f"prototypes and text must both be [K, {self.joint_dim}], got "
+                f"{tuple(prototypes.shape)} and {tuple(text.shape)}"
+            )
         dtype = self.proj.weight.dtype
         mu = F.normalize(prototypes.detach().to(dtype), dim=-1)
         t = F.normalize(text.to(dtype), dim=-1)
-        pair = torch.cat([mu, t], dim=-1)[class_idx]                              # [B, k, 2D]
+        pair = torch.cat([mu, t], dim=-1)[class_idx]  # [B, k, 2D]
         return self.proj(pair) + self.type_embedding
 
     def forward(self, coarse_logits: Tensor, prototypes: Tensor, text: Tensor) -> VSIOutput:
@@ -96,8 +99,7 @@ class VisualSemanticInjection(nn.Module):
             :class:`VSIOutput` ``(cues [B, k, W], topk_idx [B, k])`` with ``k = min(topk, K)``.
         """
         if coarse_logits.dim() != 2 or coarse_logits.shape[1] != prototypes.shape[0]:
-            raise ValueError(f"coarse_logits must be [B, {prototypes.shape[0]}], "
-                             f"got {tuple(coarse_logits.shape)}")
+            raise ValueError(f"coarse_logits must be [B, {prototypes.shape[0]}], got {tuple(coarse_logits.shape)}")
         k = min(self.topk, coarse_logits.shape[1])
         topk_idx = coarse_logits.detach().topk(k, dim=1).indices
         return VSIOutput(self.cue_tokens(topk_idx, prototypes, text), topk_idx)

@@ -1,13 +1,26 @@
 """CLIP networks; importing this package makes them visible to semilearn's ``get_net_builder``."""
+
 from __future__ import annotations
 
 from ..errors import RegistryError
 from .backbone import ClipBackbone, unwrap
-from .clip import BUILDERS, CLIP_ARCHS, GENERIC_NET, NET_HEADS, OPENAI_MEAN, OPENAI_STD, ClipNet, build_clip_net
 from .cfsg import CFSGNet
+from .clip import BUILDERS, CLIP_ARCHS, GENERIC_NET, NET_HEADS, OPENAI_MEAN, OPENAI_STD, ClipNet, build_clip_net
 
-__all__ = ["BUILDERS", "CFSGNet", "CLIP_ARCHS", "GENERIC_NET", "NET_HEADS", "ClipBackbone", "ClipNet", "build_clip_net", "unwrap",
-           "OPENAI_MEAN", "OPENAI_STD", "register_nets"]
+__all__ = [
+    "BUILDERS",
+    "CFSGNet",
+    "CLIP_ARCHS",
+    "GENERIC_NET",
+    "NET_HEADS",
+    "ClipBackbone",
+    "ClipNet",
+    "build_clip_net",
+    "unwrap",
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "register_nets",
+]
 
 
 def register_nets() -> None:

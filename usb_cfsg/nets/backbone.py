@@ -4,6 +4,7 @@ CLIP ViT with L blocks: blocks 1..L-m (and the patch embedding) are frozen and r
 autograd; blocks L-m+1..L, ``ln_post`` and ``proj`` are trainable (m = ``num_tuned_blocks``).
 Both the plain CLIP net and the CFSG network are built on this class.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple, Optional, Tuple
@@ -42,8 +43,10 @@ class ClipBackbone(nn.Module):
     def __init__(self, visual: nn.Module, num_tuned_blocks: int) -> None:
         super().__init__()
         if not hasattr(visual, "transformer") or not hasattr(visual.transformer, "resblocks"):
-            raise ConfigError(f"{type(visual).__name__} is not an open_clip VisionTransformer; "
-                              "only ViT CLIP models are supported (e.g. ViT-B-16)")
+            raise ConfigError(
+                f"{type(visual).__name__} is not an open_clip VisionTransformer; "
+                "only ViT CLIP models are supported (e.g. ViT-B-16)"
+            )
         if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
             raise ConfigError("only class-token pooled CLIP ViTs are supported (no attentional pooling)")
         self.visual = visual
@@ -70,7 +73,7 @@ class ClipBackbone(nn.Module):
 
     @property
     def tuned_blocks(self) -> nn.ModuleList:
-        return self.visual.transformer.resblocks[self.num_frozen:]
+        return self.visual.transformer.resblocks[self.num_frozen :]
 
     def _run(self, blocks, x: torch.Tensor) -> torch.Tensor:
         if not self.batch_first:
@@ -92,7 +95,7 @@ class ClipBackbone(nn.Module):
         """
         with torch.no_grad():
             x = self.visual._embeds(images)
-            return self._run(self.visual.transformer.resblocks[:self.num_frozen], x)
+            return self._run(self.visual.transformer.resblocks[: self.num_frozen], x)
 
     def tuned(self, tokens: torch.Tensor, return_last_input: bool = False):
         """Run the trainable blocks on ``tokens`` [B, T, W].
@@ -149,10 +152,12 @@ class ClipBackbone(nn.Module):
         q = F.linear(yq, attn.in_proj_weight[:w], bias)
         B, n, _ = q.shape
         T, d = state.k.shape[1], w // heads
-        o = F.scaled_dot_product_attention(q.view(B, n, heads, d).transpose(1, 2),
-                                           state.k.view(B, T, heads, d).transpose(1, 2),
-                                           state.v.view(B, T, heads, d).transpose(1, 2),
-                                           dropout_p=attn.dropout if self.training else 0.0)
+        o = F.scaled_dot_product_attention(
+            q.view(B, n, heads, d).transpose(1, 2),
+            state.k.view(B, T, heads, d).transpose(1, 2),
+            state.v.view(B, T, heads, d).transpose(1, 2),
+            dropout_p=attn.dropout if self.training else 0.0,
+        )
         xq = xq + block.ls_1(attn.out_proj(o.transpose(1, 2).reshape(B, n, w)))
         return xq + block.ls_2(block.mlp(block.ln_2(xq)))
 
@@ -198,14 +203,16 @@ class ClipBackbone(nn.Module):
             problems.append("a cross-attention block (ln_1_kv)")
         ls_1 = getattr(block, "ls_1", nn.Identity())
         gamma = getattr(ls_1, "gamma", None)
-        if not isinstance(ls_1, nn.Identity) and not (isinstance(gamma, torch.Tensor)
-                                                       and tuple(gamma.shape) == (self.width,)):
+        if not isinstance(ls_1, nn.Identity) and not (
+            isinstance(gamma, torch.Tensor) and tuple(gamma.shape) == (self.width,)
+        ):
             problems.append(f"ls_1 is {type(ls_1).__name__}, neither nn.Identity nor a LayerScale with gamma [W]")
         if problems:
             raise ConfigError(
                 f"the last visual block ({name}) does not have the structure of open_clip's ResidualAttentionBlock "
                 f"that value-path dense features (sfm_dense: value, the glmcm score) rely on: {'; '.join(problems)}. "
-                "Use a CLIP ViT built from open_clip's standard blocks (ViT-B-16, ViT-B-32, ViT-L-14, ...)")
+                "Use a CLIP ViT built from open_clip's standard blocks (ViT-B-16, ViT-B-32, ViT-L-14, ...)"
+            )
 
     def value_features(self, last_input: torch.Tensor) -> torch.Tensor:
         """Dense features of all tokens through the last block's value path (MaskCLIP / ClearCLIP).
@@ -226,8 +233,8 @@ class ClipBackbone(nn.Module):
         block = self.tuned_blocks[-1]
         attn = block.attn
         x = block.ln_1(last_input)
-        w_v = attn.in_proj_weight[2 * self.width:]
-        b_v = attn.in_proj_bias[2 * self.width:] if attn.in_proj_bias is not None else None
+        w_v = attn.in_proj_weight[2 * self.width :]
+        b_v = attn.in_proj_bias[2 * self.width :] if attn.in_proj_bias is not None else None
         v = block.ls_1(attn.out_proj(F.linear(x, w_v, b_v)))
         return self.project(v)
 
@@ -256,8 +263,10 @@ class ClipBackbone(nn.Module):
         p = prefix
         return dict(
             stem=rf"^{p}visual\.(?:class_embedding|positional_embedding|conv1|ln_pre)",
-            blocks=[(rf"^{p}visual\.transformer\.resblocks\.(\d+)", None),
-                    (rf"^{p}visual\.(?:ln_post|proj)", (99999,))],
+            blocks=[
+                (rf"^{p}visual\.transformer\.resblocks\.(\d+)", None),
+                (rf"^{p}visual\.(?:ln_post|proj)", (99999,)),
+            ],
         )
 
     def no_weight_decay(self, prefix: str = "") -> set:

@@ -18,6 +18,7 @@ The net returns the per-image unknown scores ``ova``, ``mcm`` and ``glmcm``. The
 score ranges fitted on training data, which the net cannot know; it is computed from these outputs
 by ``CFSGCLIP.compute_unknown_scores`` with the evaluator's calibration.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Literal
@@ -27,9 +28,19 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ..modules import (DEFAULT_MCM_TEMPERATURE, DEFAULT_SFM_LOGIT_SCALE, ClassPrototypes, CosineClassifier,
-                       OVAHead, SemanticFilter, VisualSemanticInjection, gather_tokens, glmcm_score, mcm_score,
-                       ova_unknown_score)
+from ..modules import (
+    DEFAULT_MCM_TEMPERATURE,
+    DEFAULT_SFM_LOGIT_SCALE,
+    ClassPrototypes,
+    CosineClassifier,
+    OVAHead,
+    SemanticFilter,
+    VisualSemanticInjection,
+    gather_tokens,
+    glmcm_score,
+    mcm_score,
+    ova_unknown_score,
+)
 from .backbone import ClipBackbone
 from .clip import NET_HEADS
 from .text import ClassTextEmbeddings
@@ -63,14 +74,27 @@ class CFSGNet(nn.Module):
         logit_scale: Scale of the cosine classifiers.
     """
 
-    def __init__(self, backbone: ClipBackbone, text: ClassTextEmbeddings, num_classes: int, *,
-                 use_sfm: bool = True, use_vsi: bool = True, sfm_keep_ratio: float = 0.25,
-                 sfm_temperature: float = 0.07, sfm_posterior_scale: float = DEFAULT_SFM_LOGIT_SCALE,
-                 sfm_local_weight: float = 1.0,
-                 sfm_dense: Literal["value", "tokens"] = "value", vsi_topk: int = 3, proto_momentum: float = 0.99,
-                 closed_head: Literal["ensemble", "fine"] = "ensemble",
-                 mcm_temperature: float = DEFAULT_MCM_TEMPERATURE, ova_bias: bool = False,
-                 logit_scale: float = 30.0, **unused: Any) -> None:
+    def __init__(
+        self,
+        backbone: ClipBackbone,
+        text: ClassTextEmbeddings,
+        num_classes: int,
+        *,
+        use_sfm: bool = True,
+        use_vsi: bool = True,
+        sfm_keep_ratio: float = 0.25,
+        sfm_temperature: float = 0.07,
+        sfm_posterior_scale: float = DEFAULT_SFM_LOGIT_SCALE,
+        sfm_local_weight: float = 1.0,
+        sfm_dense: Literal["value", "tokens"] = "value",
+        vsi_topk: int = 3,
+        proto_momentum: float = 0.99,
+        closed_head: Literal["ensemble", "fine"] = "ensemble",
+        mcm_temperature: float = DEFAULT_MCM_TEMPERATURE,
+        ova_bias: bool = False,
+        logit_scale: float = 30.0,
+        **unused: Any,
+    ) -> None:
         super().__init__()
         if sfm_dense not in ("value", "tokens"):
             raise ConfigError(f"sfm_dense must be value or tokens, got {sfm_dense!r}")
@@ -94,8 +118,12 @@ class CFSGNet(nn.Module):
             t0 = text()
         if t0.shape[0] != num_classes:
             raise ConfigError(f"got {t0.shape[0]} class names for num_classes={num_classes}")
-        self.sfm = SemanticFilter(keep_ratio=sfm_keep_ratio, temperature=sfm_temperature,
-                                  logit_scale=sfm_posterior_scale, local_weight=sfm_local_weight)
+        self.sfm = SemanticFilter(
+            keep_ratio=sfm_keep_ratio,
+            temperature=sfm_temperature,
+            logit_scale=sfm_posterior_scale,
+            local_weight=sfm_local_weight,
+        )
         self.coarse_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.fine_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.prototypes = ClassPrototypes(num_classes, dim, momentum=proto_momentum)
@@ -114,8 +142,12 @@ class CFSGNet(nn.Module):
         B, N, _ = p.shape
         keep = torch.arange(N, device=p.device).expand(B, N)
         local = p.mean(dim=1)
-        return dict(coarse=F.normalize(g, dim=-1), local=local, relevance=torch.full((B, N), 1.0 / N, device=p.device),
-                    keep_idx=keep)
+        return dict(
+            coarse=F.normalize(g, dim=-1),
+            local=local,
+            relevance=torch.full((B, N), 1.0 / N, device=p.device),
+            keep_idx=keep,
+        )
 
     def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, **kwargs: Any):
         """USB contract plus CFSG outputs.
@@ -148,8 +180,9 @@ class CFSGNet(nn.Module):
         if self.use_sfm and self.sfm_dense == "value":
             g = bb.project(bb.last_block_queries(state))[:, 0]
             _, _, relevance, keep_idx, _ = self.sfm.select(g, dense, t)
-            local, coarse = self.sfm.pool(g, bb.project(bb.last_block_queries(state, keep_idx + 1)), relevance,
-                                          keep_idx)
+            local, coarse = self.sfm.pool(
+                g, bb.project(bb.last_block_queries(state, keep_idx + 1)), relevance, keep_idx
+            )
             c = dict(coarse=coarse, local=local, relevance=relevance, keep_idx=keep_idx)
         else:
             everything = torch.arange(state.x.shape[1], device=h.device).expand(h.shape[0], -1)
@@ -180,9 +213,18 @@ class CFSGNet(nn.Module):
             s_mcm = mcm_score(g.float(), t.float(), self.mcm_temperature)
             s_glmcm = glmcm_score(g.float(), dense.float(), t.float(), self.mcm_temperature)
         return {
-            "logits": logits, "feat": z_f, "logits_coarse": logits_coarse, "logits_fine": logits_fine,
-            "logits_ova": logits_ova, "feat_local": c["local"], "feat_global": g, "relevance": c["relevance"],
-            "keep_idx": c["keep_idx"], "score_ova": s_ova, "score_mcm": s_mcm, "score_glmcm": s_glmcm,
+            "logits": logits,
+            "feat": z_f,
+            "logits_coarse": logits_coarse,
+            "logits_fine": logits_fine,
+            "logits_ova": logits_ova,
+            "feat_local": c["local"],
+            "feat_global": g,
+            "relevance": c["relevance"],
+            "keep_idx": c["keep_idx"],
+            "score_ova": s_ova,
+            "score_mcm": s_mcm,
+            "score_glmcm": s_glmcm,
         }
 
     def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict:
@@ -196,4 +238,7 @@ class CFSGNet(nn.Module):
         of their direction as training goes on. The type embedding is an embedding (as ViT's).
         """
         return self.backbone.no_weight_decay(prefix="backbone.") | {
-            "vsi.type_embedding", "coarse_head.weight", "fine_head.weight"}
+            "vsi.type_embedding",
+            "coarse_head.weight",
+            "fine_head.weight",
+        }

