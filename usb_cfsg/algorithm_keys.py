@@ -23,7 +23,9 @@ import hashlib
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
+
+from .config import one_of
 
 CACHE_FILE = Path(__file__).with_name("algorithm_keys.json")
 _cache: Optional[Dict[str, Any]] = None
@@ -39,17 +41,6 @@ def _str2bool(text: str) -> bool:  # named like semilearn's, which config.algori
 
 
 _str2bool.__name__ = "str2bool"
-
-
-def _choice(options: List[str]) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"expected one of {tuple(options)}, got {text!r}")
-        return text
-
-    parse.__name__ = "one of " + "|".join(options)
-    parse.choices = tuple(options)  # type: ignore[attr-defined]
-    return parse
 
 
 def describe_argument(arg: Any) -> Optional[Dict[str, Any]]:
@@ -75,7 +66,7 @@ def describe_argument(arg: Any) -> Optional[Dict[str, Any]]:
 def _type_of(record: Dict[str, Any]) -> Any:
     kind = record["type"]
     if kind == "choice":
-        return _choice(record["choices"])
+        return one_of(*record["choices"])
     if kind == "str2bool":
         return _str2bool
     return {"bool": bool, "int": int, "float": float, "str": str}[kind]

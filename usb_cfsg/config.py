@@ -578,6 +578,23 @@ def _drop_other_algorithm_keys(
     return {k: v for k, v in file_values.items() if k not in dropped and k not in naming}
 
 
+def one_of(*options: str) -> Callable[[str], str]:
+    """An argparse ``type`` accepting only ``options``, for ``SSL_Argument``s of algorithm keys.
+
+    Its ``choices`` attribute is what this module turns into a validated choice (with "did you
+    mean" errors and the choices listed in ``--help`` and the README's key table).
+    """
+
+    def parse(text: str) -> str:
+        if text not in options:
+            raise ValueError(f"expected one of {options}, got {text!r}")
+        return text
+
+    parse.__name__ = "one of " + "|".join(options)
+    parse.choices = options  # type: ignore[attr-defined]
+    return parse
+
+
 _INTERVAL = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])\s*$")
 
 

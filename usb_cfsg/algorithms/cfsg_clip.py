@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from semilearn.algorithms.utils import SSL_Argument, str2bool
 from semilearn.core.algorithmbase import AlgorithmBase
 
+from ..config import one_of
 from ..engine.plugin import PluginMixin
 from ..modules import ClassPrototypes, fused_score, ova_consistency, ova_entropy, ova_loss
 from ..nets.backbone import unwrap
@@ -51,18 +52,6 @@ NET_SWITCHES = (
 #: the two scores ``fused`` averages (each mapped to [0, 1] with its calibrated range)
 FUSED_FROM = ("ova", "glmcm")
 OVA_VIEWS = ("weak_weak", "weak_strong")
-
-
-def _choice(*options: str):
-    def parse(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"expected one of {options}, got {text!r}")
-        return text
-
-    parse.__name__ = "one of " + "|".join(options)
-    # config.py turns .choices into a validated choice
-    parse.choices = options  # type: ignore[attr-defined]
-    return parse
 
 
 def _split(t: torch.Tensor, num_lb: int, num_views: int) -> Tuple[torch.Tensor, ...]:
@@ -277,7 +266,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             SSL_Argument("--num_tuned_blocks", int, 4, "trainable last visual blocks m"),
             SSL_Argument(
                 "--text_encoder",
-                _choice("clip", "minilm"),
+                one_of("clip", "minilm"),
                 "clip",
                 "class-name embeddings: CLIP text tower or offline MiniLM + learned projection",
             ),
@@ -294,7 +283,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             SSL_Argument("--sfm_local_weight", float, 1.0, "lambda_f: weight of the local feature in z_c"),
             SSL_Argument(
                 "--sfm_dense",
-                _choice("value", "tokens"),
+                one_of("value", "tokens"),
                 "value",
                 "patch features of the affinity: last block's value path (MaskCLIP) or final tokens",
             ),
@@ -302,7 +291,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             SSL_Argument("--proto_momentum", float, 0.99, "EMA momentum of the class prototypes"),
             SSL_Argument(
                 "--closed_head",
-                _choice("ensemble", "fine"),
+                one_of("ensemble", "fine"),
                 "ensemble",
                 "closed-set prediction: (coarse + fine) / 2, or fine only",
             ),
@@ -310,7 +299,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             SSL_Argument("--ova_bias", str2bool, False, "bias in the OVA head's linear layer (OpenMatch: none)"),
             SSL_Argument(
                 "--ova_views",
-                _choice(*OVA_VIEWS),
+                one_of(*OVA_VIEWS),
                 "weak_strong",
                 "unlabeled views of the OVA entropy/consistency: weak and strong (no extra forward) or "
                 "two weak (OpenMatch, one more unlabeled forward per step)",
@@ -324,7 +313,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             SSL_Argument("--start_fix", int, 0, "iterations before the FixMatch term starts"),
             SSL_Argument(
                 "--ood_score",
-                _choice(*OOD_SCORES),
+                one_of(*OOD_SCORES),
                 "fused",
                 "primary unknown score; fused = mean of ova and glmcm on ranges fitted on training data",
             ),

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from semilearn.algorithms.utils import SSL_Argument
 from semilearn.core.algorithmbase import AlgorithmBase
 
+from ..config import one_of
 from ..engine.plugin import PluginMixin
 from ..modules import glmcm_score, mcm_score
 from ..nets.clip import NET_HEADS, ClipNet
@@ -40,19 +41,6 @@ logger = logging.getLogger("usb_cfsg")
 #: CLIP's learned logit scale (exp of 4.6052 in OpenAI's checkpoints): the zero-shot logits' scale.
 CLIP_LOGIT_SCALE = 100.0
 ZS_SCORES = ("mcm", "glmcm")
-
-
-def _one_of(*options: str):
-    """An argparse-style parser accepting only ``options`` (config.py reads ``choices`` for validation)."""
-
-    def parse(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"expected one of {options}, got {text!r}")
-        return text
-
-    parse.__name__ = "one of " + "|".join(options)
-    parse.choices = options  # type: ignore[attr-defined]
-    return parse
 
 
 def dense_patch_features(backbone, last_input: torch.Tensor) -> torch.Tensor:
@@ -150,5 +138,5 @@ class ClipZeroShot(PluginMixin, AlgorithmBase):
     def get_argument():
         return [
             SSL_Argument("--mcm_temperature", float, 1.0, "T of the MCM / GL-MCM softmax (both papers: 1)"),
-            SSL_Argument("--ood_score", _one_of(*ZS_SCORES), "mcm", "headline unknown score: mcm or glmcm"),
+            SSL_Argument("--ood_score", one_of(*ZS_SCORES), "mcm", "headline unknown score: mcm or glmcm"),
         ]

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import math
 import warnings
-from typing import Dict, Iterator, List, Sequence, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from sklearn import metrics as skm
@@ -371,6 +371,17 @@ def auroc(unknown_score: ArrayLike, is_unknown: ArrayLike) -> float:
     return float(_auroc(score, positive))
 
 
+def _fpr_inputs(unknown_score: ArrayLike, is_unknown: ArrayLike, what: str) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+    """Checked ``(score, is_unknown)`` of an FPR metric; None (with a logged warning) when one group is absent."""
+    score = _scores("unknown_score", unknown_score)
+    positive = _is_unknown(is_unknown)
+    _same_length(unknown_score=score, is_unknown=positive)
+    n_pos = int(positive.sum())
+    if _warn_undefined(positive.size - n_pos, n_pos, what):
+        return None
+    return score, positive
+
+
 def fpr_at_tpr(unknown_score: ArrayLike, is_unknown: ArrayLike, tpr: float = 0.95) -> float:
     """False-positive rate at the threshold that catches a fraction ``tpr`` of the unknowns (FPR95).
 
@@ -396,12 +407,10 @@ def fpr_at_tpr(unknown_score: ArrayLike, is_unknown: ArrayLike, tpr: float = 0.9
         MetricInputError: On non-finite scores, a length mismatch or ``tpr`` outside ``(0, 1]``.
     """
     tpr = _check_tpr(tpr)
-    score = _scores("unknown_score", unknown_score)
-    positive = _is_unknown(is_unknown)
-    _same_length(unknown_score=score, is_unknown=positive)
-    n_pos = int(positive.sum())
-    if _warn_undefined(positive.size - n_pos, n_pos, f"FPR@{tpr:.0%}TPR"):
+    checked = _fpr_inputs(unknown_score, is_unknown, f"FPR@{tpr:.0%}TPR")
+    if checked is None:
         return float("nan")
+    score, positive = checked
     return _fpr_at_tpr(score, positive, tpr)
 
 
@@ -431,12 +440,10 @@ def fpr_at_tpr_id(unknown_score: ArrayLike, is_unknown: ArrayLike, tpr: float = 
         MetricInputError: On non-finite scores, a length mismatch or ``tpr`` outside ``(0, 1]``.
     """
     tpr = _check_tpr(tpr)
-    score = _scores("unknown_score", unknown_score)
-    positive = _is_unknown(is_unknown)
-    _same_length(unknown_score=score, is_unknown=positive)
-    n_pos = int(positive.sum())
-    if _warn_undefined(positive.size - n_pos, n_pos, f"FPR@{tpr:.0%}TPR (in-distribution positive)"):
+    checked = _fpr_inputs(unknown_score, is_unknown, f"FPR@{tpr:.0%}TPR (in-distribution positive)")
+    if checked is None:
         return float("nan")
+    score, positive = checked
     return _fpr_at_tpr(-score, ~positive, tpr)
 
 
