@@ -456,7 +456,8 @@ def randinit_backbone() -> DemoBackbone:
                     DEMO_OOD_SCORE,
                     "headline score: ova. mcm/glmcm (and fused, which averages ova and glmcm) rest on a "
                     "pretrained CLIP's image-text alignment, which a random init lacks",
-                )
+                ),
+                "zs_weight": (0.0, "a random init has no zero-shot classifier to keep"),
             }
         },
     )

@@ -175,8 +175,17 @@ def test_demo_and_readme_config_values():
     randinit = _raw(CONFIG_DIR / "demo" / "cfsg_fmnist_randinit.yaml")
     assert randinit["pretrained"] is None and randinit["pretrain_path"] is None and randinit["text_encoder"] == "minilm"
     assert "pretrain_pool" not in randinit and randinit["ood_score"] == "ova"
+    assert (demo["zs_weight"], demo["ood_score"]) == (0.5, "energy") and randinit["zs_weight"] == 0.0
     differ = {k for k in set(demo) | set(randinit) if demo.get(k, "<absent>") != randinit.get(k, "<absent>")}
-    assert differ == {"save_name", "load_path", "pretrain_path", "pretrain_pool", "text_encoder", "ood_score"}
+    assert differ == {
+        "save_name",
+        "load_path",
+        "pretrain_path",
+        "pretrain_pool",
+        "text_encoder",
+        "ood_score",
+        "zs_weight",
+    }
 
 
 def test_committed_configs_match_generator(tmp_path):

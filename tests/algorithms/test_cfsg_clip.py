@@ -78,6 +78,7 @@ def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
         num_eval_iter=20,
         num_log_iter=10,
         text_encoder="minilm",
+        zs_weight=0.0,  # minilm class embeddings: no zero-shot classifier to keep
         p_cutoff=0.5,
         start_fix=10,
         relevance_dir=str(tmp_path / "rel"),
@@ -115,10 +116,10 @@ def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
     assert model["text.raw"].shape == (3, 384) and "text.proj.weight" in model
     assert len(ckpt["class_names"]) == 3
 
-    # the open-set evaluation reports every CFSG score, headline = ood_score (default fused)
+    # the open-set evaluation reports every CFSG score, headline = ood_score (default energy)
     metrics = json.loads((run / "openset_metrics.json").read_text())
-    assert metrics["algorithm"] == "cfsg_clip" and metrics["primary_score"] == "fused"
-    assert list(metrics["scores"]) == ["ova", "mcm", "glmcm", "fused"]
+    assert metrics["algorithm"] == "cfsg_clip" and metrics["primary_score"] == "energy"
+    assert list(metrics["scores"]) == ["ova", "mcm", "glmcm", "energy", "fused"]
     # eval.py reproduces it from the checkpoint alone and draws relevance maps of the eval images
     assert (
         eval_cli.cli(
@@ -327,13 +328,15 @@ def _outputs():
         "score_ova": np.array([0.1, 0.5, 0.9]),
         "score_mcm": np.array([0.70, 0.72, 0.74]),
         "score_glmcm": np.array([0.740, 0.745, 0.749]),
+        "score_energy": np.array([-9.0, -7.5, -3.0]),
     }
 
 
 def test_fused_score_without_calibration_is_the_plain_mean():
     cls = get_algorithm_class("cfsg_clip")
     scores, primary = cls.compute_unknown_scores(_outputs(), Namespace(ood_score="fused"))
-    assert primary == "fused" and list(scores) == ["ova", "mcm", "glmcm", "fused"]
+    assert primary == "fused" and list(scores) == ["ova", "mcm", "glmcm", "energy", "fused"]
+    np.testing.assert_array_equal(scores["energy"], _outputs()["score_energy"])
     np.testing.assert_allclose(scores["fused"], (_outputs()["score_ova"] + _outputs()["score_glmcm"]) / 2)
 
 
@@ -409,6 +412,7 @@ def test_two_processes_end_with_identical_prototypes(cub_root, tmp_path):
         num_eval_iter=3,
         use_tensorboard="false",
         text_encoder="minilm",
+        zs_weight=0.0,
         p_cutoff=0.0,
         ood_threshold=1.0,
     )

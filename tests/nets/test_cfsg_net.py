@@ -295,3 +295,69 @@ def test_cosine_head_weights_are_out_of_weight_decay_in_usbs_optimizer():
         assert decay_of[id(params[name])] == 0.0, name
     for name in ("ova.fc.weight", "vsi.proj.weight", "backbone.visual.proj"):
         assert decay_of[id(params[name])] == 0.05, name
+
+
+def test_energy_score_is_minus_logsumexp_of_the_closed_logits():
+    out = make()(torch.randn(3, 3, 64, 64))
+    torch.testing.assert_close(out["score_energy"], -torch.logsumexp(out["logits"].detach(), dim=1))
+
+
+def test_zs_weight_zero_builds_no_reference_and_keeps_the_checkpoint_keys():
+    net = make()
+    assert net.zs_tail is None and "logits_zs" not in net(torch.randn(1, 3, 64, 64))
+    assert not any(k.startswith(("zs_tail.", "zs_text")) for k in net.state_dict())
+    with pytest.raises(RuntimeError, match="zs_weight > 0"):
+        net.zero_shot_logits(torch.randn(1, 17, 32))
+
+
+@pytest.mark.parametrize("weight", [0.5, 1.0])
+def test_zs_weight_mixes_the_frozen_zero_shot_classifier_into_the_closed_logits(weight):
+    net = make(zs_weight=weight).eval()
+    x = torch.randn(3, 3, 64, 64)
+    out = net(x)
+    # at construction the reference equals the net: CLIP's zero-shot classifier on the heads' scale 30
+    zs = 30.0 * F.normalize(out["feat_global"].float(), dim=-1) @ net.text_embeddings().float().t()
+    torch.testing.assert_close(out["logits_zs"], zs, atol=1e-4, rtol=1e-4)
+    trained = (out["logits_coarse"] + out["logits_fine"]) / 2
+    torch.testing.assert_close(out["logits"], (1 - weight) * trained + weight * out["logits_zs"])
+    if weight == 1.0:
+        torch.testing.assert_close(out["logits"], out["logits_zs"])
+
+
+def test_zero_shot_reference_stays_frozen_while_the_tuned_blocks_train():
+    net = make(zs_weight=0.5)
+    x = torch.randn(4, 3, 64, 64)
+    with torch.no_grad():
+        before = net(x)["logits_zs"]
+    assert len(net.zs_tail.visual.transformer.resblocks) == 2  # only the tuned blocks are copied
+    assert not any(p.requires_grad for p in net.zs_tail.parameters())
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
+    for _ in range(2):
+        out = net(x)
+        F.cross_entropy(out["logits"], torch.tensor([0, 1, 2, 3])).backward()
+        assert all(p.grad is None for p in net.zs_tail.parameters())
+        opt.step()
+        opt.zero_grad()
+    with torch.no_grad():
+        after = net(x)
+    torch.testing.assert_close(after["logits_zs"], before)
+    trained, frozen = net.backbone.visual.transformer.resblocks[2], net.zs_tail.visual.transformer.resblocks[0]
+    assert not torch.equal(trained.mlp.c_fc.weight, frozen.mlp.c_fc.weight)  # the net did train
+
+
+def test_zero_shot_reference_round_trips_through_a_checkpoint():
+    net = make(zs_weight=0.5)
+    with torch.no_grad():
+        for p in net.zs_tail.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # a reference that differs from the (re-)initialised copy
+    x = torch.randn(2, 3, 64, 64)
+    other = make(zs_weight=0.5)
+    other.load_state_dict(net.state_dict())
+    torch.testing.assert_close(other.eval()(x)["logits_zs"], net.eval()(x)["logits_zs"])
+    assert "zs_text" in net.state_dict()
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.5])
+def test_zs_weight_outside_the_unit_interval_is_a_config_error(weight):
+    with pytest.raises(ConfigError, match=r"zs_weight must be in \[0, 1\]"):
+        make(zs_weight=weight)

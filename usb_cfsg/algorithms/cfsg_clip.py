@@ -8,8 +8,12 @@ Losses per step (labeled batch x_lb; unlabeled views x_ulb_w, x_ulb_s and, with
   between the two OVA views (``ova_views``: weak and strong [default, no extra forward], or two
   weak views as OpenMatch) + lambda_fix * FixMatch CE on the strong view, for samples the OVA head calls
   in-distribution on the weak view (unknown score < ood_threshold) AND with confidence >= p_cutoff;
-  pseudo-labels from the closed-set (coarse + fine) weak prediction; off for the first
-  ``start_fix`` iterations.
+  pseudo-labels from the closed-set weak prediction; off for the first ``start_fix`` iterations.
+
+The closed-set prediction is (coarse + fine) / 2 mixed with the frozen zero-shot classifier,
+``(1 - zs_weight) * trained + zs_weight * zero-shot`` (``zs_weight`` 0.5 by default): pseudo-labels and
+the FixMatch term use it, so the zero-shot logits act as a fixed offset there and the gradient reaches
+the trained heads scaled by 1 - zs_weight; the labeled CE terms train the coarse and fine heads alone.
 
 Class prototypes (the VSI cues) are EMA means of the filtered local features of labeled samples
 and of the selected unlabeled samples (with their pseudo-labels), averaged over processes.
@@ -48,6 +52,7 @@ NET_SWITCHES = (
     "closed_head",
     "mcm_temperature",
     "ova_bias",
+    "zs_weight",
 )
 #: the two scores ``fused`` averages (each mapped to [0, 1] with its calibrated range)
 FUSED_FROM = ("ova", "glmcm")
@@ -98,6 +103,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                 ("vsi_topk", "[1, inf)"),
                 ("proto_momentum", "[0, 1]"),
                 ("mcm_temperature", "(0, inf)"),
+                ("zs_weight", "[0, 1]"),
                 ("lambda_ova", "[0, inf)"),
                 ("lambda_em", "[0, inf)"),
                 ("lambda_socr", "[0, inf)"),
@@ -227,7 +233,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
     ) -> Tuple[Dict[str, np.ndarray], str]:
         """CFSG's unknown scores and the primary one (``ood_score``); higher = more unknown.
 
-        ``ova``, ``mcm`` and ``glmcm`` are the net's ``score_<name>`` outputs. ``fused`` is
+        ``ova``, ``mcm``, ``glmcm`` and ``energy`` are the net's ``score_<name>`` outputs. ``fused`` is
         :func:`~usb_cfsg.modules.fused_score` over ``ova`` and ``glmcm``: each is mapped to [0, 1]
         with its range ``calibration["ranges"][name] = [lo, hi]`` (fitted by the evaluator on
         training data), then the two are averaged. Without a calibration, ``fused`` is the plain
@@ -235,12 +241,13 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         just below 1 - 1/K while ``ova`` spans [0, 1], so the mean mostly follows ``ova``.
 
         Args:
-            outputs: Net outputs as numpy arrays [N] (``score_ova``, ``score_mcm``, ``score_glmcm``).
+            outputs: Net outputs as numpy arrays [N] (``score_<name>`` for every name of ``NET_SCORES``).
             args: The run's configuration (``ood_score``).
             calibration: ``{"ranges": {name: [lo, hi]}, "thresholds": {...}, "source": str}`` or None.
 
         Returns:
-            ``(scores, primary)``: name -> float64 array [N] for ``ova``, ``mcm``, ``glmcm``, ``fused``.
+            ``(scores, primary)``: name -> float64 array [N] for ``ova``, ``mcm``, ``glmcm``, ``energy``,
+            ``fused``.
 
         Raises:
             ValueError: A calibration without ranges for ``ova`` and ``glmcm``.
@@ -304,6 +311,13 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                 "unlabeled views of the OVA entropy/consistency: weak and strong (no extra forward) or "
                 "two weak (OpenMatch, one more unlabeled forward per step)",
             ),
+            SSL_Argument(
+                "--zs_weight",
+                float,
+                0.5,
+                "alpha of the closed prediction (1 - alpha) trained + alpha zero-shot: the frozen pretrained "
+                "CLIP classifier kept in an output ensemble; 0 = trained heads only",
+            ),
             SSL_Argument("--lambda_ova", float, 1.0, "weight of the labeled OVA loss"),
             SSL_Argument("--lambda_em", float, 0.1, "weight of OVA entropy minimisation on unlabeled data"),
             SSL_Argument("--lambda_socr", float, 0.5, "weight of OVA consistency between the two views"),
@@ -314,7 +328,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             SSL_Argument(
                 "--ood_score",
                 one_of(*OOD_SCORES),
-                "fused",
-                "primary unknown score; fused = mean of ova and glmcm on ranges fitted on training data",
+                "energy",
+                "primary unknown score; energy = -logsumexp of the closed logits; fused = mean of ova and "
+                "glmcm on ranges fitted on training data",
             ),
         ]

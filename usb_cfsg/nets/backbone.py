@@ -7,6 +7,7 @@ Both the plain CLIP net and the CFSG network are built on this class.
 
 from __future__ import annotations
 
+import copy
 from typing import NamedTuple, Optional, Tuple
 
 import torch
@@ -257,6 +258,24 @@ class ClipBackbone(nn.Module):
         """Global feature [B, D] and patch features [B, N, D] in the joint space."""
         z = self.project(self.tuned(self.trunk(images)))
         return z[:, 0], z[:, 1:]
+
+    def frozen_tuned_copy(self) -> ClipBackbone:
+        """A frozen copy of the trainable part as it is now: the zero-shot reference tower.
+
+        The copy holds the tuned blocks, ``ln_post`` and ``proj`` (the frozen trunk is shared, not
+        copied, and then dropped from the copy): it runs on the trunk's tokens H with the same
+        methods (:meth:`tuned_until_last`, :meth:`last_block_state`, ...) and never trains
+        (``requires_grad`` off; the optimizer skips parameters without gradients).
+
+        Returns:
+            A :class:`ClipBackbone` with ``num_tuned_blocks`` blocks and no frozen trunk.
+        """
+        frozen = list(self.visual.transformer.resblocks[: self.num_frozen])
+        visual = copy.deepcopy(self.visual, memo={id(b): b for b in frozen})
+        visual.transformer.resblocks = nn.ModuleList(list(visual.transformer.resblocks)[self.num_frozen :])
+        tail = ClipBackbone(visual, self.num_tuned_blocks)
+        tail.requires_grad_(False)
+        return tail
 
     def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict:
         """timm/USB-style parameter groups for layer-wise lr decay."""

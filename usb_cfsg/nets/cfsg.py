@@ -14,14 +14,20 @@ also the kept patches), and the value-path dense features reuse that block's val
 outputs as running it on every token, at a lower cost (README "Performance"). Every output a user
 or the algorithm needs is in the forward's dict; ``logits``/``feat`` keep USB's contract.
 
-The net returns the per-image unknown scores ``ova``, ``mcm`` and ``glmcm``. The fused score needs
+With ``zs_weight`` α > 0 the closed logits are ``(1 - α) * trained + α * zero-shot``, the zero-shot
+logits coming from a frozen copy of the pretrained tuned blocks run on the same trunk tokens H (one
+more pass through the last m blocks for the class token; the trunk is shared): an output-space
+ensemble with the classifier CLIP had before fine-tuning.
+
+The net returns the per-image unknown scores ``ova``, ``mcm``, ``glmcm`` and ``energy`` (minus the
+log-sum-exp of the closed logits, Liu et al. 2020). The fused score needs
 score ranges fitted on training data, which the net cannot know; it is computed from these outputs
 by ``CFSGCLIP.compute_unknown_scores`` with the evaluator's calibration.
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, Literal
+from typing import Any, Dict, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -46,7 +52,7 @@ from .clip import NET_HEADS
 from .text import ClassTextEmbeddings
 
 #: unknown scores the network outputs (as ``score_<name>``), higher = more unknown
-NET_SCORES = ("ova", "mcm", "glmcm")
+NET_SCORES = ("ova", "mcm", "glmcm", "energy")
 #: every unknown score of cfsg_clip: the net's and ``fused`` (computed from ova and glmcm at evaluation)
 OOD_SCORES = NET_SCORES + ("fused",)
 
@@ -71,7 +77,10 @@ class CFSGNet(nn.Module):
         closed_head: ``ensemble`` ((coarse + fine) / 2) or ``fine``.
         mcm_temperature: T of the MCM / GL-MCM softmax over cosine similarities (1, as both papers).
         ova_bias: Whether the OVA head's linear layer has a bias (False, as OpenMatch).
-        logit_scale: Scale of the cosine classifiers.
+        zs_weight: α of the closed prediction ``(1 - α) * trained + α * zero-shot`` (README "Keeping the
+            zero-shot classifier"): the zero-shot logits come from a frozen copy of the tuned blocks as they
+            are at construction (the pretrained weights) and the class text embeddings; 0 builds no copy.
+        logit_scale: Scale of the cosine classifiers (and of the zero-shot logits).
     """
 
     def __init__(
@@ -92,6 +101,7 @@ class CFSGNet(nn.Module):
         closed_head: Literal["ensemble", "fine"] = "ensemble",
         mcm_temperature: float = DEFAULT_MCM_TEMPERATURE,
         ova_bias: bool = False,
+        zs_weight: float = 0.0,
         logit_scale: float = 30.0,
         **unused: Any,
     ) -> None:
@@ -130,6 +140,40 @@ class CFSGNet(nn.Module):
         self.vsi = VisualSemanticInjection(dim, width, topk=vsi_topk)
         self.ova = OVAHead(dim, num_classes, bias=bool(ova_bias))
         self.num_features = dim
+        if not 0.0 <= zs_weight <= 1.0:
+            raise ConfigError(f"zs_weight must be in [0, 1], got {zs_weight} (0 = no zero-shot reference)")
+        if zs_weight > 0 and text.proj is not None:
+            raise ConfigError(
+                f"zs_weight {zs_weight} keeps CLIP's zero-shot classifier, which needs CLIP's own text tower; "
+                "with text_encoder: minilm the class embeddings pass a randomly initialised projection, so "
+                "there is no zero-shot classifier to keep: set zs_weight: 0 or text_encoder: clip"
+            )
+        self.zs_weight = float(zs_weight)
+        self.logit_scale = float(logit_scale)
+        self.zs_tail: Optional[ClipBackbone] = backbone.frozen_tuned_copy() if self.zs_weight > 0 else None
+        self.register_buffer("zs_text", t0.detach().float().clone(), persistent=self.zs_tail is not None)
+
+    @torch.no_grad()
+    def zero_shot_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Logits of the frozen zero-shot reference on the trunk's tokens H (``zs_weight`` > 0 only).
+
+        The pretrained tuned blocks (a frozen copy taken at construction) encode H; the class token's
+        projected embedding against the seen-class text embeddings of construction time gives
+        ``logit_scale * cos(g0, t0)``: CLIP's zero-shot classifier on the cosine heads' scale, the
+        scale the trained logits have at initialisation (the heads start as t0).
+
+        Args:
+            h: Trunk tokens [B, 1 + N, width].
+
+        Returns:
+            Zero-shot logits [B, K], float32, without gradient.
+        """
+        if self.zs_tail is None:
+            raise RuntimeError("zero_shot_logits needs zs_weight > 0 (no frozen reference was built)")
+        tail = self.zs_tail
+        g0 = tail.project(tail.last_block_queries(tail.last_block_state(tail.tuned_until_last(h))))[:, 0]
+        text = self.get_buffer("zs_text")
+        return self.logit_scale * F.normalize(g0.float(), dim=-1) @ text.t()
 
     def text_embeddings(self) -> torch.Tensor:
         """Seen-class text embeddings t [K, D] (normalised)."""
@@ -206,13 +250,20 @@ class CFSGNet(nn.Module):
             return z_f
         logits_fine = self.fine_head(z_f)
         logits = logits_fine if self.closed_head == "fine" else (logits_coarse + logits_fine) / 2
+        extra: Dict[str, torch.Tensor] = {}
+        if self.zs_tail is not None:
+            logits_zs = self.zero_shot_logits(h)
+            logits = (1.0 - self.zs_weight) * logits + self.zs_weight * logits_zs.to(logits.dtype)
+            extra["logits_zs"] = logits_zs
         logits_ova = self.ova(z_f)
         with torch.no_grad():
             pred = logits.argmax(dim=1)
             s_ova = ova_unknown_score(logits_ova.float(), pred)
             s_mcm = mcm_score(g.float(), t.float(), self.mcm_temperature)
             s_glmcm = glmcm_score(g.float(), dense.float(), t.float(), self.mcm_temperature)
+            s_energy = -torch.logsumexp(logits.float(), dim=1)
         return {
+            **extra,
             "logits": logits,
             "feat": z_f,
             "logits_coarse": logits_coarse,
@@ -225,6 +276,7 @@ class CFSGNet(nn.Module):
             "score_ova": s_ova,
             "score_mcm": s_mcm,
             "score_glmcm": s_glmcm,
+            "score_energy": s_energy,
         }
 
     def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict:
