@@ -1,6 +1,7 @@
 """The comparison runner: rows x seeds as train.py subprocesses, resumption, failures, results.csv / results.md."""
 
 import csv
+import json
 import math
 import os
 
@@ -119,6 +120,15 @@ def test_two_algorithms_two_seeds_resume_and_failure(tmp_path, cub_root):
     mean = sum(closed) / 2
     std = math.sqrt(sum((c - mean) ** 2 for c in closed))
     assert f"{100 * mean:.2f}±{100 * std:.2f}" in om_line and om_line.endswith("| 2/2 |")
+    # every score's AUROC, not only the primary one (openmatch: ova first, then msp)
+    per_score = [line for line in md.splitlines() if line.startswith("| openmatch |")][1]
+    msp = [
+        json.loads((runs / f"openmatch_seed{i}" / "openset_metrics.json").read_text())["scores"]["msp"] for i in (0, 1)
+    ]
+    assert (
+        per_score.startswith("| openmatch | ova ")
+        and f"msp {compare.format_cell([m['auroc'] for m in msp], 2)}" in per_score
+    )
 
     # resume: only the deleted run is trained again; the others keep their files untouched
     kept = (runs / "fixmatch_seed0" / "latest_model.pth").stat().st_mtime_ns

@@ -272,6 +272,7 @@ def collect(runs: Sequence[Run]) -> List[Dict[str, Any]]:
         }
         for key, _ in METRICS:
             rec[key] = data.get(key)
+        rec["auroc_by_score"] = {name: m.get("auroc") for name, m in (data.get("scores") or {}).items()}
         rec["run_dir"] = str(run.run_dir)
         records.append(rec)
     return records
@@ -317,10 +318,32 @@ def render_markdown(
         scores = sorted({str(r["primary_score"]) for r in recs}) or ["-"]
         cells = [format_cell([r[k] for r in recs], len(seeds)) for k, _ in METRICS]
         lines.append("| " + " | ".join([name, "/".join(scores), *cells, f"{len(recs)}/{len(seeds)}"]) + " |")
+    lines += _score_table(rows, records, len(seeds))
     if failed:
         lines += ["", "Failed runs:", ""]
         lines += [f"- {run.row.name} seed {run.seed}: {run.detail}" for run in failed]
     return "\n".join(lines) + "\n"
+
+
+def _score_table(rows: Sequence[Row], records: Sequence[Dict[str, Any]], num_seeds: int) -> List[str]:
+    """The AUROC of every unknown score a row reports (not only its primary one), mean ± std over seeds."""
+    lines = [
+        "",
+        "AUROC of every score each row reports (mean±std over seeds in %; the primary score first):",
+        "",
+        "| algorithm | AUROC per score |",
+        "|---|---|",
+    ]
+    for row in rows:
+        recs = [r for r in records if r["row"] == row.name]
+        names: List[str] = []
+        for r in recs:
+            names += [n for n in r.get("auroc_by_score", {}) if n not in names]
+        primary = {str(r["primary_score"]) for r in recs}
+        names.sort(key=lambda n: n not in primary)  # stable: the primary first, then the evaluator's order
+        cells = [f"{n} {format_cell([r.get('auroc_by_score', {}).get(n) for r in recs], num_seeds)}" for n in names]
+        lines.append(f"| {row.name} | {', '.join(cells) or 'n/a'} |")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
