@@ -145,3 +145,11 @@ def test_two_algorithms_two_seeds_resume_and_failure(tmp_path, cub_root):
     md = (out / "results.md").read_text()
     assert "Failed runs:" in md and "om_bad seed 0" in md
     assert "| fixmatch |" in md and "| openmatch |" in md
+
+
+def test_concurrent_runs_share_the_cores_unless_the_caller_chose_threads():
+    env = compare.run_env({"PATH": "/bin"}, jobs=2, cpus=2)
+    assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1" and env["PATH"] == "/bin"
+    assert compare.run_env({}, jobs=3, cpus=16)["OMP_NUM_THREADS"] == "5"
+    assert "OMP_NUM_THREADS" not in compare.run_env({}, jobs=1, cpus=2)  # one run: PyTorch's own default
+    assert compare.run_env({"OMP_NUM_THREADS": "4"}, jobs=2, cpus=2)["OMP_NUM_THREADS"] == "4"  # the caller's wins

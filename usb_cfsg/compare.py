@@ -39,7 +39,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -197,6 +197,33 @@ def is_finished(run: Run, expected: Dict[str, Any]) -> Tuple[bool, str]:
         diff = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
         return False, f"config changed since it ran ({', '.join(diff)})"
     return True, ""
+
+
+#: thread-count variables a run inherits unless the caller set them
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def run_env(base: Mapping[str, str], jobs: int, cpus: int) -> Dict[str, str]:
+    """The environment of every run: ``base`` with the CPU's threads shared among concurrent runs.
+
+    PyTorch gives every process as many intra-op threads as there are cores; two runs at a time on
+    two cores then oversubscribe the CPU, and OpenMP's spinning threads slowed each run several-fold
+    on our 2-core machine. With ``jobs`` > 1, each run gets ``max(1, cpus // jobs)`` threads, unless
+    the caller set the variable (theirs wins).
+
+    Args:
+        base: The runner's environment.
+        jobs: Runs at the same time.
+        cpus: Cores of the machine.
+
+    Returns:
+        A new environment mapping.
+    """
+    env = dict(base)
+    if jobs > 1:
+        for name in THREAD_VARS:
+            env.setdefault(name, str(max(1, cpus // jobs)))
+    return env
 
 
 def _execute(run: Run, python: str, train_py: str, env: Dict[str, str]) -> Run:
@@ -427,7 +454,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr,
         )
         return 2
-    env = dict(os.environ)
+    env = run_env(os.environ, opts.jobs, os.cpu_count() or 1)
+    if env.get("OMP_NUM_THREADS") != os.environ.get("OMP_NUM_THREADS"):
+        logger.info("each run gets OMP_NUM_THREADS=%s (%d runs at a time)", env["OMP_NUM_THREADS"], opts.jobs)
     root = os.path.dirname(train_py)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
 
