@@ -397,10 +397,17 @@ def _reference_forward(net, x):
     z_f = bb.project(bb.tuned(torch.cat(fine_in, dim=1)))[:, 0]
     logits_fine = net.fine_head(z_f)
     logits = logits_fine if net.closed_head == "fine" else (logits_coarse + logits_fine) / 2
+    extra = {}
+    if net.zs_tail is not None:  # the frozen reference, every block on every token
+        with torch.no_grad():
+            g0 = net.zs_tail.project(net.zs_tail.tuned(h))[:, 0]
+            extra["logits_zs"] = 30.0 * torch.nn.functional.normalize(g0, dim=-1) @ net.zs_text.t()
+        logits = (1 - net.zs_weight) * logits + net.zs_weight * extra["logits_zs"]
     logits_ova = net.ova(z_f)
     with torch.no_grad():
         pred = logits.argmax(dim=1)
         scores = {
+            "score_energy": -torch.logsumexp(logits, dim=1),
             "score_ova": ova_unknown_score(logits_ova, pred),
             "score_mcm": mcm_score(g, t, net.mcm_temperature),
             "score_glmcm": glmcm_score(g, dense, t, net.mcm_temperature),
@@ -416,6 +423,7 @@ def _reference_forward(net, x):
         "relevance": c["relevance"],
         "keep_idx": c["keep_idx"],
         **scores,
+        **extra,
     }
 
 
@@ -427,6 +435,7 @@ def _reference_forward(net, x):
         {"use_sfm": False},
         {"use_vsi": False},
         {"closed_head": "fine", "sfm_keep_ratio": 0.5},
+        {"zs_weight": 0.5},
     ],
 )
 def test_cfsg_forward_computing_only_used_tokens_equals_the_full_computation(switches):
