@@ -53,6 +53,7 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
             head="cfsg",
             img_size=a.img_size,
             class_names=[f"bird species {i}" for i in range(a.num_classes)],
+            zs_weight=a.zs_weight,
         )
         .to(dev)
         .eval()
@@ -94,6 +95,7 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
     scores = sorted(k for k in outputs["cfsg"] if k.startswith("score_"))
     result = {
         "net": a.net,
+        "zs_weight": a.zs_weight,
         "img_size": a.img_size,
         "batch_size": a.batch_size,
         "device": str(dev),
@@ -132,6 +134,12 @@ def parse(argv: List[str] | None = None) -> argparse.Namespace:
     p.add_argument("--img_size", type=int, default=224)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--num_classes", type=int, default=100, help="K seen classes (CUB: 100)")
+    p.add_argument(
+        "--zs_weight",
+        type=float,
+        default=0.5,
+        help="cfsg_clip's zs_weight (its default 0.5 runs the frozen zero-shot copy of the tuned blocks too; 0: not)",
+    )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0 = torch's default)")
