@@ -365,10 +365,10 @@ def _score_table(rows: Sequence[Row], records: Sequence[Dict[str, Any]], num_see
         recs = [r for r in records if r["row"] == row.name]
         names: List[str] = []
         for r in recs:
-            names += [n for n in r.get("auroc_by_score", {}) if n not in names]
+            names += [n for n in r["auroc_by_score"] if n not in names]
         primary = {str(r["primary_score"]) for r in recs}
         names.sort(key=lambda n: n not in primary)  # stable: the primary first, then the evaluator's order
-        cells = [f"{n} {format_cell([r.get('auroc_by_score', {}).get(n) for r in recs], num_seeds)}" for n in names]
+        cells = [f"{n} {format_cell([r['auroc_by_score'].get(n) for r in recs], num_seeds)}" for n in names]
         lines.append(f"| {row.name} | {', '.join(cells) or 'n/a'} |")
     return lines
 

@@ -328,7 +328,7 @@ def _outputs():
         "score_ova": np.array([0.1, 0.5, 0.9]),
         "score_mcm": np.array([0.70, 0.72, 0.74]),
         "score_glmcm": np.array([0.740, 0.745, 0.749]),
-        "score_energy": np.array([-9.0, -7.5, -3.0]),
+        "logits": np.array([[2.0, 0.0], [1.0, 1.0], [-3.0, 5.0]]),
     }
 
 
@@ -336,7 +336,10 @@ def test_fused_score_without_calibration_is_the_plain_mean():
     cls = get_algorithm_class("cfsg_clip")
     scores, primary = cls.compute_unknown_scores(_outputs(), Namespace(ood_score="fused"))
     assert primary == "fused" and list(scores) == ["ova", "mcm", "glmcm", "energy", "fused"]
-    np.testing.assert_array_equal(scores["energy"], _outputs()["score_energy"])
+    # energy = -logsumexp of the closed logits, by hand
+    np.testing.assert_allclose(
+        scores["energy"], [-(2 + np.log(1 + np.exp(-2))), -(1 + np.log(2)), -(5 + np.log(1 + np.exp(-8)))], rtol=1e-12
+    )
     np.testing.assert_allclose(scores["fused"], (_outputs()["score_ova"] + _outputs()["score_glmcm"]) / 2)
 
 

@@ -407,7 +407,6 @@ def _reference_forward(net, x):
     with torch.no_grad():
         pred = logits.argmax(dim=1)
         scores = {
-            "score_energy": -torch.logsumexp(logits, dim=1),
             "score_ova": ova_unknown_score(logits_ova, pred),
             "score_mcm": mcm_score(g, t, net.mcm_temperature),
             "score_glmcm": glmcm_score(g, dense, t, net.mcm_temperature),

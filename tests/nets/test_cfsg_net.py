@@ -297,11 +297,6 @@ def test_cosine_head_weights_are_out_of_weight_decay_in_usbs_optimizer():
         assert decay_of[id(params[name])] == 0.05, name
 
 
-def test_energy_score_is_minus_logsumexp_of_the_closed_logits():
-    out = make()(torch.randn(3, 3, 64, 64))
-    torch.testing.assert_close(out["score_energy"], -torch.logsumexp(out["logits"].detach(), dim=1))
-
-
 def test_zs_weight_zero_builds_no_reference_and_keeps_the_checkpoint_keys():
     net = make()
     assert net.zs_tail is None and "logits_zs" not in net(torch.randn(1, 3, 64, 64))

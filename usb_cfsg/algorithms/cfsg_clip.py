@@ -233,7 +233,9 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
     ) -> Tuple[Dict[str, np.ndarray], str]:
         """CFSG's unknown scores and the primary one (``ood_score``); higher = more unknown.
 
-        ``ova``, ``mcm``, ``glmcm`` and ``energy`` are the net's ``score_<name>`` outputs. ``fused`` is
+        ``ova``, ``mcm`` and ``glmcm`` are the net's ``score_<name>`` outputs; ``energy`` is the base
+        class's -logsumexp of ``logits`` (the closed prediction, zero-shot ensembled with
+        ``zs_weight`` > 0). ``fused`` is
         :func:`~usb_cfsg.modules.fused_score` over ``ova`` and ``glmcm``: each is mapped to [0, 1]
         with its range ``calibration["ranges"][name] = [lo, hi]`` (fitted by the evaluator on
         training data), then the two are averaged. Without a calibration, ``fused`` is the plain
@@ -241,7 +243,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         just below 1 - 1/K while ``ova`` spans [0, 1], so the mean mostly follows ``ova``.
 
         Args:
-            outputs: Net outputs as numpy arrays [N] (``score_<name>`` for every name of ``NET_SCORES``).
+            outputs: Net outputs as numpy arrays (``logits`` [N, K]; ``score_<name>`` [N] for every name
+                of ``NET_SCORES``).
             args: The run's configuration (``ood_score``).
             calibration: ``{"ranges": {name: [lo, hi]}, "thresholds": {...}, "source": str}`` or None.
 
@@ -253,6 +256,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             ValueError: A calibration without ranges for ``ova`` and ``glmcm``.
         """
         scores = {name: np.asarray(outputs[f"score_{name}"], dtype=np.float64) for name in NET_SCORES}
+        scores["energy"] = super().compute_unknown_scores(outputs, args)[0]["energy"]
         ranges = None
         if calibration is not None:
             given = calibration.get("ranges") or {}

@@ -19,10 +19,11 @@ logits coming from a frozen copy of the pretrained tuned blocks run on the same 
 more pass through the last m blocks for the class token; the trunk is shared): an output-space
 ensemble with the classifier CLIP had before fine-tuning.
 
-The net returns the per-image unknown scores ``ova``, ``mcm``, ``glmcm`` and ``energy`` (minus the
-log-sum-exp of the closed logits, Liu et al. 2020). The fused score needs
-score ranges fitted on training data, which the net cannot know; it is computed from these outputs
-by ``CFSGCLIP.compute_unknown_scores`` with the evaluator's calibration.
+The net returns the per-image unknown scores ``ova``, ``mcm`` and ``glmcm``. The energy score (minus
+the log-sum-exp of the closed logits, Liu et al. 2020) comes from ``logits`` at evaluation, as for any
+USB algorithm. The fused score needs score ranges fitted on training data, which the net cannot know;
+both are computed from these outputs by ``CFSGCLIP.compute_unknown_scores``, ``fused`` with the
+evaluator's calibration.
 """
 
 from __future__ import annotations
@@ -52,9 +53,10 @@ from .clip import NET_HEADS
 from .text import ClassTextEmbeddings
 
 #: unknown scores the network outputs (as ``score_<name>``), higher = more unknown
-NET_SCORES = ("ova", "mcm", "glmcm", "energy")
-#: every unknown score of cfsg_clip: the net's and ``fused`` (computed from ova and glmcm at evaluation)
-OOD_SCORES = NET_SCORES + ("fused",)
+NET_SCORES = ("ova", "mcm", "glmcm")
+#: every unknown score of cfsg_clip: the net's, ``energy`` (from the closed logits, as for any USB
+#: algorithm) and ``fused`` (computed from ova and glmcm at evaluation)
+OOD_SCORES = NET_SCORES + ("energy", "fused")
 
 
 @NET_HEADS.register("cfsg")
@@ -151,7 +153,7 @@ class CFSGNet(nn.Module):
         self.zs_weight = float(zs_weight)
         self.logit_scale = float(logit_scale)
         self.zs_tail: Optional[ClipBackbone] = backbone.frozen_tuned_copy() if self.zs_weight > 0 else None
-        self.register_buffer("zs_text", t0.detach().float().clone(), persistent=self.zs_tail is not None)
+        self.register_buffer("zs_text", t0.detach().float().clone() if self.zs_tail is not None else None)
 
     @torch.no_grad()
     def zero_shot_logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -261,7 +263,6 @@ class CFSGNet(nn.Module):
             s_ova = ova_unknown_score(logits_ova.float(), pred)
             s_mcm = mcm_score(g.float(), t.float(), self.mcm_temperature)
             s_glmcm = glmcm_score(g.float(), dense.float(), t.float(), self.mcm_temperature)
-            s_energy = -torch.logsumexp(logits.float(), dim=1)
         return {
             **extra,
             "logits": logits,
@@ -276,7 +277,6 @@ class CFSGNet(nn.Module):
             "score_ova": s_ova,
             "score_mcm": s_mcm,
             "score_glmcm": s_glmcm,
-            "score_energy": s_energy,
         }
 
     def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict:
