@@ -174,6 +174,10 @@ class BaseConfig:
     class_names: Optional[List[str]] = _help_list("image_folder: class order (default: sorted folder names).")
     # --- open-set evaluation ---
     ood_threshold: float = _help("Unknown-score threshold: score >= threshold means unknown.", 0.5)
+    energy_temperature: float = _help(
+        "T of the energy score -T*logsumexp(logits/T) that every algorithm reports (Liu et al. 2020; their code: 1).",
+        1.0,
+    )
     relevance_dir: Optional[str] = _help("Save relevance-map overlays of a fixed set of eval images here.", None)
     # --- devices & distributed ---
     device: Literal["auto", "cpu", "cuda"] = _help("auto = CUDA when available, else CPU.", "auto")
@@ -647,6 +651,7 @@ BASE_RANGES: Tuple[Tuple[str, str], ...] = (
     ("layer_decay", "(0, 1]"),
     ("clip_grad", "[0, inf)"),
     ("max_bad_steps", "[1, inf)"),
+    ("energy_temperature", "(0, inf)"),
     ("num_tuned_blocks", "[0, inf)"),
     ("num_classes", "[1, inf)"),
     ("num_workers", "[0, inf)"),

@@ -241,6 +241,7 @@ def controlled_step_setup(it=10, start_fix=0, ova_views="weak_weak", p_cutoff=0.
     alg = object.__new__(plugin_class("cfsg_clip"))
     alg.model, alg.amp_cm, alg.it, alg.distributed, alg.num_classes = net, nullcontext, it, False, K
     alg.lambda_ova, alg.lambda_em, alg.lambda_socr, alg.lambda_fix = 0.0, 0.0, 0.0, 1.0
+    alg.ova_log_eps = 1e-8
     alg.p_cutoff, alg.ood_threshold, alg.start_fix, alg.ova_views = p_cutoff, ood_threshold, start_fix, ova_views
     ids = torch.arange(14, dtype=torch.float32).view(-1, 1)
     batch = dict(

@@ -35,8 +35,9 @@ def _direct_scores(ckpt, images, temperature=1.0):
         x = captured["x"]  # the last block's input [B, T, W] (batch first)
         width = model.visual.transformer.width
         v = F.linear(last.ln_1(x), last.attn.in_proj_weight[2 * width :], last.attn.in_proj_bias[2 * width :])
-        v = last.ls_1(last.attn.out_proj(v))
-        dense = model.visual.ln_post(v[:, 1:]) @ model.visual.proj  # MaskCLIP value path, every patch
+        v = x + last.ls_1(last.attn.out_proj(v))  # GL-MCM's code: value path + residual ...
+        v = v + last.ls_2(last.mlp(last.ln_2(v)))  # ... + MLP, then ln_post and proj, every patch
+        dense = model.visual.ln_post(v[:, 1:]) @ model.visual.proj
 
         def s_mcm(f):
             return (F.normalize(f, dim=-1) @ t.t() / temperature).softmax(dim=-1).max(dim=-1).values
@@ -54,7 +55,7 @@ def test_zero_shot_run_trains_nothing_and_matches_open_clip(cub_root, tmp_path):
     ckpt = safe_load(str(run / "latest_model.pth"))
     assert ckpt["it"] == 0 and ckpt["algorithm"] == "clip_zeroshot"
     metrics = json.loads((run / "openset_metrics.json").read_text())
-    assert metrics["primary_score"] == "mcm" and set(metrics["scores"]) == {"mcm", "glmcm"}
+    assert metrics["primary_score"] == "mcm" and set(metrics["scores"]) == {"mcm", "glmcm", "msp", "energy"}
 
     from usb_cfsg.datasets import build_openset_datasets
     from usb_cfsg.nets.clip import OPENAI_MEAN, OPENAI_STD
@@ -70,6 +71,8 @@ def test_zero_shot_run_trains_nothing_and_matches_open_clip(cub_root, tmp_path):
     assert metrics["closed_acc"] == pytest.approx(float((cos.argmax(1).numpy()[seen] == y[seen]).mean()))
     assert metrics["scores"]["mcm"]["auroc"] == pytest.approx(roc_auc_score(y == k, mcm.numpy()), abs=1e-9)
     assert metrics["scores"]["glmcm"]["auroc"] == pytest.approx(roc_auc_score(y == k, glmcm.numpy()), abs=1e-9)
+    energy = -torch.logsumexp(30 * cos.double(), dim=1)  # at the trained cosine heads' scale, T = 1
+    assert metrics["scores"]["energy"]["auroc"] == pytest.approx(roc_auc_score(y == k, energy.numpy()), abs=1e-9)
     # per image: the net's own scores are the direct ones (not only their ranking)
     from usb_cfsg.nets.clip import build_clip_net
 

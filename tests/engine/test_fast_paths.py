@@ -387,8 +387,9 @@ def _reference_forward(net, x):
     z = bb.project(tokens)
     g, p = z[:, 0], z[:, 1:]
     t = net.text().to(z.dtype)
-    dense = bb.dense_features(last_in)
+    dense = bb.dense_features(last_in, "value" if net.sfm_dense == "value" else "glmcm")
     c = net._coarse(g, p, dense, t)
+    local = bb.dense_features(last_in, net.glmcm_local)
     logits_coarse = net.coarse_head(c["coarse"])
     fine_in = [h[:, :1], gather_tokens(h[:, 1:], c["keep_idx"]) if net.use_sfm else h[:, 1:]]
     if net.use_vsi:
@@ -409,7 +410,7 @@ def _reference_forward(net, x):
         scores = {
             "score_ova": ova_unknown_score(logits_ova, pred),
             "score_mcm": mcm_score(g, t, net.mcm_temperature),
-            "score_glmcm": glmcm_score(g, dense, t, net.mcm_temperature),
+            "score_glmcm": glmcm_score(g, local, t, net.mcm_temperature),
         }
     return {
         "logits": logits,
@@ -431,6 +432,8 @@ def _reference_forward(net, x):
     [
         {},
         {"sfm_dense": "tokens"},
+        {"sfm_dense": "glmcm"},
+        {"glmcm_local": "value"},
         {"use_sfm": False},
         {"use_vsi": False},
         {"closed_head": "fine", "sfm_keep_ratio": 0.5},

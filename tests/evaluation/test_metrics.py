@@ -134,7 +134,9 @@ def test_matches_sklearn_on_random_inputs(seed: int, ties: bool) -> None:
     seen = ~unknown
     assert out["closed_acc"] == pytest.approx(skm.accuracy_score(y[seen], closed[seen]), abs=1e-12)
     assert out["auroc"] == pytest.approx(skm.roc_auc_score(unknown, score), abs=1e-12)
-    assert out["fpr95"] == pytest.approx(_sk_fpr95(unknown, score), abs=1e-12)
+    assert m.fpr_at_tpr(score, unknown, rule="full") == pytest.approx(_sk_fpr95(unknown, score), abs=1e-12)
+    if not ties:  # without ties OpenOOD's thinned curve (fpr95's default rule) gives the same point
+        assert out["fpr95"] == pytest.approx(_sk_fpr95(unknown, score), abs=1e-12)
     assert out["open_bacc"] == pytest.approx(sk_bacc, abs=1e-12)
     assert out["unknown_recall"] == pytest.approx(skm.recall_score(unknown, open_pred == k), abs=1e-12)
     assert out["macro_f1"] == pytest.approx(sk_f1, abs=1e-12)
@@ -156,14 +158,16 @@ def _fpr95_id_by_definition(score: np.ndarray, unknown: np.ndarray) -> float:
 
 @pytest.mark.parametrize("seed", range(6))
 @pytest.mark.parametrize("ties", [False, True])
-def test_fpr95_id_matches_the_in_distribution_positive_recipe(seed: int, ties: bool) -> None:
+def test_fpr95_id_full_rule_matches_the_in_distribution_positive_recipe(seed: int, ties: bool) -> None:
     y, closed, score = _random_case(seed, ties=ties)
     unknown = y == 5
-    # MCM/GL-MCM's recipe: in-distribution positive, in-distribution score = -unknown score
+    # in-distribution positive, in-distribution score = -unknown score, first TPR >= 0.95 (rule "full";
+    # the default rule, MCM's, is checked against MCM's code in tests/evaluation/test_reference_code.py)
     fpr, tpr, _ = skm.roc_curve(~unknown, -score, drop_intermediate=False)
     expected = float(fpr[np.argmax(tpr >= 0.95)])
-    assert m.fpr_at_tpr_id(score, unknown) == pytest.approx(expected, abs=1e-12)
-    assert m.fpr_at_tpr_id(score, unknown) == pytest.approx(_fpr95_id_by_definition(score, unknown), abs=1e-12)
+    full = m.fpr_at_tpr_id(score, unknown, rule="full")
+    assert full == pytest.approx(expected, abs=1e-12)
+    assert full == pytest.approx(_fpr95_id_by_definition(score, unknown), abs=1e-12)
     assert m.compute_openset_metrics(y, closed, score, 0.0, 5)["fpr95_id"] == m.fpr_at_tpr_id(score, unknown)
 
 
@@ -173,14 +177,21 @@ def test_fpr95_conventions_differ() -> None:
     # fpr95_id (seen positive): 19 seen accepted -> t = 18; unknowns <= 18: 10..18 -> 9/20.
     score = np.concatenate([np.arange(20.0), np.arange(10.0, 30.0)])
     unknown = np.array([False] * 20 + [True] * 20)
-    assert m.fpr_at_tpr(score, unknown) == pytest.approx(9 / 20)
+    assert m.fpr_at_tpr(score, unknown, rule="full") == pytest.approx(9 / 20)
+    # Every score 10..19 is tied between a seen and an unknown image: those ROC points lie on one straight
+    # segment, which OpenOOD's thinned curve (the default rule) keeps only at its ends -> t = 10: 10/20.
+    assert m.fpr_at_tpr(score, unknown) == pytest.approx(10 / 20)
     assert m.fpr_at_tpr_id(score, unknown) == pytest.approx(9 / 20)
     # Skewed: the unknowns spread wide above, the seen samples tight -> the two conventions part.
     score = np.concatenate([np.full(19, 0.0), [5.0], np.linspace(1.0, 10.0, 20)])
     # fpr95: 19 unknowns needed -> t = 1 + 9/19 (2nd lowest); seen >= t: {5.0} -> 1/20
     assert m.fpr_at_tpr(score, unknown) == pytest.approx(1 / 20)
-    # fpr95_id: 19 of 20 seen accepted -> t = 0.0; no unknown scores <= 0 -> 0
-    assert m.fpr_at_tpr_id(score, unknown) == 0.0
+    # fpr95_id, rule "full": 19 of 20 seen accepted -> t = 0.0; no unknown scores <= 0 -> 0
+    assert m.fpr_at_tpr_id(score, unknown, rule="full") == 0.0
+    # MCM's rule (the default): recall 0.95 holds for every t in [0, 5); among equally close points it
+    # takes the lowest threshold, t just below 5.0, accepting the unknowns 1.0 .. 4.79 -> 9/20
+    # (what MCM's fpr_and_fdr_at_recall returns on these scores)
+    assert m.fpr_at_tpr_id(score, unknown) == pytest.approx(9 / 20)
     assert math.isnan(m.fpr_at_tpr_id([0.1, 0.2], [False, False]))
 
 

@@ -154,7 +154,7 @@ def test_value_features_equal_a_direct_computation_through_the_last_block():
         got = net.backbone.value_features(last_in)
         torch.testing.assert_close(got, _value_path_by_hand(net.backbone, last_in), rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(got, _self_only_attention(net.backbone, last_in), rtol=1e-4, atol=1e-5)
-        dense = net.backbone.dense_features(last_in)
+        dense = net.backbone.dense_features(last_in, "value")
     assert got.shape == (2, 17, 64) and dense.shape == (2, 16, 64)  # class token + 4x4 patches; D = 64
     torch.testing.assert_close(dense, got[:, 1:])
     # not the final patch tokens: the value path skips the query-key attention, residual and MLP
@@ -174,6 +174,26 @@ def test_value_features_apply_the_last_blocks_layerscale():
         torch.testing.assert_close(
             net.backbone.value_features(last_in), _self_only_attention(net.backbone, last_in), rtol=1e-4, atol=1e-5
         )
+
+
+def test_glmcm_dense_features_are_the_last_block_run_with_self_only_attention():
+    """GL-MCM's local features (AtsuMiyai/GL-MCM clip/model.py, commit 8708a08): v = x + out_proj(value(ln_1 x)),
+    v = v + mlp(ln_2 v), then ln_post and proj; i.e. the whole block with each token attending to itself."""
+    net = make().eval()
+    bb = net.backbone
+    block = bb.tuned_blocks[-1]
+    with torch.no_grad():
+        _, last_in, _, p, _ = _intermediates(net, torch.randn(2, 3, 64, 64))
+        T = last_in.shape[1]
+        mask = torch.full((T, T), float("-inf")).fill_diagonal_(0.0)
+        expected = bb.project(block(last_in, attn_mask=mask))[:, 1:]
+        got = bb.dense_features(last_in)  # the default kind is glmcm
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bb.dense_features(last_in, "glmcm"), got)
+        assert not torch.allclose(got, bb.dense_features(last_in, "value"), atol=1e-3)
+        assert not torch.allclose(got, p, atol=1e-3)  # not the final tokens either
+    with pytest.raises(ValueError, match="glmcm, value"):
+        bb.dense_features(last_in, "tokens")
 
 
 @pytest.mark.parametrize("change", ["custom_block", "custom_attention", "unknown_layerscale"])
@@ -196,13 +216,14 @@ def test_another_block_structure_fails_loudly(change):
 
 
 # ---------------------------------------------------------------- scores and switches
-def test_glmcm_is_the_published_score_over_all_value_path_patches():
-    net = make().eval()
+@pytest.mark.parametrize("glmcm_local", ["glmcm", "value"])
+def test_glmcm_is_the_published_score_over_all_patches(glmcm_local):
+    net = make(glmcm_local=glmcm_local).eval()
     x = torch.randn(3, 3, 64, 64)
     with torch.no_grad():
         out = net(x)
         _, last_in, g, _, t = _intermediates(net, x)
-        dense = net.backbone.dense_features(last_in)
+        dense = net.backbone.dense_features(last_in, glmcm_local)
 
     def mcm(feat, temperature):  # max_k softmax_k(cos(feat, t_k) / T)
         return (F.normalize(feat, dim=-1) @ F.normalize(t, dim=-1).t() / temperature).softmax(-1).max(-1).values
@@ -211,23 +232,25 @@ def test_glmcm_is_the_published_score_over_all_value_path_patches():
     expected = 1 - (mcm(g, 1.0) + mcm(dense, 1.0).max(dim=1).values) / 2
     torch.testing.assert_close(out["score_glmcm"], expected)
     torch.testing.assert_close(out["score_mcm"], 1 - mcm(g, 1.0))
-    sharp = make(mcm_temperature=0.01).eval()
+    sharp = make(mcm_temperature=0.01, glmcm_local=glmcm_local).eval()
     with torch.no_grad():
         out_sharp = sharp(x)
     torch.testing.assert_close(out_sharp["score_glmcm"], 1 - (mcm(g, 0.01) + mcm(dense, 0.01).max(dim=1).values) / 2)
     torch.testing.assert_close(out_sharp["logits"], out["logits"])  # T changes the scores only
 
 
-@pytest.mark.parametrize("dense_mode", ["value", "tokens"])
+@pytest.mark.parametrize("dense_mode", ["value", "glmcm", "tokens"])
 def test_sfm_dense_picks_the_features_of_the_patch_text_affinity(dense_mode):
     net = make(sfm_dense=dense_mode).eval()
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         out = net(x)
         _, last_in, g, p, t = _intermediates(net, x)
-        dense = net.backbone.dense_features(last_in)
-        want = net.sfm(g, p, t, affinity_feat=dense if dense_mode == "value" else p)
-        other = net.sfm(g, p, t, affinity_feat=p if dense_mode == "value" else dense)
+        dense = p if dense_mode == "tokens" else net.backbone.dense_features(last_in, dense_mode)
+        want = net.sfm(g, p, t, affinity_feat=dense)
+        other = net.sfm(
+            g, p, t, affinity_feat=net.backbone.dense_features(last_in, "value" if dense_mode != "value" else "glmcm")
+        )
     torch.testing.assert_close(out["relevance"], want.relevance)
     assert torch.equal(out["keep_idx"], want.keep_idx)
     torch.testing.assert_close(out["feat_local"], want.local)  # pooled from the final patch tokens either way

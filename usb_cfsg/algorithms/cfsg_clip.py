@@ -34,7 +34,7 @@ from semilearn.core.algorithmbase import AlgorithmBase
 from ..config import one_of
 from ..engine.plugin import PluginMixin
 from ..modules import ClassPrototypes, fused_score, ova_consistency, ova_entropy, ova_loss
-from ..nets.backbone import unwrap
+from ..nets.backbone import DENSE_KINDS, unwrap
 from ..nets.cfsg import NET_SCORES, OOD_SCORES
 from . import register_algorithm
 
@@ -51,6 +51,7 @@ NET_SWITCHES = (
     "proto_momentum",
     "closed_head",
     "mcm_temperature",
+    "glmcm_local",
     "ova_bias",
     "zs_weight",
 )
@@ -74,6 +75,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
         self.lambda_ova = args.lambda_ova
         self.lambda_em = args.lambda_em
+        self.ova_log_eps = float(args.ova_log_eps)
         self.lambda_socr = args.lambda_socr
         self.lambda_fix = args.lambda_fix
         self.p_cutoff = args.p_cutoff
@@ -103,6 +105,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                 ("vsi_topk", "[1, inf)"),
                 ("proto_momentum", "[0, 1]"),
                 ("mcm_temperature", "(0, inf)"),
+                ("ova_log_eps", "[0, 1)"),
                 ("zs_weight", "[0, 1]"),
                 ("lambda_ova", "[0, inf)"),
                 ("lambda_em", "[0, inf)"),
@@ -170,10 +173,11 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
 
             ce_coarse = F.cross_entropy(lb["logits_coarse"].float(), y_lb)
             ce_fine = F.cross_entropy(lb["logits_fine"].float(), y_lb)
-            l_ova = ova_loss(lb["logits_ova"].float(), y_lb)
+            l_ova = ova_loss(lb["logits_ova"].float(), y_lb, self.ova_log_eps)
             sup_loss = ce_coarse + ce_fine + self.lambda_ova * l_ova
 
-            l_em = (ova_entropy(w["logits_ova"].float()) + ova_entropy(o2["logits_ova"].float())) / 2
+            eps = self.ova_log_eps
+            l_em = (ova_entropy(w["logits_ova"].float(), eps) + ova_entropy(o2["logits_ova"].float(), eps)) / 2
             l_socr = ova_consistency(w["logits_ova"].float(), o2["logits_ova"].float())
 
             with torch.no_grad():
@@ -294,9 +298,10 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             SSL_Argument("--sfm_local_weight", float, 1.0, "lambda_f: weight of the local feature in z_c"),
             SSL_Argument(
                 "--sfm_dense",
-                one_of("value", "tokens"),
+                one_of(*DENSE_KINDS, "tokens"),
                 "value",
-                "patch features of the affinity: last block's value path (MaskCLIP) or final tokens",
+                "patch features of the affinity: last block's value path (MaskCLIP), glmcm (value path + "
+                "residual + MLP, GL-MCM's local features) or final tokens",
             ),
             SSL_Argument("--vsi_topk", int, 3, "k: cue tokens from the top-k coarse classes"),
             SSL_Argument("--proto_momentum", float, 0.99, "EMA momentum of the class prototypes"),
@@ -307,6 +312,12 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                 "closed-set prediction: (coarse + fine) / 2, or fine only",
             ),
             SSL_Argument("--mcm_temperature", float, 1.0, "T of the MCM / GL-MCM scores (1, as both papers)"),
+            SSL_Argument(
+                "--glmcm_local",
+                one_of(*DENSE_KINDS),
+                "glmcm",
+                "local features of the glmcm score: glmcm (as GL-MCM's code) or value (MaskCLIP value path)",
+            ),
             SSL_Argument("--ova_bias", str2bool, False, "bias in the OVA head's linear layer (OpenMatch: none)"),
             SSL_Argument(
                 "--ova_views",
@@ -321,6 +332,12 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                 0.5,
                 "alpha of the closed prediction (1 - alpha) trained + alpha zero-shot: the frozen pretrained "
                 "CLIP classifier kept in an output ensemble; 0 = trained heads only",
+            ),
+            SSL_Argument(
+                "--ova_log_eps",
+                float,
+                1e-8,
+                "eps of log(softmax + eps) in the OVA losses, as the authors' code; 0 = exact log_softmax",
             ),
             SSL_Argument("--lambda_ova", float, 1.0, "weight of the labeled OVA loss"),
             SSL_Argument("--lambda_em", float, 0.1, "weight of OVA entropy minimisation on unlabeled data"),

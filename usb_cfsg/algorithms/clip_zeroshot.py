@@ -8,10 +8,15 @@ Unknown scores (higher = more unknown, :mod:`usb_cfsg.modules.scores`):
 
 * ``mcm`` (Ming et al., NeurIPS 2022): ``1 - max_k softmax_k(cos(z, t_k) / T)``;
 * ``glmcm`` (Miyai et al., 2023): ``1 - (S_MCM(z) + max_i S_MCM(l_i)) / 2``, the local features
-  l_i being the value-path (MaskCLIP) dense features of **all** patches of the last block, in the
-  joint space (``ClipBackbone.dense_features``);
+  l_i of **all** patches computed as GL-MCM's code does (the last block with self-only attention:
+  value path, residual and MLP, then ``ln_post`` and ``proj``; ``glmcm_local: value`` drops the
+  residual and MLP, MaskCLIP's value path; ``ClipBackbone.dense_features``);
+* ``msp`` and ``energy`` (``-T logsumexp(l / T)``, T = ``energy_temperature``) of the zero-shot
+  logits taken at the trained cosine heads' scale (:data:`HEAD_LOGIT_SCALE` = 30, i.e.
+  ``l = 30 cos(z, t_k)``), so that zero-shot CLIP gets the same scores as every trained CLIP net;
 
-with T = ``mcm_temperature`` (default 1, as both papers). The headline score is ``ood_score``.
+with T = ``mcm_temperature`` (default 1, as both papers) for MCM and GL-MCM. The headline score is
+``ood_score``.
 
 ``num_train_iter`` may be 0; any other value is ignored with a notice (nothing is trained). The run
 folder gets the same files as a trained run: ``config.yaml``, ``latest_model.pth`` (the CLIP weights
@@ -31,8 +36,9 @@ from semilearn.algorithms.utils import SSL_Argument
 from semilearn.core.algorithmbase import AlgorithmBase
 
 from ..config import one_of
-from ..engine.plugin import PluginMixin
+from ..engine.plugin import PluginMixin, msp_and_energy
 from ..modules import glmcm_score, mcm_score
+from ..nets.backbone import DENSE_KINDS, DenseKind
 from ..nets.clip import NET_HEADS, ClipNet
 from . import register_algorithm
 
@@ -40,14 +46,12 @@ logger = logging.getLogger("usb_cfsg")
 
 #: CLIP's learned logit scale (exp of 4.6052 in OpenAI's checkpoints): the zero-shot logits' scale.
 CLIP_LOGIT_SCALE = 100.0
-ZS_SCORES = ("mcm", "glmcm")
-
-
-def dense_patch_features(backbone, last_input: torch.Tensor) -> torch.Tensor:
-    """Value-path patch features [B, N, D] of the last block (contract C2, ``ClipBackbone.dense_features``)."""
-    if hasattr(backbone, "dense_features"):
-        return backbone.dense_features(last_input)
-    return backbone.value_features(last_input)[:, 1:]
+#: the scale of the trained cosine heads (``ClipNet``'s default ``logit_scale``): msp and energy of the
+#: zero-shot logits are taken at it, as for the trained nets
+HEAD_LOGIT_SCALE = 30.0
+ZS_SCORES = ("mcm", "glmcm", "msp", "energy")
+#: scores the net computes (as ``score_<name>``); msp and energy come from its logits
+NET_ZS_SCORES = ("mcm", "glmcm")
 
 
 @NET_HEADS.register("clip_zeroshot")
@@ -59,13 +63,25 @@ class ZeroShotClipNet(ClipNet):
 
     Args:
         mcm_temperature: T of the MCM / GL-MCM softmax.
+        glmcm_local: GL-MCM's local features: ``glmcm`` (its authors' code) or ``value`` (MaskCLIP).
     """
 
-    def __init__(self, backbone, text, num_classes: int, mcm_temperature: float = 1.0, **unused: Any) -> None:
+    def __init__(
+        self,
+        backbone,
+        text,
+        num_classes: int,
+        mcm_temperature: float = 1.0,
+        glmcm_local: DenseKind = "glmcm",
+        **unused: Any,
+    ) -> None:
         super().__init__(backbone, text, num_classes, logit_scale=CLIP_LOGIT_SCALE)
         if not mcm_temperature > 0:
             raise ValueError(f"mcm_temperature must be positive, got {mcm_temperature}")
+        if glmcm_local not in DENSE_KINDS:
+            raise ValueError(f"glmcm_local must be one of {', '.join(DENSE_KINDS)}, got {glmcm_local!r}")
         self.mcm_temperature = float(mcm_temperature)
+        self.glmcm_local: DenseKind = glmcm_local
 
     def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, **kwargs: Any):
         t = F.normalize(cast(torch.Tensor, self.text_embeddings), dim=-1)
@@ -78,7 +94,7 @@ class ZeroShotClipNet(ClipNet):
             return z
         logits = CLIP_LOGIT_SCALE * F.normalize(z, dim=-1) @ t.to(z.dtype).t()
         with torch.no_grad():
-            dense = dense_patch_features(bb, last_in)
+            dense = bb.dense_features(last_in, self.glmcm_local)
             s_mcm = mcm_score(z.float(), t.float(), self.mcm_temperature)
             s_glmcm = glmcm_score(z.float(), dense.float(), t.float(), self.mcm_temperature)
         return {"logits": logits, "feat": z, "score_mcm": s_mcm, "score_glmcm": s_glmcm}
@@ -102,7 +118,7 @@ class ClipZeroShot(PluginMixin, AlgorithmBase):
 
     @classmethod
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
-        return cls.net_head, {"mcm_temperature": args.mcm_temperature}
+        return cls.net_head, {"mcm_temperature": args.mcm_temperature, "glmcm_local": args.glmcm_local}
 
     @classmethod
     def validate_config(cls, args) -> list:
@@ -131,12 +147,30 @@ class ClipZeroShot(PluginMixin, AlgorithmBase):
     def compute_unknown_scores(
         cls, outputs: Dict[str, np.ndarray], args: Any, calibration: Optional[Dict[str, Any]] = None
     ) -> Tuple[Dict[str, np.ndarray], str]:
-        """MCM and GL-MCM (the net's ``score_mcm`` / ``score_glmcm``); headline ``ood_score``."""
-        return {name: np.asarray(outputs[f"score_{name}"], dtype=np.float64) for name in ZS_SCORES}, args.ood_score
+        """MCM and GL-MCM (the net's ``score_mcm`` / ``score_glmcm``), msp and energy at the heads' scale.
+
+        ``outputs["logits"]`` are at CLIP's scale 100; msp and energy are taken from
+        ``30 / 100 * logits`` = ``30 cos(z, t)`` (:data:`HEAD_LOGIT_SCALE`). The headline is ``ood_score``.
+        """
+        scores = {name: np.asarray(outputs[f"score_{name}"], dtype=np.float64) for name in NET_ZS_SCORES}
+        head_logits = np.asarray(outputs["logits"], dtype=np.float64) * (HEAD_LOGIT_SCALE / CLIP_LOGIT_SCALE)
+        scores.update(msp_and_energy(head_logits, float(getattr(args, "energy_temperature", 1.0))))
+        return scores, args.ood_score
 
     @staticmethod
     def get_argument():
         return [
             SSL_Argument("--mcm_temperature", float, 1.0, "T of the MCM / GL-MCM softmax (both papers: 1)"),
-            SSL_Argument("--ood_score", one_of(*ZS_SCORES), "mcm", "headline unknown score: mcm or glmcm"),
+            SSL_Argument(
+                "--glmcm_local",
+                one_of(*DENSE_KINDS),
+                "glmcm",
+                "local features of the glmcm score: glmcm (as GL-MCM's code) or value (MaskCLIP value path)",
+            ),
+            SSL_Argument(
+                "--ood_score",
+                one_of(*ZS_SCORES),
+                "mcm",
+                "headline unknown score: mcm, glmcm, or msp / energy of the zero-shot logits at the heads' scale 30",
+            ),
         ]

@@ -185,6 +185,7 @@ class IOMatch(PluginMixin, AlgorithmBase):
                 ("q_cutoff", "[0, 1]"),
                 ("mb_loss_ratio", "[0, inf)"),
                 ("op_loss_ratio", "[0, inf)"),
+                ("ova_log_eps", "[0, 1)"),
                 ("da_len", "[1, inf)"),
                 ("proj_dim", "[1, inf)"),
             ),
@@ -203,7 +204,7 @@ class IOMatch(PluginMixin, AlgorithmBase):
             _, open_s = op[num_lb:].chunk(2)
 
             ce = F.cross_entropy(logits[:num_lb], y_lb)
-            l_mb = ova_loss(mb[:num_lb], y_lb)
+            l_mb = ova_loss(mb[:num_lb], y_lb, float(self.args.ova_log_eps))
             sup_loss = ce + self.lambda_mb * l_mb
 
             with torch.no_grad():
@@ -241,7 +242,7 @@ class IOMatch(PluginMixin, AlgorithmBase):
     def compute_unknown_scores(
         cls, outputs: Dict[str, np.ndarray], args: Any, calibration: Optional[Dict[str, Any]] = None
     ) -> Tuple[Dict[str, np.ndarray], str]:
-        """``open`` (headline, the open-set classifier's outlier probability), ``mb``, ``ova`` and ``msp``."""
+        """``open`` (headline, the open-set classifier's outlier probability), ``mb``, ``ova``, ``msp``, ``energy``."""
         logits = torch.from_numpy(np.asarray(outputs["logits"], dtype=np.float64))
         mb = torch.from_numpy(np.asarray(outputs["logits_mb"], dtype=np.float64))
         op = torch.from_numpy(np.asarray(outputs["logits_open"], dtype=np.float64))
@@ -250,7 +251,7 @@ class IOMatch(PluginMixin, AlgorithmBase):
             "open": torch.softmax(op, dim=1)[:, -1].numpy(),
             "mb": open_set_targets(p, mb)[:, -1].numpy(),
             "ova": ova_unknown_score(mb, logits.argmax(dim=1)).numpy(),
-            "msp": (1.0 - p.max(dim=1).values).numpy(),
+            **super().compute_unknown_scores(outputs, args)[0],  # msp, energy of the closed logits
         }, "open"
 
     # ----------------------------------------------------------- checkpoints
@@ -280,6 +281,12 @@ class IOMatch(PluginMixin, AlgorithmBase):
                 "--p_cutoff", float, 0.95, "closed-set pseudo-label confidence threshold tau_p (IOMatch: 0.95)"
             ),
             SSL_Argument("--q_cutoff", float, 0.5, "open-set target confidence threshold tau_q (IOMatch: 0.5)"),
+            SSL_Argument(
+                "--ova_log_eps",
+                float,
+                1e-8,
+                "eps of log(softmax + eps) in the OVA losses, as the authors' code; 0 = exact log_softmax",
+            ),
             SSL_Argument("--mb_loss_ratio", float, 1.0, "weight of the labeled multi-binary loss (IOMatch: 1)"),
             SSL_Argument("--op_loss_ratio", float, 1.0, "weight of the open-set loss L_op (IOMatch: 1)"),
             SSL_Argument(

@@ -54,7 +54,7 @@ from semilearn.core.algorithmbase import AlgorithmBase
 from ..engine.plugin import PluginMixin
 from ..engine.sampling import eval_loader
 from ..errors import ConfigError
-from ..modules import OVAHead, ova_consistency, ova_entropy, ova_loss, ova_unknown_score
+from ..modules import OVA_LOG_EPS, OVAHead, ova_consistency, ova_entropy, ova_loss, ova_unknown_score
 from ..nets.clip import NET_HEADS, ClipNet
 from . import register_algorithm
 
@@ -87,7 +87,12 @@ class OpenMatchNet(ClipNet):
 
 
 def openmatch_losses(
-    logits_lb: torch.Tensor, ova_lb: torch.Tensor, y_lb: torch.Tensor, ova_u1: torch.Tensor, ova_u2: torch.Tensor
+    logits_lb: torch.Tensor,
+    ova_lb: torch.Tensor,
+    y_lb: torch.Tensor,
+    ova_u1: torch.Tensor,
+    ova_u2: torch.Tensor,
+    ova_log_eps: float = OVA_LOG_EPS,
 ) -> Dict[str, torch.Tensor]:
     """OpenMatch's labeled and open-set unlabeled terms.
 
@@ -97,6 +102,7 @@ def openmatch_losses(
         y_lb: Labels [B] (repeated for the second view here).
         ova_u1: OVA logits of the unlabeled images, first weak view [uB, 2, K].
         ova_u2: The same images, second weak view [uB, 2, K].
+        ova_log_eps: eps of the OVA losses' ``log(p + eps)`` (the authors' 1e-8; 0 = exact).
 
     Returns:
         ``ce`` (mean CE over both views), ``ova`` (OVA loss over both views), ``em`` (mean of the two
@@ -105,8 +111,8 @@ def openmatch_losses(
     y2 = y_lb.repeat(2)
     return {
         "ce": F.cross_entropy(logits_lb, y2),
-        "ova": ova_loss(ova_lb, y2),
-        "em": (ova_entropy(ova_u1) + ova_entropy(ova_u2)) / 2,
+        "ova": ova_loss(ova_lb, y2, ova_log_eps),
+        "em": (ova_entropy(ova_u1, ova_log_eps) + ova_entropy(ova_u2, ova_log_eps)) / 2,
         "socr": ova_consistency(ova_u1, ova_u2),
     }
 
@@ -145,6 +151,7 @@ class OpenMatch(PluginMixin, AlgorithmBase):
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
         self.lambda_ova, self.lambda_em = args.lambda_ova, args.lambda_em
+        self.ova_log_eps = float(args.ova_log_eps)
         self.lambda_socr, self.lambda_fix = args.lambda_socr, args.lambda_fix
         self.p_cutoff, self.T = args.p_cutoff, args.T
         self.select_threshold = args.select_threshold
@@ -174,6 +181,7 @@ class OpenMatch(PluginMixin, AlgorithmBase):
             (
                 ("lambda_ova", "[0, inf)"),
                 ("lambda_em", "[0, inf)"),
+                ("ova_log_eps", "[0, 1)"),
                 ("lambda_socr", "[0, inf)"),
                 ("lambda_fix", "[0, inf)"),
                 ("p_cutoff", "[0, 1]"),
@@ -244,7 +252,7 @@ class OpenMatch(PluginMixin, AlgorithmBase):
             lb = slice(0, 2 * num_lb)
             u1 = slice(2 * num_lb, 2 * num_lb + num_ulb)
             u2 = slice(2 * num_lb + num_ulb, 2 * num_lb + 2 * num_ulb)
-            terms = openmatch_losses(logits[lb], ova[lb], y_lb, ova[u1], ova[u2])
+            terms = openmatch_losses(logits[lb], ova[lb], y_lb, ova[u1], ova[u2], self.ova_log_eps)
             if fix_on:
                 sel = self.selected.to(idx_ulb.device)[idx_ulb]
                 l_fix, used = fixmatch_on_selected(
@@ -277,13 +285,13 @@ class OpenMatch(PluginMixin, AlgorithmBase):
     def compute_unknown_scores(
         cls, outputs: Dict[str, np.ndarray], args: Any, calibration: Optional[Dict[str, Any]] = None
     ) -> Tuple[Dict[str, np.ndarray], str]:
-        """``ova`` = p_neg of the predicted class (OpenMatch's score, the headline) and ``msp``."""
+        """``ova`` = p_neg of the predicted class (OpenMatch's score, the headline), ``msp`` and ``energy``."""
         logits = torch.from_numpy(np.asarray(outputs["logits"], dtype=np.float32))
         ova = ova_unknown_score(
             torch.from_numpy(np.asarray(outputs["logits_ova"], dtype=np.float32)), logits.argmax(dim=1)
         )
-        msp = 1.0 - torch.softmax(logits.double(), dim=1).max(dim=1).values
-        return {"ova": ova.double().numpy(), "msp": msp.numpy()}, "ova"
+        generic = super().compute_unknown_scores(outputs, args)[0]  # msp, energy of the closed logits
+        return {"ova": ova.double().numpy(), **generic}, "ova"
 
     # ----------------------------------------------------------- checkpoints
     def extra_state(self) -> Dict[str, Any]:
@@ -304,6 +312,12 @@ class OpenMatch(PluginMixin, AlgorithmBase):
     def get_argument():
         return [
             SSL_Argument("--lambda_ova", float, 1.0, "weight of the labeled OVA loss (OpenMatch: 1)"),
+            SSL_Argument(
+                "--ova_log_eps",
+                float,
+                1e-8,
+                "eps of log(softmax + eps) in the OVA losses, as the authors' code; 0 = exact log_softmax",
+            ),
             SSL_Argument(
                 "--lambda_em", float, 0.1, "weight of open-set entropy minimisation (OpenMatch lambda_oem: 0.1)"
             ),

@@ -39,6 +39,31 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "usb_cfsg.train/1"
 
 
+def msp_and_energy(logits: Any, energy_temperature: float = 1.0) -> Dict[str, np.ndarray]:
+    """``msp`` = 1 - max softmax and ``energy`` = -T logsumexp(logits / T) of closed logits [N, K].
+
+    Both higher = more unknown, in float64. ``energy`` is Liu et al.'s energy score (NeurIPS 2020,
+    wetliu/energy_ood ``CIFAR/test.py``: ``-T * logsumexp(output / T)``), ``msp`` the maximum softmax
+    probability baseline (Hendrycks & Gimpel, ICLR 2017), taken at T = 1.
+
+    Args:
+        logits: Closed-set logits [N, K].
+        energy_temperature: T > 0 of the energy score.
+
+    Returns:
+        ``{"msp": [N], "energy": [N]}``.
+    """
+    if not energy_temperature > 0:
+        raise ValueError(f"energy_temperature must be positive, got {energy_temperature}")
+    z = np.asarray(logits, dtype=np.float64)
+    top = z.max(axis=1)
+    total = np.exp(z - top[:, None]).sum(axis=1)  # max softmax = 1 / total
+    zt = z / energy_temperature
+    top_t = zt.max(axis=1)
+    energy = -energy_temperature * (top_t + np.log(np.exp(zt - top_t[:, None]).sum(axis=1)))
+    return {"msp": 1.0 - 1.0 / total, "energy": energy}
+
+
 class PluginMixin:
     """Mixed in front of a USB algorithm class; see the module docstring.
 
@@ -225,8 +250,10 @@ class PluginMixin:
         """Open-set scores from the net outputs, the config and a calibration (the override point).
 
         Default for any USB algorithm, from ``outputs["logits"]`` [N, K]: ``msp`` = 1 - max softmax
-        and ``energy`` = -logsumexp(logits). Every score is higher = more likely unknown. Neither
-        needs a calibration; algorithms whose scores do (cfsg_clip's ``fused``) read its ``ranges``.
+        and ``energy`` = -T logsumexp(logits / T) with T = ``energy_temperature`` (Liu et al.,
+        NeurIPS 2020; T = 1 as their code, wetliu/energy_ood). Every score is higher = more likely
+        unknown. Neither needs a calibration; algorithms whose scores do (cfsg_clip's ``fused``)
+        read its ``ranges``.
 
         Args:
             outputs: What :meth:`predict_loader` collects (every batch-dim tensor the net returns),
@@ -239,10 +266,7 @@ class PluginMixin:
         Returns:
             ``(scores, primary)``: score name -> float array [N], and the name of the headline score.
         """
-        logits = np.asarray(outputs["logits"], dtype=np.float64)
-        top = logits.max(axis=1)
-        total = np.exp(logits - top[:, None]).sum(axis=1)  # max softmax = 1 / total
-        return {"msp": 1.0 - 1.0 / total, "energy": -(top + np.log(total))}, "msp"
+        return msp_and_energy(outputs["logits"], float(getattr(args, "energy_temperature", 1.0))), "msp"
 
     @classmethod
     def scores_with_calibration(

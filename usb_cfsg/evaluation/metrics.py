@@ -240,10 +240,31 @@ def _roc_points(score: np.ndarray, positive: np.ndarray) -> Tuple[np.ndarray, np
     return fpr.astype(np.float64), tpr.astype(np.float64), thresholds
 
 
-def _fpr_at_tpr(score: np.ndarray, positive: np.ndarray, tpr: float) -> float:
-    """FPR at the first point of the full ROC curve whose TPR reaches ``tpr``."""
+#: How an FPR@TPR threshold is chosen (see :func:`fpr_at_tpr` and :func:`fpr_at_tpr_id`):
+#: ``openood`` = the first point with TPR >= tpr on scikit-learn's thinned ROC curve (OpenOOD),
+#: ``full`` = the same on the full ROC curve (every distinct score a point),
+#: ``mcm`` = the point whose TPR is closest to tpr, the lowest threshold among equals (MCM / GL-MCM).
+FPR_RULES: Tuple[str, ...] = ("openood", "full", "mcm")
+
+
+def _fpr_at_tpr(score: np.ndarray, positive: np.ndarray, tpr: float, rule: str = "full") -> float:
+    """FPR at the ROC point that ``rule`` (:data:`FPR_RULES`) picks for the target ``tpr``."""
+    if rule == "openood":
+        # Jingkang50/OpenOOD openood/evaluators/metrics.py auc_and_fpr_recall (commit 3c35632):
+        # roc_curve with its default drop_intermediate=True, then the first TPR >= tpr
+        with _quiet_sklearn():
+            fpr, tprs, _ = skm.roc_curve(positive.astype(np.int64), score)
+        return float(fpr[int(np.argmax(tprs >= tpr))])
     fpr, tprs, _ = _roc_points(score, positive)
     n_pos = int(positive.sum())
+    if rule == "mcm":
+        # the threshold whose recall is closest to tpr, among the distinct scores down to the first
+        # that reaches full recall; the lowest threshold wins a tie (MCM's fpr_and_fdr_at_recall)
+        last = int(np.argmax(tprs >= 1.0))
+        recall, fprs = tprs[1 : last + 1][::-1], fpr[1 : last + 1][::-1]  # lowest threshold first
+        return float(fprs[int(np.argmin(np.abs(recall - tpr)))])
+    if rule != "full":
+        raise MetricInputError(f"FPR rule must be one of {', '.join(FPR_RULES)}, got {rule!r}")
     # Compare true-positive counts, not rates: 0.95 * 20 must need 19 positives, not 20 (1e-9 absorbs
     # the float error in tpr * n).
     needed = max(1, math.ceil(tpr * n_pos - 1e-9))
@@ -382,48 +403,62 @@ def _fpr_inputs(unknown_score: ArrayLike, is_unknown: ArrayLike, what: str) -> O
     return score, positive
 
 
-def fpr_at_tpr(unknown_score: ArrayLike, is_unknown: ArrayLike, tpr: float = 0.95) -> float:
+def fpr_at_tpr(unknown_score: ArrayLike, is_unknown: ArrayLike, tpr: float = 0.95, rule: str = "openood") -> float:
     """False-positive rate at the threshold that catches a fraction ``tpr`` of the unknowns (FPR95).
 
-    The threshold ``t`` is the **largest** score such that at least ``tpr`` of the unknown samples
-    have ``score >= t``: with ``n`` unknowns, ``t`` is the ``ceil(tpr * n)``-th highest unknown
-    score. The result is the fraction of seen samples with ``score >= t``.
+    Unknown = positive, OpenOOD's convention. A sample is flagged unknown when ``score >= t``.
 
-    Ties: every sample whose score equals ``t`` counts as flagged, seen samples included, so a
-    seen sample tied with the threshold-setting unknown is a false positive (the pessimistic
-    choice; with continuous scores ties do not occur). This is the value at the first point with
-    TPR >= ``tpr`` on the full ROC curve (``sklearn.metrics.roc_curve(...,
-    drop_intermediate=False)``), the usual FPR95 recipe.
+    ``rule`` picks the threshold (:data:`FPR_RULES`):
+
+    - ``openood`` (default): OpenOOD's code (Jingkang50/OpenOOD, ``openood/evaluators/metrics.py``,
+      ``auc_and_fpr_recall``, commit 3c35632): ``sklearn.metrics.roc_curve`` with its default
+      ``drop_intermediate=True`` and the first point with TPR >= ``tpr``. The thinned curve drops
+      points that lie on a straight segment, so with **tied** scores the first point kept may come
+      after the first point that reaches ``tpr``, and the FPR may be higher than ``full``'s.
+    - ``full``: the first point with TPR >= ``tpr`` on the full ROC curve (every distinct score):
+      ``t`` is the largest score such that at least ``tpr`` of the unknowns have ``score >= t``
+      (this project's earlier rule). Equal to ``openood`` when no two scores tie.
+    - ``mcm``: the point whose TPR is closest to ``tpr`` (see :func:`fpr_at_tpr_id`).
+
+    Ties at ``t`` count as flagged, seen samples included (pessimistic).
 
     Args:
         unknown_score: Score per sample, higher = more likely unknown.
         is_unknown: True for unknown (unseen-class) samples.
         tpr: Required true-positive rate, in ``(0, 1]``.
+        rule: ``openood``, ``full`` or ``mcm``.
 
     Returns:
         FPR in ``[0, 1]``; NaN (with a logged warning) when only one of the two groups is present.
 
     Raises:
-        MetricInputError: On non-finite scores, a length mismatch or ``tpr`` outside ``(0, 1]``.
+        MetricInputError: On non-finite scores, a length mismatch, ``tpr`` outside ``(0, 1]`` or
+            an unknown ``rule``.
     """
     tpr = _check_tpr(tpr)
     checked = _fpr_inputs(unknown_score, is_unknown, f"FPR@{tpr:.0%}TPR")
     if checked is None:
         return float("nan")
     score, positive = checked
-    return _fpr_at_tpr(score, positive, tpr)
+    return _fpr_at_tpr(score, positive, tpr, rule)
 
 
-def fpr_at_tpr_id(unknown_score: ArrayLike, is_unknown: ArrayLike, tpr: float = 0.95) -> float:
+def fpr_at_tpr_id(unknown_score: ArrayLike, is_unknown: ArrayLike, tpr: float = 0.95, rule: str = "mcm") -> float:
     """FPR95 with the **in-distribution** (seen-class) samples as the positive class (MCM, GL-MCM).
 
     The convention of the MCM and GL-MCM papers (and of most CLIP-based OOD detection work): keep
     the threshold at which a fraction ``tpr`` of the seen-class samples is accepted as
-    in-distribution, and report the fraction of unknown samples that are accepted too. In terms of
-    the unknown score: ``t`` is the **smallest** score such that at least ``tpr`` of the seen
-    samples have ``score <= t``, and the result is the fraction of unknown samples with
-    ``score <= t``. It equals :func:`fpr_at_tpr` of ``-unknown_score`` with the positives
-    swapped; ties at ``t`` count as accepted (the pessimistic choice, as in :func:`fpr_at_tpr`).
+    in-distribution, and report the fraction of unknown samples that are accepted too
+    (``score <= t``, ties accepted).
+
+    ``rule`` (:data:`FPR_RULES`), default ``mcm``: the MCM and GL-MCM code
+    (``fpr_and_fdr_at_recall`` in ``utils/detection_util.py`` of deeplearning-wisc/MCM, commit
+    ea7130f, and AtsuMiyai/GL-MCM, commit 8708a08): among the distinct scores, down to the first
+    that accepts every seen sample, the threshold whose recall (TPR) is **closest** to ``tpr``,
+    the lowest threshold among equally close ones. It differs from ``full`` (the first threshold
+    with recall >= ``tpr``) when a recall just below ``tpr`` is closer than the first one above,
+    and in particular when ``tpr`` x the number of seen samples is a whole number and the points
+    below and above are equally close.
 
     :func:`fpr_at_tpr` (``fpr95``, unknown = positive, OpenOOD's convention) and this function
     (``fpr95_id``) generally differ; compare a number only with numbers of the same convention.
@@ -432,19 +467,21 @@ def fpr_at_tpr_id(unknown_score: ArrayLike, is_unknown: ArrayLike, tpr: float = 
         unknown_score: Score per sample, higher = more likely unknown.
         is_unknown: True for unknown (unseen-class) samples.
         tpr: Required fraction of seen samples accepted, in ``(0, 1]``.
+        rule: ``mcm``, ``full`` or ``openood``.
 
     Returns:
         FPR in ``[0, 1]``; NaN (with a logged warning) when only one of the two groups is present.
 
     Raises:
-        MetricInputError: On non-finite scores, a length mismatch or ``tpr`` outside ``(0, 1]``.
+        MetricInputError: On non-finite scores, a length mismatch, ``tpr`` outside ``(0, 1]`` or
+            an unknown ``rule``.
     """
     tpr = _check_tpr(tpr)
     checked = _fpr_inputs(unknown_score, is_unknown, f"FPR@{tpr:.0%}TPR (in-distribution positive)")
     if checked is None:
         return float("nan")
     score, positive = checked
-    return _fpr_at_tpr(-score, ~positive, tpr)
+    return _fpr_at_tpr(-score, ~positive, tpr, rule)
 
 
 def roc_curve(unknown_score: ArrayLike, is_unknown: ArrayLike) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -702,8 +739,8 @@ def compute_openset_metrics(
 
     Returns:
         A dict with the keys of :data:`METRIC_KEYS`: ``closed_acc`` (:func:`closed_set_accuracy`),
-        ``auroc``, ``fpr95`` (:func:`fpr_at_tpr` at 0.95, unknown = positive), ``fpr95_id``
-        (:func:`fpr_at_tpr_id` at 0.95, in-distribution = positive), ``open_bacc``, ``unknown_recall``,
+        ``auroc``, ``fpr95`` (:func:`fpr_at_tpr` at 0.95, unknown = positive, OpenOOD's rule),
+        ``fpr95_id`` (:func:`fpr_at_tpr_id` at 0.95, in-distribution = positive, MCM's rule), ``open_bacc``, ``unknown_recall``,
         ``seen_acc`` (:func:`open_seen_accuracy`), ``h_score``, ``macro_f1`` (fractions in ``[0, 1]``, Python floats), ``threshold`` (the
         threshold used, a float) and ``num_test_seen``, ``num_test_unseen`` (Python ints).
         Metrics undefined on this test set are NaN; one warning is logged naming them.
@@ -747,8 +784,8 @@ def compute_openset_metrics(
     return {
         "closed_acc": float(np.mean(pred[seen] == y[seen])) if n_seen else nan,
         "auroc": float(_auroc(score, unknown)) if both else nan,
-        "fpr95": _fpr_at_tpr(score, unknown, 0.95) if both else nan,
-        "fpr95_id": _fpr_at_tpr(-score, seen, 0.95) if both else nan,
+        "fpr95": _fpr_at_tpr(score, unknown, 0.95, "openood") if both else nan,
+        "fpr95_id": _fpr_at_tpr(-score, seen, 0.95, "mcm") if both else nan,
         "open_bacc": derived["open_bacc"],
         "unknown_recall": derived["unknown_recall"],
         "seen_acc": derived["seen_acc"],
@@ -761,6 +798,7 @@ def compute_openset_metrics(
 
 
 __all__ = [
+    "FPR_RULES",
     "METRIC_KEYS",
     "MetricInputError",
     "auroc",

@@ -11,7 +11,16 @@ Every unknown score in this project follows "higher = more unknown".
 """
 
 from .cosine_classifier import DEFAULT_LOGIT_SCALE, CosineClassifier
-from .ova_head import OVAHead, ova_consistency, ova_entropy, ova_loss, ova_probs, ova_unknown_score
+from .ova_head import (
+    OVA_LOG_EPS,
+    OVAHead,
+    ova_consistency,
+    ova_entropy,
+    ova_log_probs,
+    ova_loss,
+    ova_probs,
+    ova_unknown_score,
+)
 from .prototypes import DEFAULT_PROTOTYPE_MOMENTUM, ClassPrototypes, ReduceFn
 from .scores import DEFAULT_MCM_TEMPERATURE, fit_score_range, fused_score, glmcm_score, max_softmax_cosine, mcm_score
 from .semantic_filter import (
@@ -50,6 +59,8 @@ __all__ = [
     "ova_consistency",
     "ova_unknown_score",
     "ova_probs",
+    "ova_log_probs",
+    "OVA_LOG_EPS",
     "mcm_score",
     "glmcm_score",
     "fused_score",

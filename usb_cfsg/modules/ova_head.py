@@ -5,8 +5,14 @@ gives, for every class k, a binary distribution where index 1 is "positive / inl
 and index 0 is "negative / not class k". The unknown score of a sample is ``p_neg(y_hat)``, the
 negative probability of the closed-set predicted class (higher = more unknown, in [0, 1]).
 
-The loss functions are pure (no module state) and reproduce OpenMatch's reference code, except
-that log-probabilities come from ``log_softmax`` instead of ``log(softmax + 1e-8)``.
+The loss functions are pure (no module state) and reproduce OpenMatch's reference code
+(VisionLearningGroup/OP_Match ``utils/misc.py`` ``ova_loss`` / ``ova_ent``, commit ba1a59c; the same
+in IOMatch's port, nukezil/IOMatch commit e7999f1): log-probabilities are ``log(softmax + eps)``
+with ``eps`` = :data:`OVA_LOG_EPS` = 1e-8 by default. ``eps = 0`` switches to the exact
+``log_softmax`` (config key ``ova_log_eps: 0``): the authors' form caps every term at
+-log(1e-8) = 18.4 with a vanishing gradient once a probability falls far below 1e-8, which at
+the cosine heads' scale (30) happens to confidently wrong OVA outputs; the exact form keeps
+penalising them.
 """
 
 from __future__ import annotations
@@ -15,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 NEG, POS = 0, 1
+#: eps of the authors' ``log(softmax + eps)`` (OpenMatch, IOMatch); 0 = exact ``log_softmax``
+OVA_LOG_EPS = 1e-8
 
 
 class OVAHead(nn.Module):
@@ -53,22 +61,38 @@ def _check(logits_open: Tensor) -> None:
         raise ValueError(f"OVA logits must be [B, 2, K], got {tuple(logits_open.shape)}")
 
 
+def _check_eps(eps: float) -> float:
+    if not eps >= 0:
+        raise ValueError(f"eps must be >= 0 (0 = exact log_softmax), got {eps}")
+    return float(eps)
+
+
+def ova_log_probs(logits_open: Tensor, eps: float = OVA_LOG_EPS) -> Tensor:
+    """``log(softmax + eps)`` over dim 1 [B, 2, K] (the authors' form); ``eps = 0``: ``log_softmax``."""
+    _check(logits_open)
+    if _check_eps(eps) == 0:
+        return logits_open.log_softmax(dim=1)
+    return (logits_open.softmax(dim=1) + eps).log()
+
+
 def ova_probs(logits_open: Tensor) -> Tensor:
     """Binary probabilities [B, 2, K] (softmax over dim 1)."""
     _check(logits_open)
     return logits_open.softmax(dim=1)
 
 
-def ova_loss(logits_open: Tensor, y: Tensor) -> Tensor:
+def ova_loss(logits_open: Tensor, y: Tensor, eps: float = OVA_LOG_EPS) -> Tensor:
     """OpenMatch's OVA loss on labeled samples.
 
     ``L = mean_b[-log p_pos(b, y_b)] + mean_b[max_{k != y_b} -log p_neg(b, k)]``: the positive
     term for the true class plus the *hardest* negative term over the other classes. With K = 1
-    there is no negative class and the second term is 0.
+    there is no negative class and the second term is 0. ``log p`` is ``log(p + eps)``, as the
+    authors compute it (:func:`ova_log_probs`).
 
     Args:
         logits_open: [B, 2, K].
         y: Labels [B] in [0, K).
+        eps: 1e-8 (the authors'), or 0 for the exact ``log_softmax``.
 
     Returns:
         Scalar loss.
@@ -77,29 +101,30 @@ def ova_loss(logits_open: Tensor, y: Tensor) -> Tensor:
     B, _, K = logits_open.shape
     if y.shape != (B,):
         raise ValueError(f"y must be [{B}], got {tuple(y.shape)}")
-    nll = -logits_open.log_softmax(dim=1)  # [B, 2, K], >= 0
+    nll = -ova_log_probs(logits_open, eps)  # [B, 2, K], >= -eps
     pos = F.one_hot(y.long(), K).to(nll.dtype)  # [B, K]
     loss_pos = (nll[:, POS] * pos).sum(dim=1).mean()
-    # -log p >= 0, so zeroing the true class leaves the max over the other classes (0 if K == 1).
+    # Zeroing the true class leaves max(0, max over the other classes), exactly as the authors' code
+    # (0 if K == 1).
     loss_neg = (nll[:, NEG] * (1.0 - pos)).max(dim=1).values.mean()
     return loss_pos + loss_neg
 
 
-def ova_entropy(logits_open: Tensor) -> Tensor:
+def ova_entropy(logits_open: Tensor, eps: float = OVA_LOG_EPS) -> Tensor:
     """OpenMatch's open-set entropy minimisation term (OEM).
 
-    ``mean_b mean_k H(p(b, :, k))`` with ``H(p) = -sum_{c in {neg, pos}} p_c log p_c`` (nats),
-    the binary entropy of every class's OVA distribution; in [0, log 2].
+    ``mean_b mean_k H(p(b, :, k))`` with ``H(p) = -sum_{c in {neg, pos}} p_c log(p_c + eps)``
+    (nats), the binary entropy of every class's OVA distribution; in [0, log 2] (up to eps).
 
     Args:
         logits_open: [B, 2, K].
+        eps: 1e-8 (the authors'), or 0 for the exact ``log_softmax``.
 
     Returns:
         Scalar.
     """
-    _check(logits_open)
-    logp = logits_open.log_softmax(dim=1)
-    return (-(logp.exp() * logp).sum(dim=1)).mean()
+    logp = ova_log_probs(logits_open, eps)
+    return (-(logits_open.softmax(dim=1) * logp).sum(dim=1)).mean()
 
 
 def ova_consistency(logits_a: Tensor, logits_b: Tensor) -> Tensor:

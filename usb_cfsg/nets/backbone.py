@@ -8,13 +8,18 @@ Both the plain CLIP net and the CFSG network are built on this class.
 from __future__ import annotations
 
 import copy
-from typing import NamedTuple, Optional, Tuple
+from typing import Literal, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+
+#: Dense (per-token) features of the last block, by how they are taken (see :meth:`ClipBackbone.dense_features`):
+#: ``glmcm`` = GL-MCM's code (value path + the block's residual and MLP), ``value`` = MaskCLIP's value path alone.
+DenseKind = Literal["glmcm", "value"]
+DENSE_KINDS: Tuple[str, ...] = ("glmcm", "value")
 
 
 class LastBlockState(NamedTuple):
@@ -167,6 +172,17 @@ class ClipBackbone(nn.Module):
         block = self.tuned_blocks[-1]
         return self.project(block.ls_1(block.attn.out_proj(state.v)))
 
+    def state_dense_features(self, state: LastBlockState, kind: DenseKind = "glmcm") -> torch.Tensor:
+        """:meth:`dense_features` of every token [B, T, D] from a :class:`LastBlockState` (its values reused)."""
+        if kind == "value":
+            return self.state_value_features(state)
+        if kind != "glmcm":
+            raise ValueError(f"dense feature kind must be one of {', '.join(DENSE_KINDS)}, got {kind!r}")
+        block = self.tuned_blocks[-1]
+        v = state.x + block.ls_1(block.attn.out_proj(state.v))
+        v = v + block.ls_2(block.mlp(block.ln_2(v)))
+        return self.project(v)
+
     def project(self, tokens: torch.Tensor) -> torch.Tensor:
         """``ln_post`` then ``proj``: tokens [B, T, W] -> joint space [B, T, D]."""
         return self.visual.ln_post(tokens) @ self.visual.proj
@@ -239,20 +255,28 @@ class ClipBackbone(nn.Module):
         v = block.ls_1(attn.out_proj(F.linear(x, w_v, b_v)))
         return self.project(v)
 
-    def dense_features(self, last_input: torch.Tensor) -> torch.Tensor:
-        """Value-path patch features [B, N, D] (joint space, not normalised); contract C2.
+    def dense_features(self, last_input: torch.Tensor, kind: DenseKind = "glmcm") -> torch.Tensor:
+        """Patch features [B, N, D] of the last block (joint space, not normalised); contract C2.
 
-        :meth:`value_features` without the class token: the local features of GL-MCM (Miyai et al.)
-        and of the SFM's patch-text affinity (``sfm_dense: value``).
+        Both kinds skip the last block's query-key attention, each token taking only its own value
+        vector ``out_proj(W_v ln_1(x) + b_v)`` (through the block's LayerScale ``ls_1``):
+
+        - ``glmcm`` (default): as GL-MCM's code computes its local features (AtsuMiyai/GL-MCM,
+          ``clip/model.py``, ``ResidualAttentionBlock.forward`` and ``VisionTransformer.forward``,
+          commit 8708a08): ``v = x + out_proj(value(ln_1(x)))``, ``v = v + mlp(ln_2(v))``, then
+          ``ln_post`` and ``proj``: the block run with self-only attention.
+        - ``value``: MaskCLIP's value path alone (no residual, no MLP), then ``ln_post`` and ``proj``
+          (:meth:`value_features`).
 
         Args:
             last_input: The last block's input tokens [B, 1 + N, W], e.g. the second output of
                 ``tuned(trunk(images), return_last_input=True)``.
+            kind: ``glmcm`` or ``value`` (:data:`DENSE_KINDS`).
 
         Returns:
             Tensor [B, N, D].
         """
-        return self.value_features(last_input)[:, 1:]
+        return self.state_dense_features(self.last_block_state(last_input), kind)[:, 1:]
 
     def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """Global feature [B, D] and patch features [B, N, D] in the joint space."""

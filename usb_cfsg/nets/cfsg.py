@@ -48,7 +48,7 @@ from ..modules import (
     mcm_score,
     ova_unknown_score,
 )
-from .backbone import ClipBackbone
+from .backbone import DENSE_KINDS, ClipBackbone, DenseKind
 from .clip import NET_HEADS
 from .text import ClassTextEmbeddings
 
@@ -73,11 +73,15 @@ class CFSGNet(nn.Module):
         sfm_temperature: τ_f of the patch-class affinity softmax.
         sfm_posterior_scale: s of the SFM's class posterior softmax(s·cos(g, t)) (CLIP's 100).
         sfm_local_weight: λ_f, weight of the local feature in the coarse feature.
-        sfm_dense: Patch features for the affinity: ``value`` (last block's value path) or ``tokens``.
+        sfm_dense: Patch features for the affinity: ``value`` (last block's value path, MaskCLIP),
+            ``glmcm`` (the value path plus the block's residual and MLP, GL-MCM's local features) or
+            ``tokens`` (the final patch tokens); see :meth:`ClipBackbone.dense_features`.
         vsi_topk: k, number of cue tokens (top-k coarse classes).
         proto_momentum: EMA momentum of the class prototypes.
         closed_head: ``ensemble`` ((coarse + fine) / 2) or ``fine``.
         mcm_temperature: T of the MCM / GL-MCM softmax over cosine similarities (1, as both papers).
+        glmcm_local: Local features of the GL-MCM score: ``glmcm`` (as GL-MCM's code, default) or
+            ``value`` (MaskCLIP's value path alone, this project's earlier choice).
         ova_bias: Whether the OVA head's linear layer has a bias (False, as OpenMatch).
         zs_weight: α of the closed prediction ``(1 - α) * trained + α * zero-shot`` (README "Keeping the
             zero-shot classifier"): the zero-shot logits come from a frozen copy of the tuned blocks as they
@@ -97,19 +101,22 @@ class CFSGNet(nn.Module):
         sfm_temperature: float = 0.07,
         sfm_posterior_scale: float = DEFAULT_SFM_LOGIT_SCALE,
         sfm_local_weight: float = 1.0,
-        sfm_dense: Literal["value", "tokens"] = "value",
+        sfm_dense: Literal["value", "glmcm", "tokens"] = "value",
         vsi_topk: int = 3,
         proto_momentum: float = 0.99,
         closed_head: Literal["ensemble", "fine"] = "ensemble",
         mcm_temperature: float = DEFAULT_MCM_TEMPERATURE,
+        glmcm_local: DenseKind = "glmcm",
         ova_bias: bool = False,
         zs_weight: float = 0.0,
         logit_scale: float = 30.0,
         **unused: Any,
     ) -> None:
         super().__init__()
-        if sfm_dense not in ("value", "tokens"):
-            raise ConfigError(f"sfm_dense must be value or tokens, got {sfm_dense!r}")
+        if sfm_dense not in DENSE_KINDS + ("tokens",):
+            raise ConfigError(f"sfm_dense must be one of {', '.join(DENSE_KINDS)}, tokens; got {sfm_dense!r}")
+        if glmcm_local not in DENSE_KINDS:
+            raise ConfigError(f"glmcm_local must be one of {', '.join(DENSE_KINDS)}, got {glmcm_local!r}")
         if closed_head not in ("ensemble", "fine"):
             raise ConfigError(f"closed_head must be ensemble or fine, got {closed_head!r}")
         if not 0.0 < sfm_keep_ratio <= 1.0:
@@ -124,6 +131,7 @@ class CFSGNet(nn.Module):
         self.num_classes = num_classes
         self.use_sfm, self.use_vsi = bool(use_sfm), bool(use_vsi)
         self.sfm_dense, self.closed_head = sfm_dense, closed_head
+        self.glmcm_local: DenseKind = glmcm_local
         self.mcm_temperature = float(mcm_temperature)
         dim, width = backbone.joint_dim, backbone.width
         with torch.no_grad():
@@ -183,7 +191,7 @@ class CFSGNet(nn.Module):
 
     def _coarse(self, g: torch.Tensor, p: torch.Tensor, dense: torch.Tensor, t: torch.Tensor) -> Dict[str, Any]:
         if self.use_sfm:
-            s = self.sfm(g, p, t, affinity_feat=dense if self.sfm_dense == "value" else p)
+            s = self.sfm(g, p, t, affinity_feat=p if self.sfm_dense == "tokens" else dense)
             return dict(coarse=s.coarse, local=s.local, relevance=s.relevance, keep_idx=s.keep_idx)
         B, N, _ = p.shape
         keep = torch.arange(N, device=p.device).expand(B, N)
@@ -209,8 +217,9 @@ class CFSGNet(nn.Module):
             ``feat_global`` [B, D], ``relevance`` [B, N] (a distribution over patches),
             ``keep_idx`` [B, n_keep], and unknown scores ``score_ova``, ``score_mcm``,
             ``score_glmcm`` [B] (higher = more unknown; see :data:`NET_SCORES`). ``glmcm`` is GL-MCM
-            as published: the global MCM plus the largest MCM over the value-path features of all N
-            patches (:meth:`ClipBackbone.dense_features`), both at ``mcm_temperature``.
+            as its authors compute it: the global MCM plus the largest MCM over the local features
+            of all N patches (:meth:`ClipBackbone.dense_features` of kind ``glmcm_local``), both at
+            ``mcm_temperature``.
         """
         if only_fc:
             return self.fine_head(x)
@@ -221,9 +230,12 @@ class CFSGNet(nn.Module):
         # running it on all tokens): with the SFM on value-path features, the class token and the
         # kept patches; otherwise (sfm_dense: tokens, use_sfm: false) every token.
         state = bb.last_block_state(bb.tuned_until_last(h))
-        dense = bb.state_value_features(state)[:, 1:]
+        # dense features of the SFM's affinity (sfm_dense) and GL-MCM's local features (glmcm_local):
+        # computed once when both are the same kind
+        dense = bb.state_dense_features(state, self.glmcm_local if self.sfm_dense == "tokens" else self.sfm_dense)
+        dense = dense[:, 1:]
         t = self.text().to(dense.dtype)
-        if self.use_sfm and self.sfm_dense == "value":
+        if self.use_sfm and self.sfm_dense != "tokens":
             g = bb.project(bb.last_block_queries(state))[:, 0]
             _, _, relevance, keep_idx, _ = self.sfm.select(g, dense, t)
             local, coarse = self.sfm.pool(
@@ -262,7 +274,10 @@ class CFSGNet(nn.Module):
             pred = logits.argmax(dim=1)
             s_ova = ova_unknown_score(logits_ova.float(), pred)
             s_mcm = mcm_score(g.float(), t.float(), self.mcm_temperature)
-            s_glmcm = glmcm_score(g.float(), dense.float(), t.float(), self.mcm_temperature)
+            local_feat = dense
+            if self.sfm_dense not in ("tokens", self.glmcm_local):
+                local_feat = bb.state_dense_features(state, self.glmcm_local)[:, 1:]
+            s_glmcm = glmcm_score(g.float(), local_feat.float(), t.float(), self.mcm_temperature)
         return {
             **extra,
             "logits": logits,
