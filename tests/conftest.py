@@ -49,6 +49,8 @@ def tiny_run_argv(data_dir, save_dir, save_name, algorithm="fixmatch", iters=20,
         lr=0.001,
         use_tensorboard=True,
     )
+    if algorithm == "cfsg_clip" and "pretrain_path" not in extra:
+        opts["zs_weight"] = 0.0  # a random-init CLIP has no zero-shot classifier to keep (a config error)
     opts.update(extra)
     argv = []
     for k, v in opts.items():

@@ -126,6 +126,18 @@ class BaseConfig:
         "clip",
     )
     prompt_templates: Optional[List[str]] = _help_list("Prompt templates with one {} (default: the dataset's).")
+    zs_weight: float = _help(
+        "alpha of the zero-shot prior, for any algorithm on our CLIP nets: closed logits = (1 - alpha) * trained + "
+        "alpha * the pretrained CLIP's zero-shot classifier (WiSE-FT); 0 = none (USB's algorithms and our baselines; "
+        "cfsg_clip: 0.5).",
+        0.0,
+    )
+    zs_mode: Literal["output", "weights"] = _help(
+        "How the zero-shot prior is kept: output = ensemble of logits (a frozen copy of the tuned blocks runs beside "
+        "the net); weights = WiSE-FT weight-space merge for every prediction (no extra forward; training's "
+        "pseudo-labels still use the output ensemble).",
+        "output",
+    )
     # --- algorithm (USB names) ---
     algorithm: str = _help("Registered algorithm (USB's or ours).", "fixmatch")
     use_cat: bool = _help("Concatenate labeled and unlabeled batches in one forward (USB).", True)
@@ -652,6 +664,7 @@ BASE_RANGES: Tuple[Tuple[str, str], ...] = (
     ("clip_grad", "[0, inf)"),
     ("max_bad_steps", "[1, inf)"),
     ("energy_temperature", "(0, inf)"),
+    ("zs_weight", "[0, 1]"),
     ("num_tuned_blocks", "[0, inf)"),
     ("num_classes", "[1, inf)"),
     ("num_workers", "[0, inf)"),
@@ -673,6 +686,26 @@ USB_ALGORITHM_RANGES: Tuple[Tuple[str, str], ...] = (
     ("ema_p", "[0, 1]"),
     ("unsup_warm_up", "[0, inf)"),
 )
+
+
+def _zero_shot_problems(args: argparse.Namespace) -> List[str]:
+    """Why ``zs_weight`` > 0 cannot be kept: no CLIP net, no CLIP text tower, or no pretrained weights."""
+    weight = getattr(args, "zs_weight", 0.0)
+    if not isinstance(weight, (int, float)) or not weight > 0 or getattr(args, "algorithm", None) == "clip_zeroshot":
+        return []
+    net = str(getattr(args, "net", ""))
+    why = []
+    if not (net == "open_clip" or net.startswith("clip_")):
+        why.append(f"net {net} is not one of our CLIP nets (clip_vit_b16, ..., open_clip)")
+    if getattr(args, "text_encoder", "clip") != "clip":
+        why.append("text_encoder minilm has no zero-shot classifier (its embeddings pass a random projection)")
+    if getattr(args, "pretrained", None) in (None, "", "none") and not getattr(args, "pretrain_path", None):
+        why.append("a randomly initialised CLIP (pretrained: none, no pretrain_path) has no zero-shot classifier")
+    if not why:
+        return []
+    return [
+        f"zs_weight {weight} keeps the pretrained CLIP's zero-shot classifier, but {'; '.join(why)}: set zs_weight: 0"
+    ]
 
 
 def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List[str]:
@@ -717,6 +750,7 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
                 problems.append(str(exc))
         elif clip_model not in (None, "", "none"):
             problems.append(f"clip_model is read only with net: open_clip, got net: {net}")
+    problems.extend(_zero_shot_problems(args))
     if algorithm_cls is not None and hasattr(algorithm_cls, "validate_config"):
         own = algorithm_cls.validate_config(args)
         problems.extend(own or [])

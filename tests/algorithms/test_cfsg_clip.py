@@ -194,7 +194,7 @@ class ControlledNet(torch.nn.Module):
         self.register_buffer("feat_local", torch.as_tensor(feat_local, dtype=torch.float32))
         self.prototypes = ClassPrototypes(K, D, momentum=0.5)
 
-    def forward(self, x):
+    def forward(self, x, **kwargs):
         i = x.view(-1).long()
         logits = self.logits[i]
         return {

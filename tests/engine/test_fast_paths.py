@@ -399,10 +399,11 @@ def _reference_forward(net, x):
     logits_fine = net.fine_head(z_f)
     logits = logits_fine if net.closed_head == "fine" else (logits_coarse + logits_fine) / 2
     extra = {}
-    if net.zs_tail is not None:  # the frozen reference, every block on every token
+    if net.zero_shot is not None:  # the frozen reference, every block on every token
         with torch.no_grad():
-            g0 = net.zs_tail.project(net.zs_tail.tuned(h))[:, 0]
-            extra["logits_zs"] = 30.0 * torch.nn.functional.normalize(g0, dim=-1) @ net.zs_text.t()
+            tail = net.zero_shot.tail
+            g0 = tail.project(tail.tuned(h))[:, 0]
+            extra["logits_zs"] = 30.0 * torch.nn.functional.normalize(g0, dim=-1) @ net.zero_shot.text.t()
         logits = (1 - net.zs_weight) * logits + net.zs_weight * extra["logits_zs"]
     logits_ova = net.ova(z_f)
     with torch.no_grad():

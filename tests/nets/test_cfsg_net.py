@@ -322,10 +322,8 @@ def test_cosine_head_weights_are_out_of_weight_decay_in_usbs_optimizer():
 
 def test_zs_weight_zero_builds_no_reference_and_keeps_the_checkpoint_keys():
     net = make()
-    assert net.zs_tail is None and "logits_zs" not in net(torch.randn(1, 3, 64, 64))
-    assert not any(k.startswith(("zs_tail.", "zs_text")) for k in net.state_dict())
-    with pytest.raises(RuntimeError, match="zs_weight > 0"):
-        net.zero_shot_logits(torch.randn(1, 17, 32))
+    assert net.zero_shot is None and "logits_zs" not in net(torch.randn(1, 3, 64, 64))
+    assert not any(k.startswith("zero_shot.") for k in net.state_dict())
 
 
 @pytest.mark.parametrize("weight", [0.5, 1.0])
@@ -347,32 +345,41 @@ def test_zero_shot_reference_stays_frozen_while_the_tuned_blocks_train():
     x = torch.randn(4, 3, 64, 64)
     with torch.no_grad():
         before = net(x)["logits_zs"]
-    assert len(net.zs_tail.visual.transformer.resblocks) == 2  # only the tuned blocks are copied
-    assert not any(p.requires_grad for p in net.zs_tail.parameters())
+    assert len(net.zero_shot.tail.visual.transformer.resblocks) == 2  # only the tuned blocks are copied
+    assert not any(p.requires_grad for p in net.zero_shot.tail.parameters())
     opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.5)
     for _ in range(2):
         out = net(x)
         F.cross_entropy(out["logits"], torch.tensor([0, 1, 2, 3])).backward()
-        assert all(p.grad is None for p in net.zs_tail.parameters())
+        assert all(p.grad is None for p in net.zero_shot.tail.parameters())
         opt.step()
         opt.zero_grad()
     with torch.no_grad():
         after = net(x)
     torch.testing.assert_close(after["logits_zs"], before)
-    trained, frozen = net.backbone.visual.transformer.resblocks[2], net.zs_tail.visual.transformer.resblocks[0]
+    trained, frozen = net.backbone.visual.transformer.resblocks[2], net.zero_shot.tail.visual.transformer.resblocks[0]
     assert not torch.equal(trained.mlp.c_fc.weight, frozen.mlp.c_fc.weight)  # the net did train
 
 
 def test_zero_shot_reference_round_trips_through_a_checkpoint():
     net = make(zs_weight=0.5)
     with torch.no_grad():
-        for p in net.zs_tail.parameters():
+        for p in net.zero_shot.tail.parameters():
             p.add_(0.01 * torch.randn_like(p))  # a reference that differs from the (re-)initialised copy
     x = torch.randn(2, 3, 64, 64)
     other = make(zs_weight=0.5)
     other.load_state_dict(net.state_dict())
     torch.testing.assert_close(other.eval()(x)["logits_zs"], net.eval()(x)["logits_zs"])
-    assert "zs_text" in net.state_dict()
+    assert "zero_shot.text" in net.state_dict()
+    # a checkpoint of the previous release (zs_tail.*, zs_text) loads into the same prior
+    legacy = {
+        (k.replace("zero_shot.tail.", "zs_tail.") if k.startswith("zero_shot.tail.") else k): v
+        for k, v in net.state_dict().items()
+    }
+    legacy["zs_text"] = legacy.pop("zero_shot.text")
+    third = make(zs_weight=0.5)
+    third.load_state_dict(legacy)
+    torch.testing.assert_close(third.eval()(x)["logits_zs"], net.eval()(x)["logits_zs"])
 
 
 @pytest.mark.parametrize("weight", [-0.1, 1.5])

@@ -54,6 +54,7 @@ NET_SWITCHES = (
     "glmcm_local",
     "ova_bias",
     "zs_weight",
+    "zs_mode",
 )
 #: the two scores ``fused`` averages (each mapped to [0, 1] with its calibrated range)
 FUSED_FROM = ("ova", "glmcm")
@@ -165,7 +166,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                 )
             views.append(x_ulb_w2)
         with self.amp_cm():
-            out = self.model(torch.cat(views))
+            # the labeled rows' losses use the coarse and fine heads alone: no zero-shot forward for them
+            out = self.model(torch.cat(views), zs_skip=num_lb)
             parts = {k: _split(v, num_lb, len(views) - 1) for k, v in out.items()}
             lb, w, s = ({k: p[i] for k, p in parts.items()} for i in range(3))
             # the second view of the OVA losses: another weak view (OpenMatch) or the strong view

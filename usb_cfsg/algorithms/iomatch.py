@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from semilearn.algorithms.utils import SSL_Argument, str2bool
 from semilearn.core.algorithmbase import AlgorithmBase
 
-from ..engine.plugin import PluginMixin
+from ..engine.plugin import PluginMixin, zero_shot_kwargs
 from ..errors import ConfigError
 from ..modules import OVAHead, ova_loss, ova_probs, ova_unknown_score
 from ..nets.clip import NET_HEADS, ClipNet
@@ -62,9 +62,9 @@ class IOMatchNet(ClipNet):
     """
 
     def __init__(
-        self, backbone, text, num_classes: int, logit_scale: float = 30.0, proj_dim: int = 128, **unused: Any
+        self, backbone, text, num_classes: int, logit_scale: float = 30.0, proj_dim: int = 128, **kwargs: Any
     ) -> None:
-        super().__init__(backbone, text, num_classes, logit_scale=logit_scale)
+        super().__init__(backbone, text, num_classes, logit_scale=logit_scale, **kwargs)
         if proj_dim < 1:
             raise ConfigError(f"proj_dim must be >= 1, got {proj_dim}")
         dim = backbone.joint_dim
@@ -78,12 +78,12 @@ class IOMatchNet(ClipNet):
     def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, **kwargs: Any):
         if only_fc:
             return self.classifier(x)
-        feat = self.backbone.project(self.backbone.tuned(self.backbone.trunk(x))[:, :1])[:, 0]
+        feat, tokens = self.encode(x)
         if only_feat:
             return feat
         h = self.proj(feat)
         return {
-            "logits": self.classifier(feat),
+            **self.closed_logits(feat, tokens),
             "feat": feat,
             "feat_proj": h,
             "logits_mb": self.mb(h),
@@ -171,7 +171,7 @@ class IOMatch(PluginMixin, AlgorithmBase):
 
     @classmethod
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
-        return cls.net_head, {"proj_dim": args.proj_dim}
+        return cls.net_head, {"proj_dim": args.proj_dim, **zero_shot_kwargs(args)}
 
     @classmethod
     def validate_config(cls, args) -> list:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from semilearn.algorithms.utils import SSL_Argument
 from semilearn.core.algorithmbase import AlgorithmBase
 
-from ..engine.plugin import PluginMixin
+from ..engine.plugin import PluginMixin, zero_shot_kwargs
 from ..engine.sampling import eval_loader
 from ..errors import ConfigError
 from ..modules import OVA_LOG_EPS, OVAHead, ova_consistency, ova_entropy, ova_loss, ova_unknown_score
@@ -73,17 +73,17 @@ class OpenMatchNet(ClipNet):
     (softmax over dim 1; index 1 = "is class k").
     """
 
-    def __init__(self, backbone, text, num_classes: int, logit_scale: float = 30.0, **unused: Any) -> None:
-        super().__init__(backbone, text, num_classes, logit_scale=logit_scale)
+    def __init__(self, backbone, text, num_classes: int, logit_scale: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(backbone, text, num_classes, logit_scale=logit_scale, **kwargs)
         self.ova = OVAHead(backbone.joint_dim, num_classes, bias=False)
 
     def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, **kwargs: Any):
         if only_fc:
             return self.classifier(x)
-        feat = self.backbone.project(self.backbone.tuned(self.backbone.trunk(x))[:, :1])[:, 0]
+        feat, h = self.encode(x)
         if only_feat:
             return feat
-        return {"logits": self.classifier(feat), "feat": feat, "logits_ova": self.ova(feat)}
+        return {**self.closed_logits(feat, h), "feat": feat, "logits_ova": self.ova(feat)}
 
 
 def openmatch_losses(
@@ -169,7 +169,7 @@ class OpenMatch(PluginMixin, AlgorithmBase):
 
     @classmethod
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
-        return cls.net_head, {}
+        return cls.net_head, zero_shot_kwargs(args)
 
     @classmethod
     def validate_config(cls, args) -> list:

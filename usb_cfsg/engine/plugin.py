@@ -172,7 +172,7 @@ class PluginMixin:
         classmethod so that predict.py can rebuild the network of a checkpoint (from its stored
         config) without datasets or an algorithm instance.
         """
-        return cls.net_head, {}
+        return cls.net_head, zero_shot_kwargs(args)
 
     @classmethod
     def validate_config(cls, args) -> list:
@@ -338,10 +338,14 @@ class PluginMixin:
         try:
             from ..progress import progress
 
+            # zs_mode: weights predicts with the weight-space merge of the (EMA) weights
+            net: Any = unwrap(self.model)
+            merged = net.for_prediction() if hasattr(net, "for_prediction") else net
+            model = self.model if merged is net else merged
             for data in progress(self.loader_dict[dest], desc=f"evaluating {dest} (batches)"):
                 x = self._to_device(data["x_lb"])
                 with self.amp_cm():
-                    out = self.model(x)
+                    out = model(x)
                 for k, v in out.items():
                     if isinstance(v, torch.Tensor) and v.dim() >= 1 and v.shape[0] == data["y_lb"].shape[0]:
                         outs.setdefault(k, []).append(v.float().cpu())
@@ -455,6 +459,11 @@ def loader_workers(requested: int) -> int:
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
     return max(0, min(int(requested), cpus))
+
+
+def zero_shot_kwargs(args: Any) -> Dict[str, Any]:
+    """The zero-shot prior's net keywords (``zs_weight``, ``zs_mode``) of a run, for every CLIP head."""
+    return {"zs_weight": float(getattr(args, "zs_weight", 0.0)), "zs_mode": str(getattr(args, "zs_mode", "output"))}
 
 
 def clip_net_kwargs(

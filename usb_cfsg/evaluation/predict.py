@@ -254,6 +254,8 @@ def load_predictor(path: str, device: str = "auto", threshold: Optional[float] =
         else:
             net = builder(num_classes=int(args.num_classes), pretrained=False, pretrained_path=None)
     load_state_strict(net, ckpt["ema_model"], "ema_model", path)
+    if hasattr(net, "for_prediction"):  # zs_mode: weights -> the WiSE-FT merge, a plain net without the prior
+        net = net.for_prediction()
     net = net.to(dev).eval()
     _, _, transform = build_transforms(int(args.img_size), float(args.crop_ratio), mean, std)
     t = float(args.ood_threshold) if threshold is None else float(threshold)

@@ -28,7 +28,7 @@ evaluator's calibration.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Literal, Optional
+from typing import Any, Dict, Literal
 
 import torch
 import torch.nn as nn
@@ -51,6 +51,7 @@ from ..modules import (
 from .backbone import DENSE_KINDS, ClipBackbone, DenseKind
 from .clip import NET_HEADS
 from .text import ClassTextEmbeddings
+from .zero_shot import ZeroShotMixin, build_prior, upgrade_legacy_prior_keys
 
 #: unknown scores the network outputs (as ``score_<name>``), higher = more unknown
 NET_SCORES = ("ova", "mcm", "glmcm")
@@ -60,7 +61,7 @@ OOD_SCORES = NET_SCORES + ("energy", "fused")
 
 
 @NET_HEADS.register("cfsg")
-class CFSGNet(nn.Module):
+class CFSGNet(ZeroShotMixin, nn.Module):
     """Coarse (SFM) and fine (VSI) guidance branches and a one-vs-all head on a CLIP ViT.
 
     Args:
@@ -84,8 +85,10 @@ class CFSGNet(nn.Module):
             ``value`` (MaskCLIP's value path alone, this project's earlier choice).
         ova_bias: Whether the OVA head's linear layer has a bias (False, as OpenMatch).
         zs_weight: α of the closed prediction ``(1 - α) * trained + α * zero-shot`` (README "Keeping the
-            zero-shot classifier"): the zero-shot logits come from a frozen copy of the tuned blocks as they
-            are at construction (the pretrained weights) and the class text embeddings; 0 builds no copy.
+            zero-shot classifier", :mod:`usb_cfsg.nets.zero_shot`): the zero-shot logits come from a frozen
+            copy of the tuned blocks as they are at construction (the pretrained weights) and the class text
+            embeddings; 0 builds no copy.
+        zs_mode: ``output`` (ensemble of logits) or ``weights`` (WiSE-FT weight-space merge for prediction).
         logit_scale: Scale of the cosine classifiers (and of the zero-shot logits).
     """
 
@@ -109,6 +112,7 @@ class CFSGNet(nn.Module):
         glmcm_local: DenseKind = "glmcm",
         ova_bias: bool = False,
         zs_weight: float = 0.0,
+        zs_mode: str = "output",
         logit_scale: float = 30.0,
         **unused: Any,
     ) -> None:
@@ -150,40 +154,16 @@ class CFSGNet(nn.Module):
         self.vsi = VisualSemanticInjection(dim, width, topk=vsi_topk)
         self.ova = OVAHead(dim, num_classes, bias=bool(ova_bias))
         self.num_features = dim
-        if not 0.0 <= zs_weight <= 1.0:
-            raise ConfigError(f"zs_weight must be in [0, 1], got {zs_weight} (0 = no zero-shot reference)")
-        if zs_weight > 0 and text.proj is not None:
-            raise ConfigError(
-                f"zs_weight {zs_weight} keeps CLIP's zero-shot classifier, which needs CLIP's own text tower; "
-                "with text_encoder: minilm the class embeddings pass a randomly initialised projection, so "
-                "there is no zero-shot classifier to keep: set zs_weight: 0 or text_encoder: clip"
-            )
-        self.zs_weight = float(zs_weight)
         self.logit_scale = float(logit_scale)
-        self.zs_tail: Optional[ClipBackbone] = backbone.frozen_tuned_copy() if self.zs_weight > 0 else None
-        self.register_buffer("zs_text", t0.detach().float().clone() if self.zs_tail is not None else None)
+        self.zero_shot = build_prior(backbone, text, zs_weight, zs_mode, logit_scale)
+        self.zs_weight = float(zs_weight)
 
-    @torch.no_grad()
-    def zero_shot_logits(self, h: torch.Tensor) -> torch.Tensor:
-        """Logits of the frozen zero-shot reference on the trunk's tokens H (``zs_weight`` > 0 only).
+    def zero_shot_heads(self) -> list:
+        return [self.coarse_head, self.fine_head]
 
-        The pretrained tuned blocks (a frozen copy taken at construction) encode H; the class token's
-        projected embedding against the seen-class text embeddings of construction time gives
-        ``logit_scale * cos(g0, t0)``: CLIP's zero-shot classifier on the cosine heads' scale, the
-        scale the trained logits have at initialisation (the heads start as t0).
-
-        Args:
-            h: Trunk tokens [B, 1 + N, width].
-
-        Returns:
-            Zero-shot logits [B, K], float32, without gradient.
-        """
-        if self.zs_tail is None:
-            raise RuntimeError("zero_shot_logits needs zs_weight > 0 (no frozen reference was built)")
-        tail = self.zs_tail
-        g0 = tail.project(tail.last_block_queries(tail.last_block_state(tail.tuned_until_last(h))))[:, 0]
-        text = self.get_buffer("zs_text")
-        return self.logit_scale * F.normalize(g0.float(), dim=-1) @ text.t()
+    def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
+        upgrade_legacy_prior_keys(state_dict, prefix)  # checkpoints of the previous release (zs_tail, zs_text)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def text_embeddings(self) -> torch.Tensor:
         """Seen-class text embeddings t [K, D] (normalised)."""
@@ -203,13 +183,16 @@ class CFSGNet(nn.Module):
             keep_idx=keep,
         )
 
-    def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, **kwargs: Any):
+    def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, zs_skip: int = 0, **kwargs: Any):
         """USB contract plus CFSG outputs.
 
         Args:
             x: Images [B, 3, H, W]; with ``only_fc``, fine features [B, D].
             only_fc: Return the fine classifier's logits of the features ``x``.
             only_feat: Return the fine feature z_f [B, D].
+            zs_skip: With a zero-shot prior, the first ``zs_skip`` images need no zero-shot logits
+                (cfsg_clip's labeled images: their losses use the coarse and fine heads alone), so
+                their zero-shot forward is skipped (:meth:`ZeroShotMixin.with_prior`).
 
         Returns:
             Dict with ``logits`` (closed-set prediction) [B, K], ``feat`` (z_f) [B, D],
@@ -265,9 +248,8 @@ class CFSGNet(nn.Module):
         logits_fine = self.fine_head(z_f)
         logits = logits_fine if self.closed_head == "fine" else (logits_coarse + logits_fine) / 2
         extra: Dict[str, torch.Tensor] = {}
-        if self.zs_tail is not None:
-            logits_zs = self.zero_shot_logits(h)
-            logits = (1.0 - self.zs_weight) * logits + self.zs_weight * logits_zs.to(logits.dtype)
+        logits, logits_zs = self.with_prior(logits, h, zs_skip)
+        if logits_zs is not None:
             extra["logits_zs"] = logits_zs
         logits_ova = self.ova(z_f)
         with torch.no_grad():

@@ -58,6 +58,7 @@ from ..modules.cosine_classifier import CosineClassifier
 from ..registry import Registry
 from .backbone import ClipBackbone
 from .text import ClassTextEmbeddings, clip_text_embeddings, minilm_text_embeddings
+from .zero_shot import ZeroShotMixin, build_prior
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -755,18 +756,23 @@ def class_text_embeddings(
 
 
 @NET_HEADS.register("clip")
-class ClipNet(nn.Module):
+class ClipNet(ZeroShotMixin, nn.Module):
     """CLIP image encoder + cosine classifier, to USB's net contract.
 
     ``forward(x, only_fc=False, only_feat=False) -> {'logits': [B, K], 'feat': [B, D]}``; ``feat`` is
     the image embedding in CLIP's joint space. The classifier is initialised from the class-name
     text embeddings, which are kept as a buffer (``text_embeddings``) so checkpoints carry them.
+    With ``zs_weight`` α > 0 the net keeps the pretrained zero-shot classifier
+    (:mod:`usb_cfsg.nets.zero_shot`): ``logits`` are ``(1 - α) * trained + α * zero-shot`` and the
+    output also holds ``logits_zs``.
 
     Args:
         backbone: The split vision tower.
         text: The seen classes' text embeddings.
         num_classes: K.
-        logit_scale: Scale of the cosine classifier.
+        logit_scale: Scale of the cosine classifier (and of the zero-shot logits).
+        zs_weight: α of the zero-shot prior (0: none).
+        zs_mode: ``output`` or ``weights`` (WiSE-FT's output- or weight-space ensemble).
     """
 
     def __init__(
@@ -775,6 +781,8 @@ class ClipNet(nn.Module):
         text: ClassTextEmbeddings,
         num_classes: int,
         logit_scale: float = 30.0,
+        zs_weight: float = 0.0,
+        zs_mode: str = "output",
         **unused: Any,
     ) -> None:
         super().__init__()
@@ -786,14 +794,28 @@ class ClipNet(nn.Module):
         self.register_buffer("text_embeddings", emb.detach().clone())
         self.classifier = CosineClassifier.from_text(emb, scale=logit_scale)
         self.num_features = backbone.joint_dim
+        self.zero_shot = build_prior(backbone, text, zs_weight, zs_mode, logit_scale)
+
+    def zero_shot_heads(self) -> list:
+        return [self.classifier]
+
+    def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(feat [B, D], trunk tokens H [B, 1 + N, W])`` of images ``x``."""
+        h = self.backbone.trunk(x)
+        return self.backbone.project(self.backbone.tuned(h)[:, :1])[:, 0], h
+
+    def closed_logits(self, feat: torch.Tensor, h: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """``{"logits": ...}`` of the cosine classifier, ensembled with the prior (plus ``logits_zs``) if any."""
+        logits, zs = self.with_prior(self.classifier(feat), h)
+        return {"logits": logits} if zs is None else {"logits": logits, "logits_zs": zs}
 
     def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, **kwargs: Any):
         if only_fc:
             return self.classifier(x)
-        feat = self.backbone.project(self.backbone.tuned(self.backbone.trunk(x))[:, :1])[:, 0]
+        feat, h = self.encode(x)
         if only_feat:
             return feat
-        return {"logits": self.classifier(feat), "feat": feat}
+        return {**self.closed_logits(feat, h), "feat": feat}
 
     def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict:
         return self.backbone.group_matcher(coarse, prefix=f"{prefix}backbone.")
