@@ -5,8 +5,10 @@ import json
 import math
 import os
 
+import numpy as np
 import pytest
 import yaml
+from sklearn.metrics import roc_auc_score
 
 from usb_cfsg import compare
 from usb_cfsg.errors import ConfigError
@@ -129,6 +131,14 @@ def test_two_algorithms_two_seeds_resume_and_failure(tmp_path, cub_root):
         per_score.startswith("| openmatch | ova ")
         and f"msp {compare.format_cell([m['auroc'] for m in msp], 2)}" in per_score
     )
+
+    # the figures: bars with the seeds' spread, and the ROC curves of seed 0 from the runs' per-image scores
+    assert (out / "results.png").is_file() and (out / "roc.png").is_file()
+    assert "[results.png](results.png)" in md and "[roc.png](roc.png)" in md
+    with np.load(runs / "openmatch_seed0" / "open_scores.npz") as data:
+        assert {"y_open", "closed_pred", "score_ova", "score_msp", "score_energy"} <= set(data)
+        auroc = roc_auc_score(data["y_open"] == 3, data["score_ova"])
+    assert auroc == pytest.approx(float(next(r["auroc"] for r in rows if r["row"] == "openmatch" and r["seed"] == "0")))
 
     # resume: only the deleted run is trained again; the others keep their files untouched
     kept = (runs / "fixmatch_seed0" / "latest_model.pth").stat().st_mtime_ns

@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import numpy as np
 import yaml
 
 from .errors import ConfigError, UsbCfsgError
@@ -296,6 +297,7 @@ def collect(runs: Sequence[Run]) -> List[Dict[str, Any]]:
             "algorithm": run.row.algorithm,
             "seed": run.seed,
             "primary_score": data.get("primary_score"),
+            "num_seen": data.get("num_seen"),
         }
         for key, _ in METRICS:
             rec[key] = data.get(key)
@@ -371,6 +373,56 @@ def _score_table(rows: Sequence[Row], records: Sequence[Dict[str, Any]], num_see
         cells = [f"{n} {format_cell([r['auroc_by_score'].get(n) for r in recs], num_seeds)}" for n in names]
         lines.append(f"| {row.name} | {', '.join(cells) or 'n/a'} |")
     return lines
+
+
+#: (JSON key, legend) of the metrics drawn in results.png
+FIGURE_METRICS: Tuple[Tuple[str, str], ...] = (("closed_acc", "closed acc"), ("auroc", "AUROC"), ("h_score", "H-score"))
+
+
+def write_figures(save_dir: Path, rows: Sequence[Row], records: Sequence[Dict[str, Any]], seed: int) -> List[str]:
+    """results.png (bars: closed accuracy, AUROC and H-score per row, the seeds' spread) and roc.png.
+
+    ``roc.png`` draws the ROC curve of every row's primary score on one seed (``seed``, the first of the
+    comparison), from the run folders' ``open_scores.npz``; rows whose run of that seed has none are
+    left out (with a warning).
+
+    Returns:
+        The file names written (relative to ``save_dir``).
+    """
+    from .evaluation.plots import save_metric_bars, save_roc
+
+    names = [row.name for row in rows]
+    metrics = {
+        title: [[r.get(key) for r in records if r["row"] == row.name] for row in rows] for key, title in FIGURE_METRICS
+    }
+    written = []
+    if any(records):
+        save_metric_bars(save_dir / "results.png", names, metrics, title="Closed accuracy, AUROC and H-score")
+        written.append("results.png")
+    curves: Dict[str, Any] = {}
+    truth, k = None, 0
+    for row in rows:
+        rec = next((r for r in records if r["row"] == row.name and r["seed"] == seed), None)
+        path = Path(rec["run_dir"]) / "open_scores.npz" if rec else None
+        if path is None or not path.is_file():
+            logger.warning("roc.png: no open_scores.npz for %s seed %d; left out", row.name, seed)
+            continue
+        with np.load(path) as data:
+            key = f"score_{rec['primary_score']}"
+            if key not in data:
+                logger.warning("roc.png: %s has no %s; left out", path, key)
+                continue
+            y = data["y_open"]
+            if truth is not None and not np.array_equal(truth, y):
+                logger.warning("roc.png: %s has another test set than the first row; left out", row.name)
+                continue
+            truth, k = y, int(rec["num_seen"])
+            curves[f"{row.name} ({rec['primary_score']})"] = data[key]
+    if curves and truth is not None:
+        unknown = truth == k  # the unknown label is K
+        save_roc(save_dir / "roc.png", curves, unknown, title=f"Primary score of every row, seed {seed}")
+        written.append("roc.png")
+    return written
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -491,6 +543,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python -m usb_cfsg.compare " + shlex.join(argv)
     write_csv(save_dir / "results.csv", records)
     md = render_markdown(rows, records, opts.seeds, command, failed)
+    figures = write_figures(save_dir, rows, records, opts.seeds[0])
+    if figures:
+        md += "\nFigures: " + ", ".join(f"[{name}]({name})" for name in figures) + "\n"
     tmp = save_dir / "results.md.tmp"
     tmp.write_text(md, encoding="utf-8")
     os.replace(tmp, save_dir / "results.md")

@@ -259,4 +259,59 @@ def read_confusion_csv(path: PathLike) -> Tuple[np.ndarray, List[str]]:
     return matrix, labels[:-1]
 
 
-__all__ = ["DPI", "FIGSIZE", "read_confusion_csv", "save_roc", "save_score_hist", "write_confusion_csv"]
+def save_metric_bars(
+    path: PathLike,
+    rows: Sequence[str],
+    metrics: Mapping[str, Sequence[Sequence[float]]],
+    title: Optional[str] = None,
+) -> str:
+    """Grouped horizontal bars: one group per row, one bar per metric, mean with the seeds' std as error bar.
+
+    Args:
+        path: Output file (``.png``).
+        rows: Row names (top to bottom).
+        metrics: Metric title -> per row, the values of its seeds (fractions; NaN and missing seeds
+            are left out; a row without values gets no bar).
+        title: Figure title.
+
+    Returns:
+        ``path`` as a string.
+    """
+    if not rows or not metrics:
+        raise MetricInputError("save_metric_bars needs at least one row and one metric")
+    names = list(metrics)
+    height = 0.8 / len(names)
+    fig = Figure(figsize=(7.0, 1.0 + 0.45 * len(rows) * max(1, len(names)) ** 0.5), dpi=DPI)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(len(rows), dtype=float)
+    for j, name in enumerate(names):
+        per_row = metrics[name]
+        if len(per_row) != len(rows):
+            raise MetricInputError(f"metric {name!r} has {len(per_row)} rows of values, expected {len(rows)}")
+        means, stds = [], []
+        for values in per_row:
+            v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=float) * 100
+            means.append(float(v.mean()) if v.size else np.nan)
+            stds.append(float(v.std(ddof=1)) if v.size > 1 else 0.0)
+        ax.barh(y + (j - (len(names) - 1) / 2) * height, means, height, xerr=stds, capsize=2, label=name)
+    ax.set_yticks(y)
+    ax.set_yticklabels(list(rows), fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("% (mean over seeds; error bar: std)")
+    ax.set_xlim(0, 100)
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title or "Comparison", fontsize=10)
+    return _save(fig, path)
+
+
+__all__ = [
+    "DPI",
+    "FIGSIZE",
+    "read_confusion_csv",
+    "save_metric_bars",
+    "save_roc",
+    "save_score_hist",
+    "write_confusion_csv",
+]
