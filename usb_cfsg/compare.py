@@ -392,8 +392,9 @@ def write_figures(save_dir: Path, rows: Sequence[Row], records: Sequence[Dict[st
     from .evaluation.plots import save_metric_bars, save_roc
 
     names = [row.name for row in rows]
-    metrics = {
-        title: [[r.get(key) for r in records if r["row"] == row.name] for row in rows] for key, title in FIGURE_METRICS
+    metrics: Dict[str, Sequence[Sequence[float]]] = {
+        title: [_finite([r.get(key) for r in records if r["row"] == row.name]) for row in rows]
+        for key, title in FIGURE_METRICS
     }
     written = []
     if any(records):
@@ -403,8 +404,8 @@ def write_figures(save_dir: Path, rows: Sequence[Row], records: Sequence[Dict[st
     truth, k = None, 0
     for row in rows:
         rec = next((r for r in records if r["row"] == row.name and r["seed"] == seed), None)
-        path = Path(rec["run_dir"]) / "open_scores.npz" if rec else None
-        if path is None or not path.is_file():
+        path = Path(rec["run_dir"]) / "open_scores.npz" if rec is not None else None
+        if rec is None or path is None or not path.is_file():
             logger.warning("roc.png: no open_scores.npz for %s seed %d; left out", row.name, seed)
             continue
         with np.load(path) as data:
