@@ -12,15 +12,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
-import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import yaml
 
+from .algorithm_keys import algorithm_class, check_ranges, one_of  # noqa: F401 (one_of, check_ranges re-exported)
 from .errors import ConfigError, did_you_mean
 
 logger = logging.getLogger("usb_cfsg")
@@ -400,10 +399,8 @@ def load_yaml(path: str) -> Dict[str, Any]:
 
 
 def _algorithm_class(name: str) -> Any:
-    # keys from the static copy (no torch/semilearn import); the class itself is imported on first
-    # use of anything else, e.g. its validate_config hook (see usb_cfsg/algorithm_keys.py)
-    from .algorithm_keys import algorithm_class
-
+    # keys (and our algorithms' rules) declared in usb_cfsg/algorithm_keys.py: no torch/semilearn
+    # import; the class itself is imported on first use of anything else
     return algorithm_class(name)
 
 
@@ -580,56 +577,6 @@ def _drop_other_algorithm_keys(
             file_algorithm,
         )
     return {k: v for k, v in file_values.items() if k not in dropped and k not in naming}
-
-
-def one_of(*options: str) -> Callable[[str], str]:
-    """An argparse ``type`` accepting only ``options``, for ``SSL_Argument``s of algorithm keys.
-
-    Its ``choices`` attribute is what this module turns into a validated choice (with "did you
-    mean" errors and the choices listed in ``--help`` and the README's key table).
-    """
-
-    def parse(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"expected one of {options}, got {text!r}")
-        return text
-
-    parse.__name__ = "one of " + "|".join(options)
-    parse.choices = options  # type: ignore[attr-defined]
-    return parse
-
-
-_INTERVAL = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])\s*$")
-
-
-def check_ranges(args: Any, rules: Sequence[Tuple[str, str]]) -> List[str]:
-    """Check numeric keys against intervals written as text; returns the problems found.
-
-    Args:
-        args: The configuration (Namespace or dict); keys it lacks, or whose value is None, are skipped.
-        rules: ``(key, interval)`` pairs, e.g. ``("sfm_keep_ratio", "(0, 1]")`` or ``("lr", "(0, inf)")``.
-            Every checked value must also be finite.
-
-    Returns:
-        One message per violated rule, e.g. ``"sfm_keep_ratio must be in (0, 1], got 1.5"``.
-    """
-    get = args.get if isinstance(args, dict) else (lambda k, d=None: getattr(args, k, d))
-    problems = []
-    for key, interval in rules:
-        value = get(key, None)
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        match = _INTERVAL.match(interval)
-        if match is None:
-            raise ValueError(f"bad interval {interval!r} for {key!r}")
-        lo_b, lo, hi, hi_b = match.groups()
-        lo_v, hi_v = float(lo), float(hi)
-        ok = math.isfinite(value)
-        ok = ok and (value > lo_v if lo_b == "(" else value >= lo_v)
-        ok = ok and (value < hi_v if hi_b == ")" else value <= hi_v)
-        if not ok:
-            problems.append(f"{key} must be in {interval}, got {value!r}")
-    return problems
 
 
 #: Ranges of the common keys (BaseConfig).
