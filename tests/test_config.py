@@ -175,8 +175,52 @@ def test_switching_algorithm_on_the_command_line_keeps_the_yaml_usable(tmp_path,
     cfg = write(tmp_path, {"algorithm": "cfsg_clip", "use_sfm": False, "vsi_topk": 2, "p_cutoff": 0.9, "lr": 0.1})
     with caplog.at_level("WARNING", logger="usb_cfsg"):
         args = build_config(["--c", cfg, "--algorithm", "fixmatch"])
-    assert args.algorithm == "fixmatch" and args.p_cutoff == 0.9 and args.lr == 0.1  # shared keys kept
-    assert not hasattr(args, "use_sfm") and "ignoring the cfsg_clip keys use_sfm, vsi_topk" in caplog.text
+    assert args.algorithm == "fixmatch" and args.lr == 0.1  # common keys kept
+    assert args.p_cutoff == 0.95  # cfsg_clip's p_cutoff does not become fixmatch's: fixmatch's default
+    assert not hasattr(args, "use_sfm") and "ignoring the cfsg_clip keys p_cutoff, use_sfm, vsi_topk" in caplog.text
+    assert "fixmatch's defaults apply to p_cutoff" in caplog.text
     typo = write(tmp_path, {"algorithm": "cfsg_clip", "use_sfn": False}, "typo.yaml")
     with pytest.raises(ConfigError, match="unknown config key 'use_sfn'"):
         build_config(["--c", typo, "--algorithm", "fixmatch"])
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUR_ALGORITHMS = ("cfsg_clip", "openmatch", "iomatch", "clip_zeroshot", "fixmatch")
+SWITCH_CONFIGS = ["config/cfsg_cub.yaml"] + sorted(
+    f"config/demo/{f}" for f in os.listdir(os.path.join(REPO, "config", "demo")) if f.endswith(".yaml")
+)
+
+
+@pytest.mark.parametrize("config", SWITCH_CONFIGS)
+def test_no_key_of_the_file_algorithm_crosses_to_another(config):
+    from usb_cfsg.config import algorithm_specs, base_specs
+    from usb_cfsg.config import _algorithm_class as cls
+
+    path = os.path.join(REPO, config)
+    raw = yaml.safe_load(open(path, encoding="utf-8"))
+    common = set(base_specs())
+    own = set(algorithm_specs(cls(raw["algorithm"]))) - common
+    assert own & set(raw), "the config sets keys of its algorithm: the check is not vacuous"
+    for other in OUR_ALGORITHMS:
+        if other == raw["algorithm"]:
+            continue
+        specs = algorithm_specs(cls(other))
+        args = build_config(["--c", path, "--algorithm", other], validate=False)
+        assert args.algorithm == other
+        for key in own & set(raw):
+            if key in specs:  # same-named key: the chosen algorithm's default, not the file's value
+                assert getattr(args, key) == specs[key].default, (config, other, key)
+            else:
+                assert not hasattr(args, key), (config, other, key)
+        for key in common & set(raw) - {"algorithm", "save_name", "load_path"}:
+            assert getattr(args, key) == build_config(["--c", path], validate=False).__dict__[key], key
+
+
+def test_a_same_named_key_crosses_only_when_given_on_the_command_line():
+    cub = os.path.join(REPO, "config", "cfsg_cub.yaml")
+    args = build_config(["--c", cub, "--algorithm", "clip_zeroshot"])  # the file's ood_score is cfsg_clip's
+    assert args.ood_score == "mcm"
+    args = build_config(["--c", cub, "--algorithm", "clip_zeroshot", "--ood_score", "glmcm"])
+    assert args.ood_score == "glmcm"
+    args = build_config(["--c", cub, "--algorithm", "openmatch", "--p_cutoff", "0.5"])
+    assert args.p_cutoff == 0.5

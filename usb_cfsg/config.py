@@ -543,9 +543,11 @@ def _drop_other_algorithm_keys(
 ) -> Dict[str, Any]:
     """Switching ``--algorithm`` on the command line keeps the YAML usable.
 
-    Keys that the YAML's own algorithm defines and the chosen one does not (``use_sfm`` of a
-    cfsg_clip config run with ``--algorithm fixmatch``) are dropped with a logged notice; any other
-    unknown key is still an error. The YAML's ``save_name`` and ``load_path`` belong to the YAML
+    Every key of the YAML's own algorithm (its ``get_argument()`` keys that are not common keys) is
+    dropped with a logged notice, whether the chosen algorithm has a key of the same name or not:
+    ``ood_score: energy`` of a cfsg_clip config never reaches clip_zeroshot, whose ``ood_score`` means
+    another set of scores, and ``p_cutoff`` of cfsg_clip never becomes fixmatch's. Keys given on the
+    command line (or in ``overrides``) are kept. Any other unknown key is still an error. The YAML's ``save_name`` and ``load_path`` belong to the YAML
     algorithm's run: unless given on the command line too, they are dropped (with a notice), so
     the default naming ``<algorithm>_<dataset>_<num_labels>_<seed>`` applies and the two runs never
     share a folder.
@@ -553,18 +555,25 @@ def _drop_other_algorithm_keys(
     file_algorithm = file_values.get("algorithm")
     if not file_algorithm or file_algorithm == algorithm:
         return file_values
-    own = algorithm_specs(_algorithm_class(str(file_algorithm)))
-    dropped = sorted(k for k in file_values if k not in specs and k in own)
-    if dropped:
+    explicit = explicit or set()
+    # the file algorithm's own keys (not the common ones, e.g. num_tuned_blocks, which shape the backbone
+    # every algorithm shares): they tune that algorithm, even where the chosen one has a key of the same
+    # name (ood_score, p_cutoff, lambda_*), whose meaning and valid values differ
+    own = set(algorithm_specs(_algorithm_class(str(file_algorithm)))) - set(base_specs())
+    dropped = sorted(k for k in file_values if k in own)  # a command-line value replaces the file's anyway
+    told = [k for k in dropped if k not in explicit]
+    if told:
+        same = [k for k in told if k in specs]
         logger.warning(
-            "algorithm %s (command line) replaces %s (%s): ignoring the %s keys %s",
+            "algorithm %s (command line) replaces %s (%s): ignoring the %s keys %s%s",
             algorithm,
             file_algorithm,
             config_file,
             file_algorithm,
-            ", ".join(dropped),
+            ", ".join(told),
+            f" ({algorithm}'s defaults apply to {', '.join(same)}; give --key value to set them)" if same else "",
         )
-    naming = [k for k in ("save_name", "load_path") if file_values.get(k) and k not in (explicit or set())]
+    naming = [k for k in ("save_name", "load_path") if file_values.get(k) and k not in explicit]
     if naming:
         logger.warning(
             "algorithm %s (command line) replaces %s (%s): not using the file's %s, which name the %s "
