@@ -193,11 +193,12 @@ SWITCH_CONFIGS = ["config/cfsg_cub.yaml"] + sorted(
 
 @pytest.mark.parametrize("config", SWITCH_CONFIGS)
 def test_no_key_of_the_file_algorithm_crosses_to_another(config):
-    from usb_cfsg.config import algorithm_specs, base_specs
     from usb_cfsg.config import _algorithm_class as cls
+    from usb_cfsg.config import algorithm_specs, base_specs
 
     path = os.path.join(REPO, config)
-    raw = yaml.safe_load(open(path, encoding="utf-8"))
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
     common = set(base_specs())
     own = set(algorithm_specs(cls(raw["algorithm"]))) - common
     assert own & set(raw), "the config sets keys of its algorithm: the check is not vacuous"
