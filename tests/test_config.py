@@ -133,7 +133,7 @@ def test_default_save_name_differs_per_algorithm_and_the_readme_commands_do_not_
     with caplog.at_level("WARNING", logger="usb_cfsg"):
         fixmatch = build_config(["--c", cub, "--algorithm", "fixmatch"])
     assert cfsg.save_name != fixmatch.save_name == "fixmatch_cub200_400_0"
-    assert fixmatch.load_path is None and "not using the file's save_name and load_path" in caplog.text
+    assert fixmatch.load_path is None and "not using the file's save_name" in caplog.text
     explicit = build_config(["--c", cub, "--algorithm", "fixmatch", "--save_name", "fixmatch_cub"])
     assert explicit.save_name == "fixmatch_cub"
 
@@ -158,7 +158,7 @@ def test_saved_config_holds_the_run_not_the_invocation(tmp_path):
     save_config(args, str(tmp_path / "config.yaml"))
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["resume"] is False and saved["resume_extend"] is False
-    assert saved["load_path"] == os.path.join(str(tmp_path), "r", "latest_model.pth")
+    assert "load_path" not in saved  # a resume defaults to the run folder's own checkpoint
     again = build_config(["--c", str(tmp_path / "config.yaml")])  # the saved file is a valid config
     assert again.save_name == "r" and again.resume is False
 
@@ -225,3 +225,27 @@ def test_a_same_named_key_crosses_only_when_given_on_the_command_line():
     assert args.ood_score == "glmcm"
     args = build_config(["--c", cub, "--algorithm", "openmatch", "--p_cutoff", "0.5"])
     assert args.p_cutoff == 0.5
+
+
+def test_no_generated_config_names_a_checkpoint():
+    for folder, _, files in os.walk(os.path.join(REPO, "config")):
+        for name in files:
+            with open(os.path.join(folder, name), encoding="utf-8") as fh:
+                assert "load_path" not in yaml.safe_load(fh), os.path.join(folder, name)
+
+
+def test_resume_defaults_to_the_run_folders_own_checkpoint(tmp_path):
+    demo = os.path.join(REPO, "config", "demo", "cfsg_fmnist.yaml")
+    args = build_config(["--c", demo, "--save_dir", str(tmp_path), "--resume", "true"], validate=False)
+    assert args.load_path == os.path.join(str(tmp_path), "cfsg_fmnist", "latest_model.pth")
+    # a config file naming another run's checkpoint: refused, with both ways on
+    other = write(tmp_path, {"save_name": "mine", "load_path": str(tmp_path / "theirs" / "latest_model.pth")})
+    with pytest.raises(ConfigError, match="drop load_path from the file.*give --load_path .*theirs"):
+        build_config(["--c", other, "--save_dir", str(tmp_path), "--resume", "true"], validate=False)
+    assert build_config(["--c", other, "--save_dir", str(tmp_path)], validate=False).resume is False  # no resume
+    # the run's own checkpoint in the file, or another one given on the command line: fine
+    own = write(tmp_path, {"save_name": "mine", "load_path": str(tmp_path / "mine" / "latest_model.pth")}, "own.yaml")
+    assert build_config(["--c", own, "--save_dir", str(tmp_path), "--resume", "true"], validate=False).resume
+    theirs = str(tmp_path / "theirs" / "latest_model.pth")
+    args = build_config(["--c", other, "--save_dir", str(tmp_path), "--resume", "true", "--load_path", theirs])
+    assert args.load_path == theirs

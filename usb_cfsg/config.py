@@ -425,7 +425,9 @@ def build_config(
     * ``--algorithm`` on the command line replacing the config file's algorithm: the file's
       ``save_name`` and ``load_path`` name the file algorithm's run, so they are replaced by the
       default naming (with a notice) unless given on the command line too.
-    * ``resume: true`` without ``load_path``: ``<save_dir>/<save_name>/latest_model.pth``.
+    * ``resume: true`` without ``load_path``: ``<save_dir>/<save_name>/latest_model.pth``, the run
+      folder's own checkpoint. A ``load_path`` naming another checkpoint resumes from it only when
+      given on the command line (or in ``overrides``); from a config file it is an error saying both ways on.
     * ``num_train_iter`` given on the command line (or in ``overrides``) without ``epoch``, and not
       divisible by the file's/default ``epoch``: ``epoch`` becomes the largest divisor of
       ``num_train_iter`` not above it, with a notice (USB users override ``num_train_iter`` for quick
@@ -502,8 +504,15 @@ def _derive(values: Dict[str, Any], explicit: set) -> None:
         values["pretrained"] = None
     if not values.get("save_name"):
         values["save_name"] = default_save_name(values)
+    own = os.path.join(values["save_dir"], values["save_name"], "latest_model.pth")
     if values.get("resume") and not values.get("load_path"):
-        values["load_path"] = os.path.join(values["save_dir"], values["save_name"], "latest_model.pth")
+        values["load_path"] = own
+    elif values.get("resume") and "load_path" not in explicit and not _same_path(values["load_path"], own):
+        raise ConfigError(
+            f"resume: the config file's load_path {values['load_path']!r} is not this run's checkpoint "
+            f"({own!r}): to resume this run, drop load_path from the file; to continue from that other "
+            f"run's checkpoint, give --load_path {values['load_path']} on the command line"
+        )
     iters, epoch = values.get("num_train_iter"), values.get("epoch")
     if (
         isinstance(iters, int)
@@ -532,6 +541,10 @@ def _derive(values: Dict[str, Any], explicit: set) -> None:
             warm,
             iters,
         )
+
+
+def _same_path(a: Any, b: str) -> bool:
+    return os.path.abspath(os.path.expanduser(str(a))) == os.path.abspath(os.path.expanduser(b))
 
 
 def _drop_other_algorithm_keys(
@@ -704,15 +717,16 @@ def run_config_dict(args: argparse.Namespace) -> Dict[str, Any]:
     """The run's configuration, as ``config.yaml`` stores it.
 
     Like :func:`config_to_dict`, with the invocation keys normalised: ``resume: false``,
-    ``resume_extend: false`` and ``load_path: <save_dir>/<save_name>/latest_model.pth`` (USB's
-    convention). So ``python train.py --c <run>/config.yaml`` repeats the run from the start (into
-    the same folder under the run's ``overwrite``), and adding ``--resume true`` continues it, whatever
-    the invocation that wrote the file was.
+    ``resume_extend: false`` and no ``load_path`` (a resume defaults to the run folder's own
+    ``latest_model.pth``). So ``python train.py --c <run>/config.yaml`` repeats the run from the start
+    (into the same folder under the run's ``overwrite``), and adding ``--resume true`` continues it,
+    whatever the invocation that wrote the file was; with another ``--save_dir``/``--save_name`` it
+    never picks up this run's checkpoint.
     """
     out = config_to_dict(args)
     out["resume"] = False
     out["resume_extend"] = False
-    out["load_path"] = os.path.join(str(args.save_dir), str(args.save_name), "latest_model.pth")
+    out.pop("load_path", None)
     return out
 
 

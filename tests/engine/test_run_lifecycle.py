@@ -48,8 +48,8 @@ def test_demo_like_config_and_saved_config_rerun_into_the_same_folder(cub_root, 
     run = tmp_path / "runs" / "demo"
     assert train.cli(["--c", cfg]) == 0
     first = yaml.safe_load((run / "config.yaml").read_text())
-    assert first["resume"] is False and first["load_path"] == str(run / "latest_model.pth")
-    # the saved config.yaml repeats the run (overwrite: true, load_path inside the folder, resume: false)
+    assert first["resume"] is False and "load_path" not in first
+    # the saved config.yaml repeats the run (overwrite: true, resume: false, no load_path)
     assert train.cli(["--c", str(run / "config.yaml")]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text()) == first
     assert safe_load(str(run / "latest_model.pth"))["it"] == 2
@@ -67,6 +67,10 @@ def test_resume_refuses_schedule_changes_and_never_rewrites_a_finished_run(cub_r
     }
     capsys.readouterr()
 
+    # resume without a checkpoint: both ways on (start fresh, or another run's checkpoint)
+    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "none_yet", iters=4, resume="true", **common)) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint at" in err and "drop --resume" in err and "--load_path PATH" in err
     # changing num_train_iter without resume_extend: refused, with the reason and the fix
     assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "r", iters=6, resume="true", **common)) == 2
     err = capsys.readouterr().err
