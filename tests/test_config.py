@@ -109,7 +109,8 @@ def test_every_out_of_range_value_is_reported_at_once(tmp_path):
         "vsi_topk (5) must not exceed num_classes (3)",
     ):
         assert part in text, part
-    assert text.startswith(f"invalid configuration (config file {cfg}): ")
+    assert text.startswith("invalid configuration: ")
+    assert "(momentum from the command line)" in text and f"(lr from config file {cfg})" in text
     with pytest.raises(ConfigError, match=r"p_cutoff must be in \[0, 1\], got 1.5"):  # USB's algorithms too
         build_config(["--algorithm", "fixmatch", "--p_cutoff", "1.5"])
 
@@ -249,3 +250,18 @@ def test_resume_defaults_to_the_run_folders_own_checkpoint(tmp_path):
     theirs = str(tmp_path / "theirs" / "latest_model.pth")
     args = build_config(["--c", other, "--save_dir", str(tmp_path), "--resume", "true", "--load_path", theirs])
     assert args.load_path == theirs
+
+
+@pytest.mark.parametrize("typo", ["lr_typo", "lr_rate", "learning_rate", "LR"])
+def test_suggestions_find_lr(typo):
+    with pytest.raises(ConfigError, match=rf"unknown config key '{typo}', did you mean 'lr'"):
+        build_config([f"--{typo}", "0.1"])
+
+
+def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path):
+    cfg = write(tmp_path, {"batch_size": 4, "uratio": 0})
+    with pytest.raises(ConfigError) as err:
+        build_config(["--c", cfg, "--batch_size", "-1"])
+    text = str(err.value)
+    assert "batch_size must be in [1, inf), got -1 (batch_size from the command line)" in text
+    assert f"uratio must be in [1, inf), got 0 (uratio from config file {cfg})" in text

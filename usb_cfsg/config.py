@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import re
 import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
@@ -461,6 +462,7 @@ def build_config(
     explicit = set(cli) | set(overrides)
     file_values = _drop_other_algorithm_keys(file_values, str(algorithm), specs, config_file, explicit)
     values = {name: spec.default for name, spec in specs.items()}
+    sources: Dict[str, str] = {}
     for source, given in (
         (f"config file {config_file}", file_values),
         ("the command line", cli),
@@ -474,10 +476,12 @@ def build_config(
             )
         for key, val in given.items():
             values[key] = coerce(specs[key], val, source)
+            sources[key] = source
 
     _derive(values, explicit)
     ns = argparse.Namespace(**values)
     ns.c = config_file
+    setattr(ns, SOURCES_ATTR, {k: sources.get(k, "the defaults") for k in values})
     if validate:
         validate_config_values(ns, algorithm_cls)
     return ns
@@ -487,9 +491,19 @@ def validate_config_values(ns: argparse.Namespace, algorithm_cls: Any = None) ->
     """Raise one :class:`ConfigError` listing every problem :func:`validate_values` finds."""
     problems = validate_values(ns, algorithm_cls if algorithm_cls is not None else _algorithm_class(str(ns.algorithm)))
     if problems:
-        config_file = getattr(ns, "c", None)
-        where = f" (config file {config_file})" if config_file else ""
-        raise ConfigError(f"invalid configuration{where}: " + "; ".join(problems))
+        sources = getattr(ns, SOURCES_ATTR, None) or {}
+        raise ConfigError("invalid configuration: " + "; ".join(_blame(p, sources) for p in problems))
+
+
+#: Namespace attribute holding where each key's value came from (not a config key; never saved).
+SOURCES_ATTR = "config_sources"
+
+
+def _blame(problem: str, sources: Dict[str, str]) -> str:
+    """``problem`` with where the value of the key it starts with came from, e.g. ``(from the command line)``."""
+    key = re.match(r"\w+", problem)
+    source = sources.get(key.group(0)) if key else None
+    return f"{problem} ({key.group(0)} from {source})" if key and source else problem
 
 
 def default_save_name(values: Any) -> str:
@@ -675,6 +689,11 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
     name = get("save_name")
     if isinstance(name, str) and (name.strip() in ("", ".", "..") or name != name.strip()):
         problems.append(f"save_name {name!r} is not a folder name; e.g. {default_save_name(args)!r}")
+    if algorithm_cls is not None and hasattr(algorithm_cls, "validate_config"):
+        own = algorithm_cls.validate_config(args)
+        problems.extend(own or [])
+    if problems:  # the net check below imports open_clip and torch (seconds): report these first, at once
+        return problems
     net, clip_model = get("net"), get("clip_model")
     if isinstance(net, str) and (net == "open_clip" or net.startswith("clip_") or clip_model not in (None, "", "none")):
         from .nets.clip import CLIP_ARCHS, GENERIC_NET, validate_clip_model  # our CLIP nets: model, tower, tag
@@ -686,9 +705,6 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
                 problems.append(str(exc))
         elif clip_model not in (None, "", "none"):
             problems.append(f"clip_model is read only with net: open_clip, got net: {net}")
-    if algorithm_cls is not None and hasattr(algorithm_cls, "validate_config"):
-        own = algorithm_cls.validate_config(args)
-        problems.extend(own or [])
     return problems
 
 

@@ -366,6 +366,8 @@ def test_help_and_config_errors_come_before_torch_loads(tmp_path):
         "assert '--sfm_keep_ratio' in buf.getvalue() and '--amp_dtype' in buf.getvalue()\n"
         "assert train.cli(['--algorithm', 'fixmatch', '--lr', 'abc']) == 2\n"
         "assert train.cli(['--algorithm', 'cfsg_clip', '--amp_dtpe', 'bf16']) == 2\n"
+        "assert train.cli(['--c', 'config/demo/cfsg_fmnist.yaml', '--batch_size', '-1']) == 2\n"
+        "assert train.cli(['--c', 'config/cfsg_cub.yaml', '--algorithm', 'openmatch', '--T', '0']) == 2\n"
         "print(sorted(m for m in ('torch', 'semilearn', 'open_clip') if m in sys.modules))\n"
     )
     assert out.strip().splitlines()[-1] == "[]", STALE
