@@ -349,3 +349,33 @@ def test_num_workers_capped_to_the_cpus_with_one_notice(monkeypatch, caplog):
     args = Namespace(num_workers=1)
     cap_num_workers(args)
     assert args.num_workers == 1 and math.isclose(loader_workers(2), 2)
+
+
+def test_ctrl_c_says_which_checkpoint_survived_and_how_to_resume(cub_root, tmp_path, capsys, monkeypatch):
+    from semilearn.algorithms.fixmatch import FixMatch
+
+    step = FixMatch.train_step
+    calls = {"n": 0}
+
+    @functools.wraps(step)  # USB reads train_step's signature
+    def interrupt_at_step_3(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the checkpoint of iteration 2
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(FixMatch, "train_step", interrupt_at_step_3)
+    argv = tiny_run_argv(cub_root, str(tmp_path), "r", iters=4, num_eval_iter=2, use_tensorboard="false")
+    capsys.readouterr()
+    assert train.cli(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    run = tmp_path / "r"
+    assert "Traceback" not in "\n".join(err) and "KeyboardInterrupt" not in "\n".join(err)
+    assert err[-1].startswith(f"interrupted: the last checkpoint is {run / 'latest_model.pth'}")
+    resume = err[-1].split("resume with: ")[1]
+    assert resume == f"python train.py --c {run / 'config.yaml'} --resume true"
+    monkeypatch.setattr(FixMatch, "train_step", step)
+    assert train.cli(resume.split()[2:]) == 0  # the printed command resumes
+    assert safe_load(str(run / "latest_model.pth"))["it"] == 4
+    # before any checkpoint: says so
+    assert train.interrupted(None).startswith("interrupted before the run started")
