@@ -755,8 +755,12 @@ def save_config(args: argparse.Namespace, path: str) -> None:
 
 
 def format_config(args: argparse.Namespace) -> str:
-    """The resolved config as ``key: value`` lines, for the log."""
-    return "\n".join(f"  {k}: {v}" for k, v in config_to_dict(args).items())
+    """The keys whose value differs from its default, as ``key: value`` lines, for the console and the log.
+
+    The run's ``config.yaml`` holds every key; the log shows what this run chose.
+    """
+    specs = {**base_specs(), **algorithm_specs(_algorithm_class(str(args.algorithm)))}
+    return "\n".join(f"  {k}: {v}" for k, v in config_to_dict(args).items() if k not in specs or v != specs[k].default)
 
 
 def describe_keys(algorithm: str) -> str:

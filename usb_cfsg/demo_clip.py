@@ -506,7 +506,7 @@ def build_demo_clip(
     import open_clip
 
     from .datasets.fmnist import PROMPT_TEMPLATES, read_fmnist
-    from .nets.clip import OPENAI_MEAN, OPENAI_STD, _ensure_configs
+    from .nets.clip import OPENAI_MEAN, OPENAI_STD, _ensure_configs, _quiet_open_clip
 
     recipe = recipe or Recipe()
     recipe.check()
@@ -532,7 +532,8 @@ def build_demo_clip(
 
     _ensure_configs()
     torch.manual_seed(seed)
-    model = open_clip.create_model(ARCH, pretrained=None, force_image_size=recipe.img_size)
+    with _quiet_open_clip():  # no "initialized randomly" warning: training from scratch is the point here
+        model = open_clip.create_model(ARCH, pretrained=None, force_image_size=recipe.img_size)
     tokenizer = open_clip.get_tokenizer(ARCH)
     logger.info(
         "demo CLIP: training %s (both towers) for %d steps of %d images on %d threads",

@@ -504,7 +504,11 @@ def _train(
         if args.rank == 0:
             n_train = sum(p.numel() for p in algorithm.model.parameters() if p.requires_grad)
             n_all = sum(p.numel() for p in algorithm.model.parameters())
-            log.info("resolved config:\n%s", format_config(args))
+            log.info(
+                "resolved config, keys that differ from the defaults (every key: %s):\n%s",
+                os.path.join(str(args.save_dir), str(args.save_name), "config.yaml"),
+                format_config(args),
+            )
             log.info(
                 "device: %s, world size %d; trainable parameters: %d of %d", device, args.world_size, n_train, n_all
             )
