@@ -10,7 +10,9 @@ Every value is checked before any data is read; a start that fails leaves no run
 """
 
 import logging
+import os
 import sys
+import time
 
 # Light imports only: --help and configuration errors (unknown keys, types) come before torch and
 # semilearn load (usb_cfsg.engine, imported in cli(), registers our nets and algorithms; mp.spawn children
@@ -41,8 +43,24 @@ def _console_logging() -> None:
     log.propagate = False
 
 
+def interrupted(args) -> str:
+    """The one line Ctrl-C prints: the last checkpoint that survived and the command that resumes from it."""
+    if args is None:
+        return "interrupted before the run started: nothing was written"
+    run = os.path.join(str(args.save_dir), str(args.save_name))
+    ckpt = os.path.join(run, "latest_model.pth")
+    if os.path.isfile(ckpt):
+        when = time.strftime("%H:%M:%S", time.localtime(os.path.getmtime(ckpt)))
+        return (
+            f"interrupted: the last checkpoint is {ckpt} (saved {when}); resume with: "
+            f"python train.py --c {os.path.join(run, 'config.yaml')} --resume true"
+        )
+    return "interrupted before the first checkpoint: nothing to resume; run the same command again to start over"
+
+
 def cli(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    args = None
     try:
         if any(a in ("--help", "-h", "--help-keys") for a in argv):
             print(_help(argv))
@@ -58,6 +76,9 @@ def cli(argv=None) -> int:
     except UsbCfsgError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: no traceback, the checkpoint that survived and how to go on
+        print(interrupted(args), file=sys.stderr)
+        return 130
     return 0
 
 

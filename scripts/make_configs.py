@@ -205,7 +205,7 @@ DEMO_RECIPE: Dict[str, Any] = dict(
 #: Fixed key order of every file, in sections. Algorithm keys not listed go to the last section.
 SECTIONS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("algorithm", ("algorithm",)),
-    ("saving & loading (USB names)", ("save_dir", "save_name", "resume", "load_path", "overwrite", "use_tensorboard")),
+    ("saving & loading (USB names)", ("save_dir", "save_name", "resume", "overwrite", "use_tensorboard")),
     (
         "training schedule",
         (
@@ -334,7 +334,6 @@ def openset_fg_files() -> Dict[str, str]:
                         algorithm=algorithm,
                         save_dir=OPENSET_FG_SAVE_DIR,
                         save_name=save_name,
-                        load_path=f"{OPENSET_FG_SAVE_DIR}/{save_name}/latest_model.pth",
                         **FG_RECIPE,
                     )
                     ssb = dataset in SSB_SPLIT_DATASETS
@@ -367,7 +366,6 @@ def cfsg_cub_file() -> Dict[str, str]:
         algorithm="cfsg_clip",
         save_dir=save_dir,
         save_name=save_name,
-        load_path=f"{save_dir}/{save_name}/latest_model.pth",
         **FG_RECIPE,
     )
     cfg.update(dataset="cub200", num_classes=100, num_labels=400, seed=0, class_split="ssb")
@@ -381,7 +379,7 @@ def cfsg_cub_file() -> Dict[str, str]:
             "Offline: --pretrain_path /path/to/ViT-B-16.pt (an OpenAI or open_clip checkpoint).",
             "Run: python train.py --c config/cfsg_cub.yaml   (any key can be overridden: --key value)",
             "Baselines on the same data and backbone: add --algorithm fixmatch (or openmatch, iomatch, clip_zeroshot);",
-            "the run folder is then <algorithm>_cub200_400_<seed> (this file's save_name and load_path are dropped).",
+            "the run folder is then <algorithm>_cub200_400_<seed> (this file's save_name is dropped).",
         ]
     )
     return {"cfsg_cub.yaml": render(cfg, header, comments)}
@@ -470,8 +468,7 @@ DEMO_BACKBONES: Tuple[Callable[[], DemoBackbone], ...] = (demo_clip_backbone, ra
 def demo_file(algorithm: str, stem: str, backbone: DemoBackbone) -> Tuple[str, str]:
     """``(relative path, text)`` of one demo config."""
     name = f"{stem}_fmnist{backbone.suffix}"
-    save_dir = DEMO_RECIPE["save_dir"]
-    cfg = dict(algorithm=algorithm, save_name=name, load_path=f"{save_dir}/{name}/latest_model.pth", **DEMO_RECIPE)
+    cfg = dict(algorithm=algorithm, save_name=name, **DEMO_RECIPE)
     cfg.update(backbone.keys)
     overrides = dict(backbone.algorithm_keys.get(algorithm, {}))
     cfg.update({key: value for key, (value, _) in overrides.items()})

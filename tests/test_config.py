@@ -109,7 +109,8 @@ def test_every_out_of_range_value_is_reported_at_once(tmp_path):
         "vsi_topk (5) must not exceed num_classes (3)",
     ):
         assert part in text, part
-    assert text.startswith(f"invalid configuration (config file {cfg}): ")
+    assert text.startswith("invalid configuration: ")
+    assert "(momentum from the command line)" in text and f"(lr from config file {cfg})" in text
     with pytest.raises(ConfigError, match=r"p_cutoff must be in \[0, 1\], got 1.5"):  # USB's algorithms too
         build_config(["--algorithm", "fixmatch", "--p_cutoff", "1.5"])
 
@@ -133,7 +134,7 @@ def test_default_save_name_differs_per_algorithm_and_the_readme_commands_do_not_
     with caplog.at_level("WARNING", logger="usb_cfsg"):
         fixmatch = build_config(["--c", cub, "--algorithm", "fixmatch"])
     assert cfsg.save_name != fixmatch.save_name == "fixmatch_cub200_400_0"
-    assert fixmatch.load_path is None and "not using the file's save_name and load_path" in caplog.text
+    assert fixmatch.load_path is None and "not using the file's save_name" in caplog.text
     explicit = build_config(["--c", cub, "--algorithm", "fixmatch", "--save_name", "fixmatch_cub"])
     assert explicit.save_name == "fixmatch_cub"
 
@@ -158,7 +159,7 @@ def test_saved_config_holds_the_run_not_the_invocation(tmp_path):
     save_config(args, str(tmp_path / "config.yaml"))
     saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert saved["resume"] is False and saved["resume_extend"] is False
-    assert saved["load_path"] == os.path.join(str(tmp_path), "r", "latest_model.pth")
+    assert "load_path" not in saved  # a resume defaults to the run folder's own checkpoint
     again = build_config(["--c", str(tmp_path / "config.yaml")])  # the saved file is a valid config
     assert again.save_name == "r" and again.resume is False
 
@@ -175,8 +176,92 @@ def test_switching_algorithm_on_the_command_line_keeps_the_yaml_usable(tmp_path,
     cfg = write(tmp_path, {"algorithm": "cfsg_clip", "use_sfm": False, "vsi_topk": 2, "p_cutoff": 0.9, "lr": 0.1})
     with caplog.at_level("WARNING", logger="usb_cfsg"):
         args = build_config(["--c", cfg, "--algorithm", "fixmatch"])
-    assert args.algorithm == "fixmatch" and args.p_cutoff == 0.9 and args.lr == 0.1  # shared keys kept
-    assert not hasattr(args, "use_sfm") and "ignoring the cfsg_clip keys use_sfm, vsi_topk" in caplog.text
+    assert args.algorithm == "fixmatch" and args.lr == 0.1  # common keys kept
+    assert args.p_cutoff == 0.95  # cfsg_clip's p_cutoff does not become fixmatch's: fixmatch's default
+    assert not hasattr(args, "use_sfm") and "ignoring the cfsg_clip keys p_cutoff, use_sfm, vsi_topk" in caplog.text
+    assert "fixmatch's defaults apply to p_cutoff" in caplog.text
     typo = write(tmp_path, {"algorithm": "cfsg_clip", "use_sfn": False}, "typo.yaml")
     with pytest.raises(ConfigError, match="unknown config key 'use_sfn'"):
         build_config(["--c", typo, "--algorithm", "fixmatch"])
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OUR_ALGORITHMS = ("cfsg_clip", "openmatch", "iomatch", "clip_zeroshot", "fixmatch")
+SWITCH_CONFIGS = ["config/cfsg_cub.yaml"] + sorted(
+    f"config/demo/{f}" for f in os.listdir(os.path.join(REPO, "config", "demo")) if f.endswith(".yaml")
+)
+
+
+@pytest.mark.parametrize("config", SWITCH_CONFIGS)
+def test_no_key_of_the_file_algorithm_crosses_to_another(config):
+    from usb_cfsg.config import _algorithm_class as cls
+    from usb_cfsg.config import algorithm_specs, base_specs
+
+    path = os.path.join(REPO, config)
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    common = set(base_specs())
+    own = set(algorithm_specs(cls(raw["algorithm"]))) - common
+    assert own & set(raw), "the config sets keys of its algorithm: the check is not vacuous"
+    for other in OUR_ALGORITHMS:
+        if other == raw["algorithm"]:
+            continue
+        specs = algorithm_specs(cls(other))
+        args = build_config(["--c", path, "--algorithm", other], validate=False)
+        assert args.algorithm == other
+        for key in own & set(raw):
+            if key in specs:  # same-named key: the chosen algorithm's default, not the file's value
+                assert getattr(args, key) == specs[key].default, (config, other, key)
+            else:
+                assert not hasattr(args, key), (config, other, key)
+        for key in common & set(raw) - {"algorithm", "save_name", "load_path"}:
+            assert getattr(args, key) == build_config(["--c", path], validate=False).__dict__[key], key
+
+
+def test_a_same_named_key_crosses_only_when_given_on_the_command_line():
+    cub = os.path.join(REPO, "config", "cfsg_cub.yaml")
+    args = build_config(["--c", cub, "--algorithm", "clip_zeroshot"])  # the file's ood_score is cfsg_clip's
+    assert args.ood_score == "mcm"
+    args = build_config(["--c", cub, "--algorithm", "clip_zeroshot", "--ood_score", "glmcm"])
+    assert args.ood_score == "glmcm"
+    args = build_config(["--c", cub, "--algorithm", "openmatch", "--p_cutoff", "0.5"])
+    assert args.p_cutoff == 0.5
+
+
+def test_no_generated_config_names_a_checkpoint():
+    for folder, _, files in os.walk(os.path.join(REPO, "config")):
+        for name in files:
+            with open(os.path.join(folder, name), encoding="utf-8") as fh:
+                assert "load_path" not in yaml.safe_load(fh), os.path.join(folder, name)
+
+
+def test_resume_defaults_to_the_run_folders_own_checkpoint(tmp_path):
+    demo = os.path.join(REPO, "config", "demo", "cfsg_fmnist.yaml")
+    args = build_config(["--c", demo, "--save_dir", str(tmp_path), "--resume", "true"], validate=False)
+    assert args.load_path == os.path.join(str(tmp_path), "cfsg_fmnist", "latest_model.pth")
+    # a config file naming another run's checkpoint: refused, with both ways on
+    other = write(tmp_path, {"save_name": "mine", "load_path": str(tmp_path / "theirs" / "latest_model.pth")})
+    with pytest.raises(ConfigError, match="drop load_path from the file.*give --load_path .*theirs"):
+        build_config(["--c", other, "--save_dir", str(tmp_path), "--resume", "true"], validate=False)
+    assert build_config(["--c", other, "--save_dir", str(tmp_path)], validate=False).resume is False  # no resume
+    # the run's own checkpoint in the file, or another one given on the command line: fine
+    own = write(tmp_path, {"save_name": "mine", "load_path": str(tmp_path / "mine" / "latest_model.pth")}, "own.yaml")
+    assert build_config(["--c", own, "--save_dir", str(tmp_path), "--resume", "true"], validate=False).resume
+    theirs = str(tmp_path / "theirs" / "latest_model.pth")
+    args = build_config(["--c", other, "--save_dir", str(tmp_path), "--resume", "true", "--load_path", theirs])
+    assert args.load_path == theirs
+
+
+@pytest.mark.parametrize("typo", ["lr_typo", "lr_rate", "learning_rate", "LR"])
+def test_suggestions_find_lr(typo):
+    with pytest.raises(ConfigError, match=rf"unknown config key '{typo}', did you mean 'lr'"):
+        build_config([f"--{typo}", "0.1"])
+
+
+def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path):
+    cfg = write(tmp_path, {"batch_size": 4, "uratio": 0})
+    with pytest.raises(ConfigError) as err:
+        build_config(["--c", cfg, "--batch_size", "-1"])
+    text = str(err.value)
+    assert "batch_size must be in [1, inf), got -1 (batch_size from the command line)" in text
+    assert f"uratio must be in [1, inf), got 0 (uratio from config file {cfg})" in text

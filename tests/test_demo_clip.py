@@ -183,3 +183,20 @@ def test_command_line_reuses_a_current_card_and_rebuilds_a_stale_one(built, monk
         assert len(calls) == 1 and calls[0][1].steps == 2
     finally:
         weights.write_bytes(original)
+
+
+def test_the_build_prints_no_random_init_alarm(tmp_path, caplog) -> None:
+    data = write_fmnist_replica(tmp_path / "data", num_train=40, num_test=20)
+    with caplog.at_level("WARNING"):
+        demo_clip.build_demo_clip(
+            str(tmp_path / "out"), demo_clip.Recipe(steps=1, batch_size=8), seed=0, data_dir=str(data)
+        )
+    assert "initialized randomly" not in caplog.text  # training from scratch is intended here
+
+
+def test_the_console_config_lists_only_keys_that_differ_from_the_defaults() -> None:
+    from usb_cfsg.config import build_config, format_config
+
+    args = build_config(["--algorithm", "cfsg_clip", "--lr", "0.5", "--vsi_topk", "2"], validate=False)
+    shown = dict(line.strip().split(": ", 1) for line in format_config(args).splitlines())
+    assert shown == {"algorithm": "cfsg_clip", "lr": "0.5", "vsi_topk": "2", "save_name": args.save_name}

@@ -16,7 +16,7 @@ from typing import Optional
 
 import pytest
 
-from usb_cfsg import upstream
+from scripts import upstream
 
 ROOT = Path(__file__).resolve().parents[1]
 PATCHES = ROOT / "patches"

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import re
 import typing
@@ -21,6 +20,7 @@ from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
 
 import yaml
 
+from .algorithm_keys import algorithm_class, check_ranges, one_of  # noqa: F401 (one_of, check_ranges re-exported)
 from .errors import ConfigError, did_you_mean
 
 logger = logging.getLogger("usb_cfsg")
@@ -412,10 +412,8 @@ def load_yaml(path: str) -> Dict[str, Any]:
 
 
 def _algorithm_class(name: str) -> Any:
-    # keys from the static copy (no torch/semilearn import); the class itself is imported on first
-    # use of anything else, e.g. its validate_config hook (see usb_cfsg/algorithm_keys.py)
-    from .algorithm_keys import algorithm_class
-
+    # keys (and our algorithms' rules) declared in usb_cfsg/algorithm_keys.py: no torch/semilearn
+    # import; the class itself is imported on first use of anything else
     return algorithm_class(name)
 
 
@@ -440,7 +438,9 @@ def build_config(
     * ``--algorithm`` on the command line replacing the config file's algorithm: the file's
       ``save_name`` and ``load_path`` name the file algorithm's run, so they are replaced by the
       default naming (with a notice) unless given on the command line too.
-    * ``resume: true`` without ``load_path``: ``<save_dir>/<save_name>/latest_model.pth``.
+    * ``resume: true`` without ``load_path``: ``<save_dir>/<save_name>/latest_model.pth``, the run
+      folder's own checkpoint. A ``load_path`` naming another checkpoint resumes from it only when
+      given on the command line (or in ``overrides``); from a config file it is an error saying both ways on.
     * ``num_train_iter`` given on the command line (or in ``overrides``) without ``epoch``, and not
       divisible by the file's/default ``epoch``: ``epoch`` becomes the largest divisor of
       ``num_train_iter`` not above it, with a notice (USB users override ``num_train_iter`` for quick
@@ -474,6 +474,7 @@ def build_config(
     explicit = set(cli) | set(overrides)
     file_values = _drop_other_algorithm_keys(file_values, str(algorithm), specs, config_file, explicit)
     values = {name: spec.default for name, spec in specs.items()}
+    sources: Dict[str, str] = {}
     for source, given in (
         (f"config file {config_file}", file_values),
         ("the command line", cli),
@@ -487,10 +488,12 @@ def build_config(
             )
         for key, val in given.items():
             values[key] = coerce(specs[key], val, source)
+            sources[key] = source
 
     _derive(values, explicit)
     ns = argparse.Namespace(**values)
     ns.c = config_file
+    setattr(ns, SOURCES_ATTR, {k: sources.get(k, "the defaults") for k in values})
     if validate:
         validate_config_values(ns, algorithm_cls)
     return ns
@@ -500,9 +503,19 @@ def validate_config_values(ns: argparse.Namespace, algorithm_cls: Any = None) ->
     """Raise one :class:`ConfigError` listing every problem :func:`validate_values` finds."""
     problems = validate_values(ns, algorithm_cls if algorithm_cls is not None else _algorithm_class(str(ns.algorithm)))
     if problems:
-        config_file = getattr(ns, "c", None)
-        where = f" (config file {config_file})" if config_file else ""
-        raise ConfigError(f"invalid configuration{where}: " + "; ".join(problems))
+        sources = getattr(ns, SOURCES_ATTR, None) or {}
+        raise ConfigError("invalid configuration: " + "; ".join(_blame(p, sources) for p in problems))
+
+
+#: Namespace attribute holding where each key's value came from (not a config key; never saved).
+SOURCES_ATTR = "config_sources"
+
+
+def _blame(problem: str, sources: Dict[str, str]) -> str:
+    """``problem`` with where the value of the key it starts with came from, e.g. ``(from the command line)``."""
+    key = re.match(r"\w+", problem)
+    source = sources.get(key.group(0)) if key else None
+    return f"{problem} ({key.group(0)} from {source})" if key and source else problem
 
 
 def default_save_name(values: Any) -> str:
@@ -517,8 +530,15 @@ def _derive(values: Dict[str, Any], explicit: set) -> None:
         values["pretrained"] = None
     if not values.get("save_name"):
         values["save_name"] = default_save_name(values)
+    own = os.path.join(values["save_dir"], values["save_name"], "latest_model.pth")
     if values.get("resume") and not values.get("load_path"):
-        values["load_path"] = os.path.join(values["save_dir"], values["save_name"], "latest_model.pth")
+        values["load_path"] = own
+    elif values.get("resume") and "load_path" not in explicit and not _same_path(values["load_path"], own):
+        raise ConfigError(
+            f"resume: the config file's load_path {values['load_path']!r} is not this run's checkpoint "
+            f"({own!r}): to resume this run, drop load_path from the file; to continue from that other "
+            f"run's checkpoint, give --load_path {values['load_path']} on the command line"
+        )
     iters, epoch = values.get("num_train_iter"), values.get("epoch")
     if (
         isinstance(iters, int)
@@ -549,6 +569,10 @@ def _derive(values: Dict[str, Any], explicit: set) -> None:
         )
 
 
+def _same_path(a: Any, b: str) -> bool:
+    return os.path.abspath(os.path.expanduser(str(a))) == os.path.abspath(os.path.expanduser(b))
+
+
 def _drop_other_algorithm_keys(
     file_values: Dict[str, Any],
     algorithm: str,
@@ -558,9 +582,11 @@ def _drop_other_algorithm_keys(
 ) -> Dict[str, Any]:
     """Switching ``--algorithm`` on the command line keeps the YAML usable.
 
-    Keys that the YAML's own algorithm defines and the chosen one does not (``use_sfm`` of a
-    cfsg_clip config run with ``--algorithm fixmatch``) are dropped with a logged notice; any other
-    unknown key is still an error. The YAML's ``save_name`` and ``load_path`` belong to the YAML
+    Every key of the YAML's own algorithm (its ``get_argument()`` keys that are not common keys) is
+    dropped with a logged notice, whether the chosen algorithm has a key of the same name or not:
+    ``ood_score: energy`` of a cfsg_clip config never reaches clip_zeroshot, whose ``ood_score`` means
+    another set of scores, and ``p_cutoff`` of cfsg_clip never becomes fixmatch's. Keys given on the
+    command line (or in ``overrides``) are kept. Any other unknown key is still an error. The YAML's ``save_name`` and ``load_path`` belong to the YAML
     algorithm's run: unless given on the command line too, they are dropped (with a notice), so
     the default naming ``<algorithm>_<dataset>_<num_labels>_<seed>`` applies and the two runs never
     share a folder.
@@ -568,18 +594,25 @@ def _drop_other_algorithm_keys(
     file_algorithm = file_values.get("algorithm")
     if not file_algorithm or file_algorithm == algorithm:
         return file_values
-    own = algorithm_specs(_algorithm_class(str(file_algorithm)))
-    dropped = sorted(k for k in file_values if k not in specs and k in own)
-    if dropped:
+    explicit = explicit or set()
+    # the file algorithm's own keys (not the common ones, e.g. num_tuned_blocks, which shape the backbone
+    # every algorithm shares): they tune that algorithm, even where the chosen one has a key of the same
+    # name (ood_score, p_cutoff, lambda_*), whose meaning and valid values differ
+    own = set(algorithm_specs(_algorithm_class(str(file_algorithm)))) - set(base_specs())
+    dropped = sorted(k for k in file_values if k in own)  # a command-line value replaces the file's anyway
+    told = [k for k in dropped if k not in explicit]
+    if told:
+        same = [k for k in told if k in specs]
         logger.warning(
-            "algorithm %s (command line) replaces %s (%s): ignoring the %s keys %s",
+            "algorithm %s (command line) replaces %s (%s): ignoring the %s keys %s%s",
             algorithm,
             file_algorithm,
             config_file,
             file_algorithm,
-            ", ".join(dropped),
+            ", ".join(told),
+            f" ({algorithm}'s defaults apply to {', '.join(same)}; give --key value to set them)" if same else "",
         )
-    naming = [k for k in ("save_name", "load_path") if file_values.get(k) and k not in (explicit or set())]
+    naming = [k for k in ("save_name", "load_path") if file_values.get(k) and k not in explicit]
     if naming:
         logger.warning(
             "algorithm %s (command line) replaces %s (%s): not using the file's %s, which name the %s "
@@ -592,56 +625,6 @@ def _drop_other_algorithm_keys(
             file_algorithm,
         )
     return {k: v for k, v in file_values.items() if k not in dropped and k not in naming}
-
-
-def one_of(*options: str) -> Callable[[str], str]:
-    """An argparse ``type`` accepting only ``options``, for ``SSL_Argument``s of algorithm keys.
-
-    Its ``choices`` attribute is what this module turns into a validated choice (with "did you
-    mean" errors and the choices listed in ``--help`` and the README's key table).
-    """
-
-    def parse(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"expected one of {options}, got {text!r}")
-        return text
-
-    parse.__name__ = "one of " + "|".join(options)
-    parse.choices = options  # type: ignore[attr-defined]
-    return parse
-
-
-_INTERVAL = re.compile(r"^\s*([\[(])\s*([^,]+?)\s*,\s*([^\])]+?)\s*([\])])\s*$")
-
-
-def check_ranges(args: Any, rules: Sequence[Tuple[str, str]]) -> List[str]:
-    """Check numeric keys against intervals written as text; returns the problems found.
-
-    Args:
-        args: The configuration (Namespace or dict); keys it lacks, or whose value is None, are skipped.
-        rules: ``(key, interval)`` pairs, e.g. ``("sfm_keep_ratio", "(0, 1]")`` or ``("lr", "(0, inf)")``.
-            Every checked value must also be finite.
-
-    Returns:
-        One message per violated rule, e.g. ``"sfm_keep_ratio must be in (0, 1], got 1.5"``.
-    """
-    get = args.get if isinstance(args, dict) else (lambda k, d=None: getattr(args, k, d))
-    problems = []
-    for key, interval in rules:
-        value = get(key, None)
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            continue
-        match = _INTERVAL.match(interval)
-        if match is None:
-            raise ValueError(f"bad interval {interval!r} for {key!r}")
-        lo_b, lo, hi, hi_b = match.groups()
-        lo_v, hi_v = float(lo), float(hi)
-        ok = math.isfinite(value)
-        ok = ok and (value > lo_v if lo_b == "(" else value >= lo_v)
-        ok = ok and (value < hi_v if hi_b == ")" else value <= hi_v)
-        if not ok:
-            problems.append(f"{key} must be in {interval}, got {value!r}")
-    return problems
 
 
 #: Ranges of the common keys (BaseConfig).
@@ -739,6 +722,12 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
     name = get("save_name")
     if isinstance(name, str) and (name.strip() in ("", ".", "..") or name != name.strip()):
         problems.append(f"save_name {name!r} is not a folder name; e.g. {default_save_name(args)!r}")
+    problems.extend(_zero_shot_problems(args))
+    if algorithm_cls is not None and hasattr(algorithm_cls, "validate_config"):
+        own = algorithm_cls.validate_config(args)
+        problems.extend(own or [])
+    if problems:  # the net check below imports open_clip and torch (seconds): report these first, at once
+        return problems
     net, clip_model = get("net"), get("clip_model")
     if isinstance(net, str) and (net == "open_clip" or net.startswith("clip_") or clip_model not in (None, "", "none")):
         from .nets.clip import CLIP_ARCHS, GENERIC_NET, validate_clip_model  # our CLIP nets: model, tower, tag
@@ -750,10 +739,6 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
                 problems.append(str(exc))
         elif clip_model not in (None, "", "none"):
             problems.append(f"clip_model is read only with net: open_clip, got net: {net}")
-    problems.extend(_zero_shot_problems(args))
-    if algorithm_cls is not None and hasattr(algorithm_cls, "validate_config"):
-        own = algorithm_cls.validate_config(args)
-        problems.extend(own or [])
     return problems
 
 
@@ -782,15 +767,16 @@ def run_config_dict(args: argparse.Namespace) -> Dict[str, Any]:
     """The run's configuration, as ``config.yaml`` stores it.
 
     Like :func:`config_to_dict`, with the invocation keys normalised: ``resume: false``,
-    ``resume_extend: false`` and ``load_path: <save_dir>/<save_name>/latest_model.pth`` (USB's
-    convention). So ``python train.py --c <run>/config.yaml`` repeats the run from the start (into
-    the same folder under the run's ``overwrite``), and adding ``--resume true`` continues it, whatever
-    the invocation that wrote the file was.
+    ``resume_extend: false`` and no ``load_path`` (a resume defaults to the run folder's own
+    ``latest_model.pth``). So ``python train.py --c <run>/config.yaml`` repeats the run from the start
+    (into the same folder under the run's ``overwrite``), and adding ``--resume true`` continues it,
+    whatever the invocation that wrote the file was; with another ``--save_dir``/``--save_name`` it
+    never picks up this run's checkpoint.
     """
     out = config_to_dict(args)
     out["resume"] = False
     out["resume_extend"] = False
-    out["load_path"] = os.path.join(str(args.save_dir), str(args.save_name), "latest_model.pth")
+    out.pop("load_path", None)
     return out
 
 
@@ -803,8 +789,12 @@ def save_config(args: argparse.Namespace, path: str) -> None:
 
 
 def format_config(args: argparse.Namespace) -> str:
-    """The resolved config as ``key: value`` lines, for the log."""
-    return "\n".join(f"  {k}: {v}" for k, v in config_to_dict(args).items())
+    """The keys whose value differs from its default, as ``key: value`` lines, for the console and the log.
+
+    The run's ``config.yaml`` holds every key; the log shows what this run chose.
+    """
+    specs = {**base_specs(), **algorithm_specs(_algorithm_class(str(args.algorithm)))}
+    return "\n".join(f"  {k}: {v}" for k, v in config_to_dict(args).items() if k not in specs or v != specs[k].default)
 
 
 def describe_keys(algorithm: str) -> str:

@@ -47,7 +47,6 @@ Writes ``<out>/demo_clip_tiny.pt`` (an open_clip state dict: ``pretrain_path`` l
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import hashlib
 import json
 import logging
@@ -57,23 +56,20 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .datasets.pretrain_pool import CARD_FILE, load_card, pool_indices, without_pretrain_pool  # noqa: F401
 from .errors import ConfigError, DatasetError
-
-if TYPE_CHECKING:
-    from .datasets.base import SourceData
 
 logger = logging.getLogger("usb_cfsg")
 
 #: Files written into ``--out``.
 WEIGHTS_FILE = "demo_clip_tiny.pt"
-CARD_FILE = "card.json"
 CARD_FORMAT = 1
 #: The architecture (net name, open_clip name) and the demo's input geometry.
 NET = "clip_tiny"
@@ -168,103 +164,6 @@ def select_pool(targets: np.ndarray, fraction: float, seed: int) -> np.ndarray:
         take = max(1, int(math.floor(len(idx) * fraction)))
         chosen.append(rng.permutation(idx)[:take])
     return np.sort(np.concatenate(chosen)).astype(np.int64)
-
-
-def load_card(path: str) -> Dict[str, Any]:
-    """Read and check a demo CLIP card.
-
-    Args:
-        path: ``card.json`` written by :func:`build_demo_clip` (or the folder holding it).
-
-    Returns:
-        The card.
-
-    Raises:
-        ConfigError: When the file is missing or not a demo CLIP card; the message says how to build one.
-    """
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / CARD_FILE
-    build = "build one with: python -m usb_cfsg.demo_clip --out ./saved_models/demo_clip (or make demo)"
-    if not p.is_file():
-        raise ConfigError(f"pretrain_pool {str(p)!r} does not exist; {build}")
-    try:
-        card = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"pretrain_pool {str(p)!r} is not a readable JSON card ({exc}); {build}") from None
-    pool = card.get("pool") if isinstance(card, dict) else None
-    if not isinstance(pool, dict) or not isinstance(pool.get("indices"), list) or "num_train" not in pool:
-        raise ConfigError(
-            f"pretrain_pool {str(p)!r} is not a demo CLIP card (no pool.indices / pool.num_train); {build}"
-        )
-    return card
-
-
-def pool_indices(card: Dict[str, Any], num_train: int, dataset: str = DATASET) -> np.ndarray:
-    """The pretraining pool of a card, checked against the training set it indexes.
-
-    Args:
-        card: From :func:`load_card`.
-        num_train: Size of the training set being read.
-        dataset: The dataset being read.
-
-    Returns:
-        Sorted unique int64 indices.
-
-    Raises:
-        DatasetError: When the card was made for another dataset or another training-set size.
-    """
-    if card.get("dataset") != dataset:
-        raise DatasetError(
-            f"pretrain_pool: the card was made on {card.get('dataset')!r}, not {dataset!r}; "
-            f"remove pretrain_pool or use a card built on {dataset}"
-        )
-    if int(card["pool"]["num_train"]) != int(num_train):
-        raise DatasetError(
-            f"pretrain_pool: the card's pool indexes {card['pool']['num_train']} training images, "
-            f"this {dataset} has {num_train}; rebuild the demo CLIP on these files"
-        )
-    idx = np.unique(np.asarray(card["pool"]["indices"], dtype=np.int64))
-    if idx.size and (idx[0] < 0 or idx[-1] >= num_train):
-        raise DatasetError(f"pretrain_pool: pool indices outside 0..{num_train - 1}")
-    return idx
-
-
-def without_pretrain_pool(source: SourceData, card_path: str) -> SourceData:
-    """The dataset with a demo CLIP card's pretraining images removed from its training set.
-
-    The open-set split then draws labeled and unlabeled images from the remaining training images
-    only (its indices index that remainder); the test set is untouched.
-
-    Args:
-        source: The dataset as its reader returns it.
-        card_path: The card (``pretrain_pool`` in a config).
-
-    Returns:
-        A copy of ``source`` whose ``train_items``/``train_targets`` exclude the pool.
-
-    Raises:
-        ConfigError: When the card is missing or malformed.
-        DatasetError: When the card was made on another dataset or another training-set size.
-    """
-    from .datasets.build import take
-
-    card = load_card(card_path)
-    n = len(source.train_items)
-    pool = pool_indices(card, n, source.name)
-    keep = np.setdiff1d(np.arange(n, dtype=np.int64), pool)
-    logger.info(
-        "%s: %d of %d training images are the demo CLIP's pretraining pool (%s) and are left out; "
-        "labeled and unlabeled images come from the other %d",
-        source.name,
-        len(pool),
-        n,
-        card_path,
-        len(keep),
-    )
-    return dataclasses.replace(
-        source, train_items=take(source.train_items, keep), train_targets=np.asarray(source.train_targets)[keep]
-    )
 
 
 # -------------------------------------------------------------------------------------- images
@@ -607,7 +506,7 @@ def build_demo_clip(
     import open_clip
 
     from .datasets.fmnist import PROMPT_TEMPLATES, read_fmnist
-    from .nets.clip import OPENAI_MEAN, OPENAI_STD, _ensure_configs
+    from .nets.clip import OPENAI_MEAN, OPENAI_STD, _ensure_configs, _quiet_open_clip
 
     recipe = recipe or Recipe()
     recipe.check()
@@ -633,7 +532,8 @@ def build_demo_clip(
 
     _ensure_configs()
     torch.manual_seed(seed)
-    model = open_clip.create_model(ARCH, pretrained=None, force_image_size=recipe.img_size)
+    with _quiet_open_clip():  # no "initialized randomly" warning: training from scratch is the point here
+        model = open_clip.create_model(ARCH, pretrained=None, force_image_size=recipe.img_size)
     tokenizer = open_clip.get_tokenizer(ARCH)
     logger.info(
         "demo CLIP: training %s (both towers) for %d steps of %d images on %d threads",

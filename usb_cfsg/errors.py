@@ -29,8 +29,33 @@ class RegistryError(UsbCfsgError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+#: Names other frameworks use for a key, and ours (offered when the user's name is one of them).
+ALIASES = {
+    "learning_rate": "lr",
+    "learningrate": "lr",
+    "base_lr": "lr",
+    "wd": "weight_decay",
+    "bs": "batch_size",
+    "epochs": "epoch",
+    "num_epochs": "epoch",
+    "iters": "num_train_iter",
+    "num_iters": "num_train_iter",
+    "max_iter": "num_train_iter",
+    "optimizer": "optim",
+    "model": "net",
+    "arch": "net",
+    "resume_from": "load_path",
+    "checkpoint": "load_path",
+    "output_dir": "save_dir",
+}
+
+
 def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
     """Return a ", did you mean 'a', 'b'?" suffix for an unknown ``name``.
+
+    Suggestions, best first: the key :data:`ALIASES` maps ``name`` to (``learning_rate`` -> ``lr``);
+    valid names that are a whole ``_``-separated part at the start or end of ``name`` (``lr`` for
+    ``lr_typo`` and ``lr_rate``); then the closest spellings (difflib, case-insensitive as a fallback).
 
     Args:
         name: The name the user gave.
@@ -41,10 +66,21 @@ def did_you_mean(name: str, choices: Iterable[str], n: int = 3) -> str:
         The suffix (starting with ", did you mean"), or "" when nothing is close.
     """
     choices = list(choices)
+    valid = set(choices)
+    low = name.lower()
     close = difflib.get_close_matches(name, choices, n=n, cutoff=0.5)
     if not close:
         lowered = {c.lower(): c for c in choices}
-        close = [lowered[c] for c in difflib.get_close_matches(name.lower(), list(lowered), n=n, cutoff=0.5)]
-    if not close:
+        close = [lowered[c] for c in difflib.get_close_matches(low, list(lowered), n=n, cutoff=0.5)]
+    typo = [c for c in close if difflib.SequenceMatcher(None, low, c.lower()).ratio() >= 0.8]  # a misspelling
+    found = [ALIASES[low]] if ALIASES.get(low) in valid else []
+    found += typo
+    found += sorted(
+        (c for c in choices if len(c) >= 2 and (low.startswith(c.lower() + "_") or low.endswith("_" + c.lower()))),
+        key=lambda c: -len(c),
+    )
+    found += close
+    found = list(dict.fromkeys(found))[:n]
+    if not found:
         return ""
-    return ", did you mean " + ", ".join(repr(c) for c in close) + "?"
+    return ", did you mean " + ", ".join(repr(c) for c in found) + "?"

@@ -3,9 +3,10 @@ the decoded-image cache and persistent loader workers."""
 
 from __future__ import annotations
 
-import json
+import argparse
 import logging
 import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -301,24 +302,42 @@ def test_persistent_workers_give_the_same_order_and_augmentation_across_epochs_a
 
 
 # ------------------------------------------------------------------ start-up
-STALE = "usb_cfsg/algorithm_keys.json is stale (a source file changed): run python -m usb_cfsg.algorithm_keys --write"
+STALE = "usb_cfsg/algorithm_keys.py must declare every key of the algorithm classes (see its docstring)"
 
 
-def test_algorithm_key_copy_is_up_to_date_and_equals_the_live_keys():
-    from usb_cfsg.algorithm_keys import LazyAlgorithm, algorithm_class, live_records, load_cache
-    from usb_cfsg.algorithms import get_algorithm_class
+def test_declared_keys_equal_the_classes_keys_and_nothing_is_generated():
+    import usb_cfsg.algorithm_keys as keys
+    from usb_cfsg.algorithms import algorithm_names, get_algorithm_class
     from usb_cfsg.config import algorithm_specs
+    from usb_cfsg.nets.backbone import DENSE_KINDS
+    from usb_cfsg.nets.cfsg import OOD_SCORES
 
-    assert load_cache(), STALE
-    live = live_records()
-    assert json.loads(json.dumps(live)) == load_cache()["algorithms"], STALE
-    assert {"fixmatch", "cfsg_clip", "openmatch", "iomatch"} <= set(live)
-    for name in live:
-        lazy = algorithm_class(name)
-        assert isinstance(lazy, LazyAlgorithm)
+    assert keys.usb_version_installed()
+    names = set(algorithm_names())
+    assert set(keys.ALGORITHMS) | set(keys.USB_ALGORITHMS) == names
+    for name in names:
+        stand_in = keys.algorithm_class(name)
+        assert isinstance(stand_in, keys.DeclaredAlgorithm), name
         real = get_algorithm_class(name)
-        assert algorithm_specs(lazy) == algorithm_specs(real), name
-        assert hasattr(lazy, "validate_config") == hasattr(real, "validate_config"), name
+        assert algorithm_specs(stand_in) == algorithm_specs(real), STALE + ": " + name
+        assert hasattr(stand_in, "validate_config") == hasattr(real, "validate_config"), name
+    assert keys.CFSG_OOD_SCORES == OOD_SCORES and keys.DENSE_KINDS == DENSE_KINDS
+    assert not list(Path(keys.__file__).parent.glob("*.json")), "no generated key copy next to the package"
+    # our classes read their rules from the declaration too: a range problem is found by both
+    bad = argparse.Namespace(sfm_keep_ratio=1.5, vsi_topk=9, num_classes=4)
+    assert keys.algorithm_class("cfsg_clip").validate_config(bad) == get_algorithm_class("cfsg_clip").validate_config(
+        bad
+    )
+    assert len(keys.problems("cfsg_clip", bad)) == 2
+
+
+def test_another_semilearn_version_reads_usb_keys_from_the_classes(monkeypatch):
+    import usb_cfsg.algorithm_keys as keys
+
+    monkeypatch.setattr(keys, "usb_version_installed", lambda: False)
+    cls = keys.algorithm_class("fixmatch")
+    assert not isinstance(cls, keys.DeclaredAlgorithm) and cls.get_argument()  # the real class, its real keys
+    assert isinstance(keys.algorithm_class("cfsg_clip"), keys.DeclaredAlgorithm)  # ours are declared here
 
 
 def _run_python(code: str) -> str:
@@ -347,6 +366,8 @@ def test_help_and_config_errors_come_before_torch_loads(tmp_path):
         "assert '--sfm_keep_ratio' in buf.getvalue() and '--amp_dtype' in buf.getvalue()\n"
         "assert train.cli(['--algorithm', 'fixmatch', '--lr', 'abc']) == 2\n"
         "assert train.cli(['--algorithm', 'cfsg_clip', '--amp_dtpe', 'bf16']) == 2\n"
+        "assert train.cli(['--c', 'config/demo/cfsg_fmnist.yaml', '--batch_size', '-1']) == 2\n"
+        "assert train.cli(['--c', 'config/cfsg_cub.yaml', '--algorithm', 'openmatch', '--T', '0']) == 2\n"
         "print(sorted(m for m in ('torch', 'semilearn', 'open_clip') if m in sys.modules))\n"
     )
     assert out.strip().splitlines()[-1] == "[]", STALE
@@ -360,20 +381,6 @@ def test_import_usb_cfsg_registers_when_semilearn_loads():
         "print('cfsg_clip' in ALGORITHMS, get_net_builder('clip_tiny', False).__name__)\n"
     )
     assert out.strip().splitlines()[-1] == "True clip_tiny"
-
-
-def test_a_stale_key_copy_is_not_used(tmp_path, monkeypatch):
-    import usb_cfsg.algorithm_keys as keys
-
-    doc = json.loads(keys.CACHE_FILE.read_text())
-    doc["fingerprint"] = "0" * 64  # as after an edit of any usb_cfsg source file
-    doc["algorithms"]["fixmatch"]["arguments"] = []
-    stale = tmp_path / "algorithm_keys.json"
-    stale.write_text(json.dumps(doc))
-    monkeypatch.setattr(keys, "CACHE_FILE", stale)
-    monkeypatch.setattr(keys, "_cache", None)
-    cls = keys.algorithm_class("fixmatch")
-    assert not isinstance(cls, keys.LazyAlgorithm) and cls.get_argument()  # the real class, its real keys
 
 
 # ------------------------------------------------------------- cheaper step

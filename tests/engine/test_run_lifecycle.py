@@ -48,8 +48,8 @@ def test_demo_like_config_and_saved_config_rerun_into_the_same_folder(cub_root, 
     run = tmp_path / "runs" / "demo"
     assert train.cli(["--c", cfg]) == 0
     first = yaml.safe_load((run / "config.yaml").read_text())
-    assert first["resume"] is False and first["load_path"] == str(run / "latest_model.pth")
-    # the saved config.yaml repeats the run (overwrite: true, load_path inside the folder, resume: false)
+    assert first["resume"] is False and "load_path" not in first
+    # the saved config.yaml repeats the run (overwrite: true, resume: false, no load_path)
     assert train.cli(["--c", str(run / "config.yaml")]) == 0
     assert yaml.safe_load((run / "config.yaml").read_text()) == first
     assert safe_load(str(run / "latest_model.pth"))["it"] == 2
@@ -67,6 +67,10 @@ def test_resume_refuses_schedule_changes_and_never_rewrites_a_finished_run(cub_r
     }
     capsys.readouterr()
 
+    # resume without a checkpoint: both ways on (start fresh, or another run's checkpoint)
+    assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "none_yet", iters=4, resume="true", **common)) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint at" in err and "drop --resume" in err and "--load_path PATH" in err
     # changing num_train_iter without resume_extend: refused, with the reason and the fix
     assert train.cli(tiny_run_argv(cub_root, str(tmp_path), "r", iters=6, resume="true", **common)) == 2
     err = capsys.readouterr().err
@@ -115,7 +119,9 @@ def test_resume_refuses_schedule_changes_and_never_rewrites_a_finished_run(cub_r
     )
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved == {**yaml.safe_load(frozen["config.yaml"][0]), "num_train_iter": 6}  # resume keys normalised
-    assert log.count("resolved config:") == 2  # logged by the two starts that trained, not by the refused ones
+    assert (
+        log.count("resolved config, keys that differ from the defaults") == 2
+    )  # logged by the two starts that trained, not by the refused ones
 
 
 def test_a_failed_start_leaves_no_folder_and_restores_a_replaced_run(tmp_path, capsys):
@@ -345,3 +351,33 @@ def test_num_workers_capped_to_the_cpus_with_one_notice(monkeypatch, caplog):
     args = Namespace(num_workers=1)
     cap_num_workers(args)
     assert args.num_workers == 1 and math.isclose(loader_workers(2), 2)
+
+
+def test_ctrl_c_says_which_checkpoint_survived_and_how_to_resume(cub_root, tmp_path, capsys, monkeypatch):
+    from semilearn.algorithms.fixmatch import FixMatch
+
+    step = FixMatch.train_step
+    calls = {"n": 0}
+
+    @functools.wraps(step)  # USB reads train_step's signature
+    def interrupt_at_step_3(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # after the checkpoint of iteration 2
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(FixMatch, "train_step", interrupt_at_step_3)
+    argv = tiny_run_argv(cub_root, str(tmp_path), "r", iters=4, num_eval_iter=2, use_tensorboard="false")
+    capsys.readouterr()
+    assert train.cli(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    run = tmp_path / "r"
+    assert "Traceback" not in "\n".join(err) and "KeyboardInterrupt" not in "\n".join(err)
+    assert err[-1].startswith(f"interrupted: the last checkpoint is {run / 'latest_model.pth'}")
+    resume = err[-1].split("resume with: ")[1]
+    assert resume == f"python train.py --c {run / 'config.yaml'} --resume true"
+    monkeypatch.setattr(FixMatch, "train_step", step)
+    assert train.cli(resume.split()[2:]) == 0  # the printed command resumes
+    assert safe_load(str(run / "latest_model.pth"))["it"] == 4
+    # before any checkpoint: says so
+    assert train.interrupted(None).startswith("interrupted before the run started")

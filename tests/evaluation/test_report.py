@@ -89,3 +89,13 @@ def test_summary_shows_difficulty_groups_and_sources() -> None:
     assert lines[header + 3].split() == ["unknown:", "Hard", "30", "60.00%", "n/a", "70.00%", "25.00%"]
     assert lines[-2] == "threshold: " + metrics["threshold_source"]
     assert lines[-1] == "calibration: 40 of 90 unlabeled training images"
+
+
+def test_summary_fits_80_columns_with_a_long_checkpoint_path() -> None:
+    metrics = m.compute_openset_metrics(Y, CLOSED, SCORE, T, K)
+    long_dir = "/" + "/".join(["a_rather_long_folder_name"] * 4)
+    metrics["checkpoint"] = f"{long_dir}/saved_models/demo/cfsg_fmnist/latest_model.pth"
+    lines = format_summary(metrics).splitlines()
+    assert max(len(line) for line in lines) <= 80, max(lines, key=len)
+    row = next(line for line in lines if line.startswith("checkpoint"))
+    assert row.endswith("cfsg_fmnist/latest_model.pth")

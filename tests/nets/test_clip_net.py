@@ -356,3 +356,23 @@ def test_config_rejects_unknown_tags_and_towers_before_any_data_or_model():
         build_config(["--net", "open_clip", "--clip_model", "RN50", "--pretrained", "none"])
     args = build_config(["--net", "open_clip", "--clip_model", "ViT-L-14-336", "--pretrained", "openai"])
     assert args.clip_model == "ViT-L-14-336"
+
+
+def test_torchscript_archive_traced_from_open_clip_loads_and_other_keys_still_fail(tmp_path):
+    reference = _tiny_reference(11)
+    example = (torch.randn(1, 3, 64, 64), torch.zeros(1, 77, dtype=torch.long))
+    traced = torch.jit.trace(reference, example, strict=False, check_trace=False)
+    assert "attn_mask" in traced.state_dict()  # the non-weight buffer such archives carry
+    traced.save(str(tmp_path / "traced.pt"))
+    net = BUILDERS["clip_tiny"](
+        num_classes=2, pretrained="none", pretrained_path=str(tmp_path / "traced.pt"), img_size=64
+    )
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(_features(net, x), reference.encode_image(x), rtol=1e-4, atol=1e-5)
+    # any other unexpected entry is still an error that names it
+    state = dict(reference.state_dict(), attn_mask=torch.zeros(77, 77), stray_buffer=torch.zeros(2))
+    torch.save(state, tmp_path / "stray.pt")
+    with pytest.raises(ConfigError, match="stray_buffer") as err:
+        BUILDERS["clip_tiny"](num_classes=2, pretrained="none", pretrained_path=str(tmp_path / "stray.pt"), img_size=64)
+    assert "attn_mask" not in str(err.value)

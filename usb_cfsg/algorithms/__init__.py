@@ -8,8 +8,9 @@ overwrite as in semilearn's own registry.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Type
+from typing import Any, Callable, List, Type
 
+from ..algorithm_keys import ALGORITHMS, problems
 from ..errors import RegistryError, did_you_mean
 
 _MODULES: tuple[str, ...] = ("cfsg_clip", "openmatch", "iomatch", "clip_zeroshot")
@@ -59,6 +60,30 @@ def get_algorithm_class(name: str) -> Type[Any]:
         names = list(registry.keys())
         raise RegistryError(f"unknown algorithm {name!r}{did_you_mean(name, names)} Known: {', '.join(sorted(names))}")
     return registry[name]
+
+
+def ssl_arguments(name: str) -> List[Any]:
+    """USB's ``get_argument()`` list of our algorithm ``name``, from its keys in ``usb_cfsg.algorithm_keys``.
+
+    Every algorithm of ours returns this from ``get_argument()``, so its keys are declared once.
+    """
+    from semilearn.algorithms.utils import SSL_Argument, str2bool
+
+    from ..algorithm_keys import one_of
+
+    out = []
+    for key in ALGORITHMS[name].keys:
+        if key.choices is not None:
+            typ: Any = one_of(*key.choices)
+        else:
+            typ = {"bool": str2bool, "int": int, "float": float, "str": str}[key.type]
+        out.append(SSL_Argument(f"--{key.name}", typ, key.default, key.help))
+    return out
+
+
+def declared_problems(name: str, args: Any) -> List[str]:
+    """``validate_config`` of our algorithm ``name``: its declared ranges and rules (``usb_cfsg.algorithm_keys``)."""
+    return problems(name, args)
 
 
 for _module in _MODULES:

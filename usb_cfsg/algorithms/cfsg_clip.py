@@ -28,15 +28,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from semilearn.algorithms.utils import SSL_Argument, str2bool
 from semilearn.core.algorithmbase import AlgorithmBase
 
-from ..config import one_of
+from ..algorithm_keys import OVA_VIEWS
 from ..engine.plugin import PluginMixin
 from ..modules import ClassPrototypes, fused_score, ova_consistency, ova_entropy, ova_loss
-from ..nets.backbone import DENSE_KINDS, unwrap
+from ..nets.backbone import unwrap
 from ..nets.cfsg import NET_SCORES, OOD_SCORES
-from . import register_algorithm
+from . import declared_problems, register_algorithm, ssl_arguments
 
 #: net keyword -> config key, for every switch of the CFSG network
 NET_SWITCHES = (
@@ -58,7 +57,6 @@ NET_SWITCHES = (
 )
 #: the two scores ``fused`` averages (each mapped to [0, 1] with its calibrated range)
 FUSED_FROM = ("ova", "glmcm")
-OVA_VIEWS = ("weak_weak", "weak_strong")
 
 
 def _split(t: torch.Tensor, num_lb: int, num_views: int) -> Tuple[torch.Tensor, ...]:
@@ -94,37 +92,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
 
     @classmethod
     def validate_config(cls, args: Any) -> list:
-        """Ranges of cfsg_clip's keys, checked by config.py before any data is read (problem strings)."""
-        from ..config import check_ranges
-
-        problems = check_ranges(
-            args,
-            (
-                ("sfm_keep_ratio", "(0, 1]"),
-                ("sfm_temperature", "(0, inf)"),
-                ("sfm_local_weight", "[0, inf)"),
-                ("vsi_topk", "[1, inf)"),
-                ("proto_momentum", "[0, 1]"),
-                ("mcm_temperature", "(0, inf)"),
-                ("ova_log_eps", "[0, 1)"),
-                ("zs_weight", "[0, 1]"),
-                ("lambda_ova", "[0, inf)"),
-                ("lambda_em", "[0, inf)"),
-                ("lambda_socr", "[0, inf)"),
-                ("lambda_fix", "[0, inf)"),
-                ("p_cutoff", "[0, 1]"),
-                ("ood_threshold", "[0, 1]"),
-                ("start_fix", "[0, inf)"),
-                ("num_tuned_blocks", "[0, inf)"),
-            ),
-        )
-        topk, k = getattr(args, "vsi_topk", None), getattr(args, "num_classes", None)
-        if isinstance(topk, int) and isinstance(k, int) and topk > k >= 1:
-            problems.append(
-                f"vsi_topk ({topk}) must not exceed num_classes ({k}): the cues come from the top-k "
-                f"seen classes; e.g. vsi_topk: {min(3, k)}"
-            )
-        return problems
+        """Ranges and rules of cfsg_clip's keys (declared in ``usb_cfsg.algorithm_keys``), checked before any data is read."""
+        return declared_problems("cfsg_clip", args)
 
     # ------------------------------------------------------------------ data
     def set_dataset(self):
@@ -279,80 +248,5 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
 
     @staticmethod
     def get_argument():
-        return [
-            SSL_Argument("--num_tuned_blocks", int, 4, "trainable last visual blocks m"),
-            SSL_Argument(
-                "--text_encoder",
-                one_of("clip", "minilm"),
-                "clip",
-                "class-name embeddings: CLIP text tower or offline MiniLM + learned projection",
-            ),
-            SSL_Argument("--use_sfm", str2bool, True, "semantic filtering module in the coarse branch"),
-            SSL_Argument("--use_vsi", str2bool, True, "visual-semantic injection cue tokens in the fine branch"),
-            SSL_Argument("--sfm_keep_ratio", float, 0.25, "rho: fraction of patches kept by the SFM"),
-            SSL_Argument("--sfm_temperature", float, 0.07, "tau_f: patch-class affinity softmax temperature"),
-            SSL_Argument(
-                "--sfm_posterior_scale",
-                float,
-                100.0,
-                "s of the SFM class posterior softmax(s cos(g, t)); 100 = CLIP's zero-shot scale",
-            ),
-            SSL_Argument("--sfm_local_weight", float, 1.0, "lambda_f: weight of the local feature in z_c"),
-            SSL_Argument(
-                "--sfm_dense",
-                one_of(*DENSE_KINDS, "tokens"),
-                "value",
-                "patch features of the affinity: last block's value path (MaskCLIP), glmcm (value path + "
-                "residual + MLP, GL-MCM's local features) or final tokens",
-            ),
-            SSL_Argument("--vsi_topk", int, 3, "k: cue tokens from the top-k coarse classes"),
-            SSL_Argument("--proto_momentum", float, 0.99, "EMA momentum of the class prototypes"),
-            SSL_Argument(
-                "--closed_head",
-                one_of("ensemble", "fine"),
-                "ensemble",
-                "closed-set prediction: (coarse + fine) / 2, or fine only",
-            ),
-            SSL_Argument("--mcm_temperature", float, 1.0, "T of the MCM / GL-MCM scores (1, as both papers)"),
-            SSL_Argument(
-                "--glmcm_local",
-                one_of(*DENSE_KINDS),
-                "glmcm",
-                "local features of the glmcm score: glmcm (as GL-MCM's code) or value (MaskCLIP value path)",
-            ),
-            SSL_Argument("--ova_bias", str2bool, False, "bias in the OVA head's linear layer (OpenMatch: none)"),
-            SSL_Argument(
-                "--ova_views",
-                one_of(*OVA_VIEWS),
-                "weak_strong",
-                "unlabeled views of the OVA entropy/consistency: weak and strong (no extra forward) or "
-                "two weak (OpenMatch, one more unlabeled forward per step)",
-            ),
-            SSL_Argument(
-                "--zs_weight",
-                float,
-                0.5,
-                "alpha of the closed prediction (1 - alpha) trained + alpha zero-shot: the frozen pretrained "
-                "CLIP classifier kept in an output ensemble; 0 = trained heads only",
-            ),
-            SSL_Argument(
-                "--ova_log_eps",
-                float,
-                1e-8,
-                "eps of log(softmax + eps) in the OVA losses, as the authors' code; 0 = exact log_softmax",
-            ),
-            SSL_Argument("--lambda_ova", float, 1.0, "weight of the labeled OVA loss"),
-            SSL_Argument("--lambda_em", float, 0.1, "weight of OVA entropy minimisation on unlabeled data"),
-            SSL_Argument("--lambda_socr", float, 0.5, "weight of OVA consistency between the two views"),
-            SSL_Argument("--lambda_fix", float, 1.0, "weight of the FixMatch term on selected inliers"),
-            SSL_Argument("--p_cutoff", float, 0.95, "confidence threshold of pseudo-labels"),
-            SSL_Argument("--ood_threshold", float, 0.5, "OVA unknown score below which a sample is an inlier"),
-            SSL_Argument("--start_fix", int, 0, "iterations before the FixMatch term starts"),
-            SSL_Argument(
-                "--ood_score",
-                one_of(*OOD_SCORES),
-                "energy",
-                "primary unknown score; energy = -logsumexp of the closed logits; fused = mean of ova and "
-                "glmcm on ranges fitted on training data",
-            ),
-        ]
+        """USB's key list, from the keys declared in ``usb_cfsg.algorithm_keys``."""
+        return ssl_arguments("cfsg_clip")

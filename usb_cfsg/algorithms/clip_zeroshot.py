@@ -32,15 +32,13 @@ from typing import Any, Dict, Optional, Tuple, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from semilearn.algorithms.utils import SSL_Argument
 from semilearn.core.algorithmbase import AlgorithmBase
 
-from ..config import one_of
 from ..engine.plugin import PluginMixin, msp_and_energy
 from ..modules import glmcm_score, mcm_score
 from ..nets.backbone import DENSE_KINDS, DenseKind
 from ..nets.clip import NET_HEADS, ClipNet
-from . import register_algorithm
+from . import declared_problems, register_algorithm, ssl_arguments
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -49,7 +47,7 @@ CLIP_LOGIT_SCALE = 100.0
 #: the scale of the trained cosine heads (``ClipNet``'s default ``logit_scale``): msp and energy of the
 #: zero-shot logits are taken at it, as for the trained nets
 HEAD_LOGIT_SCALE = 30.0
-ZS_SCORES = ("mcm", "glmcm", "msp", "energy")
+
 #: scores the net computes (as ``score_<name>``); msp and energy come from its logits
 NET_ZS_SCORES = ("mcm", "glmcm")
 
@@ -121,11 +119,9 @@ class ClipZeroShot(PluginMixin, AlgorithmBase):
         return cls.net_head, {"mcm_temperature": args.mcm_temperature, "glmcm_local": args.glmcm_local}
 
     @classmethod
-    def validate_config(cls, args) -> list:
-        """``mcm_temperature`` must be positive (checked before any data is read)."""
-        from ..config import check_ranges
-
-        return check_ranges(args, (("mcm_temperature", "(0, inf)"),))
+    def validate_config(cls, args: Any) -> list:
+        """Ranges and rules of clip_zeroshot's keys (declared in ``usb_cfsg.algorithm_keys``), checked before any data is read."""
+        return declared_problems("clip_zeroshot", args)
 
     def train(self):
         """No training: the hooks' before_run / after_run (checkpoint, open-set evaluation) only."""
@@ -159,18 +155,5 @@ class ClipZeroShot(PluginMixin, AlgorithmBase):
 
     @staticmethod
     def get_argument():
-        return [
-            SSL_Argument("--mcm_temperature", float, 1.0, "T of the MCM / GL-MCM softmax (both papers: 1)"),
-            SSL_Argument(
-                "--glmcm_local",
-                one_of(*DENSE_KINDS),
-                "glmcm",
-                "local features of the glmcm score: glmcm (as GL-MCM's code) or value (MaskCLIP value path)",
-            ),
-            SSL_Argument(
-                "--ood_score",
-                one_of(*ZS_SCORES),
-                "mcm",
-                "headline unknown score: mcm, glmcm, or msp / energy of the zero-shot logits at the heads' scale 30",
-            ),
-        ]
+        """USB's key list, from the keys declared in ``usb_cfsg.algorithm_keys``."""
+        return ssl_arguments("clip_zeroshot")

@@ -37,14 +37,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from semilearn.algorithms.utils import SSL_Argument, str2bool
 from semilearn.core.algorithmbase import AlgorithmBase
 
 from ..engine.plugin import PluginMixin, zero_shot_kwargs
 from ..errors import ConfigError
 from ..modules import OVAHead, ova_loss, ova_probs, ova_unknown_score
 from ..nets.clip import NET_HEADS, ClipNet
-from . import register_algorithm
+from . import declared_problems, register_algorithm, ssl_arguments
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -174,25 +173,9 @@ class IOMatch(PluginMixin, AlgorithmBase):
         return cls.net_head, {"proj_dim": args.proj_dim, **zero_shot_kwargs(args)}
 
     @classmethod
-    def validate_config(cls, args) -> list:
-        """Ranges of IOMatch's keys (checked before any data is read)."""
-        from ..config import check_ranges
-
-        problems = check_ranges(
-            args,
-            (
-                ("p_cutoff", "[0, 1]"),
-                ("q_cutoff", "[0, 1]"),
-                ("mb_loss_ratio", "[0, inf)"),
-                ("op_loss_ratio", "[0, inf)"),
-                ("ova_log_eps", "[0, 1)"),
-                ("da_len", "[1, inf)"),
-                ("proj_dim", "[1, inf)"),
-            ),
-        )
-        if getattr(args, "op_start", -1) < -1:
-            problems.append(f"op_start must be >= 0 iterations or -1 (auto), got {args.op_start}")
-        return problems
+    def validate_config(cls, args: Any) -> list:
+        """Ranges and rules of iomatch's keys (declared in ``usb_cfsg.algorithm_keys``), checked before any data is read."""
+        return declared_problems("iomatch", args)
 
     def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s):
         num_lb = y_lb.shape[0]
@@ -276,35 +259,8 @@ class IOMatch(PluginMixin, AlgorithmBase):
 
     @staticmethod
     def get_argument():
-        return [
-            SSL_Argument(
-                "--p_cutoff", float, 0.95, "closed-set pseudo-label confidence threshold tau_p (IOMatch: 0.95)"
-            ),
-            SSL_Argument("--q_cutoff", float, 0.5, "open-set target confidence threshold tau_q (IOMatch: 0.5)"),
-            SSL_Argument(
-                "--ova_log_eps",
-                float,
-                1e-8,
-                "eps of log(softmax + eps) in the OVA losses, as the authors' code; 0 = exact log_softmax",
-            ),
-            SSL_Argument("--mb_loss_ratio", float, 1.0, "weight of the labeled multi-binary loss (IOMatch: 1)"),
-            SSL_Argument("--op_loss_ratio", float, 1.0, "weight of the open-set loss L_op (IOMatch: 1)"),
-            SSL_Argument(
-                "--op_start",
-                int,
-                -1,
-                "iterations before L_op starts; -1 = num_train_iter/256 (IOMatch: after the first of 256 epochs)",
-            ),
-            SSL_Argument(
-                "--dist_align",
-                str2bool,
-                True,
-                "distribution alignment of the closed-set pseudo-labels to a uniform prior (IOMatch: on; "
-                "its CIFAR-10 configs turn it off)",
-            ),
-            SSL_Argument("--da_len", int, 128, "queue length of the distribution alignment (IOMatch: 128)"),
-            SSL_Argument("--proj_dim", int, 128, "output size of the projection head (IOMatch: 128)"),
-        ]
+        """USB's key list, from the keys declared in ``usb_cfsg.algorithm_keys``."""
+        return ssl_arguments("iomatch")
 
 
 def resolve_op_start(op_start: int, num_train_iter: int) -> int:

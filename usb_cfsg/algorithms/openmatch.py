@@ -48,7 +48,6 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import torch
 import torch.nn.functional as F
-from semilearn.algorithms.utils import SSL_Argument
 from semilearn.core.algorithmbase import AlgorithmBase
 
 from ..engine.plugin import PluginMixin, zero_shot_kwargs
@@ -56,7 +55,7 @@ from ..engine.sampling import eval_loader
 from ..errors import ConfigError
 from ..modules import OVA_LOG_EPS, OVAHead, ova_consistency, ova_entropy, ova_loss, ova_unknown_score
 from ..nets.clip import NET_HEADS, ClipNet
-from . import register_algorithm
+from . import declared_problems, register_algorithm, ssl_arguments
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -172,28 +171,9 @@ class OpenMatch(PluginMixin, AlgorithmBase):
         return cls.net_head, zero_shot_kwargs(args)
 
     @classmethod
-    def validate_config(cls, args) -> list:
-        """Ranges of OpenMatch's keys (checked before any data is read)."""
-        from ..config import check_ranges
-
-        problems = check_ranges(
-            args,
-            (
-                ("lambda_ova", "[0, inf)"),
-                ("lambda_em", "[0, inf)"),
-                ("ova_log_eps", "[0, 1)"),
-                ("lambda_socr", "[0, inf)"),
-                ("lambda_fix", "[0, inf)"),
-                ("p_cutoff", "[0, 1]"),
-                ("T", "(0, inf)"),
-                ("select_threshold", "(0, 1]"),
-            ),
-        )
-        if getattr(args, "start_fix", -1) < -1:
-            problems.append(f"start_fix must be >= 0 iterations or -1 (auto), got {args.start_fix}")
-        if getattr(args, "select_interval", -1) == 0 or getattr(args, "select_interval", -1) < -1:
-            problems.append(f"select_interval must be >= 1 iteration or -1 (auto), got {args.select_interval}")
-        return problems
+    def validate_config(cls, args: Any) -> list:
+        """Ranges and rules of openmatch's keys (declared in ``usb_cfsg.algorithm_keys``), checked before any data is read."""
+        return declared_problems("openmatch", args)
 
     # ----------------------------------------------------------------- data
     def set_dataset(self):
@@ -310,47 +290,8 @@ class OpenMatch(PluginMixin, AlgorithmBase):
 
     @staticmethod
     def get_argument():
-        return [
-            SSL_Argument("--lambda_ova", float, 1.0, "weight of the labeled OVA loss (OpenMatch: 1)"),
-            SSL_Argument(
-                "--ova_log_eps",
-                float,
-                1e-8,
-                "eps of log(softmax + eps) in the OVA losses, as the authors' code; 0 = exact log_softmax",
-            ),
-            SSL_Argument(
-                "--lambda_em", float, 0.1, "weight of open-set entropy minimisation (OpenMatch lambda_oem: 0.1)"
-            ),
-            SSL_Argument(
-                "--lambda_socr",
-                float,
-                0.5,
-                "weight of soft open-set consistency (OpenMatch: 0.5 CIFAR-10/ImageNet, 1.0 CIFAR-100)",
-            ),
-            SSL_Argument("--lambda_fix", float, 1.0, "weight of the FixMatch term on selected inliers (OpenMatch: 1)"),
-            SSL_Argument("--p_cutoff", float, 0.0, "pseudo-label confidence threshold (OpenMatch: 0.0)"),
-            SSL_Argument("--T", float, 1.0, "pseudo-label softmax temperature (OpenMatch: 1)"),
-            SSL_Argument(
-                "--start_fix",
-                int,
-                -1,
-                "iterations before FixMatch and the inlier selection start; -1 = 10/512 of num_train_iter "
-                "(OpenMatch: epoch 10 of 512)",
-            ),
-            SSL_Argument(
-                "--select_interval",
-                int,
-                -1,
-                "iterations between inlier selections over the whole unlabeled set; -1 = one pass over "
-                "the unlabeled set (OpenMatch: once per epoch)",
-            ),
-            SSL_Argument(
-                "--select_threshold",
-                float,
-                0.5,
-                "an unlabeled image is a selected inlier when p_neg(y_hat) < this (OpenMatch: 0.5)",
-            ),
-        ]
+        """USB's key list, from the keys declared in ``usb_cfsg.algorithm_keys``."""
+        return ssl_arguments("openmatch")
 
 
 def resolve_start_fix(start_fix: int, num_train_iter: int) -> int:

@@ -8,11 +8,19 @@ alone, so one split implementation serves every dataset.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from ..registry import Registry
+
+
+def take(items: Union[Sequence[Any], np.ndarray], indices: np.ndarray) -> Any:
+    """``items[indices]`` for a list or an array."""
+    if isinstance(items, np.ndarray):
+        return items[indices]
+    return [items[i] for i in indices.tolist()]
+
 
 #: One training or test item: a path to an image file, or an in-memory uint8 image (HxW or HxWxC).
 Item = Union[str, np.ndarray]

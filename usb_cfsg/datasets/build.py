@@ -7,12 +7,12 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
 from ..errors import DatasetError
-from .base import SourceData, read_source
+from .base import SourceData, read_source, take
 from .split import OpenSetSplit, make_openset_split
 from .transforms import build_transforms
 
@@ -64,13 +64,6 @@ class OpenSetInfo:
     def class_names(self) -> list[str]:
         """All class names in new label order (seen, then unseen)."""
         return self.seen_class_names + self.unseen_class_names
-
-
-def take(items: Union[Sequence[Any], np.ndarray], indices: np.ndarray) -> Any:
-    """``items[indices]`` for a list or an array."""
-    if isinstance(items, np.ndarray):
-        return items[indices]
-    return [items[i] for i in indices.tolist()]
 
 
 def _as_list(value: Any, key: str) -> Optional[list]:
@@ -223,7 +216,7 @@ def build_openset_datasets(
         class_names=None if ssb else config["class_names"],
     )
     if config["pretrain_pool"]:  # a demo CLIP card: its pretraining images never enter the split
-        from ..demo_clip import without_pretrain_pool
+        from .pretrain_pool import without_pretrain_pool
 
         source = without_pretrain_pool(source, config["pretrain_pool"])
     seen_classes = config["seen_classes"]

@@ -142,6 +142,10 @@ def cap_num_workers(args: Namespace, notify: bool = True) -> None:
         )
 
 
+def _same(a: object, b: str) -> bool:
+    return os.path.abspath(os.path.expanduser(str(a))) == os.path.abspath(os.path.expanduser(b))
+
+
 def _inside(child: Optional[str], parent: str) -> bool:
     if not child:
         return False
@@ -187,7 +191,7 @@ class RunFolder:
         if not args.overwrite:
             raise ConfigError(
                 f"run folder {path!r} already exists: pass --overwrite true to replace it, "
-                f"--resume true --load_path {os.path.join(path, 'latest_model.pth')} to continue, "
+                f"--resume true to continue it from its latest_model.pth, "
                 f"or another --save_name"
             )
         for key in ("pretrain_path", "data_dir"):
@@ -329,6 +333,13 @@ def preflight(args: Namespace) -> bool:
     args.resume_info = None
     if not args.resume:
         return True
+    if not os.path.isfile(str(args.load_path)):
+        own = os.path.join(str(args.save_dir), str(args.save_name), "latest_model.pth")
+        where = "this run's folder has none" if _same(args.load_path, own) else f"this run's own would be {own!r}"
+        raise ConfigError(
+            f"--resume true: no checkpoint at {args.load_path!r} ({where}); drop --resume (or give --resume "
+            f"false) to start the run fresh, or give --load_path PATH to continue from another run's checkpoint"
+        )
     ckpt = peek_checkpoint(args.load_path, required=("format", "it"))
     info = check_resume(args, ckpt)
     if info is None:
@@ -493,7 +504,11 @@ def _train(
         if args.rank == 0:
             n_train = sum(p.numel() for p in algorithm.model.parameters() if p.requires_grad)
             n_all = sum(p.numel() for p in algorithm.model.parameters())
-            log.info("resolved config:\n%s", format_config(args))
+            log.info(
+                "resolved config, keys that differ from the defaults (every key: %s):\n%s",
+                os.path.join(str(args.save_dir), str(args.save_name), "config.yaml"),
+                format_config(args),
+            )
             log.info(
                 "device: %s, world size %d; trainable parameters: %d of %d", device, args.world_size, n_train, n_all
             )

@@ -9,6 +9,7 @@ unknown recall of the headline score per difficulty group of the unknown classes
 from __future__ import annotations
 
 import math
+import os
 from numbers import Number
 from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
@@ -79,6 +80,24 @@ def _format_raw(value: Any) -> str:
     return str(value)
 
 
+#: Width the summary fits in (a terminal's).
+WIDTH = 80
+
+
+def _fit(text: str, width: int) -> str:
+    """``text`` in at most ``width`` characters: a path relative to the working folder when shorter,
+    then its end after ``...`` (a path's end is the part that tells runs apart)."""
+    if len(text) <= width:
+        return text
+    if os.path.isabs(text):
+        try:
+            rel = os.path.relpath(text)
+        except ValueError:  # another drive
+            rel = text
+        text = rel if len(rel) < len(text) else text
+    return text if len(text) <= width else "..." + text[-(max(width, 4) - 3) :]
+
+
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
     """Left-aligned first column, right-aligned others, two spaces apart, with a rule."""
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -125,6 +144,8 @@ def format_summary(metrics: Mapping[str, Any], title: Optional[str] = None) -> s
         if _is_number(value) or isinstance(value, (str, bool)):
             rows.append([str(key), _format_raw(value)])
     if rows:
+        label_width = max(len(r[0]) for r in [["metric"], *rows])
+        rows = [[r[0], _fit(r[1], WIDTH - label_width - 2)] for r in rows]
         lines += _table(["metric", "value"], rows)
 
     scores = metrics.get("scores")

@@ -78,8 +78,9 @@ CLIP_ARCHS: Dict[str, str] = {
 GENERIC_NET = "open_clip"
 #: Seconds one probe of a download host may take before the host counts as unreachable.
 NETWORK_TIMEOUT_S = 3.0
-#: Non-weight entries of OpenAI's TorchScript state dicts.
-_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+#: Non-weight entries of CLIP archives: OpenAI's TorchScript files carry the first three; a TorchScript
+#: archive traced from an open_clip model carries the text tower's causal ``attn_mask`` buffer.
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size", "attn_mask")
 _OPEN_CLIP_CONFIG = "open_clip_config.json"
 #: Weight files of an open_clip model repository / folder, preferred first.
 _HUB_WEIGHT_FILES = (
@@ -303,12 +304,14 @@ def read_weights_file(path: str) -> Tuple[Dict[str, torch.Tensor], bool]:
     """Read a CLIP weights file into a state dict, without running any code from it.
 
     OpenAI's TorchScript archives are opened with ``torch.jit.load`` and only their state dict is
-    kept (the non-weight entries ``input_resolution``, ``context_length``, ``vocab_size`` dropped).
+    kept (the non-weight entries ``input_resolution``, ``context_length``, ``vocab_size`` and, in archives
+    traced from open_clip models, ``attn_mask`` dropped; any other key the model lacks stays an error).
     ``.safetensors`` files are read with safetensors; anything else with ``torch.load(weights_only=True)``
     (a ``{"state_dict": ...}`` wrapper and DDP's ``module.`` prefix are removed).
 
     Returns:
-        ``(state_dict, is_openai_torchscript)``.
+        ``(state_dict, is_openai_torchscript)``: the flag is true for OpenAI's own archives (they carry
+        ``input_resolution``), whose models use QuickGELU.
 
     Raises:
         ConfigError: The file cannot be read or holds no state dict; the message names the file.
@@ -320,8 +323,10 @@ def read_weights_file(path: str) -> Tuple[Dict[str, torch.Tensor], bool]:
                 module = torch.jit.load(path, map_location="cpu")
         except Exception as exc:
             raise ConfigError(f"could not read the TorchScript archive {path!r}: {exc}") from None
-        state = {k: v.detach() for k, v in module.state_dict().items() if k not in _OPENAI_EXTRA_KEYS}
-        return state, True
+        raw = module.state_dict()
+        state = {k: v.detach() for k, v in raw.items() if k not in _OPENAI_EXTRA_KEYS}
+        # OpenAI's archives (QuickGELU) carry input_resolution; one traced from an open_clip model does not
+        return state, "input_resolution" in raw
     try:
         if path.endswith(".safetensors"):
             from safetensors.torch import load_file
@@ -370,6 +375,8 @@ def load_weights(model: nn.Module, state: Dict[str, torch.Tensor], name: str, so
     from open_clip.convert import convert_state_dict
     from open_clip.model import convert_to_custom_text_state_dict, resize_pos_embed, resize_text_pos_embed
 
+    expected = model.state_dict()
+    state = {k: v for k, v in state.items() if k in expected or k not in _OPENAI_EXTRA_KEYS}  # non-weight entries
     try:
         state = convert_state_dict(model, dict(state))
         if "positional_embedding" in state and not hasattr(model, "positional_embedding"):
