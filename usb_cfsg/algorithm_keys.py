@@ -215,9 +215,9 @@ ALGORITHMS: Dict[str, AlgorithmKeys] = {
             Key(
                 "sfm_dense",
                 "str",
-                "value",
-                "patch features of the affinity: last block's value path (MaskCLIP), glmcm (value path + "
-                "residual + MLP, GL-MCM's local features) or final tokens",
+                "glmcm",
+                "patch features of the affinity: glmcm (GL-MCM's local features: value path + residual + MLP, "
+                "shared with the glmcm score), value (MaskCLIP's value path alone) or final tokens",
                 choices=DENSE_KINDS + ("tokens",),
             ),
             Key("vsi_topk", "int", 3, "k: cue tokens from the top-k coarse classes", range="[1, inf)"),

@@ -440,7 +440,8 @@ def _reference_forward(net, x):
     [
         {},
         {"sfm_dense": "tokens"},
-        {"sfm_dense": "glmcm"},
+        {"sfm_dense": "value"},
+        {"sfm_dense": "value", "glmcm_local": "value"},
         {"glmcm_local": "value"},
         {"use_sfm": False},
         {"use_vsi": False},

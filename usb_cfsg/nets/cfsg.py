@@ -104,7 +104,7 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         sfm_temperature: float = 0.07,
         sfm_posterior_scale: float = DEFAULT_SFM_LOGIT_SCALE,
         sfm_local_weight: float = 1.0,
-        sfm_dense: Literal["value", "glmcm", "tokens"] = "value",
+        sfm_dense: Literal["value", "glmcm", "tokens"] = "glmcm",
         vsi_topk: int = 3,
         proto_momentum: float = 0.99,
         closed_head: Literal["ensemble", "fine"] = "ensemble",
