@@ -265,3 +265,13 @@ def test_a_bad_value_is_blamed_on_where_it_came_from(tmp_path):
     text = str(err.value)
     assert "batch_size must be in [1, inf), got -1 (batch_size from the command line)" in text
     assert f"uratio must be in [1, inf), got 0 (uratio from config file {cfg})" in text
+
+
+def test_a_common_key_redeclared_by_the_file_algorithm_does_not_cross(tmp_path):
+    """cfsg_clip's zs_weight (0.5, its own default of a common key) is cfsg_clip's: fixmatch gets 0 unless asked."""
+    cfg = tmp_path / "cfsg.yaml"
+    cfg.write_text("algorithm: cfsg_clip\nzs_weight: 0.5\nnet: clip_tiny\npretrained: openai\n")
+    assert build_config(["--c", str(cfg), "--algorithm", "fixmatch"], validate=False).zs_weight == 0.0
+    explicit = build_config(["--c", str(cfg), "--algorithm", "fixmatch", "--zs_weight", "0.5"], validate=False)
+    assert explicit.zs_weight == 0.5
+    assert build_config(["--c", str(cfg)], validate=False).zs_weight == 0.5

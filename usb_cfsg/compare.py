@@ -133,14 +133,12 @@ def _pairs(argv: Sequence[str]) -> List[Tuple[str, str]]:
 
 def row_config(base: Dict[str, Any], base_file: str, algorithm: str) -> Dict[str, Any]:
     """The base YAML for ``algorithm``: without the base algorithm's own keys when it differs."""
-    from .algorithms import get_algorithm_class
-    from .config import algorithm_specs, base_specs
+    from .config import algorithm_own_keys
 
     cfg = dict(base)
     base_alg = base.get("algorithm")
     if base_alg and base_alg != algorithm:
-        common = set(base_specs())
-        own = set(algorithm_specs(get_algorithm_class(str(base_alg)))) - common
+        own = algorithm_own_keys(str(base_alg))
         dropped = sorted(k for k in cfg if k in own)
         if dropped:
             logger.info("%s: dropping %s's keys of %s: %s", algorithm, base_alg, base_file, ", ".join(dropped))

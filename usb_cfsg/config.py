@@ -573,6 +573,22 @@ def _same_path(a: Any, b: str) -> bool:
     return os.path.abspath(os.path.expanduser(str(a))) == os.path.abspath(os.path.expanduser(b))
 
 
+def algorithm_own_keys(algorithm: str) -> set:
+    """The keys that belong to ``algorithm`` and cross to no other: dropped when a config is switched.
+
+    Its own keys (``get_argument()``), not the common ones (e.g. ``num_tuned_blocks``, which shapes the
+    backbone every algorithm shares): they tune that algorithm, even where another has a key of the
+    same name (``ood_score``, ``p_cutoff``, ``lambda_*``), whose meaning and valid values differ. A
+    common key the algorithm declares again with a default of its own (``zs_weight``: 0 for every
+    algorithm, 0.5 for cfsg_clip) belongs to it too: a cfsg_clip file's ``zs_weight`` is cfsg_clip's
+    choice, and ``--algorithm fixmatch`` on that file gets fixmatch's default unless given on the
+    command line.
+    """
+    common = base_specs()
+    own = algorithm_specs(_algorithm_class(algorithm))
+    return {k for k, spec in own.items() if k not in common or spec.default != common[k].default}
+
+
 def _drop_other_algorithm_keys(
     file_values: Dict[str, Any],
     algorithm: str,
@@ -595,10 +611,7 @@ def _drop_other_algorithm_keys(
     if not file_algorithm or file_algorithm == algorithm:
         return file_values
     explicit = explicit or set()
-    # the file algorithm's own keys (not the common ones, e.g. num_tuned_blocks, which shape the backbone
-    # every algorithm shares): they tune that algorithm, even where the chosen one has a key of the same
-    # name (ood_score, p_cutoff, lambda_*), whose meaning and valid values differ
-    own = set(algorithm_specs(_algorithm_class(str(file_algorithm)))) - set(base_specs())
+    own = algorithm_own_keys(str(file_algorithm))
     dropped = sorted(k for k in file_values if k in own)  # a command-line value replaces the file's anyway
     told = [k for k in dropped if k not in explicit]
     if told:
