@@ -139,7 +139,7 @@ def test_openmatch_through_train_py_with_exact_resume(cub_root, tmp_path, monkey
     ):
         assert key in scalars, key
     assert scalars["train/fix_loss"][0] == 0.0 and scalars["train/selected_ratio"][0] == 0.0  # step 1 < start_fix
-    assert "as inliers at iteration 2" in log and "as inliers at iteration 5" in log
+    assert "as inliers after iteration 2" in log and "as inliers after iteration 5" in log
     ckpt = safe_load(str(run / "latest_model.pth"))
     assert ckpt["algorithm"] == "openmatch" and ckpt["it"] == 8
     assert ckpt["extra"]["selected"].dtype == torch.bool and ckpt["extra"]["selection_it"] == 5

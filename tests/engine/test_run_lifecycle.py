@@ -281,6 +281,96 @@ def test_compact_log_lines_and_tensorboard_steps(cub_root, tmp_path):
     assert "train/images_per_sec" in events.Tags()["scalars"]
 
 
+def _event_points(run_dir):
+    """(tag, step) -> how many values the run's event files hold, read from the files themselves."""
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    points = {}
+    for path in sorted((run_dir / "tensorboard").glob("*tfevents*")):
+        for event in EventFileLoader(str(path)).Load():
+            for value in event.summary.value:
+                key = (value.tag, event.step)
+                points[key] = points.get(key, 0) + 1
+    return points
+
+
+def _steps(points, tag):
+    return sorted(step for t, step in points if t == tag)
+
+
+def test_tensorboard_one_point_per_step_and_tag_before_and_after_a_resume(cub_root, tmp_path, monkeypatch):
+    """Interrupted at iteration 7 (checkpoint at 4), resumed: every (tag, step) once in the event files,
+    the open-set curves' last point is the final evaluation, and every log names one 1-based iteration."""
+    import json
+
+    from semilearn.algorithms.fixmatch import FixMatch
+
+    step = FixMatch.train_step
+    calls = {"n": 0}
+
+    @functools.wraps(step)  # USB reads train_step's signature
+    def interrupt_at_step_8(self, *a, **k):
+        calls["n"] += 1
+        if calls["n"] == 8:  # iterations 1-7 done and logged, the checkpoint is iteration 4's
+            raise KeyboardInterrupt
+        return step(self, *a, **k)
+
+    monkeypatch.setattr(FixMatch, "train_step", interrupt_at_step_8)
+    argv = tiny_run_argv(cub_root, str(tmp_path), "r", iters=10, num_eval_iter=4, num_log_iter=2)
+    assert train.cli(argv) == 130
+    run = tmp_path / "r"
+    before = _event_points(run)
+    assert all(n == 1 for n in before.values()), {k: n for k, n in before.items() if n > 1}
+    assert _steps(before, "train/total_loss") == [2, 4, 6]
+    assert _steps(before, "test_open/unknown_recall") == [4]
+    assert safe_load(str(run / "latest_model.pth"))["it"] == 4
+
+    monkeypatch.setattr(FixMatch, "train_step", step)
+    assert train.cli(argv + ["--resume", "true"]) == 0
+    after = _event_points(run)
+    assert all(n == 1 for n in after.values()), {k: n for k, n in after.items() if n > 1}
+    assert _steps(after, "train/total_loss") == [2, 4, 6, 8, 10]  # step 6 logged again, once
+    assert _steps(after, "eval/top-1-acc") == [4, 8, 10]
+    for tag in ("test_open/unknown_recall", "test_open/auroc", "test_open/fpr95"):
+        assert _steps(after, tag) == [4, 8, 10], tag  # one calibration per step: the final one at 10
+    # TensorBoard itself (which also honours the resumed writer's purge_step) sees the same
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run / "tensorboard")).Reload()
+    recall = acc.Scalars("test_open/unknown_recall")
+    assert [e.step for e in recall] == [4, 8, 10]
+    metrics = json.loads((run / "openset_metrics.json").read_text())
+    assert recall[-1].value == pytest.approx(metrics["unknown_recall"], abs=1e-6)
+
+    # one iteration convention: "best ... at it N" in the log and the result eval/best_it
+    messages = _messages((run / "log.txt").read_text())
+    best = {int(m) for line in messages for m in re.findall(r"\(best [\d.]+ at it (\d+)\)", line)}
+    results = [line for line in messages if line.startswith("result eval/best_it: ")]
+    assert len(best) == 1 and results and {int(line.split(": ")[1]) for line in results} == best
+    assert best <= {4, 8, 10}  # an evaluation iteration, 1-based
+    assert any(m.startswith("training fixmatch for 10 iterations (from iteration 5, ") for m in messages)
+
+
+def test_trim_events_keeps_steps_up_to_the_checkpoint(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    from usb_cfsg.engine.tblog import trim_events
+
+    tb = tmp_path / "tensorboard"
+    writer = SummaryWriter(str(tb))
+    for s in range(1, 8):
+        writer.add_scalar("a", float(s), s)
+    writer.close()
+    writer = SummaryWriter(str(tb))  # a second file with only later steps: removed entirely
+    writer.add_scalar("a", 9.0, 9)
+    writer.close()
+    assert len(list(tb.glob("*tfevents*"))) == 2
+    assert trim_events(str(tb), 4) == 4
+    assert _steps(_event_points(tmp_path), "a") == [1, 2, 3, 4]
+    assert len(list(tb.glob("*tfevents*"))) == 1 and not list(tb.glob(".trim-*"))
+    assert trim_events(str(tb), 4) == 0 and trim_events(str(tmp_path / "missing"), 4) == 0
+
+
 def test_format_hms_and_compact_line():
     assert format_hms(3725.2) == "1:02:05" and format_hms(0) == "0:00:00" and format_hms(float("nan")) == "?"
     line = compact_line(

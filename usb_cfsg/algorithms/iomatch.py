@@ -164,7 +164,7 @@ class IOMatch(PluginMixin, AlgorithmBase):
                 num_classes=self.num_classes, queue_length=args.da_len, p_target_type="uniform"
             )
         self.print_fn(
-            f"iomatch: open-set loss from iteration {self.op_start}; distribution alignment "
+            f"iomatch: open-set loss after iteration {self.op_start}; distribution alignment "
             f"{'on (uniform target, queue ' + str(args.da_len) + ')' if self.dist_align else 'off'}"
         )
 

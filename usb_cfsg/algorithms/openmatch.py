@@ -162,7 +162,7 @@ class OpenMatch(PluginMixin, AlgorithmBase):
         self.selected = torch.zeros(args.ulb_dest_len, dtype=torch.bool)
         self.selection_it = -1
         self.print_fn(
-            f"openmatch: FixMatch on selected inliers from iteration {self.start_fix}; inliers "
+            f"openmatch: FixMatch on selected inliers after iteration {self.start_fix}; inliers "
             f"reselected every {self.select_interval} iterations over {args.ulb_dest_len} unlabeled images"
         )
 
@@ -212,7 +212,7 @@ class OpenMatch(PluginMixin, AlgorithmBase):
         n_sel, n_id = int(selected.sum()), int(true_id.sum())
         hit = int((selected & true_id).sum())
         self.print_fn(
-            f"openmatch: selected {n_sel}/{len(selected)} unlabeled images as inliers at iteration "
+            f"openmatch: selected {n_sel}/{len(selected)} unlabeled images as inliers after iteration "
             f"{self.it} (precision {hit / max(n_sel, 1):.3f}, recall {hit / max(n_id, 1):.3f})"
         )
         self.selected = selected

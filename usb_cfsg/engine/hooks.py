@@ -10,7 +10,10 @@
 * :class:`CompactLoggingHook` (instead of USB's LoggingHook) logs one short line every
   ``num_log_iter`` steps: iteration, the main losses, lr, images/s and ETA as h:mm:ss, plus one
   line of evaluation results after each evaluation. Everything in ``log_dict`` goes to
-  TensorBoard, at the same 1-based step number as the log (step n = n iterations done).
+  TensorBoard, at the same 1-based step number as the log (step n = n iterations done). One
+  iteration convention everywhere: "it n", "best at it n", the result ``eval/best_it`` and the
+  TensorBoard step all count iterations done (USB keeps ``best_it`` 0-based internally, for its
+  CheckpointHook; :meth:`CompactLoggingHook.after_run` turns the result into the 1-based number).
 * :class:`GuardedParamUpdateHook` (instead of USB's ParamUpdateHook): a step whose loss is not
   finite is skipped (no optimizer step; the lr schedule advances with the iteration counter) with
   a warning naming the non-finite loss terms; ``max_bad_steps`` consecutive ones stop the run with
@@ -156,7 +159,10 @@ class CompactLoggingHook(Hook):
     Every ``num_log_iter`` (and every ``num_eval_iter``) steps the main process logs
     :func:`compact_line`; after an evaluation also ``it N/T | eval top-1 0.4567 (best 0.4567 at
     it N) | evaluation + checkpoint 3.2 s``. At those steps the whole ``log_dict`` goes to
-    TensorBoard at step ``it + 1`` (the number the log shows).
+    TensorBoard at step ``it + 1`` (the number the log shows). After the run, the result
+    ``eval/best_it`` is the same 1-based number as "best at it N" (USB's EvaluationHook stores its
+    0-based counter); a run that trained no step (clip_zeroshot) evaluated nothing during training
+    and has no ``eval/best_*`` results.
     """
 
     def __init__(
@@ -176,13 +182,28 @@ class CompactLoggingHook(Hook):
             if "eval/top-1-acc" in log:
                 text = (
                     f"it {step}/{total} | eval top-1 {log['eval/top-1-acc']:.4f} (best "
-                    f"{algorithm.best_eval_acc:.4f} at it {algorithm.best_it + 1})"
+                    f"{algorithm.best_eval_acc:.4f} at it {best_iteration(algorithm)})"
                 )
                 if self.throughput is not None:
                     text += f" | evaluation + checkpoint {self.clock() - self.throughput.compute_end:.1f} s"
                 algorithm.print_fn(text)
         if algorithm.tb_log is not None:
             algorithm.tb_log.update({k: v for k, v in log.items() if isinstance(v, (int, float))}, step)
+
+    def after_run(self, algorithm: Any) -> None:
+        results = getattr(algorithm, "results_dict", None)
+        if not isinstance(results, dict) or "eval/best_it" not in results:
+            return
+        if int(getattr(algorithm, "completed_iters", algorithm.it)) <= 0:  # nothing trained, nothing evaluated
+            results.pop("eval/best_it", None)
+            results.pop("eval/best_acc", None)
+            return
+        results["eval/best_it"] = best_iteration(algorithm)
+
+
+def best_iteration(algorithm: Any) -> int:
+    """The 1-based iteration of the best ``eval/top-1-acc`` (USB's ``best_it`` counts from 0)."""
+    return int(algorithm.best_it) + 1
 
 
 def non_finite_terms(log: Dict[str, Any]) -> List[str]:

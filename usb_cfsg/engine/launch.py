@@ -473,7 +473,7 @@ def apply_schedule_change(algorithm: Any, info: Dict[str, Any], log: logging.Log
         sched._last_lr = [g["lr"] for g in algorithm.optimizer.param_groups]
         new_lr = float(algorithm.optimizer.param_groups[-1]["lr"])
     log.warning(
-        "resume_extend: %s; the lr schedule is recomputed for %d iterations: at iteration %d the lr goes "
+        "resume_extend: %s; the lr schedule is recomputed for %d iterations: after iteration %d the lr goes "
         "from %.3e (old schedule) to %.3e (new); iterations per epoch: %d",
         changes,
         args.num_train_iter,
@@ -487,11 +487,15 @@ def apply_schedule_change(algorithm: Any, info: Dict[str, Any], log: logging.Log
 def _train(
     args: Namespace, device: torch.device, path: str, log: logging.Logger, started: Any = None
 ) -> Dict[str, Any]:
-    from semilearn.core.utils import TBLog, get_net_builder
+    from semilearn.core.utils import get_net_builder
+
+    from .tblog import open_tb_log
 
     seed_everything(args.seed)
     info = getattr(args, "resume_info", None)
-    tb_log = TBLog(path, "tensorboard", use_tensorboard=args.use_tensorboard) if args.rank == 0 else None
+    # on resume, the steps logged after the checkpoint are dropped before they are logged again
+    resume_step = int(info["it"]) if args.resume and info else None
+    tb_log = open_tb_log(path, args.use_tensorboard, resume_step) if args.rank == 0 else None
     try:
         net_builder = get_net_builder(args.net, args.net_from_name)
         algorithm = build_algorithm(args, net_builder, tb_log, log, device=device)
@@ -525,7 +529,7 @@ def _train(
             "training %s for %d iterations%s",
             args.algorithm,
             args.num_train_iter,
-            f" (from iteration {algorithm.it})" if args.resume else "",
+            f" (from iteration {algorithm.it + 1}, after the checkpoint's {algorithm.it})" if args.resume else "",
         )
         algorithm.train()
         if hasattr(algorithm, "finetune"):

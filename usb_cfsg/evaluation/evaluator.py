@@ -279,7 +279,7 @@ def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optio
     outputs.pop("y", None)  # the labels of unlabeled images are never used
     source = (
         f"{len(indices)} of {available} unlabeled training images (train_ulb, evaluation transform, evenly "
-        f"spaced), EMA weights at iteration {int(getattr(algorithm, 'it', 0))}"
+        f"spaced), EMA weights at iteration {iterations_done(algorithm)}"
     )
     calibration = fit_calibration(outputs, algorithm.unknown_scores, float(args.ood_threshold), source)
     calibration["num_available"] = int(available)
@@ -521,6 +521,15 @@ def write_openset_files(
     return files
 
 
+def iterations_done(algorithm: Any) -> int:
+    """Training iterations done (the 1-based number of the last one; the TensorBoard step of its logs).
+
+    During a step USB's ``it`` is the step's 0-based index and ``completed_iters`` already counts the
+    step; after the run (and in eval.py, where ``it`` is the checkpoint's count) both are the same.
+    """
+    return int(getattr(algorithm, "completed_iters", getattr(algorithm, "it", 0)) or 0)
+
+
 def _run_dir(args) -> str:
     return os.path.join(args.save_dir, args.save_name)
 
@@ -616,7 +625,9 @@ def evaluate_openset(
         files = write_openset_files(target, record, y, outputs["logits"], scores, class_names)
         tb_log = getattr(algorithm, "tb_log", None)
         if tb_log is not None:
-            tb_log.update(_tb_scalars(record), int(getattr(algorithm, "it", 0)))
+            # the final evaluation's point of every test_open/* curve: the step of the last iteration,
+            # which OpenSetEvalHook.after_train_step leaves to it (one point per step and tag)
+            tb_log.update(_tb_scalars(record), iterations_done(algorithm))
         print_fn = getattr(algorithm, "print_fn", logger.info)
         shown = {key: value for key, value in record.items() if key not in _IN_TITLE}
         print_fn(format_summary(shown, title=title))
@@ -666,14 +677,17 @@ class OpenSetEvalHook(Hook):
 
     * ``after_train_step`` (at USB's evaluation iterations): :func:`openset_curve_point`; the values
       go into ``algorithm.log_dict`` (so the logging hook writes them to TensorBoard at the step
-      of ``eval/*``) and into one log line.
+      of ``eval/*``) and into one log line. Not at the last iteration: the final evaluation of
+      ``after_run`` evaluates the same (final EMA) weights with the full calibration and writes the
+      curves' point of that step, so each ``test_open/*`` tag has one point per step and its last
+      point is the number in openset_metrics.json.
     * ``after_run``: :func:`evaluate_openset` with a fresh :func:`calibrate`; stores the
       calibration in ``latest_model.pth`` (rank 0), the record as ``algorithm.openset_results``,
       and ``test_open/<metric>`` entries of the headline metrics in ``algorithm.results_dict``.
     """
 
     def after_train_step(self, algorithm) -> None:
-        if not (self.every_n_iters(algorithm, algorithm.num_eval_iter) or self.is_last_iter(algorithm)):
+        if self.is_last_iter(algorithm) or not self.every_n_iters(algorithm, algorithm.num_eval_iter):
             return
         if "test_open" not in (getattr(algorithm, "loader_dict", None) or {}):
             return
