@@ -21,6 +21,13 @@ stopped (unfinished runs start again from scratch). A failed run is reported and
 At the end ``results.csv`` (one line per row and seed) and ``results.md`` (rows = algorithms and
 variants, columns = the headline metrics of each row's primary unknown score, mean ± sample std
 over seeds, in %) are written to ``save_dir``; the exit status is 1 when any run failed.
+
+Demo CLIP builds: every run records the sha256 of the demo CLIP build it used (``demo_clip_sha256``
+in its ``config.yaml`` and ``openset_metrics.json``; none without a demo CLIP). A finished run whose
+build is not the one the card describes now is stale and runs again. A table never mixes builds:
+when the runs' ``openset_metrics.json`` name two builds (e.g. the demo CLIP was rebuilt while the
+comparison ran), nothing is tabulated; the error names the runs of each build with both hashes, and
+the exit status is 2. ``results.md`` names the build of its runs.
 """
 
 from __future__ import annotations
@@ -177,10 +184,16 @@ def _comparable(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def expected_config(argv: Sequence[str]) -> Dict[str, Any]:
-    """The resolved config (as written to config.yaml) that train.py would run with ``argv``."""
-    from .config import build_config, config_to_dict
+    """The resolved config (as written to config.yaml) that train.py would run with ``argv``.
 
-    return _comparable(config_to_dict(build_config(argv)))
+    Includes ``demo_clip_sha256``, the build the run would record now (a run of another build is stale).
+    """
+    from .config import build_config, config_to_dict
+    from .engine.provenance import record_demo_clip
+
+    args = build_config(argv)
+    record_demo_clip(args)
+    return _comparable(config_to_dict(args))
 
 
 def is_finished(run: Run, expected: Dict[str, Any]) -> Tuple[bool, str]:
@@ -300,14 +313,46 @@ def collect(runs: Sequence[Run]) -> List[Dict[str, Any]]:
         for key, _ in METRICS:
             rec[key] = data.get(key)
         rec["auroc_by_score"] = {name: m.get("auroc") for name, m in (data.get("scores") or {}).items()}
+        rec["demo_clip_sha256"] = data.get("demo_clip_sha256")
         rec["run_dir"] = str(run.run_dir)
         records.append(rec)
     return records
 
 
+class MixedBuildsError(ConfigError):
+    """The runs of one table used different demo CLIP builds."""
+
+
+def check_one_build(records: Sequence[Dict[str, Any]]) -> Optional[str]:
+    """The one demo CLIP build (sha256) of the runs, None when none used a demo CLIP.
+
+    Runs without a demo CLIP (``demo_clip_sha256`` null: another backbone, e.g. a random-init row)
+    may sit beside the runs of one build; two builds may not.
+
+    Raises:
+        MixedBuildsError: two builds, naming the rows and runs of each with both hashes, and the fix.
+    """
+    builds: Dict[str, List[Dict[str, Any]]] = {}
+    for rec in records:
+        if rec.get("demo_clip_sha256"):
+            builds.setdefault(str(rec["demo_clip_sha256"]), []).append(rec)
+    if len(builds) <= 1:
+        return next(iter(builds), None)
+    listed = "; ".join(
+        f"build {sha}: " + ", ".join(f"{r['row']} seed {r['seed']} ({r['run_dir']})" for r in recs)
+        for sha, recs in builds.items()
+    )
+    raise MixedBuildsError(
+        f"the runs used {len(builds)} different demo CLIP builds, whose results are not comparable, so no table "
+        f"is written: {listed}. The demo CLIP was rebuilt between runs. Run the same comparison again: runs of "
+        f"another build than the card's current one are stale and run again (or point --pretrain_path/"
+        f"--pretrain_pool at one build's folder)"
+    )
+
+
 def write_csv(path: Path, records: Sequence[Dict[str, Any]]) -> None:
     """results.csv: one line per row and seed, metrics as fractions (empty = undefined)."""
-    columns = ["row", "algorithm", "seed", "primary_score", *[k for k, _ in METRICS], "run_dir"]
+    columns = ["row", "algorithm", "seed", "primary_score", *[k for k, _ in METRICS], "demo_clip_sha256", "run_dir"]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
@@ -346,6 +391,9 @@ def render_markdown(
         cells = [format_cell([r[k] for r in recs], len(seeds)) for k, _ in METRICS]
         lines.append("| " + " | ".join([name, "/".join(scores), *cells, f"{len(recs)}/{len(seeds)}"]) + " |")
     lines += _score_table(rows, records, len(seeds))
+    builds = sorted({str(r["demo_clip_sha256"]) for r in records if r.get("demo_clip_sha256")})
+    if builds:
+        lines += ["", f"Demo CLIP build (sha256 of its weights, from its card.json): {', '.join(builds)}"]
     if failed:
         lines += ["", "Failed runs:", ""]
         lines += [f"- {run.row.name} seed {run.seed}: {run.detail}" for run in failed]
@@ -486,7 +534,8 @@ def plan(opts: argparse.Namespace, extra_argv: Sequence[str]) -> Tuple[List[Row]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run the comparison; returns the exit status (0 all runs finished, 1 some failed, 2 bad arguments)."""
+    """Run the comparison; returns the exit status (0 all runs finished, 1 some failed, 2 bad arguments or
+    runs of different demo CLIP builds)."""
     from .engine.launch import setup_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -538,6 +587,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             )
 
     records = collect(runs)
+    try:
+        check_one_build(records)
+    except MixedBuildsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     failed = [r for r in runs if r.status == "failed"]
     command = "python -m usb_cfsg.compare " + shlex.join(argv)
     write_csv(save_dir / "results.csv", records)

@@ -181,6 +181,12 @@ class BaseConfig:
         "removed from the training set, so none is ever a labeled or unlabeled image.",
         None,
     )
+    demo_clip_sha256: Optional[str] = _help(
+        "Recorded by the run: the sha256 of the demo CLIP build it uses (the card.json beside pretrain_path, or "
+        "pretrain_pool's card), in config.yaml and openset_metrics.json. Given (a saved config.yaml gives it), a fresh "
+        "run refuses any other build; none = record the current one.",
+        None,
+    )
     download: bool = _help("Download the dataset from its publisher when online.", False)
     skip_bad_images: bool = _help("Skip (and count) missing/corrupt images instead of failing.", False)
     class_names: Optional[List[str]] = _help_list("image_folder: class order (default: sorted folder names).")
@@ -728,6 +734,11 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
         problems.append(
             f"num_labels ({labels}) must be a positive multiple of num_classes ({k}), so that every "
             f"seen class gets the same number of labels; e.g. {k * max(1, labels // k)}"
+        )
+    sha = get("demo_clip_sha256")
+    if isinstance(sha, str) and not re.fullmatch(r"[0-9a-f]{64}", sha):
+        problems.append(
+            f"demo_clip_sha256 must be 64 lowercase hex digits (a demo CLIP card's sha256) or none, got {sha!r}"
         )
     rank, world = get("rank"), get("world_size")
     if isinstance(rank, int) and isinstance(world, int) and world >= 1 and rank >= world:

@@ -8,7 +8,8 @@ environment variables. ``batch_size`` is per process.
 What a start does, in this order (decisions documented here and in README 'Runs and resume'):
 
 1. :func:`preflight`: everything cheap that can fail is checked before any folder is touched,
-   data read or model built: the net name, ``pretrain_path``, and on resume the checkpoint's
+   data read or model built: the net name, ``pretrain_path``, the demo CLIP build the run uses
+   (``demo_clip_sha256``, :mod:`usb_cfsg.engine.provenance`), and on resume the checkpoint's
    format, algorithm and configuration (:func:`check_resume`). A resume of a finished run trains
    nothing and writes nothing (its results stay as they are).
 2. :class:`RunFolder`: the run folder is created. An existing one is continued under ``resume``,
@@ -42,6 +43,7 @@ from ..errors import CheckpointError, ConfigError, did_you_mean
 from .checkpoint import peek_checkpoint
 from .device import resolve_device
 from .plugin import CHECKPOINT_FORMAT, build_algorithm, loader_workers
+from .provenance import record_demo_clip
 
 logger = logging.getLogger("usb_cfsg")
 _FORMAT = "[%(asctime)s %(levelname)s] %(message)s"
@@ -75,6 +77,7 @@ RESUME_FREE_KEYS = frozenset(
         "relevance_dir",
         "max_bad_steps",
         "pretrain_path",
+        "demo_clip_sha256",
         "persistent_workers",
         "pin_memory",
         "cache_images",
@@ -332,6 +335,7 @@ def preflight(args: Namespace) -> bool:
         )
     args.resume_info = None
     if not args.resume:
+        record_demo_clip(args)  # the demo CLIP build the run uses, into config.yaml and openset_metrics.json
         return True
     if not os.path.isfile(str(args.load_path)):
         own = os.path.join(str(args.save_dir), str(args.save_name), "latest_model.pth")
@@ -342,6 +346,7 @@ def preflight(args: Namespace) -> bool:
         )
     ckpt = peek_checkpoint(args.load_path, required=("format", "it"))
     info = check_resume(args, ckpt)
+    record_demo_clip(args, dict(ckpt.get("config") or {}))  # the run continues its checkpoint's build
     if info is None:
         logger.info(
             "%s is a finished run (iteration %d of num_train_iter %d): nothing to train; its folder and "

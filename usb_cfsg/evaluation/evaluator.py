@@ -106,6 +106,7 @@ JSON_KEYS: Tuple[str, ...] = (
     "scores",
     "calibration",
     "checkpoint",
+    "demo_clip_sha256",
 )
 #: Most unlabeled training images the calibration uses at each evaluation during training.
 CALIBRATION_MAX_IMAGES_TRAINING = 500
@@ -616,6 +617,8 @@ def evaluate_openset(
     record.update(metrics)
     record["calibration"] = dict(calibration) if calibration is not None else None
     record["checkpoint"] = checkpoint
+    # the demo CLIP build the weights come from (None: no demo CLIP); compare refuses to mix builds
+    record["demo_clip_sha256"] = getattr(args, "demo_clip_sha256", None)
     record = {key: record[key] for key in JSON_KEYS}
 
     title = f"Open-set evaluation: {record['algorithm']} on {record['dataset']} ({dest}, primary score {primary})"

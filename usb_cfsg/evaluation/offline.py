@@ -92,6 +92,9 @@ def build_eval_config(argv: Sequence[str]) -> Tuple[Namespace, Dict[str, Any]]:
         raise CheckpointError(
             f"{load_path!r} was written by algorithm {ckpt['algorithm']!r}, but the config says {args.algorithm!r}"
         )
+    stored_build = (ckpt.get("config") or {}).get("demo_clip_sha256")
+    if stored_build:  # the evaluated weights are the checkpoint's: its demo CLIP build goes into the metrics
+        args.demo_clip_sha256 = stored_build
     return args, ckpt
 
 

@@ -48,7 +48,7 @@ _COUNT_KEYS = ("num_test_seen", "num_test_unseen")
 _HANDLED = (
     {key for key, _ in HEADLINE}
     | set(_COUNT_KEYS)
-    | {"threshold", "threshold_source", "scores", "difficulty", "calibration"}
+    | {"threshold", "threshold_source", "scores", "difficulty", "calibration", "demo_clip_sha256"}
 )
 
 
@@ -120,7 +120,8 @@ def format_summary(metrics: Mapping[str, Any], title: Optional[str] = None) -> s
     AUROC, FPR95 (both conventions), open balanced accuracy, unknown recall and H-score (``-``
     where missing). When ``metrics["difficulty"]`` maps difficulty groups to metrics, a third table
     has one row per group (number of unknown images, AUROC, FPR95, FPR95-ID, unknown recall). The
-    threshold's source and the calibration's source close the summary.
+    threshold's source, the calibration's source and the demo CLIP build's sha256 (when the run used
+    one) close the summary.
 
     Args:
         metrics: The metrics dictionary.
@@ -175,6 +176,8 @@ def format_summary(metrics: Mapping[str, Any], title: Optional[str] = None) -> s
     calibration = metrics.get("calibration")
     if isinstance(calibration, Mapping) and calibration.get("source"):
         lines.append(f"calibration: {calibration['source']}")
+    if isinstance(metrics.get("demo_clip_sha256"), str):  # 75 characters: the whole hash, on its own line
+        lines.append(f"demo CLIP: {metrics['demo_clip_sha256']}")
     return "\n".join(lines)
 
 
