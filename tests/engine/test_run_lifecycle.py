@@ -113,7 +113,7 @@ def test_resume_refuses_schedule_changes_and_never_rewrites_a_finished_run(cub_r
     assert safe_load(ckpt)["it"] == 6
     log = (run / "log.txt").read_text()
     assert re.search(
-        r"resume_extend: num_train_iter 4 -> 6; the lr schedule is recomputed for 6 iterations: at "
+        r"resume_extend: num_train_iter 4 -> 6; the lr schedule is recomputed for 6 iterations: after "
         r"iteration 4 the lr goes from \S+ \(old schedule\) to \S+ \(new\)",
         log,
     )
