@@ -54,10 +54,12 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
             img_size=a.img_size,
             class_names=[f"bird species {i}" for i in range(a.num_classes)],
             zs_weight=a.zs_weight,
+            zs_mode=a.zs_mode,
         )
         .to(dev)
         .eval()
     )
+    net = net.for_prediction()  # zs_mode weights: the WiSE-FT merge, as eval.py and predict.py predict
     visual = net.backbone.visual
     if a.compile:
         from usb_cfsg.engine.device import compile_model
@@ -96,6 +98,7 @@ def run(a: argparse.Namespace) -> Dict[str, Any]:
     result = {
         "net": a.net,
         "zs_weight": a.zs_weight,
+        "zs_mode": a.zs_mode,
         "img_size": a.img_size,
         "batch_size": a.batch_size,
         "device": str(dev),
@@ -139,6 +142,12 @@ def parse(argv: List[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.5,
         help="cfsg_clip's zs_weight (its default 0.5 runs the frozen zero-shot copy of the tuned blocks too; 0: not)",
+    )
+    p.add_argument(
+        "--zs_mode",
+        default="output",
+        choices=("output", "weights"),
+        help="output: the frozen zero-shot copy runs beside the net; weights: the merged net (no extra forward)",
     )
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)

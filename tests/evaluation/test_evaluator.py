@@ -93,7 +93,7 @@ def test_predict_finds_the_algorithm_hooks_without_an_instance():
         def compute_unknown_scores(cls, outputs, a):
             return {a.ood_score: outputs["score_b"]}, a.ood_score
 
-    assert net_head_spec(Default, args) == ("clip", {})
+    assert net_head_spec(Default, args) == ("clip", {"zs_weight": 0.0, "zs_mode": "output"})  # the prior's keys
     assert net_head_spec(ClassHooks, args) == ("cfsg", {"width": 7})
     assert score_function(Default, args)(logits)[1] == "msp"
     assert score_function(ClassHooks, args)(logits) == ({"b": logits["score_b"]}, "b")
