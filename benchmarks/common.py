@@ -1,8 +1,10 @@
 """Shared set-up of the benchmarks: a real algorithm on a synthetic CUB replica, one train step.
 
 The benchmarks build the algorithm exactly as ``train.py`` does (config, dataset split, loaders,
-net, optimizer) with random-init weights (``pretrained: none``), which is fine for timing: the
-cost of a step does not depend on the values of the weights.
+net, optimizer) with random-init weights, which is fine for timing: the cost of a step does not
+depend on the values of the weights. The random weights are written to a file and passed as
+``pretrain_path`` (:func:`random_weights_file`), because a zero-shot prior (``zs_weight`` > 0,
+cfsg_clip's default) is refused on ``pretrained: none``.
 """
 
 from __future__ import annotations
@@ -75,6 +77,21 @@ def bench_argv(
     return argv
 
 
+def random_weights_file(net: str, img_size: int, folder: str) -> str:
+    """A randomly initialised open_clip state dict of ``net`` at ``img_size``, saved under ``folder`` (timing only)."""
+    import torch
+
+    from usb_cfsg.nets.clip import CLIP_ARCHS, create_clip
+
+    path = os.path.join(folder, f"random_init_{net}_{img_size}.pt")
+    if not os.path.isfile(path):
+        torch.manual_seed(0)
+        model, _ = create_clip(CLIP_ARCHS[net], None, None, img_size)
+        os.makedirs(folder, exist_ok=True)
+        torch.save(model.state_dict(), path)
+    return path
+
+
 def build(
     alg: str,
     net: str,
@@ -97,6 +114,7 @@ def build(
     from usb_cfsg.engine.device import resolve_device
     from usb_cfsg.engine.plugin import build_algorithm
 
+    extra = {"pretrain_path": random_weights_file(net, img_size, save_dir), **(extra or {})}
     args = build_config(bench_argv(alg, net, img_size, batch_size, device, data_dir, save_dir, extra))
     dev = resolve_device(args.device)
     algorithm = build_algorithm(args, get_net_builder(args.net, False), None, None, device=dev, record_split=False)

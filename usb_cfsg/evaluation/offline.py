@@ -171,6 +171,16 @@ def evaluate_checkpoint(argv: Sequence[str]) -> Dict[str, Any]:
     algorithm = load_eval_algorithm(args, ckpt, args.load_path)
     out_dir = args.out_dir or run_dir(args)
     calibration = ckpt.get("calibration")
+    trained_mode = (ckpt.get("config") or {}).get("zs_mode", "output")
+    if isinstance(calibration, dict) and getattr(args, "zs_mode", "output") != trained_mode:
+        # the stored ranges and thresholds were fitted on the other mode's predictions
+        logger.info(
+            "zs_mode %s differs from the run's %s: fitting the score calibration again on the unlabeled "
+            "training images with this mode's predictions",
+            args.zs_mode,
+            trained_mode,
+        )
+        calibration = None
     if isinstance(calibration, dict):
         logger.info(
             "using the score calibration stored in %s (fitted on %s)",
