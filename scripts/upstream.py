@@ -334,6 +334,9 @@ def sanitize(text: str) -> str:
     text = text.replace("UsbCfsg", "OpenSet")
     text = re.sub(r"\busb_cfsg\b", "semilearn", text)
     text = text.replace("usb-cfsg", "semilearn")
+    # identifiers keep working (renamed consistently in every moved file: demo_clip_sha256 -> democlip_sha256);
+    # the word itself (the plug-in's demo tool) becomes words
+    text = re.sub(r"(?<=\w)demo_clip|demo_clip(?=\w)", "democlip", text)
     return text.replace("demo_clip", "demo CLIP")
 
 
