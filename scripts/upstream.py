@@ -53,9 +53,24 @@ SEMILEARN_TREE = "ab271eb9b206e4825becd545e040449b97d813c2"
 BASE_FILES: Dict[str, str] = {
     "train.py": "3ba78ba316032dc9814e1182a7f3f2702f3fb716",
     "docs/algorithm_zoo.md": "c5ef6102963958959fb88fa83cca087e0bb8dd95",
+    "setup.py": "c7d9d44abdd196bb35b13724edecf5058b1f37df",
+    "requirements.txt": "56cc617640d0fd7f824c3e6494faa855ee41d006",
+    "README.md": "95c7648fccedce4b455426518b62bf50fd8c25f8",
 }
-AUTHOR_NAME = "usb_cfsg contributors"
-AUTHOR_EMAIL = "usb-cfsg@users.noreply.github.com"
+#: USB's GitHub main as last checked by hand (``USB_MAIN_CLONE=<clone> pytest tests/test_upstream.py``):
+#: commit, its date, the date of the check and what it found; written into patches/README.md.
+MAIN_CHECK: Dict[str, str] = {
+    "commit": "1ef4cbebcc0b368158315aeb425053858cf6c845",
+    "commit_date": "2025-09-24",
+    "checked": "2026-01-01 by hand (clone of the fetched GitHub snapshot)",
+    "result": "not rebased yet. With `--base` the generator gets through the CPU, algorithm-device and "
+    "ruamel.yaml patches on main (they are regular-expression rewrites or match main's text); the torch.load "
+    "patch's edit of get_save_dict() has no alternative for main's text yet, so generation stops there.",
+}
+#: Names of the plug-in and its development setup that must not appear in the patched USB tree.
+FORBIDDEN_NAMES: Tuple[str, ...] = ("usb_cfsg", "usb-cfsg", "UsbCfsg", "make_configs", ".venv", "demo_clip")
+AUTHOR_NAME = "CFSG-CLIP contributors"
+AUTHOR_EMAIL = "cfsg-clip@users.noreply.github.com"
 #: fixed author/committer date of every commit, so regeneration is byte-identical
 DATE = "2026-01-01T00:00:00+00:00"
 REGENERATE = "python -m scripts.upstream --out patches/"
@@ -69,7 +84,6 @@ PACKAGE_ROOT = REPO_ROOT / "usb_cfsg"
 PACKAGE_MAP: Tuple[Tuple[str, str], ...] = (
     ("usb_cfsg.modules", "semilearn.nets.clip.modules"),
     ("usb_cfsg.nets", "semilearn.nets.clip"),
-    ("usb_cfsg.demo_clip", "semilearn.nets.clip.demo_clip"),
     ("usb_cfsg.datasets", "semilearn.datasets.openset_datasets"),
     ("usb_cfsg.evaluation", "semilearn.core.hooks.openset"),
     ("usb_cfsg.engine", "semilearn.core.openset"),
@@ -246,21 +260,99 @@ _IMPORT_RE = re.compile(r"import\s+([.\w]+)")
 _REF_RE = re.compile(r"\busb_cfsg((?:\.\w+)+)")
 
 
+#: Roots of the moved code: every algorithm module, and the packages the series adds.
+MOVED_ROOTS: Tuple[str, ...] = (
+    "usb_cfsg.algorithms",
+    "usb_cfsg.nets",
+    "usb_cfsg.modules",
+    "usb_cfsg.datasets",
+    "usb_cfsg.evaluation",
+    "usb_cfsg.engine.plugin",
+)
+_MOVED_CACHE: Dict[str, Tuple[str, ...]] = {}
+
+
+def moved_modules() -> Tuple[str, ...]:
+    """Every module the series moves into semilearn (cached; :func:`generate` clears the cache)."""
+    if "all" not in _MOVED_CACHE:
+        roots = [f"usb_cfsg.algorithms.{m}" for m in algorithm_modules()] + list(MOVED_ROOTS)
+        _MOVED_CACHE["all"] = tuple(closure(roots))
+    return _MOVED_CACHE["all"]
+
+
 def _rewrite_refs(text: str) -> str:
-    """Rewrite ``usb_cfsg.<module>[.<attr>...]`` references of moved modules to their semilearn names."""
+    """Rewrite ``usb_cfsg.<module>[.<attr>...]`` references of moved modules to their semilearn names
+    (references of modules that stay in the plug-in are left to :func:`sanitize`)."""
+    moved = set(moved_modules())
 
     def repl(match: re.Match) -> str:
         parts = ("usb_cfsg" + match.group(1)).split(".")
         for n in range(len(parts), 1, -1):
             mod = ".".join(parts[:n])
             if module_exists(mod):
-                try:
-                    return ".".join([target_module(mod)] + parts[n:])
-                except UpstreamError:
+                if mod not in moved:
                     return match.group(0)
+                return ".".join([target_module(mod)] + parts[n:])
         return match.group(0)
 
     return _REF_RE.sub(repl, text)
+
+
+_PATH_RE = re.compile(r"\busb_cfsg/([\w/]+)\.py\b")
+_PLUGIN_REF_RE = re.compile(r"(?:python -m )?\busb_cfsg((?:\.\w+)+)")
+
+
+def sanitize(text: str) -> str:
+    """Text of the patched USB tree without the plug-in's names (:data:`FORBIDDEN_NAMES`).
+
+    After :func:`_rewrite_refs`, what still names the plug-in is rewritten generically:
+    ``usb_cfsg/<module>.py`` paths of moved modules become their semilearn paths; a reference of a
+    module that stays plug-in only (``python -m usb_cfsg.compare``) becomes "the CFSG-CLIP
+    plug-in's compare tool"; identifiers ``usb_cfsg_*`` become ``openset_*`` and ``UsbCfsg*``
+    ``OpenSet*``; the package name itself (logger names, checkpoint tags, messages) becomes
+    ``semilearn``; ``demo_clip`` (the plug-in's demo) becomes "demo CLIP".
+    """
+    moved = set(moved_modules())
+
+    def path(match: re.Match) -> str:
+        mod = "usb_cfsg." + match.group(1).replace("/", ".")
+        if mod.endswith(".__init__"):
+            mod = mod[: -len(".__init__")]
+        if module_exists(mod) and mod in moved:
+            return target_path(mod)
+        return "the CFSG-CLIP plug-in's " + match.group(1).replace("/", " ").replace("_", " ")
+
+    def plugin_ref(match: re.Match) -> str:
+        parts = match.group(1).strip(".").split(".")
+        if not any(module_exists(".".join(["usb_cfsg"] + parts[:n])) for n in range(1, len(parts) + 1)):
+            return match.group(0).replace("usb_cfsg", "semilearn")  # a name, not a module (format tags)
+        return "the CFSG-CLIP plug-in's " + " ".join(parts).replace("_", " ") + " tool"
+
+    text = _PATH_RE.sub(path, text)
+    text = _PLUGIN_REF_RE.sub(plugin_ref, text)
+    text = re.sub(r"\busb_cfsg_(?=\w)", "openset_", text)
+    text = text.replace("UsbCfsg", "OpenSet")
+    text = re.sub(r"\busb_cfsg\b", "semilearn", text)
+    text = text.replace("usb-cfsg", "semilearn")
+    # identifiers keep working (renamed consistently in every moved file: demo_clip_sha256 -> democlip_sha256);
+    # the word itself (the plug-in's demo tool) becomes words
+    text = re.sub(r"(?<=\w)demo_clip|demo_clip(?=\w)", "democlip", text)
+    return text.replace("demo_clip", "demo CLIP")
+
+
+def sanitize_config(text: str) -> str:
+    """A config file for the USB tree: comment lines naming the plug-in's tools dropped, the rest sanitized."""
+    lines = [
+        line
+        for line in text.splitlines(keepends=True)
+        if not (line.lstrip().startswith("#") and any(n in line for n in FORBIDDEN_NAMES + ("scripts/",)))
+    ]
+    return sanitize("".join(lines))
+
+
+def forbidden_names(text: str) -> List[str]:
+    """The :data:`FORBIDDEN_NAMES` that occur in ``text``."""
+    return [n for n in FORBIDDEN_NAMES if n in text]
 
 
 def _drop_registration_loop(name: str, source: str) -> str:
@@ -314,7 +406,7 @@ def transform(name: str) -> str:
         if match is None or match.group(1) != old:
             raise UpstreamError(f"{name}:{ref.lineno}: cannot parse the import statement {line.strip()!r}")
         lines[ref.lineno - 1] = head + tail[: match.start(1)] + new_module + tail[match.end(1) :]
-    out = _rewrite_refs("".join(lines))
+    out = sanitize(_rewrite_refs("".join(lines)))
     if name == "usb_cfsg.algorithms":
         out = _drop_registration_loop(name, out)
     return out
@@ -347,11 +439,28 @@ def registered_class(module: str) -> str:
 # ------------------------------------------------------------------------------------------- patches
 @dataclasses.dataclass
 class Edit:
-    """Replace the one occurrence of ``old`` in ``path`` with ``new`` (a hand-written change of USB code)."""
+    """Replace the one occurrence of ``old`` in ``path`` with ``new`` (a hand-written change of USB code).
+
+    ``alternatives`` are further ``(old, new)`` pairs for other bases (USB's main), tried in order
+    when ``old`` is not in the file.
+    """
 
     path: str
     old: str
     new: str
+    alternatives: Tuple[Tuple[str, str], ...] = ()
+
+
+@dataclasses.dataclass
+class Rewrite:
+    """Regular-expression substitution in every file matching one of ``globs`` (a mechanical change of USB
+    code, computed on the base tree, so it follows the base: 0.3.2 or main)."""
+
+    globs: Tuple[str, ...]
+    pattern: str
+    repl: str
+    #: added after the first ``import torch`` line of a file the substitution changed
+    add_import: str = ""
 
 
 @dataclasses.dataclass
@@ -363,18 +472,43 @@ class Patch:
     edits: List[Edit] = dataclasses.field(default_factory=list)
     files: Dict[str, bytes] = dataclasses.field(default_factory=dict)  # new or replaced files
     summary: str = ""  # one line for patches/README.md
+    rewrites: List[Rewrite] = dataclasses.field(default_factory=list)
+    requirements: List[str] = dataclasses.field(default_factory=list)  # lines added to requirements.txt
+    package_data: Dict[str, List[str]] = dataclasses.field(default_factory=dict)  # merged into setup.py
 
 
 def _apply_edit(root: Path, edit: Edit) -> None:
     path = root / edit.path
+    if not path.is_file():
+        raise UpstreamError(f"edit of {edit.path}: the base tree has no such file")
     text = path.read_text(encoding="utf-8")
-    count = text.count(edit.old)
-    if count != 1:
-        raise UpstreamError(
-            f"edit of {edit.path} expects its old text exactly once, found it {count} times:\n{edit.old}"
-        )
-    path.write_text(text.replace(edit.old, edit.new), encoding="utf-8")
+    for old, new in ((edit.old, edit.new), *edit.alternatives):
+        count = text.count(old)
+        if count == 1:
+            path.write_text(text.replace(old, new), encoding="utf-8")
+            return
+    raise UpstreamError(
+        f"edit of {edit.path} expects its old text exactly once (or one of {len(edit.alternatives)} "
+        f"alternatives), found it {text.count(edit.old)} times:\n{edit.old}"
+    )
 
+
+def _apply_rewrite(root: Path, rewrite: Rewrite) -> int:
+    """Apply ``rewrite`` to the files under ``root``; returns the number of substitutions."""
+    total = 0
+    paths = sorted({p for g in rewrite.globs for p in root.glob(g) if p.is_file()})
+    for path in paths:
+        text = path.read_text(encoding="utf-8")
+        new, n = re.subn(rewrite.pattern, rewrite.repl, text, flags=re.M)
+        if n and rewrite.add_import and rewrite.add_import not in new:
+            new = re.sub(r"^import torch\n", "import torch\n" + rewrite.add_import + "\n", new, count=1, flags=re.M)
+        if n:
+            path.write_text(new, encoding="utf-8")
+            total += n
+    return total
+
+
+_ALGORITHM_GLOBS = ("semilearn/algorithms/**/*.py", "semilearn/imb_algorithms/**/*.py")
 
 FIXES: List[Patch] = [
     Patch(
@@ -407,10 +541,28 @@ This makes CPU a supported device without changing anything on GPUs:
 * ngpus_per_node counts at least one process per node; on CPU,
   distributed training uses gloo.
 
-Tested on a CPU-only machine (torch 2.14.1): `python train.py --c <config>`
-trains fixmatch for a few iterations, evaluates, and writes
-latest_model.pth; the GPU code paths are unchanged. Not run: distributed
+Tested: tests/test_cpu.py (added here; CPU-only machine, torch 2.14.1):
+get_device, the wall-clock TimerHook, send_model_cuda on CPU, and
+`python train.py --c <config>` training fixmatch (WideResNet-28-2, 32 px) on
+a semi_aves replica the test writes, evaluating and writing
+latest_model.pth. The GPU code paths are unchanged. Not run: distributed
 training on CPU (gloo).""",
+        rewrites=[
+            Rewrite(
+                ("semilearn/core/algorithmbase.py",),
+                r"^(\s*)self\.gpu = args\.gpu\n",
+                r"\1self.gpu = args.gpu\n\1self.device = get_device(args.gpu)\n",
+                add_import="from semilearn.core.utils.misc import get_device",
+            ),
+            Rewrite(
+                ("semilearn/core/algorithmbase.py",),
+                r"^(\s*)self\.ngpus_per_node = torch\.cuda\.device_count\(\)$",
+                r"\1# at least one process per node: CPU-only machines have no GPU to count\n"
+                r"\1self.ngpus_per_node = max(torch.cuda.device_count(), 1)",
+            ),
+            Rewrite(("semilearn/core/algorithmbase.py",), r"\.cuda\(self\.gpu\)", ".to(self.device)"),
+            Rewrite(("semilearn/core/algorithmbase.py",), r"send (var|data) to cuda", r"send \1 to self.device"),
+        ],
         edits=[
             Edit(
                 "semilearn/core/utils/misc.py",
@@ -436,62 +588,6 @@ def send_model_cuda(args, model, clip_batch=True):
                                                               find_unused_parameters=True)
         return model
     elif args.distributed:""",
-            ),
-            Edit(
-                "semilearn/core/algorithmbase.py",
-                """    get_dataset,
-    get_optimizer,
-)""",
-                """    get_dataset,
-    get_device,
-    get_optimizer,
-)""",
-            ),
-            Edit(
-                "semilearn/core/algorithmbase.py",
-                """        self.ngpus_per_node = torch.cuda.device_count()
-        self.loss_scaler = GradScaler()
-        self.amp_cm = autocast if self.use_amp else contextlib.nullcontext
-        self.gpu = args.gpu
-""",
-                """        # at least one process per node: CPU-only machines have no GPU to count
-        self.ngpus_per_node = max(torch.cuda.device_count(), 1)
-        self.loss_scaler = GradScaler()
-        self.amp_cm = autocast if self.use_amp else contextlib.nullcontext
-        self.gpu = args.gpu
-        self.device = get_device(args.gpu)
-""",
-            ),
-            Edit(
-                "semilearn/core/algorithmbase.py",
-                """        process batch data, send data to cuda""",
-                """        process batch data, send data to self.device""",
-            ),
-            Edit(
-                "semilearn/core/algorithmbase.py",
-                """            # send var to cuda
-            if isinstance(var, dict):
-                var = {k: v.cuda(self.gpu) for k, v in var.items()}
-            else:
-                var = var.cuda(self.gpu)""",
-                """            # send var to the training device
-            if isinstance(var, dict):
-                var = {k: v.to(self.device) for k, v in var.items()}
-            else:
-                var = var.to(self.device)""",
-            ),
-            Edit(
-                "semilearn/core/algorithmbase.py",
-                """                if isinstance(x, dict):
-                    x = {k: v.cuda(self.gpu) for k, v in x.items()}
-                else:
-                    x = x.cuda(self.gpu)
-                y = y.cuda(self.gpu)""",
-                """                if isinstance(x, dict):
-                    x = {k: v.to(self.device) for k, v in x.items()}
-                else:
-                    x = x.to(self.device)
-                y = y.to(self.device)""",
             ),
             Edit(
                 "semilearn/core/hooks/timer.py",
@@ -602,8 +698,8 @@ from the same YAML 1.2 documents (USB's configs use no tags), and it cannot
 construct arbitrary Python objects from a config file. An empty file now sets
 no keys instead of failing on `for k in None`.
 
-Tested: `python train.py --c <config>` reads every key of the config (and the
-training run that follows uses them) with ruamel.yaml 0.17.40; by hand with
+Tested: tests/test_yaml_config.py (added here) with ruamel.yaml 0.17.40;
+by hand with
 ruamel.yaml 0.18.17, where the unpatched function fails with '"load()" has
 been removed' and the patched one reads the same values.""",
         edits=[
@@ -637,8 +733,14 @@ AlgorithmBase.load_model() fails on every checkpoint with a current torch
   0.3.2, retries with numpy's scalar reconstruction allowed
   (torch.serialization.safe_globals), still weights-only.
 
-Tested with torch 2.14.1: a run's latest_model.pth resumes; a checkpoint
-holding a numpy float64 best_eval_acc, as 0.3.2 wrote them, loads.""",
+semilearn.nets.utils.load_checkpoint() (pretrained weights) loads
+weights-only explicitly as well, so older torch versions do not run code from
+a downloaded weights file either.
+
+Tested with torch 2.14.1 (tests/test_checkpoint_load.py): a checkpoint
+holding a numpy float64 best_eval_acc, as 0.3.2 wrote them, loads; a weights
+file loads through load_checkpoint(); a run's latest_model.pth resumes
+(tests/test_resume.py, with the train.py patch).""",
         edits=[
             Edit(
                 "semilearn/core/algorithmbase.py",
@@ -649,6 +751,7 @@ import os
 import os
 import pickle
 """,
+                alternatives=(("import os\nimport contextlib\n", "import os\nimport contextlib\nimport pickle\n"),),
             ),
             Edit(
                 "semilearn/core/algorithmbase.py",
@@ -663,6 +766,16 @@ import pickle
             "best_it": int(self.best_it),
             "best_eval_acc": float(self.best_eval_acc),
         }""",
+            ),
+            Edit(
+                "semilearn/nets/utils.py",
+                """        checkpoint = torch.load(checkpoint_path, map_location='cpu')
+    else:
+        checkpoint = load_state_dict_from_url(checkpoint_path, map_location='cpu')""",
+                """        # weights only, whatever the torch version's default: no code in a weights file is executed
+        checkpoint = torch.load(checkpoint_path, map_location='cpu', weights_only=True)
+    else:
+        checkpoint = load_state_dict_from_url(checkpoint_path, map_location='cpu', weights_only=True)""",
             ),
             Edit(
                 "semilearn/core/algorithmbase.py",
@@ -713,8 +826,9 @@ reason and what to do. A missing load_path keeps its meaning (the configs use
 resume: True with load_path = latest_model.pth to continue a run if one
 exists), now logged only when resume was asked for.
 
-Tested: resuming from a damaged checkpoint file exits with the error and
-leaves the file as it was; resuming from a run's latest_model.pth continues.""",
+Tested: tests/test_resume.py (added here; with the CPU patch or a GPU):
+resuming from a damaged checkpoint file exits with the error and leaves the
+file as it was; resuming from a run's latest_model.pth continues.""",
         edits=[
             Edit(
                 "train.py",
@@ -758,8 +872,9 @@ An unknown name now raises ValueError with the known names and the closest
 match. Passing dataset=None still returns None, for users who build their own
 data loaders and hand them to semilearn.Trainer.
 
-Tested: get_dataset(args, "fixmatch", "cifar01", ...) raises
-"unknown dataset 'cifar01', did you mean 'cifar10'?".""",
+Tested: tests/test_get_dataset.py (added here): get_dataset(args,
+"fixmatch", "cifar01", ...) raises "unknown dataset 'cifar01', did you mean
+'cifar10'?"; dataset None returns None.""",
         edits=[
             Edit(
                 "semilearn/core/utils/build.py",
@@ -821,8 +936,9 @@ Registering a different class under a taken name now raises KeyError naming
 both classes. Registering the same class again (same module and qualified
 name, as when a module is imported twice) replaces the entry as before.
 
-Tested: ALGORITHMS.register("fixmatch")(AnotherClass) raises; importing every
-built-in algorithm registers each name once.""",
+Tested: tests/test_registry.py (added here): ALGORITHMS.register("fixmatch")
+(AnotherClass) raises, registering fixmatch's class again does not; importing
+every built-in algorithm registers each name once.""",
         edits=[
             Edit(
                 "semilearn/core/utils/registry.py",
@@ -850,6 +966,101 @@ class Register:
         ],
     ),
 ]
+
+
+ALGORITHM_DEVICE_FIX = Patch(
+    subject="Algorithms: move tensors to the algorithm's device instead of calling .cuda()",
+    summary="Every `.cuda(self.gpu)` / `.cuda(self.args.gpu)` of `semilearn/algorithms` and "
+    "`semilearn/imb_algorithms` becomes `.to(self.device)`; Dash's own loop and CoSSL use the device-agnostic "
+    "timers and guarded `cuda.synchronize`.",
+    body="""\
+With the previous patch AlgorithmBase runs on CPU, but the algorithms still
+place their own tensors with .cuda(): CoMatch's and SimMatch's memory banks
+(at construction), the state every algorithm with a DistAlignHook or
+MaskingHook restores in load_model(), CRMatch's and VAT's loss terms, and
+Dash's own training loop (CUDA events, torch.cuda.synchronize, .cuda() of
+the batches), as does CoSSL among the imbalanced algorithms. On a machine
+without CUDA these fail with "Torch not compiled with CUDA enabled".
+
+Every .cuda(self.gpu) and .cuda(self.args.gpu) now moves to self.device (the
+GPU of the process on GPUs, as before); CUDA events become
+semilearn.core.hooks.timer.timing_event(), torch.cuda.synchronize() runs only
+when CUDA is available, and Dash counts at least one process per node. The
+change is mechanical (the same substitutions in every file).
+
+Tested: tests/test_algorithms_device.py (added here): no SSL algorithm calls
+.cuda() or creates CUDA events any more, and every algorithm module imports
+and registers; fixmatch trains on CPU through train.py (tests/test_cpu.py).
+Not run: the other algorithms' training loops on CPU. Not changed: helper
+functions of the imbalanced algorithms that take a GPU index (cossl/utils.py,
+darp/utils.py, tras.py).""",
+    rewrites=[
+        Rewrite(_ALGORITHM_GLOBS, r"\.cuda\((self|algorithm)\.(?:args\.)?gpu\)", r".to(\1.device)"),
+        Rewrite(
+            _ALGORITHM_GLOBS,
+            r"torch\.cuda\.Event\(enable_timing=True\)",
+            "timing_event()",
+            add_import="from semilearn.core.hooks.timer import timing_event",
+        ),
+        Rewrite(
+            _ALGORITHM_GLOBS,
+            r"^(\s*)torch\.cuda\.synchronize\(\)$",
+            r"\1if torch.cuda.is_available():\n\1    torch.cuda.synchronize()",
+        ),
+        Rewrite(
+            _ALGORITHM_GLOBS,
+            r"ngpus_per_node = torch\.cuda\.device_count\(\)$",
+            "ngpus_per_node = max(torch.cuda.device_count(), 1)",
+        ),
+    ],
+)
+
+SETUP_FIX = Patch(
+    subject="setup.py: read requirements.txt without pkg_resources",
+    summary="`setup.py` parses `requirements.txt` itself instead of importing `pkg_resources`, which "
+    "setuptools deprecated and removed.",
+    body="""\
+setup.py parses requirements.txt with pkg_resources.parse_requirements().
+pkg_resources is deprecated (setuptools warns on import) and no longer
+shipped by recent setuptools, where `pip install -e .` then fails before
+reading anything.
+
+requirements.txt holds one requirement per line: setup.py now takes every
+non-empty line without its comment, which is what parse_requirements()
+returned for this file.
+
+Tested: tests/test_setup.py (added here): setup.py does not import
+pkg_resources and passes exactly the requirements of requirements.txt to
+setup(); every data file under semilearn/ is package data.""",
+    edits=[
+        Edit(
+            "setup.py",
+            """import pathlib
+
+import pkg_resources
+""",
+            """import pathlib
+""",
+        ),
+        Edit(
+            "setup.py",
+            """# requirements
+with pathlib.Path('requirements.txt').open() as requirements_txt:
+    install_requires = [
+        str(requirement)
+        for requirement
+        in pkg_resources.parse_requirements(requirements_txt)
+    ]""",
+            """# requirements: one per line, comments and blank lines skipped (no pkg_resources, removed from setuptools)
+with pathlib.Path(path.join(here, 'requirements.txt')).open(encoding='utf-8') as requirements_txt:
+    install_requires = [
+        line.split('#', 1)[0].strip()
+        for line in requirements_txt
+        if line.split('#', 1)[0].strip()
+    ]""",
+        ),
+    ],
+)
 
 
 def _moved_files(modules: Iterable[str]) -> Dict[str, bytes]:
@@ -900,154 +1111,247 @@ def _config_files(algorithms: Sequence[str]) -> Dict[str, bytes]:
     for alg in algorithms:
         folder = REPO_ROOT / "config" / "openset_fg" / alg
         for path in sorted(folder.glob("*.yaml")) if folder.is_dir() else []:
-            files[f"config/openset_fg/{alg}/{path.name}"] = path.read_bytes()
+            files[f"config/openset_fg/{alg}/{path.name}"] = sanitize_config(path.read_text(encoding="utf-8")).encode(
+                "utf-8"
+            )
     return files
 
 
-def feature_patches() -> List[Patch]:
-    """The open-set code (moved), its glue in USB's files, configs and docs."""
-    algs = algorithm_modules()
-    alg_modules = [f"usb_cfsg.algorithms.{m}" for m in algs]
-    roots = alg_modules + [
-        "usb_cfsg.algorithms",
-        "usb_cfsg.nets",
-        "usb_cfsg.modules",
-        "usb_cfsg.datasets",
-        "usb_cfsg.evaluation",
-    ]
-    modules = closure(roots)
-    files = _moved_files(modules)
-    files.update(
-        _generated_inits(
-            files,
-            {
-                "semilearn/core/openset": "Open-set SSL support shared by the open-set algorithms: the algorithm mixin "
-                "(data, device, checkpoints, hooks),\nconfiguration keys, errors and registries.\n",
-            },
-        )
+def _assign_modules() -> Dict[str, List[str]]:
+    """Moved modules per feature series: each series takes the closure of its roots that no earlier series took."""
+    assignment: Dict[str, List[str]] = {}
+    claimed: set = set()
+    roots: List[Tuple[str, List[str]]] = [(name, list(r)) for name, r in SERIES_ROOTS]
+    roots += [(f"alg:{m}", [f"usb_cfsg.algorithms.{m}"]) for m in algorithm_modules()]
+    for name, rs in roots:
+        mods = [m for m in closure(rs) if m not in claimed]
+        assignment[name] = mods
+        claimed.update(mods)
+    left = sorted(set(moved_modules()) - claimed)
+    if left:
+        raise UpstreamError(f"moved modules without a series: {left}")
+    return assignment
+
+
+def _usb_tests(*names: str) -> Dict[str, bytes]:
+    """Files of semilearn's test suite (scripts/usb_tests/<name> -> tests/<name>)."""
+    return {f"tests/{n}": (USB_TESTS / n).read_bytes() for n in names}
+
+
+def _with_tests(patch: Patch, *names: str) -> Patch:
+    return dataclasses.replace(patch, files={**patch.files, **_usb_tests(*names)})
+
+
+def fixes_series() -> Series:
+    """Series a: fixes of USB 0.3.2, each with its tests; applies alone onto the base."""
+    cpu, yaml_fix, load, resume, dataset, registry = FIXES
+    return Series(
+        name="1-usb-fixes",
+        part="a",
+        title="Fixes of USB: CPU, resume, torch.load, registry, get_dataset, ruamel.yaml, setup.py",
+        patches=[
+            _with_tests(cpu, "conftest.py", "test_cpu.py"),
+            _with_tests(ALGORITHM_DEVICE_FIX, "test_algorithms_device.py"),
+            _with_tests(yaml_fix, "test_yaml_config.py"),
+            _with_tests(load, "test_checkpoint_load.py"),
+            _with_tests(resume, "test_resume.py"),
+            _with_tests(dataset, "test_get_dataset.py"),
+            _with_tests(registry, "test_registry.py"),
+            _with_tests(SETUP_FIX, "test_setup.py"),
+        ],
     )
-    support = _group(files, "semilearn/core/openset/")
-    nets = _group(files, "semilearn/nets/clip/")
-    datasets = _group(files, "semilearn/datasets/openset_datasets/")
-    hooks = _group(files, "semilearn/core/hooks/openset/")
-    per_alg = {m: _group(files, f"semilearn/algorithms/{m}/") for m in algs}
-    grouped = set(support) | set(nets) | set(datasets) | set(hooks) | {p for g in per_alg.values() for p in g}
-    if set(files) - grouped:
-        raise UpstreamError(f"moved files without a patch: {sorted(set(files) - grouped)}")
 
-    def moved(prefix: str) -> str:
-        names = sorted(m for m in modules if target_path(m).startswith(prefix))
-        return textwrap.fill(f"Moved from: {', '.join(names)}.", 72, break_on_hyphens=False)
 
+def _data_package_data(files: Dict[str, bytes], known_packages: Iterable[str]) -> Dict[str, List[str]]:
+    """``setup.py`` package_data entries (package -> glob patterns) of the non-Python files among ``files``."""
+    packages = set(known_packages) | {p.rsplit("/", 1)[0] for p in files if p.endswith("/__init__.py")}
+    out: Dict[str, List[str]] = {}
+    for path in sorted(files):
+        if path.endswith(".py") or not path.startswith("semilearn/"):
+            continue
+        folder = path.rsplit("/", 1)[0]
+        owner = folder
+        while owner not in packages and "/" in owner:
+            owner = owner.rsplit("/", 1)[0]
+        inside = path[len(owner) + 1 :]
+        pattern = (inside.rsplit("/", 1)[0] + "/" if "/" in inside else "") + "*" + Path(path).suffix
+        pats = out.setdefault(owner.replace("/", "."), [])
+        if pattern not in pats:
+            pats.append(pattern)
+    return out
+
+
+def feature_series() -> List[Series]:
+    """Series b-e: the open-set code (moved), its glue in USB's files, configs, docs and tests.
+
+    Quilt order: CLIP nets (c), datasets (d), open-set evaluation of every algorithm (b), algorithms (e);
+    each needs the ones before it (the moved modules import each other), none needs the fixes (a).
+    """
+    algs = algorithm_modules()
+    assignment = _assign_modules()
+    inits_done: set = set()
+    packages_so_far: set = set()
+
+    def files_of(key: str) -> Dict[str, bytes]:
+        files = _moved_files(assignment[key])
+        folder = "semilearn/core/openset"
+        if f"{folder}/__init__.py" not in inits_done and any(p.startswith(folder + "/") for p in files):
+            files[f"{folder}/__init__.py"] = (
+                '"""Open-set SSL support shared by the open-set algorithms: the algorithm mixin (data, device, '
+                'checkpoints, hooks),\nconfiguration keys, errors and registries.\n"""\n'
+            ).encode("utf-8")
+            inits_done.add(f"{folder}/__init__.py")
+        return files
+
+    def data(files: Dict[str, bytes]) -> Dict[str, List[str]]:
+        packages_so_far.update(p.rsplit("/", 1)[0] for p in files if p.endswith("/__init__.py"))
+        return _data_package_data(files, packages_so_far)
+
+    def moved(key: str) -> str:
+        return textwrap.fill(f"Moved from: {', '.join(sorted(assignment[key]))}.", 72, break_on_hyphens=False)
+
+    nets_files = files_of("2-clip-nets")
+    datasets_files = {**files_of("3-openset-datasets"), **_usb_tests("openset/openset_helpers.py")}
+    eval_files = files_of("4-openset-evaluation")
     builders = sorted(importlib.import_module("usb_cfsg.nets").BUILDERS)
     dataset_names = importlib.import_module("usb_cfsg.datasets").DATASETS.names()
+    clip_flag = sanitize("usb_cfsg_clip")
+    unchanged = "The code is the usb_cfsg plug-in's, moved: imports point to the semilearn\nlayout, plug-in names are replaced, nothing else differs."
 
-    patches = [
-        Patch(
-            subject="Add semilearn.core.openset: shared support of open-set algorithms",
-            summary="Algorithm mixin (open-set datasets, device, exact-resume loaders, checkpoints with RNG state, "
-            "throughput hook, open-set evaluator), typed config keys, errors, registries.",
-            body=f"""\
-Open-set semi-supervised learning needs more from an algorithm than
-AlgorithmBase gives: datasets with unseen classes in the unlabeled set and an
-open-set test set, a net built from class names (CLIP), open-set scores and
-metrics, and checkpoints that hold the split and the calibration. This adds
-that support as a mixin, PluginMixin, that the open-set algorithms of the
-following patches put in front of AlgorithmBase; the built-in algorithms are
-unchanged.
-
-PluginMixin builds the open-set datasets (semilearn.datasets.openset_datasets),
-data loaders whose order survives a resume, CLIP nets with text-initialised
-classifiers, the open-set evaluation hook (semilearn.core.hooks.openset),
-atomic checkpoints with RNG state that load weights-only, and a device-agnostic
-step. config.py declares every key these algorithms read, with its type,
-default and help (train.py uses it in a later patch).
-
-The code is the usb_cfsg plug-in's, moved: imports point to the semilearn
-layout, nothing else differs.
-
-{moved("semilearn/core/openset/")}
-
-Tested: the plug-in's test suite (CPU) covers these modules; in this tree the
-open-set algorithms of the following patches train through train.py with
-them.""",
-            files=support,
-        ),
-        Patch(
-            subject="Add CLIP nets for open-set algorithms (semilearn.nets.clip)",
-            summary=f"open_clip ViTs split into a frozen trunk and tuned blocks, CLIP and CFSG heads, text "
-            f"embeddings, CFSG building blocks; exported from semilearn.nets: {', '.join(builders)}.",
-            body=f"""\
-The open-set algorithms of this series use CLIP: a visual encoder whose first
-blocks stay frozen (run once, without autograd), text embeddings of the class
-names, and heads built on both. This adds them as semilearn nets, so that
-`net: clip_vit_b16` works like `net: vit_base_patch16_224`:
+    nets = Series(
+        name="2-clip-nets",
+        part="c",
+        title="CLIP nets (open_clip) at any input size",
+        patches=[
+            Patch(
+                subject="Add CLIP nets (semilearn.nets.clip), built at the configured input size",
+                summary=f"open_clip ViTs split into a frozen trunk and tuned blocks, CLIP and CFSG heads, text "
+                f"embeddings, their building blocks; exported from semilearn.nets: {', '.join(builders)}; "
+                "AlgorithmBase builds them at `img_size`.",
+                body=f"""\
+The open-set algorithms of the following series use CLIP: a visual encoder
+whose first blocks stay frozen (run once, without autograd), text embeddings
+of the class names, and heads built on both. This adds them as semilearn
+nets, so that `net: clip_vit_b16` works like `net: vit_base_patch16_224`:
 
 * semilearn/nets/clip: the open_clip backbone split, the CLIP net (cosine
-  classifier initialised from class-name embeddings) and the CFSG net (semantic
-  filtering, visual-semantic injection, one-vs-all heads, MCM/GL-MCM scores);
+  classifier initialised from class-name embeddings) and the CFSG net;
 * semilearn/nets/clip/modules: the building blocks, each usable alone;
 * semilearn/nets/__init__.py exports the builders {", ".join(builders)}.
 
-{moved("semilearn/nets/clip/")}
+USB's set_model() and set_ema_model() build a net from num_classes,
+pretrained and pretrained_path only, which leaves a CLIP net at 224 px
+whatever img_size says (and the EMA copy could not even load the model's
+weights at another size). Builders flagged `{clip_flag}` now also get
+img_size, so every algorithm trains them at the configured input size
+(positional embeddings resized when pretrained weights are loaded).
 
-Builders take USB's (num_classes, pretrained, pretrained_path) and the
-open-set algorithms' class names and switches; `pretrained` is an open_clip
-tag (True means openai), `pretrained_path` a local weights file. New
-dependency: open_clip_torch (weights are downloaded only for a pretrained tag).
+Builders take USB's (num_classes, pretrained, pretrained_path) and keyword
+switches; `pretrained` is an open_clip tag (True means openai),
+`pretrained_path` a local weights file. New dependency: open_clip_torch
+(requirements.txt; weights are downloaded only for a pretrained tag), whose
+BPE vocabulary makes tokenisation work offline.
 
-The code is the usb_cfsg plug-in's, moved: imports point to the semilearn
-layout, nothing else differs.
+{moved("2-clip-nets")}
 
-Tested: the plug-in's net tests (CPU, a tiny random-init open_clip config);
-`semilearn.nets.clip_tiny` builds and trains in this tree.""",
-            files=nets,
-            edits=[
-                Edit(
-                    "semilearn/nets/__init__.py",
-                    """from .hubert import hubert_base
+{unchanged}
+
+Tested: tests/openset/test_clip_nets.py (added here; CPU, a tiny
+random-init open_clip config): clip_tiny builds and runs at 32 px, and
+AlgorithmBase.set_model()/set_ema_model() build it at args.img_size;
+tests/test_setup.py covers the package data of the moved files.""",
+                files={**nets_files, **_usb_tests("openset/test_clip_nets.py")},
+                requirements=["open_clip_torch"],
+                package_data=data(nets_files),
+                edits=[
+                    Edit(
+                        "semilearn/nets/__init__.py",
+                        """from .hubert import hubert_base
 """,
-                    "from .hubert import hubert_base\n"
-                    "# CLIP ViTs (open_clip) of the open-set algorithms\n"
-                    "from .clip import BUILDERS as _clip_builders\n"
-                    + "".join(f"{b} = _clip_builders[{b!r}]\n" for b in builders),
-                )
-            ],
-        ),
-        Patch(
-            subject="Add fine-grained open-set datasets and their get_dataset branch",
-            summary=f"Readers, open-set class split (first / random / SSB), USB datasets; `get_dataset` knows "
-            f"{', '.join(dataset_names)}.",
-            body=f"""\
+                        "from .hubert import hubert_base\n"
+                        "# CLIP ViTs (open_clip) of the open-set algorithms\n"
+                        "from .clip import BUILDERS as _clip_builders\n"
+                        + "".join(f"{b} = _clip_builders[{b!r}]\n" for b in builders),
+                    ),
+                    Edit(
+                        "semilearn/core/algorithmbase.py",
+                        """        model = self.net_builder(
+            num_classes=self.num_classes,
+            pretrained=self.args.use_pretrain,
+            pretrained_path=self.args.pretrain_path,
+        )
+        return model
+""",
+                        f"""        model = self.net_builder(
+            num_classes=self.num_classes,
+            pretrained=self.args.use_pretrain,
+            pretrained_path=self.args.pretrain_path,
+            **self.net_size_kwargs(),
+        )
+        return model
+
+    def net_size_kwargs(self):
+        \"\"\"
+        input size of nets built at any size (the CLIP nets flag their builders with `{clip_flag}`)
+        \"\"\"
+        if getattr(self.net_builder, '{clip_flag}', False) and getattr(self.args, 'img_size', None):
+            return {{'img_size': self.args.img_size}}
+        return {{}}
+""",
+                    ),
+                    Edit(
+                        "semilearn/core/algorithmbase.py",
+                        """        ema_model = self.net_builder(num_classes=self.num_classes)
+""",
+                        """        ema_model = self.net_builder(num_classes=self.num_classes, **self.net_size_kwargs())
+""",
+                    ),
+                ],
+            )
+        ],
+    )
+
+    datasets = Series(
+        name="3-openset-datasets",
+        part="d",
+        title="Fine-grained open-set datasets and the SSB splits",
+        patches=[
+            Patch(
+                subject="Add fine-grained open-set datasets and their get_dataset branch",
+                summary=f"Readers, open-set class split (first / random / Semantic Shift Benchmark), USB datasets; "
+                f"`get_dataset` knows {', '.join(dataset_names)}.",
+                body=f"""\
 Open-set SSL benchmarks split a dataset's classes into K seen classes
 (labeled and unlabeled data) and unseen ones (unlabeled data and the open-set
 test set only). This adds readers of the fine-grained datasets in their
-publishers' layouts, the class split (first K, seeded random, or the Semantic
-Shift Benchmark's lists with Easy/Medium/Hard unseen classes), the
-labeled/unlabeled split, and the USB datasets, as
-semilearn.datasets.openset_datasets.
+publishers' layouts and of any image folder, the class split (first K,
+seeded random, or the Semantic Shift Benchmark's lists with Easy/Medium/Hard
+unseen classes, shipped as package data), the labeled/unlabeled split, and
+the USB datasets, as semilearn.datasets.openset_datasets.
 
 get_dataset() gets a branch for these names ({", ".join(dataset_names)}),
-so USB's own algorithms train on the seen classes of these datasets too
-(eval = seen-class test images). The open-set algorithms build the same
-datasets plus the open-set test set through their mixin.
+so every algorithm trains on the seen classes of these datasets (eval =
+seen-class test images); the next series adds the open-set test set and its
+evaluation.
 
-{moved("semilearn/datasets/openset_datasets/")}
+{moved("3-openset-datasets")}
 
-The code is the usb_cfsg plug-in's, moved: imports point to the semilearn
-layout, nothing else differs.
+{unchanged}
 
-Tested: the plug-in's dataset tests (replicas of each publisher's layout);
-fixmatch trains on a CUB-200-2011 replica through train.py in this tree.""",
-            files=datasets,
-            edits=[
-                Edit(
-                    "semilearn/core/utils/build.py",
-                    """    elif dataset in ['aclImdb', 'ag_news', 'amazon_review', 'dbpedia', 'yahoo_answers', 'yelp_review']:
-        lb_dset, ulb_dset, eval_dset, test_dset = get_json_dset(args, algorithm, dataset, num_labels, num_classes, data_dir=data_dir, include_lb_to_ulb=include_lb_to_ulb)
+Tested: tests/openset/test_openset_datasets.py (added here): get_dataset()
+builds the labeled, unlabeled and eval sets of an image folder the test
+writes (3 of 6 classes seen); tests/test_setup.py covers the SSB lists as
+package data.""",
+                files={**datasets_files, **_usb_tests("openset/test_openset_datasets.py")},
+                package_data=data(datasets_files),
+                edits=[
+                    Edit(
+                        "semilearn/core/utils/build.py",
+                        """        lb_dset, ulb_dset, eval_dset = get_imagenet(args, algorithm, dataset, num_labels, num_classes, data_dir=data_dir, include_lb_to_ulb=include_lb_to_ulb)
+        test_dset = None
 """,
-                    """    elif dataset in ['aclImdb', 'ag_news', 'amazon_review', 'dbpedia', 'yahoo_answers', 'yelp_review']:
-        lb_dset, ulb_dset, eval_dset, test_dset = get_json_dset(args, algorithm, dataset, num_labels, num_classes, data_dir=data_dir, include_lb_to_ulb=include_lb_to_ulb)
+                        """        lb_dset, ulb_dset, eval_dset = get_imagenet(args, algorithm, dataset, num_labels, num_classes, data_dir=data_dir, include_lb_to_ulb=include_lb_to_ulb)
+        test_dset = None
     # fine-grained open-set datasets: the seen classes (num_classes = K) for closed-set training
     elif dataset in openset_dataset_names():
         from semilearn import nets
@@ -1059,143 +1363,159 @@ fixmatch trains on a CUB-200-2011 replica through train.py in this tree.""",
         dsets, _ = build_openset_datasets(args, algorithm, mean, std, None)
         lb_dset, ulb_dset, eval_dset, test_dset = dsets['train_lb'], dsets['train_ulb'], dsets['eval'], None
 """,
-                ),
-                Edit(
-                    "semilearn/core/utils/build.py",
-                    """def dataset_names():
+                    ),
+                    Edit(
+                        "semilearn/core/utils/build.py",
+                        """def get_logger(name, save_path=None, level='INFO'):""",
+                        """def openset_dataset_names():
     \"\"\"
-    names get_dataset knows
+    names of the open-set datasets (semilearn.datasets.openset_datasets)
     \"\"\"
-    return ['eurosat',""",
-                    """def openset_dataset_names():
     from semilearn.datasets.openset_datasets import DATASETS
     return DATASETS.names()
 
 
-def dataset_names():
-    \"\"\"
-    names get_dataset knows
-    \"\"\"
-    return openset_dataset_names() + ['eurosat',""",
-                ),
-            ],
-        ),
-        Patch(
-            subject="Add the open-set evaluation hook (semilearn.core.hooks.openset)",
-            summary="OpenSetEvalHook: every unknown score's AUROC, FPR@95, open-set balanced accuracy, H-score, "
-            "macro-F1, per-difficulty metrics, openset_metrics.json, ROC/histogram/confusion files.",
-            body=f"""\
+def get_logger(name, save_path=None, level='INFO'):""",
+                    ),
+                ],
+            )
+        ],
+    )
+
+    evaluation = Series(
+        name="4-openset-evaluation",
+        part="b",
+        title="Open-set evaluation for every algorithm (USB's own algorithms report msp and energy)",
+        patches=[
+            Patch(
+                subject="Open-set evaluation for every algorithm on an open-set dataset",
+                summary="semilearn.core.openset (PluginMixin: open-set data, device, exact-resume loaders, checkpoints, "
+                "hooks) and semilearn.core.hooks.openset (OpenSetEvalHook); `get_algorithm` puts the mixin in "
+                "front of any algorithm on an open-set dataset, so USB's own algorithms report msp and energy; "
+                "train.py defaults for the open-set keys.",
+                body=f"""\
 USB evaluates closed-set accuracy only. Open-set SSL is judged on how well
-unknown-class test images are told apart: this adds the open-set evaluator as
-a hook the open-set algorithms register (after EvaluationHook). At each
-evaluation and at the end of training it scores the open-set test set with
-every unknown score of the algorithm (higher = more unknown; thresholds and
-score ranges fitted on training data only) and reports closed-set accuracy,
-AUROC, FPR@95%TPR (unknown and in-distribution as positive), open-set balanced
-accuracy, unknown recall, H-score and macro-F1, per SSB difficulty where the
-split has them, into the log, TensorBoard and <save_dir>/<save_name>/
-openset_metrics.json, with ROC curves, score histograms and the confusion
-matrix. New dependency: matplotlib (Agg backend, files only).
+unknown-class test images are told apart from the seen classes. This adds:
 
-{moved("semilearn/core/hooks/openset/")}
+* semilearn.core.openset: PluginMixin, which an algorithm class gets in
+  front of AlgorithmBase: open-set datasets with the open-set test set (all
+  test images, unseen classes labelled K), data loaders whose order survives
+  a resume, CLIP nets with text-initialised classifiers, device-agnostic
+  steps, atomic checkpoints with RNG state that load weights-only; typed
+  declarations of the keys it reads (config.py);
+* semilearn.core.hooks.openset: OpenSetEvalHook (after EvaluationHook).
+  At each evaluation it logs test_open/auroc, fpr95 and unknown_recall; at
+  the end it scores the open-set test set with every unknown score of the
+  algorithm (thresholds and score ranges fitted on training data only) and
+  writes closed-set accuracy, AUROC, FPR@95%TPR, open-set balanced
+  accuracy, unknown recall, H-score and macro-F1 (per SSB difficulty where
+  the split has them) to <save_dir>/<save_name>/openset_metrics.json, with
+  ROC curves, score histograms and the confusion matrix (matplotlib, Agg);
+* get_algorithm(): on an open-set dataset every algorithm gets the mixin.
+  USB's own algorithms (fixmatch, flexmatch, ...) are scored with msp
+  (1 - maximum softmax probability, Hendrycks & Gimpel 2017) and energy
+  (-T logsumexp(logits / T), Liu et al. 2020); open-set algorithms add
+  their own scores. Other datasets are unchanged;
+* train.py: keys the mixin reads that neither the parser nor the config
+  file set take their declared defaults.
 
-The code is the usb_cfsg plug-in's, moved: imports point to the semilearn
-layout, nothing else differs.
+New dependencies (requirements.txt): matplotlib (already there), PyYAML.
 
-Tested: the plug-in's metric tests (against scikit-learn and hand-computed
-cases); in this tree a CPU run writes openset_metrics.json.""",
-            files=hooks,
-        ),
-    ]
-    previous = "defixmatch"
+{moved("4-openset-evaluation")}
+
+{unchanged}
+
+Tested: tests/openset/test_openset_evaluation.py (added here; CPU, with the
+fixes series or a GPU): fixmatch trains through train.py on an image folder
+the test writes, with a tiny random-init CLIP, and writes
+openset_metrics.json with msp and energy scores.""",
+                files={**eval_files, **_usb_tests("openset/test_openset_evaluation.py")},
+                requirements=["matplotlib", "PyYAML"],
+                package_data=data(eval_files),
+                edits=[
+                    Edit(
+                        "semilearn/algorithms/__init__.py",
+                        """    if args.algorithm in ALGORITHMS:
+        alg = ALGORITHMS[args.algorithm]( # name2alg[args.algorithm](""",
+                        """    if args.algorithm in ALGORITHMS:
+        alg_class = ALGORITHMS[args.algorithm]
+        # open-set datasets: every algorithm gets the open-set mixin (open-set test set and evaluation)
+        from semilearn.core.utils.build import openset_dataset_names
+        if getattr(args, 'dataset', None) in openset_dataset_names():
+            from semilearn.core.openset.plugin import plugin_class
+            alg_class = plugin_class(args.algorithm)
+        alg = alg_class( # name2alg[args.algorithm](""",
+                    ),
+                    Edit(
+                        "train.py",
+                        """    args = parser.parse_args()
+    over_write_args_from_file(args, args.c)
+    return args
+""",
+                        """    args = parser.parse_args()
+    over_write_args_from_file(args, args.c)
+
+    # open-set algorithms, and every algorithm on an open-set dataset, read common keys the parser does not
+    # declare: unset ones take their defaults
+    from semilearn.core.openset.config import base_specs
+    from semilearn.core.openset.plugin import PluginMixin
+    from semilearn.core.utils.build import openset_dataset_names
+
+    if issubclass(name2alg[args.algorithm], PluginMixin) or getattr(args, "dataset", None) in openset_dataset_names():
+        for key, spec in base_specs().items():
+            if not hasattr(args, key):
+                setattr(args, key, spec.default)
+    return args
+""",
+                    ),
+                ],
+            )
+        ],
+    )
+
+    alg_patches: List[Patch] = []
     for m in algs:
         module = f"usb_cfsg.algorithms.{m}"
         cls = registered_class(module)
-        alg_files = dict(per_alg[m])
+        alg_files = files_of(f"alg:{m}")
         alg_files[f"semilearn/algorithms/{m}/__init__.py"] = f"from .{m} import {cls}\n".encode("utf-8")
+        configs = _config_files([m])
+        test = ALGORITHM_TEST.format(alg=m, name=DISPLAY_NAMES.get(m, m)).encode("utf-8")
         name = DISPLAY_NAMES.get(m, m)
-        patches.append(
+        cfg_line = (
+            f"\n\nConfigs in USB's layout and naming, unchanged but for comments naming\nthe plug-in's tools: "
+            f"{len(configs)} files\nconfig/openset_fg/{m}/{m}_<dataset>_<num_labels>_<seed>.yaml."
+            if configs
+            else ""
+        )
+        alg_patches.append(
             Patch(
                 subject=f"Add the {m} algorithm ({name})",
-                summary=f"`algorithm: {m}`: {_class_summary(module, cls)} Registered through ALL_MODULES.",
+                summary=f"`algorithm: {m}`: {_class_summary(module, cls)} Registered through ALL_MODULES"
+                + (f"; {len(configs)} configs in config/openset_fg/{m}/." if configs else "."),
                 body=f"""\
 {textwrap.fill(f"{name} as a semilearn algorithm (`algorithm: {m}`). {_class_summary(module, cls)}", 72)}
 
 It is registered like the built-in algorithms (ALL_MODULES in
 semilearn/core/utils/registry.py) and runs with PluginMixin in front of
 AlgorithmBase: open-set datasets, CLIP nets and the open-set evaluation hook.
-Its keys are in get_argument(), as for the built-in algorithms.
+Its keys are in get_argument(), as for the built-in algorithms.{cfg_line}
 
-The code is the usb_cfsg plug-in's, moved: imports point to the semilearn
-layout, nothing else differs.
+{unchanged}
 
-Tested: the plug-in's tests of this algorithm (CPU, tiny CLIP); in this
-tree, {m} is registered and `python train.py --c <config>` trains it.""",
-                files=alg_files,
-                edits=[Edit("semilearn/core/utils/registry.py", f"'{previous}']),", f"'{previous}', '{m}']),")],
-            )
-        )
-        previous = m
-    patches.append(
-        Patch(
-            subject="train.py: defaults for the keys of open-set algorithms",
-            summary="Keys the open-set algorithms read (device, pretrained, class_split, ...) that neither the parser "
-            "nor the config file set take their documented defaults.",
-            body="""\
-get_config() declares USB's keys and the algorithm's get_argument() keys;
-everything else exists only if the config file sets it. The open-set
-algorithms read more common keys (pretrained, num_tuned_blocks, text_encoder,
-class_split, ood_threshold, relevance_dir, ...), declared with types and
-defaults in semilearn.core.openset.config. A config that leaves one out would
-fail with AttributeError deep inside training.
-
-For an algorithm with the open-set mixin, every such key that is still unset
-after parsing gets its default; keys set by the parser or the file are not
-touched, and the built-in algorithms are unaffected.
-
-Tested: a config that gives only the keys it changes trains cfsg_clip.""",
-            edits=[
-                Edit(
-                    "train.py",
-                    """    args = parser.parse_args()
-    over_write_args_from_file(args, args.c)
-    return args
-""",
-                    """    args = parser.parse_args()
-    over_write_args_from_file(args, args.c)
-
-    # open-set algorithms read common keys the parser does not declare: unset ones take their defaults
-    from semilearn.core.openset.config import base_specs
-    from semilearn.core.openset.plugin import PluginMixin
-
-    if issubclass(name2alg[args.algorithm], PluginMixin):
-        for key, spec in base_specs().items():
-            if not hasattr(args, key):
-                setattr(args, key, spec.default)
-    return args
-""",
-                )
-            ],
-        )
-    )
-    configs = _config_files(algs)
-    if configs:
-        patches.append(
-            Patch(
-                subject="Add configs of the open-set algorithms (config/openset_fg)",
-                summary=f"{len(configs)} USB-style configs, config/openset_fg/<alg>/<alg>_<dataset>_<num_labels>_<seed>.yaml.",
-                body=f"""\
-Configs in USB's layout and naming for the open-set algorithms on the
-fine-grained datasets: config/openset_fg/<alg>/<alg>_<dataset>_<num_labels>_<seed>.yaml,
-save_name = file name, save_dir ./saved_models/openset_fg. Each file's header
-says where its data goes and how to run it. Algorithms: {", ".join(sorted({p.split("/")[2] for p in configs}))}.
-
-They are the usb_cfsg plug-in's configs (written by its config generator),
-unchanged.
-
-Tested: every config parses and names only keys the algorithm declares (the
-plug-in's config tests).""",
-                files=configs,
+Tested: tests/openset/test_algorithm_{m}.py (added here; CPU, with the fixes
+series or a GPU): `python train.py --c <config>` trains {m} on an image
+folder the test writes with a tiny random-init CLIP and writes
+openset_metrics.json.""",
+                files={**alg_files, **configs, f"tests/openset/test_algorithm_{m}.py": test},
+                package_data=data(alg_files),
+                rewrites=[
+                    Rewrite(
+                        ("semilearn/core/utils/registry.py",),
+                        r"(\('semilearn\.algorithms', \[[^\]]*?)'\]\)",
+                        rf"\1', '{m}'])",
+                    )
+                ],
             )
         )
     docs_lines = [
@@ -1206,7 +1526,8 @@ plug-in's config tests).""",
         "Unlabeled data may contain images of classes that are not among the labeled ones. These algorithms",
         "learn the seen classes and score how likely a test image is of an unseen class; the open-set",
         "evaluation hook reports AUROC, FPR@95, open-set balanced accuracy and H-score next to accuracy",
-        "(configs: `config/openset_fg/`).",
+        "(configs: `config/openset_fg/`). On an open-set dataset, every other algorithm is evaluated the same",
+        "way with the msp and energy scores.",
         "",
     ]
     for i, m in enumerate(algs, 1):
@@ -1215,7 +1536,7 @@ plug-in's config tests).""",
         label = f"[{name}]({PAPERS[m]})" if m in PAPERS else (f"{name} ({REFERENCES[m]})" if m in REFERENCES else name)
         docs_lines.append(f"{i}. {label} (`algorithm: {m}`): {_class_summary(module, registered_class(module))}")
     docs_text = "\n".join(docs_lines) + "\n"
-    patches.append(
+    alg_patches.append(
         Patch(
             subject="docs: list the open-set algorithms",
             summary='docs/algorithm_zoo.md gets an "Open-set SSL algorithms" section.',
@@ -1234,12 +1555,57 @@ algorithm class's docstring.""",
             ],
         )
     )
-    return patches
+    algorithms = Series(
+        name="5-openset-algorithms",
+        part="e",
+        title="Open-set algorithms, one patch each with its configs",
+        patches=alg_patches,
+    )
+    return [nets, datasets, evaluation, algorithms]
+
+
+ALGORITHM_TEST = '''"""{name} (`algorithm: {alg}`) trains through train.py on CPU and reports open-set metrics."""
+
+from openset_helpers import needs_training, trained_metrics
+
+
+@needs_training
+def test_{alg}_trains_and_reports_openset_metrics(tmp_path):
+    metrics = trained_metrics(tmp_path, "{alg}")
+    assert metrics["algorithm"] == "{alg}" and metrics["num_seen"] == 3
+    for key in ("closed_acc", "auroc", "fpr95", "h_score"):
+        assert key in metrics
+    assert 0.0 <= metrics["closed_acc"] <= 1.0
+'''
+
+
+@dataclasses.dataclass
+class Series:
+    """One series of patches (one pull request): a folder of patches/."""
+
+    name: str  # folder under patches/, in quilt order
+    part: str  # its letter in issue 20's plan (a fixes, b evaluation, c nets, d datasets, e algorithms)
+    title: str
+    patches: List[Patch]
+
+
+#: Roots of the moved code per feature series (in quilt order); the algorithms follow, one patch each.
+SERIES_ROOTS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
+    ("2-clip-nets", ("usb_cfsg.nets", "usb_cfsg.modules")),
+    ("3-openset-datasets", ("usb_cfsg.datasets",)),
+    ("4-openset-evaluation", ("usb_cfsg.evaluation", "usb_cfsg.engine.plugin", "usb_cfsg.algorithms")),
+)
+USB_TESTS = REPO_ROOT / "scripts" / "usb_tests"
+
+
+def all_series() -> List[Series]:
+    """Every series, in quilt order: the fixes (alone onto the base), then the open-set series (a chain)."""
+    return [fixes_series()] + feature_series()
 
 
 def series() -> List[Patch]:
-    """Every patch of the series, in order: USB fixes first, then the open-set code."""
-    return FIXES + feature_patches()
+    """Every patch, in quilt order."""
+    return [p for s in all_series() for p in s.patches]
 
 
 # ---------------------------------------------------------------------------------------------- git
@@ -1342,16 +1708,64 @@ def make_base_tree(dest: Path, base_dir: Path) -> str:
     return git(dest, "rev-parse", "HEAD").strip()
 
 
+_PACKAGE_DATA_MARK = "    # data files of the open-set code (net configs, class lists, key declarations)\n"
+
+
+def _merge_package_data(repo: Path, entries: Dict[str, List[str]]) -> None:
+    """Add ``entries`` to the ``package_data`` block this series keeps in setup.py."""
+    if not entries:
+        return
+    path = repo / "setup.py"
+    text = path.read_text(encoding="utf-8")
+    current: Dict[str, List[str]] = {}
+    block = re.search(re.escape(_PACKAGE_DATA_MARK) + r"    package_data=(\{.*?\n    \}),\n", text, re.S)
+    if block:
+        current = ast.literal_eval(block.group(1))
+    for pkg, pats in entries.items():
+        current.setdefault(pkg, [])
+        current[pkg] += [p for p in pats if p not in current[pkg]]
+    rendered = (
+        _PACKAGE_DATA_MARK
+        + "    package_data={\n"
+        + "".join(f"        {pkg!r}: {pats!r},\n" for pkg, pats in sorted(current.items()))
+        + "    },\n"
+    )
+    if block:
+        text = text[: block.start()] + rendered + text[block.end() :]
+    elif "    include_package_data=True,\n" in text:
+        text = text.replace("    include_package_data=True,\n", "    include_package_data=True,\n" + rendered, 1)
+    else:
+        raise UpstreamError("setup.py has no `include_package_data=True,` line to add package_data after")
+    path.write_text(text, encoding="utf-8")
+
+
+def _add_requirements(repo: Path, names: Sequence[str]) -> None:
+    """Append ``names`` to requirements.txt unless it already names them."""
+    path = repo / "requirements.txt"
+    text = path.read_text(encoding="utf-8")
+    have = {re.split(r"[<>=!~\[; ]", line.strip(), maxsplit=1)[0].lower() for line in text.splitlines() if line.strip()}
+    add = [n for n in names if n.lower() not in have]
+    if add:
+        path.write_text(text.rstrip("\n") + "\n" + "".join(f"{n}\n" for n in add), encoding="utf-8")
+
+
 def commit_series(repo: Path, patches: Sequence[Patch]) -> None:
     """Apply and commit every patch of ``patches`` in ``repo``."""
     for patch in patches:
         for edit in patch.edits:
             _apply_edit(repo, edit)
+        for rewrite in patch.rewrites:
+            if _apply_rewrite(repo, rewrite) == 0 and rewrite.globs == ("semilearn/core/utils/registry.py",):
+                raise UpstreamError(f"{patch.subject}: no ALL_MODULES list of semilearn.algorithms to extend")
         for rel, data in patch.files.items():
             path = repo / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
+        _add_requirements(repo, patch.requirements)
+        _merge_package_data(repo, patch.package_data)
         git(repo, "add", "-A")
+        if not git(repo, "status", "--porcelain").strip():
+            raise UpstreamError(f"{patch.subject}: the patch changes nothing on this base")
         git(repo, "commit", "-q", "-F", "-", input_text=f"{patch.subject}\n\n{patch.body}\n")
 
 
@@ -1379,143 +1793,216 @@ def format_series(repo: Path, base: str, out: Path) -> List[Path]:
     return sorted(out.glob("*.patch"))
 
 
-def readme(patches: Sequence[Patch], names: Sequence[str]) -> str:
+def make_tree(dest: Path, base: str, base_dir: Path) -> str:
+    """A git repository at ``dest`` holding the base of the series, committed; returns the commit id.
+
+    ``base`` is ``wheel`` (the installed semilearn 0.3.2 and ``base_dir``'s files, see :func:`make_base_tree`)
+    or the path of a clone of USB (its checked-out commit, e.g. GitHub main).
+    """
+    if base == "wheel":
+        return make_base_tree(dest, base_dir)
+    clone = Path(base)
+    if not (clone / "semilearn").is_dir():
+        raise UpstreamError(f"--base {base}: not a clone of microsoft/Semi-supervised-learning (no semilearn/)")
+    commit = git(clone, "rev-parse", "HEAD").strip()
+    git(dest.parent, "clone", "-q", "--no-checkout", str(clone.resolve()), dest.name)
+    git(dest, "checkout", "-q", "-b", "openset", commit)
+    return commit
+
+
+def read_series_file(folder: Path) -> List[Path]:
+    """The patches of ``folder/series`` (quilt's format: one path per line, ``#`` comments), in order."""
+    lines = (folder / "series").read_text(encoding="utf-8").splitlines()
+    return [folder / line.split("#", 1)[0].strip() for line in lines if line.split("#", 1)[0].strip()]
+
+
+def apply_series(tree: Path, folder: Path, names: Optional[Sequence[str]] = None) -> None:
+    """``git am`` the patches of ``folder``'s series file onto ``tree`` (only the series ``names`` if given)."""
+    patches = [p for p in read_series_file(folder) if names is None or p.parent.name in names]
+    if not patches:
+        raise UpstreamError(f"no patches of {names} in {folder / 'series'}")
+    git(tree, "am", "--quiet", *map(str, patches))
+
+
+def readme(series_list: Sequence[Series], names: Dict[str, List[str]], base: str, base_commit: str) -> str:
     """Text of patches/README.md."""
-    rows = "\n".join(f"| `{n}` | {p.summary or p.subject} |" for n, p in zip(names, patches))
-    data_files = ", ".join(
-        f"`{f}`" for p in patches for f in sorted(p.files) if f.startswith("semilearn/") and not f.endswith(".py")
+    sections = []
+    for i, ser in enumerate(series_list):
+        needs = "applies alone onto the base" if i < 2 else f"needs {', '.join(s.name for s in series_list[1:i])}"
+        if i == 1:
+            needs = "applies alone onto the base (does not need the fixes)"
+        rows = "\n".join(f"| `{n}` | {p.summary or p.subject} |" for n, p in zip(names[ser.name], ser.patches))
+        sections.append(
+            f"### `{ser.name}/` (part {ser.part}): {ser.title}\n\n{needs.capitalize()}.\n\n"
+            f"| patch | what it does |\n|---|---|\n{rows}\n"
+        )
+    data_files = sorted(
+        f"`{f}`"
+        for ser in series_list
+        for p in ser.patches
+        for f in p.files
+        if f.startswith("semilearn/") and not f.endswith(".py")
     )
     plugin_only = "\n".join(f"  - `{m}`: {why}." for m, why in PLUGIN_ONLY.items())
+    base_text = (
+        f"USB commit `{USB_COMMIT[:7]}` ({USB_COMMIT}), the commit released as `semilearn==0.3.2`"
+        if base == "wheel"
+        else f"USB commit `{base_commit[:7]}` ({base_commit}), a clone's checked-out commit"
+    )
+    main = MAIN_CHECK
     return f"""<!-- GENERATED by `{REGENERATE}`; do not edit. -->
-# patches/: CFSG-CLIP and open-set SSL for USB, as a patch series
+# patches/: CFSG-CLIP and open-set SSL for USB, as patch series
 
 This folder is the upstream contribution of this project to
-[USB](https://github.com/microsoft/Semi-supervised-learning): a `git format-patch` series, one topic
-per patch, against USB commit `{USB_COMMIT[:7]}` ({USB_COMMIT}), the commit released as
-`semilearn==0.3.2`. It is **generated** from the `usb_cfsg` package, which stays the single source of
-truth: the open-set code in the series is the package's code, moved into the semilearn layout with its
-imports rewritten (`from ..modules import X` becomes `from semilearn.nets.clip.modules import X`), and
-nothing else changed. A test fails when the committed series differs from a fresh generation.
+[USB](https://github.com/microsoft/Semi-supervised-learning): `git format-patch` series, one folder
+per pull request, against {base_text}. `series` lists every patch in
+[quilt](https://savannah.nongnu.org/projects/quilt)'s format and order. The series are **generated**
+from the plug-in, which stays the single source of truth: the open-set code in them is the plug-in's
+code, moved into the semilearn layout with its imports rewritten (`from ..modules import X` becomes
+`from semilearn.nets.clip.modules import X`) and the plug-in's names replaced (its package name by
+`semilearn`, references of its own tools by words), nothing else changed. A test fails when the
+committed series differ from a fresh generation.
 
-## The patches
+## The series
 
-| patch | what it does |
-|---|---|
-{rows}
+{chr(10).join(sections)}
+The fixes (`1-usb-fixes/`) are independent of the rest and of each other's topics: each patch is
+reviewable and mergeable on its own. The open-set series form a chain (the moved modules import each
+other): CLIP nets, then datasets, then open-set evaluation for every algorithm, then the algorithms.
+They do not need the fixes to apply; training through `train.py` on a machine without a GPU does.
+Each commit message says what, why and which test of the series covers it.
 
-The first patches fix USB problems the plug-in works around (each on its own, reviewable and mergeable
-without the rest); the rest add the open-set code, register it the way USB registers its algorithms
-(`ALL_MODULES` in `semilearn/core/utils/registry.py`, the net builders exported from
-`semilearn/nets/__init__.py`, a branch of `get_dataset`), configs and the docs' algorithm list. Each
-commit message says what, why and how it was tested.
+## Tests inside USB
 
-Where the code goes: `usb_cfsg/algorithms/<alg>.py` to `semilearn/algorithms/<alg>/<alg>.py`;
-`usb_cfsg/nets/` and `usb_cfsg/demo_clip.py` to `semilearn/nets/clip/`; `usb_cfsg/modules/` to `semilearn/nets/clip/modules/`;
-`usb_cfsg/datasets/` to `semilearn/datasets/openset_datasets/`; `usb_cfsg/evaluation/` (evaluator,
-metrics, plots, report, relevance) to `semilearn/core/hooks/openset/`; `usb_cfsg/engine/` (mixin,
-device, sampling, checkpoints, hooks), `config.py`, `errors.py`, `registry.py`, `progress.py` and the
-registration helpers of `usb_cfsg/algorithms/__init__.py` to `semilearn/core/openset/`. The algorithms
-come from `usb_cfsg.algorithms._MODULES`, so a new algorithm joins the series by itself, with every
-module it imports.
+USB has no tests. The series add a small pytest suite to its tree, each patch with the tests of what
+it changes (`tests/` for the fixes, `tests/openset/` for the open-set code): CPU only, tiny configs
+(a WideResNet-28-2 or a random-init tiny CLIP at 32 px, a few iterations), data the tests write
+themselves (a semi_aves file list, an image folder), no network. Run them in the patched tree with
+`python -m pytest tests`. Tests that train need a GPU or the fixes series; without either they skip.
 
 ## Base tree
 
-The series touches `semilearn/`, `train.py`, `docs/algorithm_zoo.md` and adds `config/openset_fg/`.
-The base is USB at `{USB_COMMIT[:7]}`:
+The series touch `semilearn/`, `train.py`, `setup.py`, `requirements.txt`, `docs/algorithm_zoo.md`
+and add `config/openset_fg/` and `tests/`. For `semilearn==0.3.2` (the default, `--base wheel`):
 
 - `semilearn/` is taken from the installed `semilearn==0.3.2` wheel (the files its RECORD lists); its
-  git tree equals the commit's
-  (`{SEMILEARN_TREE}`), which the generator checks;
-- `train.py` and `docs/algorithm_zoo.md`, which the wheel lacks, are kept unmodified in `patches/base/`
-  (USB is MIT-licensed; see its `LICENSE.txt`) and checked against their blob hashes at that commit:
+  git tree equals the commit's (`{SEMILEARN_TREE}`), which the generator checks;
+- the other files, which the wheel lacks, are kept unmodified in `patches/base/` (USB is
+  MIT-licensed; see its `LICENSE.txt`) and checked against their blob hashes at that commit:
 {chr(10).join(f"  `{rel}` = `{blob}`" for rel, blob in BASE_FILES.items())}.
 
-So the series applies both to a clone of USB at `{USB_COMMIT[:7]}` and to the tree the tests build.
+So the series apply both to a clone of USB at `{USB_COMMIT[:7]}` and to the tree the tests build.
+
+**USB's main.** `python -m scripts.upstream --base <clone of USB> --out <folder>` generates the same
+series against a clone's checked-out commit (hand-written edits carry alternatives for main's text;
+mechanical ones are computed on the base). `USB_MAIN_CLONE=<clone> pytest tests/test_upstream.py` does
+that, applies them and runs the series' tests there; without the variable that test is skipped (CI has
+no network). Last check: main at `{main["commit"][:7]}` ({main["commit"]}, {main["commit_date"]}),
+checked {main["checked"]}: {main["result"]}
 
 ## Apply
 
 ```bash
 git clone https://github.com/microsoft/Semi-supervised-learning.git usb && cd usb
 git checkout -b openset {USB_COMMIT[:7]}
-git am /path/to/usb_cfsg/patches/*.patch
-pip install -e . open_clip_torch matplotlib
+for p in $(grep -v '^#' /path/to/patches/series); do git am /path/to/patches/$p || break; done
+pip install -e .        # requirements.txt now names open_clip_torch and PyYAML
+python -m pytest tests  # the series' tests, CPU
 python train.py --c config/openset_fg/cfsg_clip/cfsg_clip_cub200_400_0.yaml
 ```
 
-New dependencies of the patched tree: `open_clip_torch` (CLIP nets; `import semilearn` now imports
-it), `matplotlib` (evaluation pictures), `PyYAML` (config files of the mixin). The moved package data
-({data_files}) needs `package_data` in USB's `setup.py` for a wheel build; an editable install reads
-it in place.
+(or `quilt push -a` with `QUILT_PATCHES=/path/to/patches`). New dependencies of the patched tree:
+`open_clip_torch` (CLIP nets; `import semilearn` now imports it), `matplotlib` (evaluation pictures,
+already required), `PyYAML` (config files of the mixin), all in `requirements.txt`. The moved package
+data ({", ".join(data_files)}) is in `setup.py`'s `package_data`, so a wheel build ships it.
 
 ## Regenerate
 
 ```bash
-{REGENERATE}          # after any change of usb_cfsg/
+{REGENERATE}          # after any change of the plug-in
 python -m scripts.upstream --out patches/ --check   # exit 1 if patches/ is stale
 ```
 
-Generation needs git and the installed `semilearn==0.3.2`, and no network. It is deterministic:
-fixed author and date, full blob hashes, zeroed `From` commit ids, no signature.
+Generation needs git and the installed `semilearn==0.3.2` (or a clone with `--base`), and no network.
+It is deterministic: fixed author and date, full blob hashes, zeroed `From` commit ids, no signature.
 
 ## What stays plug-in only, and why
 
 - The plug-in's own launcher (`train.py`, `eval.py`, `predict.py` at the repository root, typed
-  command line, run-folder safety, torchrun support): the series fixes USB's `train.py` instead, and
+  command line, run-folder safety, torchrun support): the series fix USB's `train.py` instead, and
   USB's `eval.py` is not patched.
-- FixMatch and the other built-in algorithms *with open-set metrics* and CLIP class-name classifiers:
-  the plug-in wraps any registered algorithm with its mixin at run time; in the patched tree only the
-  open-set algorithms carry the mixin, and the built-in ones train on the open-set datasets with
-  USB's closed-set evaluation.
+- Its demo CLIP (contrastive pretraining of a tiny CLIP on Fashion-MNIST), config generator,
+  comparison runner and development setup: nothing of them is in the series, and a test greps the
+  patched tree for their names ({", ".join(f"`{n}`" for n in FORBIDDEN_NAMES)}).
 - Modules that stay in the plug-in:
 {plugin_only}
 
-Every commit of the series leaves `import semilearn` working (checked once by hand, commit by commit,
-on a clone of USB at `{USB_COMMIT[:7]}`; the tests check the whole series). The moved code keeps the
-texts that name the plug-in -- the checkpoint format tag `usb_cfsg.train/1`, a few error hints, the
-`usb_cfsg` logger, the `usb_cfsg_clip` flag of the net builders -- since changing them would make it
-differ from the package's code.
-
-Known differences in the patched tree: the moved code logs to the `usb_cfsg` logger or its module's
-logger, as in the plug-in, which USB's `train.py` does not configure (their warnings show, their INFO
-lines do not; the algorithms' own messages go through USB's logger). USB's `set_model` builds nets
-with `num_classes`, `pretrained` (= `use_pretrain`; `True` means OpenAI's weights), `pretrained_path`
-only, so a built-in algorithm on a CLIP net gets the net's default input size (224 px) and a classifier
-that is not initialised from class names.
+Known differences in the patched tree: the moved code logs to the `semilearn` logger or its module's
+logger, which USB's `train.py` does not configure (their warnings show, their INFO lines do not; the
+algorithms' own messages go through USB's logger). USB's `set_model` builds nets with `num_classes`,
+`pretrained` (= `use_pretrain`; `True` means OpenAI's weights), `pretrained_path` and, for the CLIP
+nets, `img_size`, so a built-in algorithm on a CLIP net gets a classifier that is not initialised from
+class names unless the open-set mixin builds the net (every algorithm on an open-set dataset).
 """
 
 
-def generate(out: Path, base_dir: Optional[Path] = None) -> List[Path]:
-    """Write the series and README.md into ``out`` (old ``*.patch`` files there are removed)."""
+def generate(out: Path, base_dir: Optional[Path] = None, base: str = "wheel") -> List[Path]:
+    """Write the series (one folder each), ``series`` and README.md into ``out``; returns the patches.
+
+    Old series folders in ``out`` are replaced; ``out/base`` is kept.
+    """
     base_dir = base_dir or out / "base"
-    patches = series()
+    _MOVED_CACHE.clear()
+    series_list = all_series()
     out.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="usb_cfsg_upstream_") as tmp:
-        repo = Path(tmp) / "usb"
-        base = make_base_tree(repo, base_dir)
-        commit_series(repo, patches)
+    names: Dict[str, List[str]] = {}
+    with tempfile.TemporaryDirectory(prefix="upstream_") as tmp:
         staging = Path(tmp) / "out"
-        written = format_series(repo, base, staging)
-        if len(written) != len(patches):
-            raise UpstreamError(
-                f"git format-patch wrote {len(written)} patches for {len(patches)} commits (an empty commit?)"
-            )
-        for old in out.glob("*.patch"):
-            old.unlink()
-        names = []
-        for path in written:
-            shutil.copyfile(path, out / path.name)
-            names.append(path.name)
-    (out / "README.md").write_text(readme(patches, names), encoding="utf-8")
-    return [out / n for n in names]
+        fixes, features = series_list[0], series_list[1:]
+        commit = make_tree(Path(tmp) / "fixes", base, base_dir)
+        commit_series(Path(tmp) / "fixes", fixes.patches)
+        written = {fixes.name: format_series(Path(tmp) / "fixes", commit, staging / fixes.name)}
+        tree = Path(tmp) / "features"
+        make_tree(tree, base, base_dir)
+        for ser in features:
+            start = git(tree, "rev-parse", "HEAD").strip()
+            commit_series(tree, ser.patches)
+            written[ser.name] = format_series(tree, start, staging / ser.name)
+        for ser in series_list:
+            if len(written[ser.name]) != len(ser.patches):
+                raise UpstreamError(
+                    f"{ser.name}: git format-patch wrote {len(written[ser.name])} patches for "
+                    f"{len(ser.patches)} commits"
+                )
+            names[ser.name] = [p.name for p in written[ser.name]]
+        for old in list(out.glob("*.patch")) + [d for d in out.iterdir() if d.is_dir() and d.name != "base"]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        for ser in series_list:
+            shutil.copytree(staging / ser.name, out / ser.name)
+    lines = [f"# Generated by `{REGENERATE}`; do not edit. Quilt's series file: every patch, in order.\n"]
+    for i, ser in enumerate(series_list):
+        needs = "alone onto the base" if i < 2 else "after " + ", ".join(s.name for s in series_list[1:i])
+        lines.append(f"# {ser.name} (part {ser.part}): {ser.title}; applies {needs}\n")
+        lines += [f"{ser.name}/{n}\n" for n in names[ser.name]]
+    (out / "series").write_text("".join(lines), encoding="utf-8")
+    (out / "README.md").write_text(readme(series_list, names, base, commit), encoding="utf-8")
+    return [out / s.name / n for s in series_list for n in names[s.name]]
 
 
-def check(out: Path) -> List[str]:
+def _generated_files(folder: Path) -> List[str]:
+    """Paths (relative to ``folder``) of what :func:`generate` writes there."""
+    out = [
+        p.relative_to(folder).as_posix() for p in folder.rglob("*.patch") if "base" not in p.relative_to(folder).parts
+    ]
+    return sorted(out + [n for n in ("series", "README.md") if (folder / n).is_file()])
+
+
+def check(out: Path, base: str = "wheel") -> List[str]:
     """Differences between ``out`` and a fresh generation (empty = up to date)."""
-    with tempfile.TemporaryDirectory(prefix="usb_cfsg_check_") as tmp:
+    with tempfile.TemporaryDirectory(prefix="upstream_check_") as tmp:
         fresh = Path(tmp) / "patches"
-        generate(fresh, base_dir=out / "base")
-        want = sorted(p.name for p in fresh.iterdir() if p.is_file())
-        have = sorted(p.name for p in out.iterdir() if p.is_file() and (p.suffix == ".patch" or p.name == "README.md"))
+        generate(fresh, base_dir=out / "base", base=base)
+        want, have = _generated_files(fresh), _generated_files(out)
         problems = [f"missing: {n}" for n in want if n not in have] + [f"stale: {n}" for n in have if n not in want]
         problems += [f"differs: {n}" for n in want if n in have and not filecmp.cmp(fresh / n, out / n, shallow=False)]
     return problems
@@ -1524,13 +2011,22 @@ def check(out: Path) -> List[str]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.upstream", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="patches", help="output folder (default: patches)")
+    parser.add_argument(
+        "--base",
+        default="wheel",
+        help="the USB tree the series are made against: `wheel` (default: the installed semilearn 0.3.2 plus "
+        "<out>/base, = USB a8ec1d7) or the path of a clone of USB (its checked-out commit, e.g. main)",
+    )
+    parser.add_argument(
+        "--base-files", default=None, help="folder of the wheel base's other files (default: <out>/base)"
+    )
     parser.add_argument("--check", action="store_true", help="only compare --out with a fresh generation")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     out = Path(args.out)
     try:
         if args.check:
-            problems = check(out)
+            problems = check(out, base=args.base)
             for p in problems:
                 logger.error("%s", p)
             if problems:
@@ -1538,13 +2034,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 return 1
             logger.info("%s is up to date", out)
             return 0
-        written = generate(out)
+        base_dir = Path(args.base_files) if args.base_files else None
+        written = generate(out, base_dir=base_dir, base=args.base)
     except UpstreamError as exc:
         logger.error("error: %s", exc)
         return 2
     for path in written:
         logger.info("%s", path)
-    logger.info("%d patches and README.md in %s", len(written), out)
+    logger.info("%d patches, series and README.md in %s", len(written), out)
     return 0
 
 
