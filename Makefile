@@ -8,10 +8,14 @@ DEMO_CLIP := ./saved_models/demo_clip
 
 .PHONY: lint test test-slow demo demo-clip demo-randinit install fmnist clean-venv
 
-$(VENV)/.installed: setup.py constraints.txt
+# The light install: what our code and the USB code paths we use import (requirements.txt), then semilearn
+# and this package with --no-deps, leaving out wandb, aim, torchaudio and scikit-image, which semilearn
+# imports only for code we never run (usb_cfsg/optional.py; use_wandb/use_aim say what to install).
+$(VENV)/.installed: setup.py constraints.txt requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23"
-	$(PY) -m pip install -c constraints.txt -e '.[dev]'
+	$(PY) -m pip install -c constraints.txt -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -c constraints.txt --no-deps semilearn==0.3.2 -e .
 	touch $@
 
 install: $(VENV)/.installed
@@ -31,7 +35,9 @@ fmnist:
 	@test -f $(FMNIST) || (echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
 	  (apt-get install -y -q dataset-fashion-mnist || sudo apt-get install -y -q dataset-fashion-mnist) >/dev/null)
 
-# Built once (about 4 min on 2 cores); rebuilt only when its card or weights are missing or do not match.
+# Built once; rebuilt only when its card or weights are missing or do not match. Measured (README, "The demo"):
+# 138 s on 2 idle cores (before OMP_WAIT_POLICY=PASSIVE); 436 s wall, 197 CPU-s on the 2 cores shared with 3
+# other engineers (load 9), where the first make demo took 613 s in all (315 CPU-s).
 demo-clip: $(VENV)/.installed fmnist
 	$(PY) -m usb_cfsg.demo_clip --out $(DEMO_CLIP) --reuse
 

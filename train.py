@@ -14,6 +14,11 @@ import os
 import sys
 import time
 
+# OpenMP threads sleep instead of spinning while they wait. Same results (same threads, same kernels), but on
+# a CPU shared with other processes (DataLoader workers included) spinning threads slowed steps up to 5x
+# (README, Performance). Set before torch loads; an explicit OMP_WAIT_POLICY wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 # Light imports only: --help and configuration errors (unknown keys, types) come before torch and
 # semilearn load (usb_cfsg.engine, imported in cli(), registers our nets and algorithms; mp.spawn children
 # unpickle usb_cfsg.engine.launch.worker, which imports it too).

@@ -113,6 +113,10 @@ def test_every_out_of_range_value_is_reported_at_once(tmp_path):
     assert "(momentum from the command line)" in text and f"(lr from config file {cfg})" in text
     with pytest.raises(ConfigError, match=r"p_cutoff must be in \[0, 1\], got 1.5"):  # USB's algorithms too
         build_config(["--algorithm", "fixmatch", "--p_cutoff", "1.5"])
+    with pytest.raises(ConfigError, match=r"eval_subset must be in \[0, inf\), got -1"):
+        build_config(["--eval_subset", "-1"])
+    assert build_config(["--eval_subset", "none"]).eval_subset is None
+    assert build_config(["--eval_subset", "2000"]).eval_subset == 2000
 
 
 def test_num_train_iter_alone_on_the_command_line_adjusts_epoch(tmp_path, caplog):

@@ -83,6 +83,7 @@ _RUNTIME_KEYS = (
     "use_wandb",
     "use_aim",
     "relevance_dir",
+    "eval_subset",  # in-training evaluations only; openset_metrics.json is always on the full test set
 )
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
 

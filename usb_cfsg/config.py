@@ -197,6 +197,12 @@ class BaseConfig:
         1.0,
     )
     relevance_dir: Optional[str] = _help("Save relevance-map overlays of a fixed set of eval images here.", None)
+    eval_subset: Optional[int] = _help(
+        "Evaluations during training (eval/* and the test_open/* curves) use a fixed, seeded, class-stratified "
+        "subset of this many test images (0 or none: all); model_best.pth and eval/best_acc are then chosen on "
+        "it. The final evaluation (openset_metrics.json) always uses the full test set.",
+        None,
+    )
     # --- devices & distributed ---
     device: Literal["auto", "cpu", "cuda"] = _help("auto = CUDA when available, else CPU.", "auto")
     seed: int = _help("Random seed.", 0)
@@ -675,6 +681,7 @@ BASE_RANGES: Tuple[Tuple[str, str], ...] = (
     ("split_seed", "[0, inf)"),
     ("ulb_unseen_ratio", "[0, 1]"),
     ("ood_threshold", "(-inf, inf)"),
+    ("eval_subset", "[0, inf)"),
     ("seed", "[0, inf)"),
     ("gpu", "[0, inf)"),
     ("world_size", "[1, inf)"),
@@ -721,7 +728,10 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
     Returns:
         Problem messages; empty when the configuration is valid.
     """
+    from .optional import missing_for_config
+
     problems = check_ranges(args, BASE_RANGES) + check_ranges(args, USB_ALGORITHM_RANGES)
+    problems += missing_for_config(args)
     get = lambda k: getattr(args, k, None)  # noqa: E731
     iters, epoch = get("num_train_iter"), get("epoch")
     if isinstance(iters, int) and isinstance(epoch, int) and iters >= 1 and epoch >= 1 and iters % epoch:

@@ -34,10 +34,14 @@ Recipe (what ``build_demo_clip`` does):
   then cosine decay; 600 steps of 256 images (about 5 passes over the pool).
 
 Measured (seed 0, test set, MCM over the prompts of classes 0-5 at T = 1, unknown = positive):
-default recipe: zero-shot 10-way accuracy 79.7 %, seen 6-way 86.3 %, MCM AUROC 88.8 %; 267 CPU
-seconds of training on one thread (a loaded machine), about 3 minutes in all on 2 idle cores. With
-CLIP's learned scale instead (500 steps): 78.2 %, 85.1 %, MCM AUROC 64.4 % (Sneaker images then
-look like confident Sandals to the six seen prompts).
+default recipe: zero-shot 10-way accuracy 80.12 %, seen 6-way 86.57 %, MCM AUROC 88.38 % (torch 2.14.1,
+2 threads; an earlier machine gave 79.7 / 86.3 / 88.8). Time (README, "The demo CLIP"): 138 s on 2 idle
+cores; on 2 cores shared with other jobs (load 9) 436 s wall, 197 CPU seconds of training, with OpenMP
+threads that sleep while waiting (``OMP_WAIT_POLICY=PASSIVE``, set by ``python -m usb_cfsg.demo_clip``;
+the same weights); with spinning threads 1258 s and 698 CPU seconds at load 5-6. Fewer steps cost the
+figures: 400 steps gave 77.92 %, 85.3 %, MCM AUROC 83.64 % (1 thread). With CLIP's learned scale instead
+(500 steps): 78.2 %, 85.1 %, MCM AUROC 64.4 % (Sneaker images then look like confident Sandals to the six
+seen prompts).
 
 Run: ``python -m usb_cfsg.demo_clip --out ./saved_models/demo_clip`` (``make demo`` does this once).
 Writes ``<out>/demo_clip_tiny.pt`` (an open_clip state dict: ``pretrain_path`` loads it) and
@@ -57,6 +61,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+if __name__ == "__main__":  # python -m usb_cfsg.demo_clip: before torch loads
+    # OpenMP threads sleep instead of spinning while they wait: the same weights (same threads and kernels),
+    # 4.9x faster per step on the 2 cores shared with other jobs (README, "The demo CLIP").
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import torch

@@ -178,3 +178,49 @@ def test_unknown_dataset_lists_known_ones(args_factory: Callable) -> None:
 
     with pytest.raises(RegistryError, match="unknown dataset 'cub2000', did you mean 'cub200'"):
         build_openset_datasets(args_factory(dataset="cub2000"), "fixmatch", MEAN, STD, None)
+
+
+# ------------------------------------------------------------------ eval_subset
+
+
+def test_stratified_subset_is_exact_proportional_and_seeded() -> None:
+    from usb_cfsg.datasets.build import stratified_subset
+
+    labels = np.repeat(np.arange(10), [1000] * 6 + [500, 700, 900, 300])
+    sub = stratified_subset(labels, 1000, seed=0)
+    assert len(sub) == 1000 and np.all(np.diff(sub) > 0) and sub.dtype == np.int64
+    counts = np.bincount(labels[sub], minlength=10)
+    expected = np.bincount(labels, minlength=10) * 1000 / len(labels)
+    assert np.all(np.abs(counts - expected) < 1)  # every class keeps its share (largest remainder)
+    assert np.array_equal(sub, stratified_subset(labels, 1000, seed=0))
+    assert not np.array_equal(sub, stratified_subset(labels, 1000, seed=1))
+    assert np.array_equal(stratified_subset(labels, 10**6, seed=0), np.arange(len(labels)))
+    tiny = stratified_subset(np.repeat(np.arange(5), [100, 1, 1, 1, 1]), 6, seed=0)
+    assert len(tiny) == 6 and set(np.repeat(np.arange(5), [100, 1, 1, 1, 1])[tiny]) == {0, 1, 2, 3, 4}
+
+
+def test_eval_subset_of_the_open_set_test_and_its_seen_part(
+    cub_dir: Path, args_factory: Callable, tmp_path: Path
+) -> None:
+    args = args_factory(data_dir=str(cub_dir), num_classes=3, num_labels=6, eval_subset=6)
+    dsets, info = build_openset_datasets(args, "fixmatch", MEAN, STD, str(tmp_path / "run"))
+    assert len(dsets["test_open"]) == 12 and len(dsets["eval"]) == 6  # the datasets stay whole
+    assert info.test_subset is not None and info.eval_subset is not None and len(info.test_subset) == 6
+    # one image of each of the 6 test classes (2 each): stratified over the original classes
+    picked = [info.split.test_indices[i] for i in info.test_subset]
+    assert len(set(dsets["test_open"].targets[info.test_subset].tolist())) == 4  # 3 seen + "unknown"
+    seen_picked = {int(t) for t in picked} & set(info.split.eval_indices.tolist())
+    assert {int(info.split.eval_indices[i]) for i in info.eval_subset} == seen_picked and len(seen_picked) == 3
+    record = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert record["eval_subset"] == {"test_open": info.test_subset.tolist(), "eval": info.eval_subset.tolist()}
+    assert record["config"]["eval_subset"] == 6
+    # none, 0 or a size >= the test set: no subset
+    for value in (None, 0, 12):
+        _, whole = build_openset_datasets(
+            args_factory(data_dir=str(cub_dir), num_classes=3, num_labels=6, eval_subset=value),
+            "fixmatch",
+            MEAN,
+            STD,
+            None,
+        )
+        assert whole.test_subset is None and whole.eval_subset is None

@@ -38,6 +38,24 @@ def test_fixmatch_20_iterations_end_to_end(cub_root, tmp_path):
     )
 
 
+def test_eval_subset_in_training_and_the_full_test_set_at_the_end(cub_root, tmp_path):
+    argv = tiny_run_argv(cub_root, str(tmp_path), "sub", iters=4, num_eval_iter=2, num_log_iter=2, eval_subset=6)
+    assert train.cli(argv) == 0
+    run = tmp_path / "sub"
+    log = (run / "log.txt").read_text()
+    # 6 of the 12 test images (one per class), 3 of the 6 seen-class eval images
+    assert "eval_subset: evaluations during training use 6 of the 12 open-set test images (3 of 6" in log
+    assert re.search(r"it 2/4 \| eval top-1 on eval_subset 3/6 [\d.]+ \(best", log)
+    assert "it 2/4 | open-set test (eval_subset 6/12 images) (msp): auroc" in log
+    assert (
+        "final evaluation on all 12 open-set test images (evaluations during training used the eval_subset of 6)" in log
+    )
+    metrics = yaml.safe_load((run / "openset_metrics.json").read_text())
+    assert (metrics["num_test_seen"], metrics["num_test_unseen"]) == (6, 6)  # the full test set
+    split = yaml.safe_load((run / "split.json").read_text())
+    assert len(split["eval_subset"]["test_open"]) == 6 and len(split["eval_subset"]["eval"]) == 3
+
+
 def test_existing_run_folder_is_not_silently_replaced(cub_root, tmp_path):
     (tmp_path / "fm").mkdir()
     (tmp_path / "fm" / "precious.txt").write_text("x")

@@ -439,6 +439,40 @@ def test_openset_curves_at_every_evaluation_reach_the_log_and_tensorboard(tmp_pa
     assert all(len(c) == 500 for c in alg.calibration_images)  # the cheaper in-training calibration
 
 
+def test_eval_subset_during_training_and_all_test_images_at_the_end(tmp_path):
+    alg, outputs, _ = _fake_algorithm(tmp_path)
+    toy_predict, read = alg.predict_loader, []
+
+    def predict(dest, use_ema=True):
+        if dest == "_calibration":
+            return toy_predict(dest)
+        read.append(dest)
+        if dest.startswith("eval"):  # seen-class images only
+            seen = outputs["y"] < 3
+            return {"logits": outputs["logits"][seen], "y": outputs["y"][seen]}
+        return toy_predict("test_open")
+
+    alg.predict_loader = predict
+    alg.loader_dict = {
+        name: SimpleNamespace(dataset=[0] * n)
+        for name, n in (("eval", 12), ("eval_subset", 5), ("test_open", 20), ("test_open_subset", 8))
+    }
+    alg.num_eval_iter, alg.num_train_iter, alg.it, alg.log_dict = 5, 10, 4, {}
+    assert alg.training_eval_loader("eval") == "eval_subset"
+    assert alg.training_eval_loader("test_open") == "test_open_subset"
+    assert alg.training_eval_loader("train_lb") == "train_lb"
+    assert set(alg.evaluate("eval")) >= {"eval/top-1-acc", "eval/loss"} and read == ["eval_subset"]
+    hook = OpenSetEvalHook()
+    hook.after_train_step(alg)
+    assert read[-1] == "test_open_subset"
+    assert any("open-set test (eval_subset 8/20 images) (msp)" in p for p in alg.printed)
+    hook.after_run(alg)  # the final evaluation: every test image
+    assert read[-1] == "test_open"
+    assert any(p.startswith("final evaluation on all 20 open-set test images") for p in alg.printed)
+    del alg.loader_dict["eval_subset"], alg.loader_dict["test_open_subset"]  # eval_subset: none
+    assert alg.training_eval_loader("eval") == "eval" and alg.training_eval_loader("test_open") == "test_open"
+
+
 # ------------------------------------------------------------------ relevance overlays
 
 

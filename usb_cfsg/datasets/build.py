@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
@@ -24,6 +24,49 @@ CALIBRATION_SET = "train_ulb_eval"
 #: Most unlabeled training images in :data:`CALIBRATION_SET` (evenly spaced over the unlabeled set):
 #: the evaluator's score calibration needs no more, and an image cache then holds no more.
 CALIBRATION_MAX_IMAGES = 2000
+
+
+#: Seed offset of the in-training evaluation subset (``eval_subset``): mixed with ``split_seed``.
+EVAL_SUBSET_SEED = 23
+
+
+def stratified_subset(labels: Union[Sequence[int], np.ndarray], size: int, seed: int) -> np.ndarray:
+    """A fixed, seeded, class-stratified subset of ``size`` positions of ``labels`` (sorted).
+
+    Every class keeps its share of the images (largest-remainder rounding, at least one image per
+    class when ``size`` allows it); within a class the images are a seeded random choice. The same
+    labels, size and seed give the same subset on every machine.
+
+    Args:
+        labels: Class of every image.
+        size: Images to keep; ``size >= len(labels)`` keeps all of them.
+        seed: Seed of the choice.
+
+    Returns:
+        Sorted int64 positions into ``labels``.
+    """
+    labels = np.asarray(labels)
+    n = len(labels)
+    if size >= n:
+        return np.arange(n, dtype=np.int64)
+    classes, counts = np.unique(labels, return_counts=True)
+    exact = counts * (size / n)
+    take = np.floor(exact).astype(np.int64)
+    if size >= len(classes):
+        take = np.maximum(take, 1)
+    remainder = exact - np.floor(exact)
+    order = np.argsort(-remainder, kind="stable")
+    i = 0
+    while take.sum() < size:  # largest remainders first
+        c = order[i % len(order)]
+        if take[c] < counts[c]:
+            take[c] += 1
+        i += 1
+    while take.sum() > size:  # the at-least-one rule overshot: trim the largest classes
+        take[int(np.argmax(take))] -= 1
+    rng = np.random.default_rng([int(seed), EVAL_SUBSET_SEED])
+    chosen = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(chosen)).astype(np.int64)
 
 
 def calibration_indices(available: int, cap: int) -> np.ndarray:
@@ -49,6 +92,10 @@ class OpenSetInfo:
             Semantic Shift Benchmark difficulty of its class ("Easy", "Medium", "Hard"; ``""`` for
             a seen-class image); None otherwise.
         unseen_difficulty: With ``class_split: ssb``, unseen class name -> difficulty; None otherwise.
+        test_subset: With ``eval_subset`` set (fewer than all test images), the positions in
+            ``test_open`` of the in-training evaluation subset (:func:`stratified_subset` over the
+            original test classes); None = evaluate on all test images.
+        eval_subset: The positions in ``eval`` of the same images' seen-class part; None with ``test_subset``.
     """
 
     dataset: str
@@ -59,6 +106,8 @@ class OpenSetInfo:
     split: OpenSetSplit
     test_difficulty: Optional[list[str]] = None
     unseen_difficulty: Optional[dict[str, str]] = None
+    test_subset: Optional[np.ndarray] = None
+    eval_subset: Optional[np.ndarray] = None
 
     @property
     def class_names(self) -> list[str]:
@@ -126,6 +175,13 @@ def write_split_json(path: Path, source: SourceData, info: OpenSetInfo, data_dir
             "eval": int(len(split.eval_indices)),
             "test_open": int(len(split.test_indices)),
         },
+        # eval_subset: the in-training evaluation images (positions in test_open / eval); null = all
+        "eval_subset": None
+        if info.test_subset is None or info.eval_subset is None
+        else {
+            "test_open": info.test_subset.tolist(),
+            "eval": info.eval_subset.tolist(),
+        },
     }
     if not isinstance(source.train_items, np.ndarray):
         record["lb_files"] = [_relative(str(source.train_items[i]), data_dir) for i in split.lb_indices.tolist()]
@@ -148,7 +204,9 @@ def build_openset_datasets(
     crop_ratio, seed, include_lb_to_ulb`` and, when present, ``class_split`` ("first"),
     ``split_seed`` (0), ``seen_classes`` (None), ``ulb_unseen_ratio`` (None), ``download``
     (False), ``skip_bad_images`` (False), ``class_names`` (None), ``pretrain_pool`` (None: a demo
-    CLIP card whose pretraining images are dropped from the training set). Sets nothing on ``args``.
+    CLIP card whose pretraining images are dropped from the training set), ``eval_subset`` (None: the
+    size of the in-training evaluation subset, ``info.test_subset`` / ``info.eval_subset``). Sets
+    nothing on ``args``.
 
     Args:
         args: USB's argument namespace (or any object with those attributes).
@@ -188,6 +246,7 @@ def build_openset_datasets(
         "skip_bad_images": bool(getattr(args, "skip_bad_images", False)),
         "class_names": _as_list(getattr(args, "class_names", None), "class_names"),
         "pretrain_pool": getattr(args, "pretrain_pool", None) or None,
+        "eval_subset": int(getattr(args, "eval_subset", None) or 0),
     }
     ssb = config["class_split"] == "ssb"
     if ssb and config["seen_classes"] is not None:
@@ -276,11 +335,25 @@ def build_openset_datasets(
         num_seen=k,
         split=split,
     )
+    if 0 < config["eval_subset"] < len(te_items):
+        # in-training evaluations: a fixed, seeded, class-stratified subset (over the original classes)
+        info.test_subset = stratified_subset(te_t, config["eval_subset"], config["split_seed"])
+        info.eval_subset = np.flatnonzero(np.isin(split.eval_indices, split.test_indices[info.test_subset]))
     if ssb_split is not None:
         from .ssb import difficulty_of_images
 
         info.test_difficulty = difficulty_of_images(te_t, ssb_split.difficulty)
         info.unseen_difficulty = {source.class_names[c]: ssb_split.difficulty[c] for c in split.unseen_classes}
+    if info.test_subset is not None and info.eval_subset is not None:
+        logger.info(
+            "eval_subset: evaluations during training use %d of the %d open-set test images (%d of %d seen-class "
+            "eval images; class-stratified, seed split_seed %d); the final evaluation uses all of them",
+            len(info.test_subset),
+            len(te_items),
+            len(info.eval_subset),
+            len(ev_items),
+            config["split_seed"],
+        )
     n_unseen_ulb = int((split.relabel(ulb_t) >= k).sum())
     logger.info(
         "%s: %d seen / %d unseen classes; labeled %d, unlabeled %d (%d of unseen classes), eval %d, open-set test %d",

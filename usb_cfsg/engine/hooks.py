@@ -180,8 +180,11 @@ class CompactLoggingHook(Hook):
         if _is_main(algorithm):
             algorithm.print_fn(compact_line(step, total, log))
             if "eval/top-1-acc" in log:
+                loaders = getattr(algorithm, "loader_dict", None) or {}
+                subset = loaders.get("eval_subset")
+                where = f" on eval_subset {len(subset.dataset)}/{len(loaders['eval'].dataset)}" if subset else ""
                 text = (
-                    f"it {step}/{total} | eval top-1 {log['eval/top-1-acc']:.4f} (best "
+                    f"it {step}/{total} | eval top-1{where} {log['eval/top-1-acc']:.4f} (best "
                     f"{algorithm.best_eval_acc:.4f} at it {best_iteration(algorithm)})"
                 )
                 if self.throughput is not None:

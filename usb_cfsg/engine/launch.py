@@ -75,6 +75,7 @@ RESUME_FREE_KEYS = frozenset(
         "dist_url",
         "dist_backend",
         "relevance_dir",
+        "eval_subset",
         "max_bad_steps",
         "pretrain_path",
         "demo_clip_sha256",

@@ -23,6 +23,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Type
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.data import Subset
 
 from ..config import config_to_dict
 from ..errors import CheckpointError
@@ -34,6 +35,8 @@ from .sampling import eval_loader, train_loader
 
 logger = logging.getLogger("usb_cfsg")
 
+#: ``eval_subset``: the loader evaluations during training read instead of the full one.
+SUBSET_LOADERS = {"eval": "eval_subset", "test_open": "test_open_subset"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "usb_cfsg.train/1"
@@ -161,7 +164,23 @@ class PluginMixin:
         }
         if d.get("test_open") is not None:
             loaders["test_open"] = eval_loader(d["test_open"], a.eval_batch_size, a.num_workers, pin, keep)
+        info = self.openset_info
+        subsets = {"eval": getattr(info, "eval_subset", None), "test_open": getattr(info, "test_subset", None)}
+        for dest, positions in subsets.items():
+            if positions is not None and d.get(dest) is not None:
+                loaders[SUBSET_LOADERS[dest]] = eval_loader(
+                    Subset(d[dest], positions.tolist()), a.eval_batch_size, a.num_workers, pin, keep
+                )
         return loaders
+
+    def training_eval_loader(self, dest: str) -> str:
+        """The loader that evaluations *during training* read for ``dest`` (``eval``, ``test_open``).
+
+        With ``eval_subset`` set, the fixed class-stratified subset's loader (:data:`SUBSET_LOADERS`);
+        otherwise ``dest`` itself. The final evaluation and eval.py always read ``dest`` (all images).
+        """
+        sub = SUBSET_LOADERS.get(dest)
+        return sub if sub is not None and sub in (getattr(self, "loader_dict", None) or {}) else dest
 
     # ---------------------------------------------------------------- model
     @classmethod
@@ -359,9 +378,14 @@ class PluginMixin:
         return result
 
     def evaluate(self, eval_dest="eval", out_key="logits", return_logits=False):
+        """USB's evaluation (called by its EvaluationHook during training), keys ``<eval_dest>/...``.
+
+        With ``eval_subset`` set it reads the fixed subset (:meth:`training_eval_loader`), so
+        ``eval/top-1-acc``, ``model_best.pth`` and ``eval/best_acc`` are measured on the subset.
+        """
         from sklearn.metrics import balanced_accuracy_score, f1_score, precision_score, recall_score
 
-        res = self.predict_loader(eval_dest)
+        res = self.predict_loader(self.training_eval_loader(eval_dest))
         logits, y = res[out_key], res["y"]
         pred = logits.argmax(axis=1)
         loss = F.cross_entropy(torch.from_numpy(logits), torch.from_numpy(y).long()).item()
@@ -527,4 +551,4 @@ def build_algorithm(
     )
 
 
-__all__ = ["PluginMixin", "build_algorithm", "clip_net_kwargs", "plugin_class"]
+__all__ = ["SUBSET_LOADERS", "PluginMixin", "build_algorithm", "clip_net_kwargs", "plugin_class"]

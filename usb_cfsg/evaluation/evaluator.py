@@ -34,7 +34,8 @@ default:
 :class:`OpenSetEvalHook` does this once at the end of training, after USB's EvaluationHook has
 saved ``latest_model.pth``, and stores the calibration in that file (re-saved atomically). During
 training, at every USB evaluation (``num_eval_iter``), it also evaluates the headline score on the
-open-set test set and logs ``test_open/auroc``, ``test_open/fpr95`` and ``test_open/unknown_recall``
+open-set test set (with ``eval_subset``: on its fixed, class-stratified subset, as USB's ``eval/*``
+then are; the end of training always evaluates all test images) and logs ``test_open/auroc``, ``test_open/fpr95`` and ``test_open/unknown_recall``
 (log line and TensorBoard curves); that costs one pass over the open-set test set plus one over
 :data:`CALIBRATION_MAX_IMAGES_TRAINING` unlabeled training images per evaluation. At the end it
 evaluates the **final** EMA weights -- exactly those stored as
@@ -643,11 +644,13 @@ def openset_curve_point(
 ) -> Tuple[Dict[str, float], str]:
     """The headline score's :data:`CURVE_KEYS` on ``test_open`` now, keyed ``test_open/<key>``, and its name.
 
-    Calibrated on at most ``max_images`` unlabeled training images (cheaper than the final
+    With ``eval_subset`` set, on the fixed class-stratified subset of the open-set test set
+    (``algorithm.training_eval_loader("test_open")``); otherwise on all of it. Calibrated on at most ``max_images`` unlabeled training images (cheaper than the final
     evaluation's :data:`CALIBRATION_MAX_IMAGES`). Writes no file.
     """
     calibration = calibrate(algorithm, max_images)
-    outputs = algorithm.predict_loader("test_open")
+    training_loader = getattr(algorithm, "training_eval_loader", None)
+    outputs = algorithm.predict_loader(training_loader("test_open") if training_loader is not None else "test_open")
     y = np.asarray(outputs.pop("y"))
     scores, primary = algorithm.unknown_scores(outputs, calibration=calibration)
     metrics = openset_metrics_from_outputs(
@@ -669,6 +672,14 @@ def store_calibration(path: str, calibration: Optional[Mapping[str, Any]]) -> No
     ckpt = safe_load(path)
     ckpt["calibration"] = json.loads(json.dumps(_json_safe(calibration))) if calibration is not None else None
     atomic_save(ckpt, path)
+
+
+def _subset_note(algorithm: Any) -> str:
+    """`` (subset n/N images)`` when evaluations during training read the ``eval_subset``, else ``""``."""
+    loaders = getattr(algorithm, "loader_dict", None) or {}
+    if "test_open_subset" not in loaders or "test_open" not in loaders:
+        return ""
+    return f" (eval_subset {len(loaders['test_open_subset'].dataset)}/{len(loaders['test_open'].dataset)} images)"
 
 
 class OpenSetEvalHook(Hook):
@@ -700,7 +711,10 @@ class OpenSetEvalHook(Hook):
             log_dict.update({key: value for key, value in values.items() if math.isfinite(value)})
         if int(getattr(algorithm.args, "rank", 0) or 0) == 0:
             shown = ", ".join(f"{key[len(TB_PREFIX) :]} {value:.4f}" for key, value in values.items())
-            algorithm.print_fn(f"it {algorithm.it + 1}/{algorithm.num_train_iter} | open-set test ({primary}): {shown}")
+            algorithm.print_fn(
+                f"it {algorithm.it + 1}/{algorithm.num_train_iter} | open-set test{_subset_note(algorithm)} "
+                f"({primary}): {shown}"
+            )
 
     def after_run(self, algorithm) -> None:
         if "test_open" not in (getattr(algorithm, "loader_dict", None) or {}):
@@ -710,6 +724,12 @@ class OpenSetEvalHook(Hook):
             os.path.join(algorithm.args.save_dir, algorithm.args.save_name, "latest_model.pth")
         )
         calibration = calibrate(algorithm)
+        if _subset_note(algorithm) and int(getattr(algorithm.args, "rank", 0) or 0) == 0:
+            n = len(algorithm.loader_dict["test_open"].dataset)
+            algorithm.print_fn(
+                f"final evaluation on all {n} open-set test images (evaluations during training used the "
+                f"eval_subset of {len(algorithm.loader_dict['test_open_subset'].dataset)})"
+            )
         record = evaluate_openset(algorithm, "test_open", checkpoint=checkpoint, calibration=calibration)
         if int(getattr(algorithm.args, "rank", 0) or 0) == 0 and os.path.isfile(checkpoint):
             store_calibration(checkpoint, calibration)
