@@ -8,14 +8,10 @@ DEMO_CLIP := ./saved_models/demo_clip
 
 .PHONY: lint test test-slow demo demo-clip demo-randinit install fmnist clean-venv
 
-# The light install: what our code and the USB code paths we use import (requirements.txt), then semilearn
-# and this package with --no-deps, leaving out wandb, aim, torchaudio and scikit-image, which semilearn
-# imports only for code we never run (usb_cfsg/optional.py; use_wandb/use_aim say what to install).
 $(VENV)/.installed: setup.py constraints.txt requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade "pip>=23"
-	$(PY) -m pip install -c constraints.txt -r requirements.txt -r requirements-dev.txt
-	$(PY) -m pip install -c constraints.txt --no-deps semilearn==0.3.2 -e .
+	$(PY) -m pip install -c constraints.txt -e '.[dev]'
 	touch $@
 
 install: $(VENV)/.installed

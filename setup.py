@@ -13,14 +13,10 @@ def _requirements(name: str) -> list:
     return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
 
 
-# What our code and the USB code paths we use import (requirements.txt), plus USB itself. pip has no way
-# to take semilearn without its declared requirements (wandb, aim, torchaudio, scikit-image, which it
-# imports only for code we never run), so `pip install .` brings them; `make install` installs the
-# light set instead: requirements*.txt, then semilearn and this package with --no-deps (README, Install).
+# What our code and the USB code paths we use import (requirements.txt), plus USB itself, which brings its
+# own declared requirements (wandb, aim, torchaudio, scikit-image: imported by semilearn at import time).
 USB = "semilearn==0.3.2"  # GitHub main regressed (hooks not called); 0.3.3a+ pre-releases pin 2022 packages
 REQUIRES = _requirements("requirements.txt") + [USB]
-# No [wandb] / [aim] extras: with semilearn among the requirements, `pip install '.[wandb]'` would bring all
-# of semilearn's requirements again; on the light install, `pip install wandb` is what use_wandb needs.
 
 setup(
     name="usb_cfsg",

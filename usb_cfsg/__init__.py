@@ -60,10 +60,7 @@ class _RegisterAfterSemilearn(importlib.abc.MetaPathFinder):
         original_exec = loader.exec_module
 
         def exec_module(module: ModuleType) -> None:
-            from .optional import stand_ins
-
-            with stand_ins():  # packages semilearn imports but we never use may be left out (optional.py)
-                original_exec(module)
+            original_exec(module)
             register()
 
         loader.exec_module = exec_module

@@ -728,10 +728,7 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
     Returns:
         Problem messages; empty when the configuration is valid.
     """
-    from .optional import missing_for_config
-
     problems = check_ranges(args, BASE_RANGES) + check_ranges(args, USB_ALGORITHM_RANGES)
-    problems += missing_for_config(args)
     get = lambda k: getattr(args, k, None)  # noqa: E731
     iters, epoch = get("num_train_iter"), get("epoch")
     if isinstance(iters, int) and isinstance(epoch, int) and iters >= 1 and epoch >= 1 and iters % epoch:

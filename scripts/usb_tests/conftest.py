@@ -33,8 +33,14 @@ def run_train(config, timeout=900):
     """``python train.py --c config`` in the repository root; returns the CompletedProcess."""
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore")
     env.pop("PYTHONPATH", None)
-    return subprocess.run([sys.executable, "train.py", "--c", str(config)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "train.py", "--c", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def write_images(folder, count, seed, size=16):
@@ -70,14 +76,53 @@ def semi_aves_root(tmp_path_factory):
 
 def fixmatch_config(path, data_dir, save_dir, **keys):
     """A tiny fixmatch run on the semi_aves replica with a small WideResNet at 32 px on CPU."""
-    base = dict(algorithm="fixmatch", net="wrn_28_2", net_from_name=False, use_pretrain=False, pretrain_path="",
-                dataset="semi_aves", data_dir=str(data_dir), num_classes=2, num_labels=8, img_size=32,
-                crop_ratio=0.875, batch_size=2, uratio=1, eval_batch_size=4, epoch=1, num_train_iter=2,
-                num_eval_iter=2, num_log_iter=1, num_warmup_iter=0, num_workers=0, optim="SGD", lr=0.01,
-                momentum=0.9, weight_decay=0.0005, layer_decay=1.0, ema_m=0.999, amp=False, clip_grad=0,
-                hard_label=True, T=0.5, p_cutoff=0.95, ulb_loss_ratio=1.0, seed=0, save_dir=str(save_dir),
-                save_name="fixmatch", resume=False, overwrite=True, use_tensorboard=False, use_wandb=False,
-                use_aim=False, gpu="None", world_size=1, rank=0, multiprocessing_distributed=False,
-                dist_url="tcp://127.0.0.1:10601", dist_backend="nccl")
+    base = dict(
+        algorithm="fixmatch",
+        net="wrn_28_2",
+        net_from_name=False,
+        use_pretrain=False,
+        pretrain_path="",
+        dataset="semi_aves",
+        data_dir=str(data_dir),
+        num_classes=2,
+        num_labels=8,
+        img_size=32,
+        crop_ratio=0.875,
+        batch_size=2,
+        uratio=1,
+        eval_batch_size=4,
+        epoch=1,
+        num_train_iter=2,
+        num_eval_iter=2,
+        num_log_iter=1,
+        num_warmup_iter=0,
+        num_workers=0,
+        optim="SGD",
+        lr=0.01,
+        momentum=0.9,
+        weight_decay=0.0005,
+        layer_decay=1.0,
+        ema_m=0.999,
+        amp=False,
+        clip_grad=0,
+        hard_label=True,
+        T=0.5,
+        p_cutoff=0.95,
+        ulb_loss_ratio=1.0,
+        seed=0,
+        save_dir=str(save_dir),
+        save_name="fixmatch",
+        resume=False,
+        overwrite=True,
+        use_tensorboard=False,
+        use_wandb=False,
+        use_aim=False,
+        gpu="None",
+        world_size=1,
+        rank=0,
+        multiprocessing_distributed=False,
+        dist_url="tcp://127.0.0.1:10601",
+        dist_backend="nccl",
+    )
     base.update(keys)
     return write_config(path, **base)

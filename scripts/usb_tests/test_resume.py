@@ -11,8 +11,9 @@ def test_resume_continues_and_a_bad_checkpoint_stops_the_run(semi_aves_root, tmp
     proc = run_train(fixmatch_config(tmp_path / "a.yaml", semi_aves_root, runs))
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = runs / "fixmatch" / "latest_model.pth"
-    proc = run_train(fixmatch_config(tmp_path / "b.yaml", semi_aves_root, runs, num_train_iter=4, resume=True,
-                                     load_path=str(ckpt)))
+    proc = run_train(
+        fixmatch_config(tmp_path / "b.yaml", semi_aves_root, runs, num_train_iter=4, resume=True, load_path=str(ckpt))
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"Resumed from {ckpt}" in proc.stderr + proc.stdout
 

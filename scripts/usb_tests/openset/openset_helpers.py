@@ -19,8 +19,9 @@ def cpu_training_supported():
     return torch.cuda.is_available() or hasattr(utils, "get_device")
 
 
-needs_training = pytest.mark.skipif(not cpu_training_supported(),
-                                    reason="train.py on this machine needs a GPU or semilearn's CPU support")
+needs_training = pytest.mark.skipif(
+    not cpu_training_supported(), reason="train.py on this machine needs a GPU or semilearn's CPU support"
+)
 
 
 def write_image_folder(root, per_class_train=4, per_class_test=2, size=16):
@@ -40,15 +41,53 @@ def write_image_folder(root, per_class_train=4, per_class_test=2, size=16):
 
 def openset_config(path, data_dir, save_dir, algorithm, **keys):
     """A USB config of a tiny CPU run: a random-init tiny CLIP at 32 px, 3 of 6 classes seen."""
-    base = dict(algorithm=algorithm, net="clip_tiny", net_from_name=False, use_pretrain=False, pretrained=None,
-                pretrain_path="", text_encoder="clip", num_tuned_blocks=2, dataset="image_folder",
-                data_dir=str(data_dir), num_classes=3, num_labels=6, img_size=32, crop_ratio=0.875, batch_size=2,
-                uratio=1, eval_batch_size=4, epoch=1, num_train_iter=2, num_eval_iter=2, num_log_iter=1,
-                num_warmup_iter=0, num_workers=0, optim="AdamW", lr=0.001, momentum=0.9, weight_decay=0.01,
-                layer_decay=1.0, ema_m=0.99, amp=False, clip_grad=0, seed=0, save_dir=str(save_dir),
-                save_name=algorithm, resume=False, overwrite=True, use_tensorboard=False, use_wandb=False,
-                use_aim=False, gpu="None", world_size=1, rank=0, multiprocessing_distributed=False,
-                dist_url="tcp://127.0.0.1:10602", dist_backend="nccl")
+    base = dict(
+        algorithm=algorithm,
+        net="clip_tiny",
+        net_from_name=False,
+        use_pretrain=False,
+        pretrained=None,
+        pretrain_path="",
+        text_encoder="clip",
+        num_tuned_blocks=2,
+        dataset="image_folder",
+        data_dir=str(data_dir),
+        num_classes=3,
+        num_labels=6,
+        img_size=32,
+        crop_ratio=0.875,
+        batch_size=2,
+        uratio=1,
+        eval_batch_size=4,
+        epoch=1,
+        num_train_iter=2,
+        num_eval_iter=2,
+        num_log_iter=1,
+        num_warmup_iter=0,
+        num_workers=0,
+        optim="AdamW",
+        lr=0.001,
+        momentum=0.9,
+        weight_decay=0.01,
+        layer_decay=1.0,
+        ema_m=0.99,
+        amp=False,
+        clip_grad=0,
+        seed=0,
+        save_dir=str(save_dir),
+        save_name=algorithm,
+        resume=False,
+        overwrite=True,
+        use_tensorboard=False,
+        use_wandb=False,
+        use_aim=False,
+        gpu="None",
+        world_size=1,
+        rank=0,
+        multiprocessing_distributed=False,
+        dist_url="tcp://127.0.0.1:10602",
+        dist_backend="nccl",
+    )
     base.update(keys)
     path.write_text("".join(f"{k}: {json.dumps(v)}\n" for k, v in base.items()))
     return path
@@ -57,8 +96,14 @@ def openset_config(path, data_dir, save_dir, algorithm, **keys):
 def run_train(config, timeout=900):
     env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONWARNINGS="ignore", HF_HUB_OFFLINE="1")
     env.pop("PYTHONPATH", None)
-    return subprocess.run([sys.executable, "train.py", "--c", str(config)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "train.py", "--c", str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def trained_metrics(tmp_path, algorithm, **keys):
