@@ -133,9 +133,9 @@ class BaseConfig:
         0.0,
     )
     zs_mode: Literal["output", "weights"] = _help(
-        "How the zero-shot prior is kept: output = ensemble of logits (a frozen copy of the tuned blocks runs beside "
-        "the net); weights = WiSE-FT weight-space merge for every prediction (no extra forward; training's "
-        "pseudo-labels still use the output ensemble).",
+        "How the zero-shot prior is kept: output = ensemble of logits in training and prediction (a frozen copy of "
+        "the tuned blocks runs beside the net); weights = WiSE-FT: plain fine-tuning, then the weight-space merge "
+        "for every prediction (no extra forward; cfsg_clip's pseudo-labels still use the output ensemble).",
         "output",
     )
     # --- algorithm (USB names) ---

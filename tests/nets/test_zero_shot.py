@@ -90,7 +90,11 @@ def test_weight_space_merge_spans_trained_and_zero_shot(head):
     _train(net.train(), x)
     net.eval()
     with torch.no_grad():
-        zs = net(x)["logits_zs"]
+        out = net(x)
+        zs = net.zero_shot.logits(net.backbone.trunk(x))
+        # weights mode trains plainly: the closed logits are the trained ones (cfsg also returns logits_zs)
+        torch.testing.assert_close(out["logits"], _trained_logits(net, out))
+        assert ("logits_zs" in out) == (head == "cfsg")
         merged = net.for_prediction()
         assert merged is not net and merged.zero_shot is None and net.zero_shot is not None
         out = merged(x)
@@ -151,3 +155,13 @@ def test_cfsg_skips_the_zero_shot_forward_of_the_first_rows():
     torch.testing.assert_close(part["logits_zs"][2:], full["logits_zs"][2:])
     assert torch.isnan(part["logits_zs"][:2]).all()
     torch.testing.assert_close(part["logits"][:2], (part["logits_coarse"][:2] + part["logits_fine"][:2]) / 2)
+
+
+def test_weights_mode_trains_usbs_head_without_the_frozen_copy():
+    """zs_mode weights is WiSE-FT: plain fine-tuning (no zero-shot forward at all for ClipNet), merge to predict."""
+    net = make("clip", zs_weight=0.5, zs_mode="weights").train()
+    calls = []
+    net.zero_shot.tail.tuned_blocks[0].register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    out = net(torch.randn(2, 3, 64, 64))
+    assert calls == [] and "logits_zs" not in out
+    torch.testing.assert_close(out["logits"], net.classifier(out["feat"]))

@@ -152,7 +152,11 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             l_socr = ova_consistency(w["logits_ova"].float(), o2["logits_ova"].float())
 
             with torch.no_grad():
-                probs_w = torch.softmax(w["logits"].detach().float(), dim=1)
+                logits_w = w["logits"].detach().float()
+                prior = getattr(unwrap(self.model), "zero_shot", None)
+                if prior is not None and prior.mode == "weights" and "logits_zs" in w:
+                    logits_w = prior.mix(logits_w, w["logits_zs"].float())  # the ensemble's pseudo-labels
+                probs_w = torch.softmax(logits_w, dim=1)
                 conf, pseudo = probs_w.max(dim=1)
                 inlier = w["score_ova"] < self.ood_threshold
                 mask = inlier & (conf >= self.p_cutoff)

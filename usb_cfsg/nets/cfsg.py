@@ -248,7 +248,7 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         logits_fine = self.fine_head(z_f)
         logits = logits_fine if self.closed_head == "fine" else (logits_coarse + logits_fine) / 2
         extra: Dict[str, torch.Tensor] = {}
-        logits, logits_zs = self.with_prior(logits, h, zs_skip)
+        logits, logits_zs = self.with_prior(logits, h, zs_skip, need_zs=True)  # pseudo-labels use them
         if logits_zs is not None:
             extra["logits_zs"] = logits_zs
         logits_ova = self.ova(z_f)

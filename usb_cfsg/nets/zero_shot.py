@@ -11,14 +11,17 @@ every algorithm can have the same prior (config keys ``zs_weight`` α and ``zs_m
   pretrained tuned blocks (plus ``ln_post``/``proj``) run on the same frozen-trunk tokens H, against
   the class text embeddings of construction time, on the trained cosine heads' scale (30). Costs one
   more pass through the last m blocks (for the class token only) per image.
-* ``zs_mode: weights`` — the weight-space ensemble: for prediction (every evaluation, ``eval.py``,
-  ``predict.py``) the net is replaced by a copy whose tuned blocks, ``ln_post``, ``proj`` and cosine
-  heads are ``(1 - α) * θ_trained + α * θ_zero-shot`` (:meth:`ZeroShotPrior.merge_into`), with no
-  frozen copy and no extra forward. During training the output ensemble still gives the
-  pseudo-labels (the frozen copy is kept for them and for the merge; decision recorded in the README).
+* ``zs_mode: weights`` — WiSE-FT proper: training is plain fine-tuning (``logits`` are the trained
+  head's; for USB's algorithms the frozen copy does not even run), and for prediction (every
+  evaluation, ``eval.py``, ``predict.py``) the net is replaced by a copy whose tuned blocks,
+  ``ln_post``, ``proj`` and cosine heads are ``(1 - α) * θ_trained + α * θ_zero-shot``
+  (:meth:`ZeroShotPrior.merge_into`), with no frozen copy and no extra forward. ``cfsg_clip`` still
+  takes its pseudo-labels from the output ensemble (the net returns ``logits_zs`` for them).
 
-Every loss of a USB algorithm sees the ensembled ``logits`` (its trained head learns a correction to
-the zero-shot classifier); ``cfsg_clip``'s labeled CE terms use its coarse and fine heads alone.
+With ``zs_mode: output`` every loss of a USB algorithm sees the ensembled ``logits`` (its trained head
+learns a correction to the zero-shot classifier, so it is no classifier on its own: the weight-space
+merge of such a head is meaningless, which is why ``weights`` trains without the ensemble);
+``cfsg_clip``'s labeled CE terms use its coarse and fine heads alone.
 ``only_fc`` calls (features in, logits out) return the trained head's logits: without the trunk's
 tokens there is no zero-shot forward.
 """
@@ -155,9 +158,14 @@ class ZeroShotMixin:
         raise NotImplementedError
 
     def with_prior(
-        self, logits: torch.Tensor, h: torch.Tensor, skip: int = 0
+        self, logits: torch.Tensor, h: torch.Tensor, skip: int = 0, need_zs: bool = False
     ) -> Tuple[torch.Tensor, torch.Tensor | None]:
-        """``(closed logits, zero-shot logits)``: the output ensemble when the net has a prior, else ``(logits, None)``.
+        """``(closed logits, zero-shot logits or None)`` of a net with or without a prior.
+
+        ``zs_mode: output``: the closed logits are the ensemble ``(1 - α) trained + α zero-shot``.
+        ``zs_mode: weights`` (WiSE-FT): the closed logits stay the trained ones (training is plain
+        fine-tuning; prediction merges the weights, :meth:`for_prediction`), and the zero-shot logits
+        are computed only when ``need_zs`` (cfsg_clip's pseudo-labels).
 
         Args:
             logits: The trained closed logits [B, K].
@@ -165,17 +173,22 @@ class ZeroShotMixin:
             skip: The first ``skip`` rows need no zero-shot logits (e.g. labeled images whose losses
                 use the trained heads alone): their zero-shot forward is not run, their ``logits``
                 stay the trained ones and their zero-shot logits are NaN.
+            need_zs: With ``zs_mode: weights``, compute the zero-shot logits anyway.
         """
-        if self.zero_shot is None:
+        prior = self.zero_shot
+        if prior is None:
             return logits, None
         if not 0 <= skip <= logits.shape[0]:
             raise ValueError(f"skip must be in [0, {logits.shape[0]}], got {skip}")
+        if prior.mode == "weights" and not need_zs:
+            return logits, None
+        zs_rest = prior.logits(h[skip:])
+        zs = zs_rest if skip == 0 else torch.cat([zs_rest.new_full((skip, zs_rest.shape[1]), float("nan")), zs_rest])
+        if prior.mode == "weights":
+            return logits, zs
         if skip == 0:
-            zs = self.zero_shot.logits(h)
-            return self.zero_shot.mix(logits, zs), zs
-        zs_rest = self.zero_shot.logits(h[skip:])
-        zs = torch.cat([zs_rest.new_full((skip, zs_rest.shape[1]), float("nan")), zs_rest])
-        return torch.cat([logits[:skip], self.zero_shot.mix(logits[skip:], zs_rest)]), zs
+            return prior.mix(logits, zs), zs
+        return torch.cat([logits[:skip], prior.mix(logits[skip:], zs_rest)]), zs
 
     def for_prediction(self) -> nn.Module:
         """The network to predict with: with ``zs_mode: weights`` a merged copy without the prior, else itself.
