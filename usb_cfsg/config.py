@@ -187,6 +187,9 @@ class BaseConfig:
         "run refuses any other build; none = record the current one.",
         None,
     )
+    scene_size: int = _help("fmnist_cluttered: canvas side in pixels (one item among clutter fragments).", 96)
+    scene_fragments: int = _help("fmnist_cluttered: clutter fragments of other items per canvas.", 8)
+    scene_seed: int = _help("fmnist_cluttered: seed of the scenes' layout (item place and scale, fragments).", 0)
     download: bool = _help("Download the dataset from its publisher when online.", False)
     skip_bad_images: bool = _help("Skip (and count) missing/corrupt images instead of failing.", False)
     class_names: Optional[List[str]] = _help_list("image_folder: class order (default: sorted folder names).")
@@ -680,6 +683,9 @@ BASE_RANGES: Tuple[Tuple[str, str], ...] = (
     ("crop_ratio", "(0, 1]"),
     ("split_seed", "[0, inf)"),
     ("ulb_unseen_ratio", "[0, 1]"),
+    ("scene_size", "[16, inf)"),
+    ("scene_fragments", "[0, inf)"),
+    ("scene_seed", "[0, inf)"),
     ("ood_threshold", "(-inf, inf)"),
     ("eval_subset", "[0, inf)"),
     ("seed", "[0, inf)"),

@@ -6,7 +6,16 @@ Importing this package registers every reader in :data:`DATASETS`; it does not i
 
 from __future__ import annotations
 
-from . import cub200, fgvc_aircraft, flowers102, fmnist, image_folder, stanford_cars, stanford_dogs  # noqa: F401
+from . import (  # noqa: F401
+    cub200,
+    fgvc_aircraft,
+    flowers102,
+    fmnist,
+    fmnist_cluttered,
+    image_folder,
+    stanford_cars,
+    stanford_dogs,
+)
 from .base import DATASETS, SourceData, read_source, register_dataset
 from .build import OpenSetInfo, build_openset_datasets
 from .images import load_rgb

@@ -8,7 +8,7 @@ alone, so one split implementation serves every dataset.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -16,9 +16,11 @@ from ..registry import Registry
 
 
 def take(items: Union[Sequence[Any], np.ndarray], indices: np.ndarray) -> Any:
-    """``items[indices]`` for a list or an array."""
+    """``items[indices]`` for a list, an array, or a lazy sequence with ``take`` (fmnist_cluttered's scenes)."""
     if isinstance(items, np.ndarray):
         return items[indices]
+    if not isinstance(items, (list, tuple)) and hasattr(items, "take"):
+        return items.take(indices)
     return [items[i] for i in indices.tolist()]
 
 
@@ -63,3 +65,16 @@ register_dataset = DATASETS.register
 def read_source(name: str, root: Optional[str], **kwargs) -> SourceData:
     """Read dataset ``name`` from ``root`` through the registry."""
     return DATASETS.get(name)(root, **kwargs)
+
+
+#: Config keys a reader may take as keyword arguments besides the four every reader takes
+#: (``fmnist_cluttered``: the scene keys, and ``pretrain_pool`` to choose its clutter's donors).
+READER_OPTIONS = ("scene_size", "scene_fragments", "scene_seed", "pretrain_pool")
+
+
+def reader_options(name: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`READER_OPTIONS` that reader ``name`` accepts, from ``values`` (absent or None: left out)."""
+    import inspect
+
+    params = inspect.signature(DATASETS.get(name)).parameters
+    return {k: values[k] for k in READER_OPTIONS if k in params and values.get(k) is not None}

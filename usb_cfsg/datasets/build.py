@@ -12,7 +12,7 @@ from typing import Any, Optional, Sequence, Union
 import numpy as np
 
 from ..errors import DatasetError
-from .base import SourceData, read_source, take
+from .base import SourceData, read_source, reader_options, take
 from .split import OpenSetSplit, make_openset_split
 from .transforms import build_transforms
 
@@ -96,6 +96,10 @@ class OpenSetInfo:
             ``test_open`` of the in-training evaluation subset (:func:`stratified_subset` over the
             original test classes); None = evaluate on all test images.
         eval_subset: The positions in ``eval`` of the same images' seen-class part; None with ``test_subset``.
+        test_boxes: For datasets whose images carry an object box (``fmnist_cluttered``), per open-set
+            test image (``test_open`` order) the box ``(x0, y0, x1, y1)`` as fractions of the image's
+            width and height [N, 4]; None otherwise. The evaluator's localization metrics read it.
+        eval_boxes: The same for the ``eval`` images (seen-class test images); None otherwise.
     """
 
     dataset: str
@@ -108,6 +112,8 @@ class OpenSetInfo:
     unseen_difficulty: Optional[dict[str, str]] = None
     test_subset: Optional[np.ndarray] = None
     eval_subset: Optional[np.ndarray] = None
+    test_boxes: Optional[np.ndarray] = None
+    eval_boxes: Optional[np.ndarray] = None
 
     @property
     def class_names(self) -> list[str]:
@@ -183,7 +189,7 @@ def write_split_json(path: Path, source: SourceData, info: OpenSetInfo, data_dir
             "eval": info.eval_subset.tolist(),
         },
     }
-    if not isinstance(source.train_items, np.ndarray):
+    if not isinstance(source.train_items, np.ndarray) and not hasattr(source.train_items, "__array__"):
         record["lb_files"] = [_relative(str(source.train_items[i]), data_dir) for i in split.lb_indices.tolist()]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -248,6 +254,9 @@ def build_openset_datasets(
         "pretrain_pool": getattr(args, "pretrain_pool", None) or None,
         "eval_subset": int(getattr(args, "eval_subset", None) or 0),
     }
+    for key in ("scene_size", "scene_fragments", "scene_seed"):  # fmnist_cluttered's keys, when given
+        if getattr(args, key, None) is not None and key in reader_options(config["dataset"], {key: 0}):
+            config[key] = int(getattr(args, key))
     ssb = config["class_split"] == "ssb"
     if ssb and config["seen_classes"] is not None:
         raise DatasetError("class_split: ssb fixes the seen classes, but seen_classes is given too; drop one of them")
@@ -273,6 +282,7 @@ def build_openset_datasets(
         skip_bad_images=config["skip_bad_images"],
         # with ssb the benchmark's indices are resolved on the dataset's own names; display names come after
         class_names=None if ssb else config["class_names"],
+        **reader_options(config["dataset"], config),
     )
     if config["pretrain_pool"]:  # a demo CLIP card: its pretraining images never enter the split
         from .pretrain_pool import without_pretrain_pool
@@ -339,6 +349,9 @@ def build_openset_datasets(
         # in-training evaluations: a fixed, seeded, class-stratified subset (over the original classes)
         info.test_subset = stratified_subset(te_t, config["eval_subset"], config["split_seed"])
         info.eval_subset = np.flatnonzero(np.isin(split.eval_indices, split.test_indices[info.test_subset]))
+    if hasattr(te_items, "boxes"):  # images with an object box (fmnist_cluttered)
+        info.test_boxes = np.asarray(te_items.boxes, dtype=np.float64)
+        info.eval_boxes = np.asarray(ev_items.boxes, dtype=np.float64)
     if ssb_split is not None:
         from .ssb import difficulty_of_images
 

@@ -57,6 +57,15 @@ def load_card(path: str) -> Dict[str, Any]:
     return card
 
 
+#: Datasets whose training sets are the same images in the same order as another's, so that a card
+#: made on one applies to the other (the cluttered scenes: scene i shows Fashion-MNIST training image i).
+POOL_FAMILIES: Dict[str, str] = {"fmnist_cluttered": DEMO_DATASET}
+
+
+def _pool_family(dataset: Any) -> Any:
+    return POOL_FAMILIES.get(dataset, dataset)
+
+
 def pool_indices(card: Dict[str, Any], num_train: int, dataset: str = DEMO_DATASET) -> np.ndarray:
     """The pretraining pool of a card, checked against the training set it indexes.
 
@@ -71,7 +80,7 @@ def pool_indices(card: Dict[str, Any], num_train: int, dataset: str = DEMO_DATAS
     Raises:
         DatasetError: When the card was made for another dataset or another training-set size.
     """
-    if card.get("dataset") != dataset:
+    if _pool_family(card.get("dataset")) != _pool_family(dataset):
         raise DatasetError(
             f"pretrain_pool: the card was made on {card.get('dataset')!r}, not {dataset!r}; "
             f"remove pretrain_pool or use a card built on {dataset}"

@@ -24,6 +24,8 @@ def as_storage(items: Sequence[Any]) -> np.ndarray:
     """
     if isinstance(items, np.ndarray):
         return items
+    if hasattr(items, "__array__") and not isinstance(items, (list, tuple)):  # lazy images (fmnist_cluttered)
+        return np.asarray(items)
     if len(items) and all(isinstance(x, str) for x in items):
         return np.asarray(items, dtype=str)
     if len(items) == 0:
