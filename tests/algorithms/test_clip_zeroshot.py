@@ -90,6 +90,10 @@ def test_zero_shot_run_trains_nothing_and_matches_open_clip(cub_root, tmp_path):
     with torch.no_grad():
         out = net(images)
     assert torch.allclose(out["score_mcm"], mcm, atol=1e-5) and torch.allclose(out["score_glmcm"], glmcm, atol=1e-5)
+    # the patch map is GL-MCM's local term per patch: its max is the local MCM inside the GL-MCM score
+    assert out["relevance"].shape == (len(images), 16)
+    local_max = 2.0 * (1.0 - out["score_glmcm"]) - (1.0 - out["score_mcm"])
+    assert torch.allclose(out["relevance"].max(dim=1).values, local_max, atol=1e-5)
     assert torch.allclose(out["logits"], 100 * cos, atol=1e-3)
     # the state is untouched: the trained blocks equal what was loaded (nothing stepped)
     assert all(torch.equal(v, ckpt["ema_model"][n]) for n, v in ckpt["model"].items())

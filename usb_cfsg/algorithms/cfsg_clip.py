@@ -69,6 +69,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
     """CFSG-CLIP: coarse (SFM) and fine (VSI) semantic guidance with an OVA open-set head."""
 
     net_head = "cfsg"
+    #: What the net's ``relevance`` output is (recorded with the localization metrics).
+    relevance_map = "SFM relevance"
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)

@@ -36,6 +36,7 @@ from semilearn.core.algorithmbase import AlgorithmBase
 
 from ..engine.plugin import PluginMixin, msp_and_energy
 from ..modules import glmcm_score, mcm_score
+from ..modules.scores import max_softmax_cosine
 from ..nets.backbone import DENSE_KINDS, DenseKind
 from ..nets.clip import NET_HEADS, ClipNet
 from . import declared_problems, register_algorithm, ssl_arguments
@@ -56,8 +57,10 @@ NET_ZS_SCORES = ("mcm", "glmcm")
 class ZeroShotClipNet(ClipNet):
     """CLIP image encoder whose classifier is the frozen class text embeddings.
 
-    ``forward`` returns ``logits`` [B, K] (``100 * cos(z, t)``), ``feat`` (z) [B, D] and the
-    unknown scores ``score_mcm``, ``score_glmcm`` [B].
+    ``forward`` returns ``logits`` [B, K] (``100 * cos(z, t)``), ``feat`` (z) [B, D], the
+    unknown scores ``score_mcm``, ``score_glmcm`` [B] and ``relevance`` [B, N]: GL-MCM's patch map,
+    the local MCM ``max_k softmax_k(cos(l_i, t_k) / T)`` of every patch (the evaluator's localization
+    metrics and the relevance overlays read it).
 
     Args:
         mcm_temperature: T of the MCM / GL-MCM softmax.
@@ -95,7 +98,9 @@ class ZeroShotClipNet(ClipNet):
             dense = bb.dense_features(last_in, self.glmcm_local)
             s_mcm = mcm_score(z.float(), t.float(), self.mcm_temperature)
             s_glmcm = glmcm_score(z.float(), dense.float(), t.float(), self.mcm_temperature)
-        return {"logits": logits, "feat": z, "score_mcm": s_mcm, "score_glmcm": s_glmcm}
+            # GL-MCM's patch map: each patch's local MCM, the term whose max over patches GL-MCM takes
+            patch_map = max_softmax_cosine(dense.float(), t.float(), self.mcm_temperature)
+        return {"logits": logits, "feat": z, "score_mcm": s_mcm, "score_glmcm": s_glmcm, "relevance": patch_map}
 
 
 @register_algorithm("clip_zeroshot")
@@ -103,6 +108,8 @@ class ClipZeroShot(PluginMixin, AlgorithmBase):
     """Zero-shot CLIP: text embeddings as the classifier, MCM / GL-MCM as unknown scores, no training."""
 
     net_head = "clip_zeroshot"
+    #: What the net's ``relevance`` output is (recorded with the localization metrics).
+    relevance_map = "GL-MCM patch map (local MCM of every patch)"
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)

@@ -104,6 +104,7 @@ JSON_KEYS: Tuple[str, ...] = (
     "threshold",
     "threshold_source",
     "difficulty",
+    "localization",
     "scores",
     "calibration",
     "checkpoint",
@@ -537,7 +538,10 @@ def _run_dir(args) -> str:
 
 
 def _tb_scalars(record: Mapping[str, Any]) -> Dict[str, float]:
+    from .localization import localization_scalars
+
     scalars = {f"{TB_PREFIX}{k}": record[k] for k in HEADLINE_KEYS}
+    scalars.update(localization_scalars(record.get("localization"), TB_PREFIX))
     for name, values in record["scores"].items():
         scalars.update({f"{TB_PREFIX}{name}/{k}": values[k] for k in SCORE_KEYS})
     for group, values in (record.get("difficulty") or {}).items():
@@ -554,6 +558,32 @@ def _difficulty(algorithm: Any, dest: str, n: int) -> Optional[List[str]]:
     if len(groups) != n:
         raise EvaluationError(f"the split records {len(groups)} test-image difficulties but {dest!r} has {n} images")
     return list(groups)
+
+
+def _localization(
+    algorithm: Any, dest: str, outputs: Mapping[str, np.ndarray], y: np.ndarray
+) -> Optional[Dict[str, Any]]:
+    """Localization metrics (:mod:`.localization`) when the images carry boxes and the net a patch map."""
+    info = getattr(algorithm, "openset_info", None)
+    boxes = getattr(info, "test_boxes", None) if dest == "test_open" else None
+    if boxes is None or "relevance" not in outputs:
+        return None
+    from .localization import DEFAULT_KEEP_RATIO, localization_metrics
+
+    args = algorithm.args
+    if len(boxes) != len(y):
+        raise EvaluationError(f"the split records {len(boxes)} test-image boxes but {dest!r} has {len(y)} images")
+    keep_ratio = getattr(args, "sfm_keep_ratio", None) or DEFAULT_KEEP_RATIO
+    return localization_metrics(
+        outputs["relevance"],
+        boxes,
+        int(args.img_size),
+        float(args.crop_ratio),
+        keep_idx=outputs.get("keep_idx"),
+        keep_ratio=float(keep_ratio),
+        unknown=np.asarray(y) == int(algorithm.num_classes),
+        map_name=str(getattr(algorithm, "relevance_map", "the net's relevance output")),
+    )
 
 
 def evaluate_openset(
@@ -616,6 +646,7 @@ def evaluate_openset(
         "num_seen": k,
     }
     record.update(metrics)
+    record["localization"] = _localization(algorithm, dest, net_outputs, y)
     record["calibration"] = dict(calibration) if calibration is not None else None
     record["checkpoint"] = checkpoint
     # the demo CLIP build the weights come from (None: no demo CLIP); compare refuses to mix builds

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 from PIL import Image
@@ -142,6 +142,7 @@ def save_relevance_figure(
     crop_ratio: Optional[float] = None,
     alpha: float = 0.5,
     cmap: str = "jet",
+    box: Optional[Sequence[float]] = None,
 ) -> str:
     """Save the relevance map over the original image with a colour bar and a title (atomic PNG write).
 
@@ -155,6 +156,8 @@ def save_relevance_figure(
         crop_ratio: The evaluation transform's crop ratio.
         alpha: Opacity of the colour map, in [0, 1].
         cmap: A matplotlib colormap name.
+        box: The object's box ``(x0, y0, x1, y1)`` as fractions of the original image's width and
+            height (datasets with boxes, e.g. ``fmnist_cluttered``), drawn as a white rectangle.
 
     Returns:
         ``path`` as a string.
@@ -163,6 +166,7 @@ def save_relevance_figure(
         ValueError: Malformed relevance or alpha outside [0, 1].
     """
     from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
 
     if not 0.0 <= float(alpha) <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
@@ -200,6 +204,18 @@ def save_relevance_figure(
         vmax=1.0,
         interpolation="bilinear",
     )
+    if box is not None:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        ax.add_patch(
+            Rectangle(
+                (x0 * shown_w, y0 * shown_h),
+                (x1 - x0) * shown_w,
+                (y1 - y0) * shown_h,
+                fill=False,
+                edgecolor="white",
+                linewidth=1.5,
+            )
+        )
     ax.set_xlim(0, shown_w)
     ax.set_ylim(shown_h, 0)
     ax.set_axis_off()
@@ -247,7 +263,7 @@ class RelevanceHook(_relevance_hook_base()):  # type: ignore[misc]  # semilearn 
     The first ``num_images`` images of the eval set (seen-class test images, always the same ones)
     are drawn after every evaluation (``<relevance_dir>/iter_<n>/``) and at the end
     (``<relevance_dir>/final/``), with the EMA weights the evaluation uses. File names carry the
-    image index and its class. Only rank 0 writes; nets without a ``relevance`` output are skipped
+    image index and its class; images with an object box (``fmnist_cluttered``) show it. Only rank 0 writes; nets without a ``relevance`` output are skipped
     with one warning.
 
     Args:
@@ -285,6 +301,7 @@ class RelevanceHook(_relevance_hook_base()):  # type: ignore[misc]  # semilearn 
         rel = out["relevance"].float().cpu().numpy()
         pred = out["logits"].argmax(dim=1).cpu().tolist() if "logits" in out else [None] * len(idx)
         names = algorithm.openset_info.seen_class_names if algorithm.openset_info is not None else None
+        boxes = getattr(algorithm.openset_info, "eval_boxes", None)  # datasets with object boxes
         folder = os.path.join(args.relevance_dir, tag)
 
         def name_of(label):
@@ -300,6 +317,7 @@ class RelevanceHook(_relevance_hook_base()):  # type: ignore[misc]  # semilearn 
                 title=f"predicted: {name_of(pred[j])} (true: {name_of(label)})",
                 img_size=args.img_size,
                 crop_ratio=args.crop_ratio,
+                box=None if boxes is None else boxes[i],
             )
         algorithm.print_fn(f"relevance maps of {len(idx)} eval images saved to {folder}")
 

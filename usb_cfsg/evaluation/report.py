@@ -44,11 +44,19 @@ DIFFICULTY_COLUMNS: Tuple[Tuple[str, str], ...] = (
     ("unknown_recall", "unk. recall"),
 )
 
+#: Columns of the localization table (images with object boxes): (metrics key, column title).
+LOCALIZATION_COLUMNS: Tuple[Tuple[str, str], ...] = (
+    ("pointing_acc", "pointing"),
+    ("mass_in_box", "mass in box"),
+    ("kept_in_box", "kept in box"),
+    ("chance", "chance"),
+)
+
 _COUNT_KEYS = ("num_test_seen", "num_test_unseen")
 _HANDLED = (
     {key for key, _ in HEADLINE}
     | set(_COUNT_KEYS)
-    | {"threshold", "threshold_source", "scores", "difficulty", "calibration", "demo_clip_sha256"}
+    | {"threshold", "threshold_source", "scores", "difficulty", "localization", "calibration", "demo_clip_sha256"}
 )
 
 
@@ -170,6 +178,20 @@ def format_summary(metrics: Mapping[str, Any], title: Optional[str] = None) -> s
             )
         lines.append("")
         lines += _table(["difficulty (vs all seen)", "images"] + [t for _, t in DIFFICULTY_COLUMNS], group_rows)
+
+    loc = metrics.get("localization")
+    if isinstance(loc, Mapping) and loc:
+        loc_rows = []
+        for name, values in [("all", loc)] + [
+            (g, loc[g]) for g in ("seen", "unseen") if isinstance(loc.get(g), Mapping)
+        ]:
+            loc_rows.append(
+                [f"{name} ({values.get('num_images', '-')} images)"]
+                + [format_percent(values.get(key)) for key, _ in LOCALIZATION_COLUMNS]
+            )
+        lines.append("")
+        lines += _table(["localization (box)"] + [t for _, t in LOCALIZATION_COLUMNS], loc_rows)
+        lines.append(f"map: {loc.get('map')}; grid {loc.get('grid')}x{loc.get('grid')}; kept: {loc.get('keep_source')}")
 
     if isinstance(metrics.get("threshold_source"), str):
         lines += ["", f"threshold: {metrics['threshold_source']}"]
