@@ -54,6 +54,25 @@ def test_variant_parsing_and_cells():
     assert compare.format_cell([None], 1) == "n/a"
 
 
+def test_localization_figures_get_their_own_table_and_csv_columns(tmp_path):
+    rows = [compare.Row("cfsg_clip", "cfsg_clip"), compare.Row("fixmatch", "fixmatch")]
+    base = {k: 0.5 for k, _ in compare.METRICS}
+    records = [
+        {"row": "cfsg_clip", "algorithm": "cfsg_clip", "seed": s, "primary_score": "energy", **base}
+        | {"auroc_by_score": {}, "run_dir": "x", "loc_pointing_acc": p, "loc_mass_in_box": 0.4}
+        | {"loc_kept_in_box": 0.3, "loc_chance": 0.2}
+        for s, p in ((0, 0.6), (1, 0.8))
+    ] + [{"row": "fixmatch", "algorithm": "fixmatch", "seed": 0, "primary_score": "msp", **base, "auroc_by_score": {}}]
+    md = compare.render_markdown(rows, records, [0, 1], "cmd", [])
+    assert "| algorithm | pointing | mass in box | kept in box | chance |" in md
+    assert "| cfsg_clip | 70.00±14.14 | 40.00±0.00 | 30.00±0.00 | 20.00±0.00 |" in md
+    assert "| fixmatch | " not in md.split("Localization")[1]  # rows without a map are left out
+    assert "Localization" not in compare.render_markdown(rows, records[2:], [0], "cmd", [])
+    compare.write_csv(tmp_path / "r.csv", records)
+    header = (tmp_path / "r.csv").read_text().splitlines()[0]
+    assert "loc_pointing_acc" in header and "loc_chance" in header
+
+
 def test_switching_algorithm_drops_the_base_algorithms_own_keys(tmp_path, cub_root):
     with open(_base_config(tmp_path / "base.yaml", cub_root)) as fh:
         base = yaml.safe_load(fh)

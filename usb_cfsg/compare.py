@@ -67,6 +67,14 @@ METRICS: Tuple[Tuple[str, str], ...] = (
     ("macro_f1", "macro-F1"),
 )
 METRICS_FILE = "openset_metrics.json"
+#: Localization figures (datasets with object boxes, nets with a patch map): (key in
+#: ``openset_metrics.json["localization"]``, column title); CSV columns ``loc_<key>``.
+LOC_METRICS: Tuple[Tuple[str, str], ...] = (
+    ("pointing_acc", "pointing"),
+    ("mass_in_box", "mass in box"),
+    ("kept_in_box", "kept in box"),
+    ("chance", "chance"),
+)
 #: Keys the runner sets per run; they never make a finished run stale.
 RUN_KEYS = ("save_dir", "save_name", "overwrite", "resume", "load_path")
 #: Keys the launcher fills in at start (device index, rendezvous) or that only change how data is loaded
@@ -315,6 +323,9 @@ def collect(runs: Sequence[Run]) -> List[Dict[str, Any]]:
             rec[key] = data.get(key)
         rec["auroc_by_score"] = {name: m.get("auroc") for name, m in (data.get("scores") or {}).items()}
         rec["demo_clip_sha256"] = data.get("demo_clip_sha256")
+        loc = data.get("localization") or {}
+        for key, _ in LOC_METRICS:
+            rec[f"loc_{key}"] = loc.get(key)
         rec["run_dir"] = str(run.run_dir)
         records.append(rec)
     return records
@@ -353,7 +364,16 @@ def check_one_build(records: Sequence[Dict[str, Any]]) -> Optional[str]:
 
 def write_csv(path: Path, records: Sequence[Dict[str, Any]]) -> None:
     """results.csv: one line per row and seed, metrics as fractions (empty = undefined)."""
-    columns = ["row", "algorithm", "seed", "primary_score", *[k for k, _ in METRICS], "demo_clip_sha256", "run_dir"]
+    columns = [
+        "row",
+        "algorithm",
+        "seed",
+        "primary_score",
+        *[k for k, _ in METRICS],
+        *[f"loc_{k}" for k, _ in LOC_METRICS],
+        "demo_clip_sha256",
+        "run_dir",
+    ]
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=columns)
@@ -392,6 +412,7 @@ def render_markdown(
         cells = [format_cell([r[k] for r in recs], len(seeds)) for k, _ in METRICS]
         lines.append("| " + " | ".join([name, "/".join(scores), *cells, f"{len(recs)}/{len(seeds)}"]) + " |")
     lines += _score_table(rows, records, len(seeds))
+    lines += _localization_table(rows, records, len(seeds))
     builds = sorted({str(r["demo_clip_sha256"]) for r in records if r.get("demo_clip_sha256")})
     if builds:
         lines += ["", f"Demo CLIP build (sha256 of its weights, from its card.json): {', '.join(builds)}"]
@@ -471,6 +492,29 @@ def write_figures(save_dir: Path, rows: Sequence[Row], records: Sequence[Dict[st
         save_roc(save_dir / "roc.png", curves, unknown, title=f"Primary score of every row, seed {seed}")
         written.append("roc.png")
     return written
+
+
+def _localization_table(rows: Sequence[Row], records: Sequence[Dict[str, Any]], num_seeds: int) -> List[str]:
+    """Localization figures per row (only when some run has them), mean ± std over seeds."""
+    if not any(r.get(f"loc_{LOC_METRICS[0][0]}") is not None for r in records):
+        return []
+    lines = [
+        "",
+        "Localization (images with object boxes; the net's patch map: SFM relevance for cfsg_clip, GL-MCM's "
+        "patch map for clip_zeroshot): pointing accuracy, the map's mass on the box's patches, the fraction of "
+        "kept patches on the box, and the chance level of all three (the box's share of the patches), "
+        "mean±std over seeds in %:",
+        "",
+        "| algorithm | " + " | ".join(title for _, title in LOC_METRICS) + " |",
+        "|---|" + "|".join(["---:"] * len(LOC_METRICS)) + "|",
+    ]
+    for row in rows:
+        recs = [r for r in records if r["row"] == row.name]
+        if not any(r.get(f"loc_{LOC_METRICS[0][0]}") is not None for r in recs):
+            continue
+        cells = [format_cell([r.get(f"loc_{k}") for r in recs], num_seeds) for k, _ in LOC_METRICS]
+        lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:
