@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # The demo CLIP (python -m usb_cfsg.demo_clip), kept outside git; config/demo/*_fmnist.yaml point here.
 DEMO_CLIP := ./saved_models/demo_clip
 
-.PHONY: lint test test-slow demo demo-clip demo-randinit install fmnist clean-venv
+.PHONY: lint test test-slow demo demo-clip demo-clip-scene demo-randinit install fmnist clean-venv
 
 $(VENV)/.installed: setup.py constraints.txt requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ fmnist:
 # other engineers (load 9), where the first make demo took 613 s in all (315 CPU-s).
 demo-clip: $(VENV)/.installed fmnist
 	$(PY) -m usb_cfsg.demo_clip --out $(DEMO_CLIP) --reuse
+
+# The scene demo CLIP for fmnist_cluttered (config/demo/*_fmnist_cluttered.yaml point here).
+demo-clip-scene: $(VENV)/.installed fmnist
+	$(PY) -m usb_cfsg.demo_clip --recipe scene --out ./saved_models/demo_clip_scene --reuse
 
 demo: demo-clip
 	$(PY) train.py --c config/demo/cfsg_fmnist.yaml

@@ -200,3 +200,79 @@ def test_the_console_config_lists_only_keys_that_differ_from_the_defaults() -> N
     args = build_config(["--algorithm", "cfsg_clip", "--lr", "0.5", "--vsi_topk", "2"], validate=False)
     shown = dict(line.strip().split(": ", 1) for line in format_config(args).splitlines())
     assert shown == {"algorithm": "cfsg_clip", "lr": "0.5", "vsi_topk": "2", "save_name": args.save_name}
+
+
+# ------------------------------------------------------------------ the scene recipe (fmnist_cluttered)
+
+
+def test_noisy_captions_are_fixed_wrong_and_of_the_asked_share() -> None:
+    targets = np.arange(2000) % 10
+    recipe = demo_clip.Recipe(caption_noise=0.3)
+    labels, wrong = demo_clip.noisy_caption_labels(targets, recipe)
+    again, _ = demo_clip.noisy_caption_labels(targets, recipe)
+    assert np.array_equal(labels, again)
+    changed = labels != targets
+    assert wrong == int(changed.sum()) and 0.25 < changed.mean() < 0.35 and labels.max() < 10
+    assert demo_clip.noisy_caption_labels(targets, demo_clip.Recipe())[1] == 0
+    with pytest.raises(ConfigError, match="caption_noise"):
+        demo_clip.Recipe(caption_noise=1.0).check()
+    with pytest.raises(ConfigError, match="images must be clean or scenes"):
+        demo_clip.Recipe(images="photos").check()
+
+
+def test_scene_recipe_builds_a_card_for_the_cluttered_scenes(tmp_path: Path) -> None:
+    from tests.datasets.conftest import make_args
+    from usb_cfsg.datasets import build_openset_datasets, read_source
+
+    data = write_fmnist_replica(tmp_path / "data", num_train=100, num_test=30)
+    recipe = demo_clip.scene_recipe(
+        steps=2, batch_size=16, warmup_steps=1, img_size=32, scene_size=32, scene_fragments=3, caption_noise=0.2
+    )
+    assert recipe.task == "fmnist_cluttered" and recipe.images == "scenes" and recipe.pretrain_clutter == 0.5
+    card = demo_clip.build_demo_clip(str(tmp_path / "out"), recipe, seed=0, data_dir=str(data))
+    assert card["dataset"] == "fmnist_cluttered" and card["zero_shot"]["dataset"] == "fmnist_cluttered"
+    assert card["use"]["scene_size"] == 32 and card["use"]["img_size"] == 32
+    assert card["recipe"]["noisy_captions"] == int(
+        demo_clip.noisy_caption_labels(np.arange(100)[card["pool"]["indices"]] % 10, recipe)[1]
+    )
+    assert 0.0 <= card["zero_shot"]["energy_auroc"] <= 100.0
+    # the card's test images are the dataset's test scenes
+    src = read_source("fmnist_cluttered", str(data), scene_size=32, scene_fragments=3)
+    plain = read_source("fmnist_openset", str(data))  # the helpers take the plain items
+    assert np.array_equal(demo_clip.task_test_images(plain, recipe, 30), np.asarray(src.test_items))
+    # pretraining on scenes: the pool's scenes of fmnist_cluttered with this card (clutter from the pool only)
+    pool = np.asarray(card["pool"]["indices"])
+    scenes = demo_clip.pretraining_images(
+        plain, pool, demo_clip.scene_recipe(pretrain_clutter=1.0, scene_size=32, scene_fragments=3)
+    )
+    pooled = read_source(
+        "fmnist_cluttered",
+        str(data),
+        scene_size=32,
+        scene_fragments=3,
+        pretrain_pool=str(tmp_path / "out" / "card.json"),
+    )
+    assert np.array_equal(scenes, np.asarray(pooled.train_items.take(pool)))
+    # half of them without their clutter: the item alone, at the same place and scale
+    mixed = demo_clip.pretraining_images(plain, pool, demo_clip.scene_recipe(scene_size=32, scene_fragments=3))
+    alone = demo_clip.pretraining_images(
+        plain,
+        pool,
+        demo_clip.scene_recipe(scene_size=32, scene_fragments=3, pretrain_fragments=0, pretrain_clutter=1.0),
+    )
+    same_as_cluttered = np.all(mixed == scenes, axis=(1, 2))
+    same_as_alone = np.all(mixed == alone, axis=(1, 2))
+    assert (same_as_cluttered | same_as_alone).all() and 0.2 < same_as_alone.mean() < 0.8
+    # the card applies to both datasets of the family
+    for dataset in ("fmnist_cluttered", "fmnist_openset"):
+        args = make_args(
+            dataset=dataset,
+            data_dir=str(data),
+            num_classes=6,
+            num_labels=12,
+            img_size=32,
+            scene_size=32,
+            pretrain_pool=str(tmp_path / "out" / "card.json"),
+        )
+        datasets, _ = build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
+        assert len(datasets["train_ulb"]) == 100 - len(pool)
