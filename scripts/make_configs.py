@@ -246,6 +246,9 @@ SECTIONS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
             "ulb_unseen_ratio",
             "include_lb_to_ulb",
             "num_workers",
+            "scene_size",
+            "scene_fragments",
+            "scene_seed",
         ),
     ),
     ("open-set evaluation", ("ood_threshold", "eval_subset")),
@@ -480,8 +483,43 @@ def randinit_backbone() -> DemoBackbone:
     )
 
 
+#: The scene demo CLIP (``python -m usb_cfsg.demo_clip --recipe scene --out DEMO_CLIP_SCENE_DIR``).
+DEMO_CLIP_SCENE_DIR = "./saved_models/demo_clip_scene"
+#: Labeled images of the scene configs (25 per seen class; chosen, not yet measured against the
+#: issue's target that fixmatch without the prior beats zero-shot closed accuracy).
+SCENE_NUM_LABELS = 150
+
+
+def scene_backbone() -> DemoBackbone:
+    """The scene demo: fmnist_cluttered at 96 px (a 6 x 6 patch grid) on the scene demo CLIP."""
+    return DemoBackbone(
+        suffix="_cluttered",
+        keys=dict(
+            pretrained=None,
+            pretrain_path=f"{DEMO_CLIP_SCENE_DIR}/demo_clip_tiny.pt",
+            pretrain_pool=f"{DEMO_CLIP_SCENE_DIR}/card.json",
+            text_encoder="clip",
+            dataset="fmnist_cluttered",
+            img_size=96,
+            scene_size=96,
+            scene_fragments=8,
+            scene_seed=0,
+            num_labels=SCENE_NUM_LABELS,
+        ),
+        description=(
+            "Data: fmnist_cluttered, 96 px scenes of one Fashion-MNIST item (30-50% of the side) among 8 fragments",
+            "of other items; img_size 96 at patch 16 gives the SFM a 6x6 patch grid; the item's box gives the",
+            "localization metrics. Backbone: the scene demo CLIP (python -m usb_cfsg.demo_clip --recipe scene),",
+            "clip_tiny at 96 px pretrained on the clean items of a fixed half of the training images: the task's",
+            "cluttered scenes are a shift from its pretraining images. pretrain_pool names its card.",
+            f"Build it first (once): make demo-clip-scene  (or python -m usb_cfsg.demo_clip --recipe scene --out "
+            f"{DEMO_CLIP_SCENE_DIR})",
+        ),
+    )
+
+
 #: Every demo algorithm gets one file per backbone.
-DEMO_BACKBONES: Tuple[Callable[[], DemoBackbone], ...] = (demo_clip_backbone, randinit_backbone)
+DEMO_BACKBONES: Tuple[Callable[[], DemoBackbone], ...] = (demo_clip_backbone, randinit_backbone, scene_backbone)
 
 
 def demo_file(algorithm: str, stem: str, backbone: DemoBackbone) -> Tuple[str, str]:
@@ -497,12 +535,16 @@ def demo_file(algorithm: str, stem: str, backbone: DemoBackbone) -> Tuple[str, s
     others_text = others[0] if len(others) == 1 else "{" + ",".join(others) + "}"
     header = _generated_header(
         [
-            f"CPU demo: {algorithm} on Fashion-MNIST, classes 0-5 seen (T-shirt/top ... Sandal), 6-9 unseen,",
-            "10 labeled images per seen class. Identical to the other demo configs of this backbone",
+            f"CPU demo: {algorithm} on {'cluttered ' if cfg['dataset'] == 'fmnist_cluttered' else ''}Fashion-MNIST, "
+            "classes 0-5 seen (T-shirt/top ... Sandal), 6-9 unseen,",
+            f"{cfg['num_labels'] // cfg['num_classes']} labeled images per seen class. Identical to the other demo "
+            "configs of this backbone",
             f"(config/demo/{others_text}.yaml) except the algorithm keys."
             if others
             else "Same recipe as every demo config of this backbone.",
-            "Data: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), found when ./data lacks it.",
+            "Files: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), found when ./data lacks it."
+            if cfg["dataset"] == "fmnist_cluttered"
+            else "Data: Debian's dataset-fashion-mnist (/usr/share/datasets/fashion-mnist), found when ./data lacks it.",
             *backbone.description,
             f"Run: python train.py --c config/demo/{name}.yaml",
         ]

@@ -18,7 +18,7 @@ GENERATOR = REPO / "scripts" / "make_configs.py"
 ALL_CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 OPENSET_FG = sorted((CONFIG_DIR / "openset_fg").rglob("*.yaml"))
 BENCHMARK_ALGORITHMS = ("fixmatch", "cfsg_clip")
-NOT_BENCHMARKED = {"image_folder", "fmnist_openset"}
+NOT_BENCHMARKED = {"image_folder", "fmnist_openset", "fmnist_cluttered"}
 
 
 def _ids(paths):
@@ -182,6 +182,26 @@ def test_demo_and_readme_config_values():
         "text_encoder",
         "ood_score",
         "zs_weight",
+    }
+    scene = _raw(CONFIG_DIR / "demo" / "cfsg_fmnist_cluttered.yaml")
+    assert (scene["dataset"], scene["img_size"], scene["scene_size"], scene["net"]) == (
+        "fmnist_cluttered",
+        96,
+        96,
+        "clip_tiny",
+    )
+    assert scene["pretrain_pool"] == "./saved_models/demo_clip_scene/card.json"
+    differ = {k for k in set(demo) | set(scene) if demo.get(k, "<absent>") != scene.get(k, "<absent>")}
+    assert differ == {
+        "save_name",
+        "pretrain_path",
+        "pretrain_pool",
+        "dataset",
+        "img_size",
+        "num_labels",
+        "scene_size",
+        "scene_fragments",
+        "scene_seed",
     }
 
 
