@@ -9,6 +9,14 @@ from typing import Any, Callable
 import pytest
 
 from tests.datasets import replicas
+from usb_cfsg.datasets import fmnist
+
+#: Debian's Fashion-MNIST files (apt-get install dataset-fashion-mnist), for the tests on the real data
+DEBIAN = Path(fmnist.DEBIAN_DIR)
+HAVE_DEBIAN = all((DEBIAN / f"{stem}.gz").is_file() or (DEBIAN / stem).is_file() for stem in fmnist.FILES.values())
+needs_debian = pytest.mark.skipif(
+    not HAVE_DEBIAN, reason=f"Fashion-MNIST not installed in {DEBIAN} (apt-get install dataset-fashion-mnist)"
+)
 
 
 def make_args(**overrides: Any) -> SimpleNamespace:
@@ -62,3 +70,11 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", fail)
     monkeypatch.setattr(tv_utils, "download_url", fail)
     return tried
+
+
+@pytest.fixture
+def no_debian(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """Point the Fashion-MNIST reader's Debian fallback at an empty folder."""
+    empty = tmp_path / "no-debian"
+    monkeypatch.setattr(fmnist, "DEBIAN_DIR", str(empty))
+    return empty

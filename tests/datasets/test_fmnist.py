@@ -9,21 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.datasets.conftest import needs_debian
 from tests.datasets.replicas import write_fmnist_replica
 from usb_cfsg.datasets import build_openset_datasets, fmnist, make_openset_split, read_source
 from usb_cfsg.errors import ConfigError, DatasetError
 
 NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
-DEBIAN = Path(fmnist.DEBIAN_DIR)
-HAVE_DEBIAN = all((DEBIAN / f"{stem}.gz").is_file() or (DEBIAN / stem).is_file() for stem in fmnist.FILES.values())
-
-
-@pytest.fixture
-def no_debian(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """Point the Debian fallback at an empty folder."""
-    empty = tmp_path / "no-debian"
-    monkeypatch.setattr(fmnist, "DEBIAN_DIR", str(empty))
-    return empty
 
 
 @pytest.mark.parametrize("gz", [True, False])
@@ -82,9 +73,7 @@ def test_download_offline(tmp_path: Path, no_debian: Path, offline: list[str]) -
     assert "apt-get install dataset-fashion-mnist" in message and str(tmp_path / "fashion-mnist") in message
 
 
-@pytest.mark.skipif(
-    not HAVE_DEBIAN, reason=f"Fashion-MNIST not installed in {DEBIAN} (apt-get install dataset-fashion-mnist)"
-)
+@needs_debian
 def test_real_debian_fashion_mnist() -> None:
     src = read_source("fmnist_openset", None)
     assert src.class_names == NAMES
@@ -160,9 +149,7 @@ def test_pretrain_pool_of_another_training_set_is_refused(tmp_path: Path, no_deb
         build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
 
 
-@pytest.mark.skipif(
-    not HAVE_DEBIAN, reason=f"Fashion-MNIST not installed in {DEBIAN} (apt-get install dataset-fashion-mnist)"
-)
+@needs_debian
 def test_real_fashion_mnist_split_is_disjoint_from_the_demo_pool(tmp_path: Path) -> None:
     """On the real data with the demo's split settings: no pretraining image is labeled or unlabeled."""
     from usb_cfsg.demo_clip import select_pool, without_pretrain_pool

@@ -8,20 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.datasets.conftest import needs_debian
 from tests.datasets.replicas import write_fmnist_replica
-from usb_cfsg.datasets import build_openset_datasets, fmnist, fmnist_cluttered, read_source
+from usb_cfsg.datasets import build_openset_datasets, fmnist_cluttered, read_source
 from usb_cfsg.datasets.fmnist_cluttered import Scenes, donor_groups, make_layout, render_scene, tight_boxes
 from usb_cfsg.errors import DatasetError
-
-DEBIAN = Path(fmnist.DEBIAN_DIR)
-HAVE_DEBIAN = all((DEBIAN / f"{stem}.gz").is_file() or (DEBIAN / stem).is_file() for stem in fmnist.FILES.values())
-
-
-@pytest.fixture
-def no_debian(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    empty = tmp_path / "no-debian"
-    monkeypatch.setattr(fmnist, "DEBIAN_DIR", str(empty))
-    return empty
 
 
 def _items(n: int, seed: int = 0) -> np.ndarray:
@@ -147,9 +138,7 @@ def test_reader_and_split_carry_boxes_and_respect_the_pool(tmp_path: Path, no_de
     assert x.size == (24, 24) and x.mode == "RGB"
 
 
-@pytest.mark.skipif(
-    not HAVE_DEBIAN, reason=f"Fashion-MNIST not installed in {DEBIAN} (apt-get install dataset-fashion-mnist)"
-)
+@needs_debian
 def test_real_fashion_mnist_scenes() -> None:
     src = read_source("fmnist_cluttered", None, scene_size=48, scene_fragments=4)
     plain = read_source("fmnist_openset", None)

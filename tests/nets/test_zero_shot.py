@@ -165,3 +165,11 @@ def test_weights_mode_trains_usbs_head_without_the_frozen_copy():
     out = net(torch.randn(2, 3, 64, 64))
     assert calls == [] and "logits_zs" not in out
     torch.testing.assert_close(out["logits"], net.classifier(out["feat"]))
+
+
+@pytest.mark.parametrize(
+    ("head", "names"), [("clip", ["classifier"]), ("iomatch", ["classifier"]), ("cfsg", ["coarse_head", "fine_head"])]
+)
+def test_the_merge_interpolates_every_text_initialised_head(head, names):
+    net = make(head, zs_weight=0.5, zs_mode="weights")
+    assert net.zero_shot_heads() == [getattr(net, n) for n in names]

@@ -158,9 +158,6 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         self.zero_shot = build_prior(backbone, text, zs_weight, zs_mode, logit_scale)
         self.zs_weight = float(zs_weight)
 
-    def zero_shot_heads(self) -> list:
-        return [self.coarse_head, self.fine_head]
-
     def _load_from_state_dict(self, state_dict, prefix, *args: Any, **kwargs: Any) -> None:
         upgrade_legacy_prior_keys(state_dict, prefix)  # checkpoints of the previous release (zs_tail, zs_text)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

@@ -803,9 +803,6 @@ class ClipNet(ZeroShotMixin, nn.Module):
         self.num_features = backbone.joint_dim
         self.zero_shot = build_prior(backbone, text, zs_weight, zs_mode, logit_scale)
 
-    def zero_shot_heads(self) -> list:
-        return [self.classifier]
-
     def encode(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(feat [B, D], trunk tokens H [B, 1 + N, W])`` of images ``x``."""
         h = self.backbone.trunk(x)

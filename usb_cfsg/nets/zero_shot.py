@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import ConfigError
+from ..modules.cosine_classifier import CosineClassifier
 from .backbone import ClipBackbone
 
 ZS_MODES: Tuple[str, ...] = ("output", "weights")
@@ -146,16 +147,20 @@ def build_prior(
 class ZeroShotMixin:
     """What a CLIP net with an optional :class:`ZeroShotPrior` shares (``ClipNet``, ``CFSGNet``).
 
-    The net sets ``self.zero_shot`` (``build_prior(...)``, None without a prior) and implements
-    :meth:`zero_shot_heads`; its forward passes the trained closed logits through :meth:`with_prior`.
+    The net sets ``self.zero_shot`` (``build_prior(...)``, None without a prior); its forward passes the
+    trained closed logits through :meth:`with_prior`.
     """
 
     zero_shot: ZeroShotPrior | None
     backbone: ClipBackbone
 
     def zero_shot_heads(self) -> list:
-        """The text-initialised cosine classifiers that WiSE-FT's weight-space merge interpolates."""
-        raise NotImplementedError
+        """The cosine classifiers that WiSE-FT's weight-space merge interpolates: every one the net holds.
+
+        Our CLIP nets build each of them from the class text embeddings (``ClipNet.classifier``,
+        ``CFSGNet.coarse_head`` / ``fine_head``); the prior's frozen copy holds none.
+        """
+        return [m for m in cast(nn.Module, self).modules() if isinstance(m, CosineClassifier)]
 
     def with_prior(
         self, logits: torch.Tensor, h: torch.Tensor, skip: int = 0, need_zs: bool = False
