@@ -76,6 +76,28 @@ def test_boxes_hold_the_item() -> None:
     assert sides.min() >= fmnist_cluttered.ITEM_SCALE[0] - 0.05 and sides.max() <= fmnist_cluttered.ITEM_SCALE[1] + 0.05
 
 
+def test_clutter_leaves_the_item_whole(monkeypatch: pytest.MonkeyPatch) -> None:
+    items = _items(40, seed=2)
+    layout = make_layout(items, 48, 6, seed=3)
+    alone = make_layout(items, 48, 0, seed=3)  # the same item places (drawn before the fragments)
+    assert np.array_equal(layout.item_x, alone.item_x) and np.array_equal(layout.item_side, alone.item_side)
+    placed = layout.frag_side > 0
+    assert placed.mean() > 0.9  # a 48 px canvas has room beside the item for nearly every fragment
+    for i in range(len(items)):
+        x, y, side = layout.item_x[i], layout.item_y[i], layout.item_side[i]
+        fx, fy, fs = layout.frag_x[i], layout.frag_y[i], layout.frag_side[i]
+        apart = (fx + fs <= x) | (fx >= x + side) | (fy + fs <= y) | (fy >= y + side)
+        assert apart[placed[i]].all()
+        # the item's square renders exactly as without clutter; dropped fragments draw nothing
+        sq = np.s_[y : y + side, x : x + side]
+        assert np.array_equal(render_scene(items, layout, i)[sq], render_scene(items, alone, i)[sq])
+    # an item filling the canvas leaves no room: every fragment is left out, the scene is the item alone
+    monkeypatch.setattr(fmnist_cluttered, "ITEM_SCALE", (0.85, 0.87))
+    crowded, bare = make_layout(items, 32, 4, seed=0), make_layout(items, 32, 0, seed=0)
+    assert (crowded.frag_side == 0).all()
+    assert np.array_equal(render_scene(items, crowded, 0), render_scene(items, bare, 0))
+
+
 def test_donors_never_the_item_and_stay_in_their_group() -> None:
     items = _items(30)
     pool = np.arange(0, 30, 3)

@@ -11,7 +11,9 @@ Every image is a ``scene_size`` x ``scene_size`` grayscale canvas (default 96 px
 * **clutter**: ``scene_fragments`` (default 8) square fragments of *other* items: a crop of
   ``FRAGMENT_CROP`` (35-55 %) of a donor item's side, from its central region (where the ink is), resized
   to the side the donor would have at a scale drawn from ``ITEM_SCALE``, and placed anywhere on the
-  canvas. Fragments and item are combined with a pixel-wise maximum, fragments first.
+  canvas **outside the item's square** (the item stays whole; a fragment that finds no free place in
+  ``PLACE_TRIES`` draws is left out). Fragments overlapping each other are combined with a pixel-wise
+  maximum.
 
 The item's **box** is the tight box of its non-zero pixels, mapped onto the canvas
 (:attr:`Scenes.boxes`, fractions of the canvas side ``(x0, y0, x1, y1)``, x1/y1 exclusive); the
@@ -63,6 +65,8 @@ ITEM_MARGIN = 1.0 / 16.0
 FRAGMENT_CROP = (0.35, 0.55)
 #: Crops start at least this fraction of the donor's side from its border (items are centred).
 FRAGMENT_INSET = 0.1
+#: Candidate places drawn per fragment; it takes the first that leaves the item's square free.
+PLACE_TRIES = 16
 #: Smallest canvas: the item must fit with its margins at the smallest scale.
 MIN_SIZE = 16
 _SPLIT_CODE = {"train": 0, "test": 1}
@@ -78,7 +82,7 @@ class Layout:
         item_side, item_x, item_y: The item's side and top-left corner on the canvas.
         donor: Source index of every fragment's donor item [N, F].
         crop_x, crop_y, crop_side: The fragment's crop in the donor's 28 px coordinates [N, F].
-        frag_side, frag_x, frag_y: The fragment's side and top-left corner on the canvas [N, F].
+        frag_side, frag_x, frag_y: The fragment's side (0: left out, no free place) and top-left corner on the canvas [N, F].
         boxes: The item's tight box on the canvas, fractions of the side ``(x0, y0, x1, y1)`` [N, 4].
     """
 
@@ -189,9 +193,7 @@ def make_layout(
     crop_x = inset + np.floor(rng.random((n, f)) * (crop_span + 1)).astype(np.int64)
     crop_y = inset + np.floor(rng.random((n, f)) * (crop_span + 1)).astype(np.int64)
     frag_side = np.maximum(1, np.round(crop_side * donor_side / _SOURCE_SIDE).astype(np.int64))
-    frag_span = np.maximum(size - frag_side, 0)
-    frag_x = np.floor(rng.random((n, f)) * (frag_span + 1)).astype(np.int64)
-    frag_y = np.floor(rng.random((n, f)) * (frag_span + 1)).astype(np.int64)
+    frag_x, frag_y, frag_side = _place_fragments(rng, size, frag_side, item_x, item_y, item_side)
     # the item's tight box, from its 28 px tight box scaled to its side on the canvas
     tb = tight_boxes(items).astype(np.float64)
     scale = item_side.astype(np.float64) / _SOURCE_SIDE
@@ -201,6 +203,38 @@ def make_layout(
     y1 = item_y + np.ceil(tb[:, 3] * scale)
     boxes = np.stack([x0, y0, x1, y1], axis=1) / float(size)
     return Layout(size, item_side, item_x, item_y, donor, crop_x, crop_y, crop_side, frag_side, frag_x, frag_y, boxes)
+
+
+def _place_fragments(
+    rng: np.random.Generator,
+    size: int,
+    frag_side: np.ndarray,
+    item_x: np.ndarray,
+    item_y: np.ndarray,
+    item_side: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Places of the fragments [N, F] on the canvas, none overlapping its scene's item square.
+
+    Every fragment gets :data:`PLACE_TRIES` candidate places, uniform over the canvas, and takes the
+    first that leaves the item's square untouched; a fragment with no such candidate is dropped (its
+    side set to 0, so nothing is rendered). The item stays whole: the class is decided by the item
+    alone and the clutter is where the item is not, as in Cluttered MNIST's non-overlapping variant.
+
+    Returns:
+        ``(frag_x, frag_y, frag_side)``.
+    """
+    n, f = frag_side.shape
+    span = np.maximum(size - frag_side, 0)[..., None]  # [N, F, 1]
+    cand_x = np.floor(rng.random((n, f, PLACE_TRIES)) * (span + 1)).astype(np.int64)
+    cand_y = np.floor(rng.random((n, f, PLACE_TRIES)) * (span + 1)).astype(np.int64)
+    side = frag_side[..., None]
+    ix, iy, iside = item_x[:, None, None], item_y[:, None, None], item_side[:, None, None]
+    apart = (cand_x + side <= ix) | (cand_x >= ix + iside) | (cand_y + side <= iy) | (cand_y >= iy + iside)
+    first = apart.argmax(axis=2)  # the first free candidate (0 when none is free; masked below)
+    found = apart.any(axis=2)
+    frag_x = np.take_along_axis(cand_x, first[..., None], axis=2)[..., 0]
+    frag_y = np.take_along_axis(cand_y, first[..., None], axis=2)[..., 0]
+    return frag_x, frag_y, np.where(found, frag_side, 0)
 
 
 def _resize(img: np.ndarray, side: int) -> np.ndarray:
@@ -221,6 +255,8 @@ def render_scene(items: np.ndarray, layout: Layout, i: int) -> np.ndarray:
     """Render scene ``i`` of a split: uint8 [size, size] (a pure function of ``items`` and ``layout``)."""
     canvas = np.zeros((layout.size, layout.size), dtype=np.uint8)
     for j in range(layout.donor.shape[1]):
+        if layout.frag_side[i, j] == 0:  # no free place was found for this fragment
+            continue
         cx, cy, cs = int(layout.crop_x[i, j]), int(layout.crop_y[i, j]), int(layout.crop_side[i, j])
         crop = np.ascontiguousarray(items[int(layout.donor[i, j]), cy : cy + cs, cx : cx + cs])
         _paste_max(
