@@ -228,7 +228,7 @@ def test_scene_recipe_builds_a_card_for_the_cluttered_scenes(tmp_path: Path) -> 
     recipe = demo_clip.scene_recipe(
         steps=2, batch_size=16, warmup_steps=1, img_size=32, scene_size=32, scene_fragments=3, caption_noise=0.2
     )
-    assert recipe.task == "fmnist_cluttered" and recipe.images == "scenes" and recipe.pretrain_clutter == 0.5
+    assert recipe.task == "fmnist_cluttered" and recipe.images == "scenes" and recipe.pretrain_clutter == 0.0
     card = demo_clip.build_demo_clip(str(tmp_path / "out"), recipe, seed=0, data_dir=str(data))
     assert card["dataset"] == "fmnist_cluttered" and card["zero_shot"]["dataset"] == "fmnist_cluttered"
     assert card["use"]["scene_size"] == 32 and card["use"]["img_size"] == 32
@@ -254,7 +254,9 @@ def test_scene_recipe_builds_a_card_for_the_cluttered_scenes(tmp_path: Path) -> 
     )
     assert np.array_equal(scenes, np.asarray(pooled.train_items.take(pool)))
     # half of them without their clutter: the item alone, at the same place and scale
-    mixed = demo_clip.pretraining_images(plain, pool, demo_clip.scene_recipe(scene_size=32, scene_fragments=3))
+    mixed = demo_clip.pretraining_images(
+        plain, pool, demo_clip.scene_recipe(scene_size=32, scene_fragments=3, pretrain_clutter=0.5)
+    )
     alone = demo_clip.pretraining_images(
         plain,
         pool,
@@ -263,6 +265,9 @@ def test_scene_recipe_builds_a_card_for_the_cluttered_scenes(tmp_path: Path) -> 
     same_as_cluttered = np.all(mixed == scenes, axis=(1, 2))
     same_as_alone = np.all(mixed == alone, axis=(1, 2))
     assert (same_as_cluttered | same_as_alone).all() and 0.2 < same_as_alone.mean() < 0.8
+    # the recipe's default: every pretraining scene is the item alone
+    default = demo_clip.pretraining_images(plain, pool, demo_clip.scene_recipe(scene_size=32, scene_fragments=3))
+    assert np.array_equal(default, alone)
     # the card applies to both datasets of the family
     for dataset in ("fmnist_cluttered", "fmnist_openset"):
         args = make_args(

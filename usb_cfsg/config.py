@@ -188,7 +188,9 @@ class BaseConfig:
         None,
     )
     scene_size: int = _help("fmnist_cluttered: canvas side in pixels (one item among clutter fragments).", 96)
-    scene_fragments: int = _help("fmnist_cluttered: clutter fragments of other items per canvas.", 8)
+    scene_fragments: int = _help(
+        "fmnist_cluttered: clutter fragments of other items per canvas, placed beside the item.", 2
+    )
     scene_seed: int = _help("fmnist_cluttered: seed of the scenes' layout (item place and scale, fragments).", 0)
     download: bool = _help("Download the dataset from its publisher when online.", False)
     skip_bad_images: bool = _help("Skip (and count) missing/corrupt images instead of failing.", False)

@@ -8,7 +8,7 @@ Every image is a ``scene_size`` x ``scene_size`` grayscale canvas (default 96 px
   carries its label), resized (PIL bilinear) to a side of ``ITEM_SCALE`` (30-50 %) of the canvas and
   placed uniformly at random, wholly inside the canvas's central ``1 - 2 * ITEM_MARGIN`` square (the
   part the default evaluation crop, ``crop_ratio`` 0.875, keeps);
-* **clutter**: ``scene_fragments`` (default 8) square fragments of *other* items: a crop of
+* **clutter**: ``scene_fragments`` (default 2) square fragments of *other* items: a crop of
   ``FRAGMENT_CROP`` (35-55 %) of a donor item's side, from its central region (where the ink is), resized
   to the side the donor would have at a scale drawn from ``ITEM_SCALE``, and placed anywhere on the
   canvas **outside the item's square** (the item stays whole; a fragment that finds no free place in
@@ -54,7 +54,7 @@ logger = logging.getLogger(__name__)
 NAME = "fmnist_cluttered"
 #: Defaults of the dataset keys ``scene_size``, ``scene_fragments``, ``scene_seed``.
 DEFAULT_SIZE = 96
-DEFAULT_FRAGMENTS = 8
+DEFAULT_FRAGMENTS = 2
 DEFAULT_SEED = 0
 #: Side of the item (and of a fragment's donor) as a fraction of the canvas side.
 ITEM_SCALE = (0.30, 0.50)
