@@ -62,10 +62,16 @@ BASE_FILES: Dict[str, str] = {
 MAIN_CHECK: Dict[str, str] = {
     "commit": "1ef4cbebcc0b368158315aeb425053858cf6c845",
     "commit_date": "2025-09-24",
-    "checked": "2026-01-01 by hand (clone of the fetched GitHub snapshot)",
-    "result": "not rebased yet. With `--base` the generator gets through the CPU, algorithm-device and "
-    "ruamel.yaml patches on main (they are regular-expression rewrites or match main's text); the torch.load "
-    "patch's edit of get_save_dict() has no alternative for main's text yet, so generation stops there.",
+    "checked": "2026-12-06 with `USB_MAIN_CLONE=<clone> pytest tests/test_upstream.py` (clone of the fetched "
+    "GitHub snapshot; CPU, torch 2.14.1, timm 1.0.31, scikit-learn 1.9.1)",
+    "result": "rebased. The series generate against main (the hand-written edits of algorithmbase.py and "
+    "build.py carry main's text as alternatives; the mechanical ones follow main, e.g. MultiMatch's `.cuda()`); "
+    "each fix alone, the fixes series alone, each open-set series after the ones it needs and everything "
+    "together apply with `git am`; the series' own tests pass in the patched tree, none skipped. Main itself "
+    "does not import with timm 1.0 (`timm.models.layers.helpers`), which the timm fix repairs. Not fixed here, "
+    "since 0.3.2 does not have the code: main's `evaluate()` scores top-5 accuracy with sklearn's "
+    "`top_k_accuracy_score`, which raises on a two-class evaluation set (the tests' semi_aves replica has five "
+    "classes), and main's TimerHook logs `train/prefecth_time`.",
 }
 #: Names of the plug-in and its development setup that must not appear in the patched USB tree.
 FORBIDDEN_NAMES: Tuple[str, ...] = ("usb_cfsg", "usb-cfsg", "UsbCfsg", "make_configs", ".venv", "demo_clip")
@@ -1057,9 +1063,10 @@ change is mechanical (the same substitutions in every file).
 
 Tested: tests/test_algorithms_device.py (added here): no algorithm of
 semilearn/algorithms or semilearn/imb_algorithms calls .cuda(), moves to a
-GPU index or creates CUDA events any more, and every algorithm module
-imports and registers; fixmatch trains on CPU through train.py
-(tests/test_cpu.py). Not run: the other algorithms' training loops on CPU.""",
+GPU index or creates CUDA events any more, every algorithm module imports
+and registers, and DARP's hook refines pseudo-labels on CPU; fixmatch
+trains on CPU through train.py (tests/test_cpu.py). Not run: the other
+algorithms' training loops on CPU.""",
     rewrites=[
         Rewrite(_ALGORITHM_GLOBS, r"\.cuda\((self|algorithm)\.(?:args\.)?gpu\)", r".to(\1.device)"),
         # .to(<GPU index>) as well (TRAS, DebiasPL)
