@@ -62,10 +62,16 @@ BASE_FILES: Dict[str, str] = {
 MAIN_CHECK: Dict[str, str] = {
     "commit": "1ef4cbebcc0b368158315aeb425053858cf6c845",
     "commit_date": "2025-09-24",
-    "checked": "2026-01-01 by hand (clone of the fetched GitHub snapshot)",
-    "result": "not rebased yet. With `--base` the generator gets through the CPU, algorithm-device and "
-    "ruamel.yaml patches on main (they are regular-expression rewrites or match main's text); the torch.load "
-    "patch's edit of get_save_dict() has no alternative for main's text yet, so generation stops there.",
+    "checked": "2026-12-06 with `USB_MAIN_CLONE=<clone> pytest tests/test_upstream.py` (clone of the fetched "
+    "GitHub snapshot; CPU, torch 2.14.1, timm 1.0.31, scikit-learn 1.9.1)",
+    "result": "rebased. The series generate against main (the hand-written edits of algorithmbase.py and "
+    "build.py carry main's text as alternatives; the mechanical ones follow main, e.g. MultiMatch's `.cuda()`); "
+    "each fix alone, the fixes series alone, each open-set series after the ones it needs and everything "
+    "together apply with `git am`; the series' own tests pass in the patched tree, none skipped. Main itself "
+    "does not import with timm 1.0 (`timm.models.layers.helpers`), which the timm fix repairs. Not fixed here, "
+    "since 0.3.2 does not have the code: main's `evaluate()` scores top-5 accuracy with sklearn's "
+    "`top_k_accuracy_score`, which raises on a two-class evaluation set (the tests' semi_aves replica has five "
+    "classes), and main's TimerHook logs `train/prefecth_time`.",
 }
 #: Names of the plug-in and its development setup that must not appear in the patched USB tree.
 FORBIDDEN_NAMES: Tuple[str, ...] = ("usb_cfsg", "usb-cfsg", "UsbCfsg", "make_configs", ".venv", "demo_clip")
@@ -510,6 +516,74 @@ def _apply_rewrite(root: Path, rewrite: Rewrite) -> int:
 
 _ALGORITHM_GLOBS = ("semilearn/algorithms/**/*.py", "semilearn/imb_algorithms/**/*.py")
 
+_GET_DATASET_HEAD = """\
+def get_dataset(args, algorithm, dataset, num_labels, num_classes, data_dir='./data', include_lb_to_ulb=True):
+    \"\"\"
+    create dataset
+
+    Args
+        args: argparse arguments
+        algorithm: algorithm name, used for specific return items in __getitem__ of datasets
+        dataset: dataset name\x20
+        num_labels: number of labeled data in dataset
+        num_classes: number of classes
+        data_dir: data folder
+        include_lb_to_ulb: flag of including labeled data into unlabeled data
+    \"\"\"
+    from semilearn.datasets import get_eurosat, get_medmnist, get_semi_aves, get_cifar, get_svhn, get_stl10, get_imagenet, get_json_dset, get_pkl_dset
+
+    if dataset == "eurosat":
+        lb_dset, ulb_dset, eval_dset = get_eurosat(args, algorithm, dataset, num_labels, num_classes, data_dir=data_dir, include_lb_to_ulb=include_lb_to_ulb)
+        test_dset = None
+    elif dataset in ["tissuemnist"]:
+        lb_dset, ulb_dset, eval_dset = get_medmnist(args, algorithm, dataset, num_labels, num_classes, data_dir=data_dir,  include_lb_to_ulb=include_lb_to_ulb)
+        test_dset = None
+    elif dataset == "semi_aves":
+"""
+_GET_DATASET_NAMES = """\
+def dataset_names():
+    \"\"\"
+    names get_dataset knows
+    \"\"\"
+    return ['eurosat', 'tissuemnist', 'semi_aves', 'semi_aves_out', 'cifar10', 'cifar100', 'svhn', 'stl10',
+            'imagenet', 'imagenet127', 'esc50', 'fsdnoisy', 'gtzan', 'superbks', 'superbsi', 'urbansound8k',
+            'aclImdb', 'ag_news', 'amazon_review', 'dbpedia', 'yahoo_answers', 'yelp_review']
+
+
+def unknown_dataset_message(dataset, names):
+    import difflib
+    close = difflib.get_close_matches(str(dataset), names, n=3, cutoff=0.5)
+    hint = ", did you mean {}?".format(", ".join(repr(c) for c in close)) if close else ""
+    return "unknown dataset {!r}{} Known datasets: {}".format(dataset, hint, ", ".join(sorted(names)))
+
+
+"""
+
+
+def _get_dataset_edit() -> Edit:
+    """get_dataset() learns dataset=None and gets the list of the names it knows. USB's main also knows
+    semi_inat (`elif dataset in ["semi_aves", "semi_inat"]:`), so its list names it too."""
+
+    def edit(head: str, names: str) -> Tuple[str, str]:
+        new = head.replace(
+            '    if dataset == "eurosat":\n',
+            "    if dataset is None:\n"
+            "        # no dataset: the caller builds its own data loaders (e.g. for semilearn.Trainer)\n"
+            "        return None\n"
+            '    elif dataset == "eurosat":\n',
+        )
+        return head, names + new
+
+    main_head = _GET_DATASET_HEAD.replace(
+        '    elif dataset == "semi_aves":\n', '    elif dataset in ["semi_aves", "semi_inat"]:\n'
+    )
+    main_names = _GET_DATASET_NAMES.replace(
+        "'semi_aves', 'semi_aves_out',", "'semi_aves', 'semi_inat', 'semi_aves_out',"
+    )
+    old, new = edit(_GET_DATASET_HEAD, _GET_DATASET_NAMES)
+    return Edit("semilearn/core/utils/build.py", old, new, alternatives=(edit(main_head, main_names),))
+
+
 FIXES: List[Patch] = [
     Patch(
         subject="Run on CPU: device-agnostic batches, evaluation, timers and model placement",
@@ -766,6 +840,21 @@ import pickle
             "best_it": int(self.best_it),
             "best_eval_acc": float(self.best_eval_acc),
         }""",
+                alternatives=(
+                    (
+                        """            'it': self.it + 1,
+            'epoch': self.epoch + 1,
+            'best_it': self.best_it,
+            'best_eval_acc': self.best_eval_acc,
+        }""",
+                        """            # plain Python numbers: torch>=2.6 loads checkpoints weights-only
+            'it': int(self.it + 1),
+            'epoch': int(self.epoch + 1),
+            'best_it': int(self.best_it),
+            'best_eval_acc': float(self.best_eval_acc),
+        }""",
+                    ),
+                ),
             ),
             Edit(
                 "semilearn/nets/utils.py",
@@ -783,6 +872,14 @@ import pickle
 """,
                 """        checkpoint = load_checkpoint_file(load_path)
 """,
+                alternatives=(
+                    (
+                        """        checkpoint = torch.load(load_path, map_location='cpu')
+""",
+                        """        checkpoint = load_checkpoint_file(load_path)
+""",
+                    ),
+                ),
             ),
             Edit(
                 "semilearn/core/algorithmbase.py",
@@ -874,20 +971,10 @@ data loaders and hand them to semilearn.Trainer.
 
 Tested: tests/test_get_dataset.py (added here): get_dataset(args,
 "fixmatch", "cifar01", ...) raises "unknown dataset 'cifar01', did you mean
-'cifar10'?"; dataset None returns None.""",
+'cifar10'?"; dataset None returns None; dataset_names() lists exactly the
+names get_dataset()'s branches compare with.""",
         edits=[
-            Edit(
-                "semilearn/core/utils/build.py",
-                """    from semilearn.datasets import get_eurosat, get_medmnist, get_semi_aves, get_cifar, get_svhn, get_stl10, get_imagenet, get_json_dset, get_pkl_dset
-
-    if dataset == "eurosat":""",
-                """    from semilearn.datasets import get_eurosat, get_medmnist, get_semi_aves, get_cifar, get_svhn, get_stl10, get_imagenet, get_json_dset, get_pkl_dset
-
-    if dataset is None:
-        # no dataset: the caller builds its own data loaders (e.g. for semilearn.Trainer)
-        return None
-    elif dataset == "eurosat":""",
-            ),
+            _get_dataset_edit(),
             Edit(
                 "semilearn/core/utils/build.py",
                 """    else:
@@ -898,27 +985,6 @@ Tested: tests/test_get_dataset.py (added here): get_dataset(args,
         raise ValueError(unknown_dataset_message(dataset, dataset_names()))
 \x20\x20\x20\x20
     dataset_dict = {'train_lb': lb_dset, 'train_ulb': ulb_dset, 'eval': eval_dset, 'test': test_dset}""",
-            ),
-            Edit(
-                "semilearn/core/utils/build.py",
-                """def get_dataset(args, algorithm, dataset, num_labels, num_classes, data_dir='./data', include_lb_to_ulb=True):""",
-                """def dataset_names():
-    \"\"\"
-    names get_dataset knows
-    \"\"\"
-    return ['eurosat', 'tissuemnist', 'semi_aves', 'semi_aves_out', 'cifar10', 'cifar100', 'svhn', 'stl10',
-            'imagenet', 'imagenet127', 'esc50', 'fsdnoisy', 'gtzan', 'superbks', 'superbsi', 'urbansound8k',
-            'aclImdb', 'ag_news', 'amazon_review', 'dbpedia', 'yahoo_answers', 'yelp_review']
-
-
-def unknown_dataset_message(dataset, names):
-    import difflib
-    close = difflib.get_close_matches(str(dataset), names, n=3, cutoff=0.5)
-    hint = ", did you mean {}?".format(", ".join(repr(c) for c in close)) if close else ""
-    return "unknown dataset {!r}{} Known datasets: {}".format(dataset, hint, ", ".join(sorted(names)))
-
-
-def get_dataset(args, algorithm, dataset, num_labels, num_classes, data_dir='./data', include_lb_to_ulb=True):""",
             ),
         ],
     ),
@@ -970,9 +1036,10 @@ class Register:
 
 ALGORITHM_DEVICE_FIX = Patch(
     subject="Algorithms: move tensors to the algorithm's device instead of calling .cuda()",
-    summary="Every `.cuda(self.gpu)` / `.cuda(self.args.gpu)` of `semilearn/algorithms` and "
-    "`semilearn/imb_algorithms` becomes `.to(self.device)`; Dash's own loop and CoSSL use the device-agnostic "
-    "timers and guarded `cuda.synchronize`.",
+    summary="Every `.cuda(self.gpu)` / `.cuda(self.args.gpu)` / `.to(self.gpu)` of `semilearn/algorithms` and "
+    "`semilearn/imb_algorithms` becomes `.to(self.device)`, CoSSL's helpers take the device, DARP's and TRAS's "
+    "`.cuda()` follow the batch; Dash's own loop and CoSSL use the device-agnostic timers and guarded "
+    "`cuda.synchronize`.",
     body="""\
 With the previous patch AlgorithmBase runs on CPU, but the algorithms still
 place their own tensors with .cuda(): CoMatch's and SimMatch's memory banks
@@ -982,20 +1049,43 @@ Dash's own training loop (CUDA events, torch.cuda.synchronize, .cuda() of
 the batches), as does CoSSL among the imbalanced algorithms. On a machine
 without CUDA these fail with "Torch not compiled with CUDA enabled".
 
-Every .cuda(self.gpu) and .cuda(self.args.gpu) now moves to self.device (the
-GPU of the process on GPUs, as before); CUDA events become
+Every .cuda(self.gpu), .cuda(self.args.gpu) and .to(self.gpu) now moves to
+self.device (the GPU of the process on GPUs, as before). The helpers do the
+same: CoSSL's functions in cossl/utils.py take the device instead of a GPU
+index, DARP's pseudo-labeling hook puts the refined pseudo-labels on the
+device of the batch's indices and TRAS its logit adjustment on self.device
+(both were .cuda(), the current GPU), and hooks built from args before the
+algorithm exists (MultiMatch's, where the tree has it) use
+get_device(args.gpu). CUDA events become
 semilearn.core.hooks.timer.timing_event(), torch.cuda.synchronize() runs only
 when CUDA is available, and Dash counts at least one process per node. The
 change is mechanical (the same substitutions in every file).
 
-Tested: tests/test_algorithms_device.py (added here): no SSL algorithm calls
-.cuda() or creates CUDA events any more, and every algorithm module imports
-and registers; fixmatch trains on CPU through train.py (tests/test_cpu.py).
-Not run: the other algorithms' training loops on CPU. Not changed: helper
-functions of the imbalanced algorithms that take a GPU index (cossl/utils.py,
-darp/utils.py, tras.py).""",
+Tested: tests/test_algorithms_device.py (added here): no algorithm of
+semilearn/algorithms or semilearn/imb_algorithms calls .cuda(), moves to a
+GPU index or creates CUDA events any more, every algorithm module imports
+and registers, and DARP's hook refines pseudo-labels on CPU; fixmatch
+trains on CPU through train.py (tests/test_cpu.py). Not run: the other
+algorithms' training loops on CPU.""",
     rewrites=[
         Rewrite(_ALGORITHM_GLOBS, r"\.cuda\((self|algorithm)\.(?:args\.)?gpu\)", r".to(\1.device)"),
+        # .to(<GPU index>) as well (TRAS, DebiasPL)
+        Rewrite(_ALGORITHM_GLOBS, r"\.to\((self|algorithm)\.gpu\)", r".to(\1.device)"),
+        # hooks built from args before the algorithm exists (MultiMatch on USB's main): the same device
+        Rewrite(
+            _ALGORITHM_GLOBS,
+            r"\.cuda\(args\.gpu\)",
+            ".to(get_device(args.gpu))",
+            add_import="from semilearn.core.utils.misc import get_device",
+        ),
+        # CoSSL's helper functions take the device instead of a GPU index
+        Rewrite(("semilearn/imb_algorithms/cossl/utils.py",), r"(?<![.\w])gpu\b", "device"),
+        Rewrite(("semilearn/imb_algorithms/cossl/utils.py",), r"\.cuda\(device\)", ".to(device)"),
+        Rewrite(("semilearn/imb_algorithms/cossl/cossl.py",), r"^(\s*)algorithm\.gpu\)$", r"\1algorithm.device)"),
+        # DARP's hook: refined pseudo-labels go where the batch's indices are (the algorithm's device)
+        Rewrite(("semilearn/imb_algorithms/darp/utils.py",), r"\.cuda\(\)$", ".to(idx_u.device)"),
+        # TRAS: the logit adjustment of the pseudo-labels
+        Rewrite(("semilearn/imb_algorithms/tras/tras.py",), r"\.cuda\(\)", ".to(self.device)"),
         Rewrite(
             _ALGORITHM_GLOBS,
             r"torch\.cuda\.Event\(enable_timing=True\)",
@@ -1059,6 +1149,40 @@ with pathlib.Path(path.join(here, 'requirements.txt')).open(encoding='utf-8') as
         if line.split('#', 1)[0].strip()
     ]""",
         ),
+    ],
+)
+
+
+TIMM_FIX = Patch(
+    subject="nets: import timm's layers from timm.layers",
+    summary="The ViTs import `DropPath`, `trunc_normal_`, `to_2tuple` from `timm.layers` (timm >= 0.9), falling "
+    "back to `timm.models.layers` on older timm: no deprecation warning, and no ImportError where "
+    "`timm.models.layers.helpers` is gone.",
+    body="""\
+semilearn/nets/vit/vit.py imports its layers from timm.models.layers, which
+timm 0.9 turned into a deprecated alias of timm.layers (every
+`import semilearn` warns "Importing from timm.models.layers is deprecated,
+please import via timm.layers"); where it imports from
+timm.models.layers.helpers, `import semilearn` fails with current timm
+(1.0), whose alias package has no such submodule, although requirements.txt
+allows any timm>=0.5.4.
+
+The layers are now imported from timm.layers, and from timm.models.layers
+only where timm.layers does not exist (timm < 0.9), so the requirement
+stays timm>=0.5.4.
+
+Tested: tests/test_timm_layers.py (added here; timm 1.0.31): importing
+semilearn.nets raises no ImportError and no warning about
+timm.models.layers, and the ViT's layers are timm.layers'.""",
+    rewrites=[
+        Rewrite(
+            ("semilearn/nets/**/*.py",),
+            r"^from timm\.models\.layers(?:\.helpers)? import (.+)$",
+            "try:\n"
+            r"    from timm.layers import \1"
+            "\nexcept ImportError:  # timm < 0.9 has no timm.layers\n"
+            r"    from timm.models.layers import \1",
+        )
     ],
 )
 
@@ -1148,7 +1272,7 @@ def fixes_series() -> Series:
     return Series(
         name="1-usb-fixes",
         part="a",
-        title="Fixes of USB: CPU, resume, torch.load, registry, get_dataset, ruamel.yaml, setup.py",
+        title="Fixes of USB: CPU, resume, torch.load, registry, get_dataset, ruamel.yaml, setup.py, timm",
         patches=[
             _with_tests(cpu, "conftest.py", "test_cpu.py"),
             _with_tests(ALGORITHM_DEVICE_FIX, "test_algorithms_device.py"),
@@ -1158,6 +1282,7 @@ def fixes_series() -> Series:
             _with_tests(dataset, "test_get_dataset.py"),
             _with_tests(registry, "test_registry.py"),
             _with_tests(SETUP_FIX, "test_setup.py"),
+            _with_tests(TIMM_FIX, "test_timm_layers.py"),
         ],
     )
 
@@ -1218,6 +1343,20 @@ def feature_series() -> List[Series]:
     clip_flag = sanitize("usb_cfsg_clip")
     unchanged = "The code is the usb_cfsg plug-in's, moved: imports point to the semilearn\nlayout, plug-in names are replaced, nothing else differs."
 
+    net_size_method = f"""
+    def net_size_kwargs(self):
+        \"\"\"
+        input size of nets built at any size (the CLIP nets flag their builders with `{clip_flag}`)
+        \"\"\"
+        if getattr(self.net_builder, '{clip_flag}', False) and getattr(self.args, 'img_size', None):
+            return {{'img_size': self.args.img_size}}
+        return {{}}
+"""
+    # USB's main: set_model() builds the net in one line
+    main_set_model = (
+        "        model = self.net_builder(num_classes=self.num_classes, pretrained=self.args.use_pretrain, "
+        "pretrained_path=self.args.pretrain_path)\n"
+    )
     nets = Series(
         name="2-clip-nets",
         part="c",
@@ -1282,22 +1421,23 @@ tests/test_setup.py covers the package data of the moved files.""",
         )
         return model
 """,
-                        f"""        model = self.net_builder(
+                        """        model = self.net_builder(
             num_classes=self.num_classes,
             pretrained=self.args.use_pretrain,
             pretrained_path=self.args.pretrain_path,
             **self.net_size_kwargs(),
         )
         return model
-
-    def net_size_kwargs(self):
-        \"\"\"
-        input size of nets built at any size (the CLIP nets flag their builders with `{clip_flag}`)
-        \"\"\"
-        if getattr(self.net_builder, '{clip_flag}', False) and getattr(self.args, 'img_size', None):
-            return {{'img_size': self.args.img_size}}
-        return {{}}
-""",
+"""
+                        + net_size_method,
+                        alternatives=(
+                            (
+                                main_set_model + "        return model\n",
+                                main_set_model.replace(")\n", ", **self.net_size_kwargs())\n")
+                                + "        return model\n"
+                                + net_size_method,
+                            ),
+                        ),
                     ),
                     Edit(
                         "semilearn/core/algorithmbase.py",

@@ -303,25 +303,71 @@ def test_the_series_own_tests_pass_in_the_patched_tree(patched, tmp_path):
     assert " skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-3000:]
 
 
-@pytest.mark.skipif(
-    not os.environ.get("USB_MAIN_CLONE"),
+#: a clone of microsoft/Semi-supervised-learning (e.g. GitHub main) to check the series against
+USB_CLONE = os.environ.get("USB_MAIN_CLONE", "")
+needs_usb_clone = pytest.mark.skipif(
+    not USB_CLONE,
     reason=(
         "set USB_MAIN_CLONE to a clone of microsoft/Semi-supervised-learning (e.g. main) to check the series "
         "against it; CI has no network"
     ),
 )
+
+
+@pytest.fixture(scope="module")
+def clone_patches(tmp_path_factory) -> Path:
+    """The series generated against the USB clone's checked-out commit."""
+    out = tmp_path_factory.mktemp("clone_patches") / "patches"
+    upstream.generate(out, base=USB_CLONE)
+    return out
+
+
+def _clone_tree(tmp_path_factory, name: str) -> Path:
+    tree = tmp_path_factory.mktemp(name) / "usb"
+    upstream.make_tree(tree, USB_CLONE, PATCHES / "base")
+    return tree
+
+
+@needs_usb_clone
+def test_series_against_a_usb_clone_apply_alone_and_in_order(clone_patches, tmp_path_factory):
+    """On the clone: each fix alone, the fixes series alone, and each open-set series after the ones it needs
+    (without the fixes), as patches/README.md documents."""
+    names = _series_names(clone_patches)
+    listed = upstream.read_series_file(clone_patches)
+    assert names == [s.name for s in upstream.all_series()]
+    for patch in [p for p in listed if p.parent.name == names[0]]:
+        tree = _clone_tree(tmp_path_factory, "fix")
+        upstream.git(tree, "am", "--quiet", str(patch))
+        assert upstream.git(tree, "status", "--porcelain") == "", patch.name
+    fixes = _clone_tree(tmp_path_factory, "fixes")
+    upstream.apply_series(fixes, clone_patches, names[:1])
+    assert (fixes / "tests/test_cpu.py").is_file() and not (fixes / "semilearn/nets/clip").exists()
+    for i in range(2, len(names) + 1):
+        tree = _clone_tree(tmp_path_factory, "features")
+        upstream.apply_series(tree, clone_patches, names[1:i])
+        count = len([p for p in listed if p.parent.name in names[1:i]])
+        subjects = upstream.git(tree, "log", "--format=%s", f"-{count}").splitlines()[::-1]
+        assert subjects == [p.subject for s in upstream.all_series()[1:i] for p in s.patches]
+        assert "get_device" not in (tree / "semilearn/core/utils/misc.py").read_text()
+
+
+@needs_usb_clone
 @pytest.mark.slow
-def test_series_rebased_onto_a_usb_clone(tmp_path):
-    """USB_MAIN_CLONE=<clone>: the series generated against the clone's checked-out commit apply there, and the
-    series' own tests pass (the result goes into upstream.MAIN_CHECK by hand)."""
-    clone = Path(os.environ["USB_MAIN_CLONE"])
-    out = tmp_path / "patches"
-    upstream.generate(out, base=str(clone))
-    tree = tmp_path / "usb"
-    upstream.make_tree(tree, str(clone), PATCHES / "base")
-    upstream.apply_series(tree, out)
+def test_series_rebased_onto_a_usb_clone(clone_patches, tmp_path_factory, tmp_path):
+    """USB_MAIN_CLONE=<clone>: the whole series applies there, the patched tree names nothing of the plug-in,
+    and the series' own tests all pass, none skipped (the result goes into upstream.MAIN_CHECK by hand)."""
+    tree = _clone_tree(tmp_path_factory, "clone_all")
+    upstream.apply_series(tree, clone_patches)
+    subjects = upstream.git(tree, "log", "--format=%s", f"-{len(upstream.series())}").splitlines()[::-1]
+    assert subjects == [p.subject for p in upstream.series()]
+    found = []
+    for rel in upstream.git(tree, "diff", "--name-only", "HEAD~" + str(len(subjects)), "HEAD").split():
+        if (tree / rel).is_file():
+            found += [f"{rel}: {n}" for n in upstream.forbidden_names((tree / rel).read_text(errors="replace"))]
+    assert found == [], f"plug-in names in the patched tree: {found}"
     proc = run_usb_tests(tree, tmp_path, "-rs")
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert " skipped" not in proc.stdout.splitlines()[-1], proc.stdout[-3000:]
 
 
 def test_module_mapping_follows_the_semilearn_layout():

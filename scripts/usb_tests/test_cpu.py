@@ -22,7 +22,9 @@ def test_timer_hook_measures_without_cuda():
     hook.before_run(alg)
     hook.before_train_step(alg)
     hook.after_train_step(alg)
-    assert "train/prefetch_time" in alg.log_dict and alg.log_dict["train/prefetch_time"] >= 0
+    # the time between batches (logged as train/prefetch_time by semilearn 0.3.2, train/prefecth_time on main)
+    times = [v for k, v in alg.log_dict.items() if k.startswith("train/") and k.endswith("_time")]
+    assert len(times) == 1 and times[0] >= 0, alg.log_dict
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU path of send_model_cuda")
