@@ -9,6 +9,11 @@ attention; ``value``: MaskCLIP's value path alone; ``tokens``: the final patch t
   (the patches the SFM would keep at ``sfm_keep_ratio`` 0.25, ranked by their best class cosine);
 * ``pooled_acc``: the accuracy of the mean of those kept patches' features (a crude local classifier).
 
+On data with object boxes (``fmnist_cluttered``) it also prints, per kind, where the SFM's relevance
+would point with each rule of ``sfm_relevance`` (``patches``, ``classes``; the config's τ_f, posterior
+scale and keep ratio) with the pretrained weights: pointing accuracy, relevance mass in the box and
+kept patches touching it, beside chance (:func:`usb_cfsg.evaluation.localization.localization_metrics`).
+
 Usage::
 
     python benchmarks/dense_alignment.py --c config/demo/cfsg_fmnist.yaml [--max_images 2000]
@@ -42,10 +47,15 @@ def main(argv: list[str] | None = None) -> int:
     from usb_cfsg.nets.clip import OPENAI_MEAN, OPENAI_STD
 
     args = build_config(["--c", opts.c, "--algorithm", "clip_zeroshot"])
+    own = build_config(["--c", opts.c])  # the file's own algorithm: its SFM keys, if any
+    for key in ("sfm_keep_ratio", "sfm_temperature", "sfm_posterior_scale"):
+        if hasattr(own, key):
+            setattr(args, key, getattr(own, key))
     datasets, info = build_openset_datasets(args, "clip_zeroshot", OPENAI_MEAN, OPENAI_STD, None)
     test = datasets["eval"]
     step = max(1, len(test) // opts.max_images)
-    items = [test[i] for i in range(0, len(test), step)][: opts.max_images]
+    rows = list(range(0, len(test), step))[: opts.max_images]
+    items = [test[i] for i in rows]
     images = torch.stack([it["x_lb"] for it in items])
     y = torch.tensor([int(it["y_lb"]) for it in items])
     net = BUILDERS[args.net](
@@ -64,8 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with torch.no_grad():
         feats = {"glmcm": [], "value": [], "tokens": []}
+        globals_ = []
         for chunk in images.split(256):
             tokens, last_in = bb.tuned(bb.trunk(chunk), return_last_input=True)
+            globals_.append(bb.project(tokens)[:, 0])
             feats["glmcm"].append(bb.dense_features(last_in, "glmcm"))
             feats["value"].append(bb.dense_features(last_in, "value"))
             feats["tokens"].append(bb.project(tokens)[:, 1:])
@@ -86,7 +98,31 @@ def main(argv: list[str] | None = None) -> int:
                 "pooled_acc": round(100 * float(((pooled @ t.t()).argmax(-1) == y).float().mean()), 2),
             }
             print(json.dumps(results[kind]))
+            if info.eval_boxes is not None:
+                _localization(args, kind, torch.cat(globals_).float(), dense, t, info.eval_boxes[rows])
     return 0
+
+
+def _localization(args, kind: str, g: torch.Tensor, dense: torch.Tensor, t: torch.Tensor, boxes) -> None:
+    """Print where each SFM relevance rule points on images with boxes (one JSON line per rule).
+
+    The SFM keys are the config's when it is a cfsg_clip config, else their defaults.
+    """
+    from usb_cfsg.evaluation.localization import localization_metrics
+    from usb_cfsg.modules.semantic_filter import RELEVANCE_RULES, SemanticFilter
+
+    for rule in RELEVANCE_RULES:
+        sfm = SemanticFilter(
+            keep_ratio=getattr(args, "sfm_keep_ratio", 0.25),
+            temperature=getattr(args, "sfm_temperature", 0.07),
+            logit_scale=getattr(args, "sfm_posterior_scale", 100.0),
+            relevance=rule,
+        )
+        _, _, relevance, keep_idx, _ = sfm.select(g, dense, t)
+        loc = localization_metrics(relevance.numpy(), boxes, args.img_size, args.crop_ratio, keep_idx=keep_idx.numpy())
+        assert loc is not None
+        keys = ("pointing_acc", "mass_in_box", "kept_in_box", "chance")
+        print(json.dumps({"kind": kind, "sfm_relevance": rule, **{k: round(100 * loc[k], 2) for k in keys}}))
 
 
 if __name__ == "__main__":

@@ -172,6 +172,8 @@ CFSG_OOD_SCORES = ("ova", "mcm", "glmcm", "energy", "fused")
 ZS_SCORES = ("mcm", "glmcm", "msp", "energy")
 #: kinds of dense patch features (``usb_cfsg.nets.backbone.DENSE_KINDS``; a test keeps the two equal)
 DENSE_KINDS = ("glmcm", "value")
+#: rules of the SFM's relevance (``usb_cfsg.modules.semantic_filter.RELEVANCE_RULES``; a test keeps the two equal)
+RELEVANCE_RULES = ("patches", "classes")
 _OVA_LOG_EPS_HELP = "eps of log(softmax + eps) in the OVA losses, as the authors' code; 0 = exact log_softmax"
 _GLMCM_LOCAL_HELP = "local features of the glmcm score: glmcm (as GL-MCM's code) or value (MaskCLIP value path)"
 #: cfsg_clip's unlabeled views of the OVA terms
@@ -219,6 +221,14 @@ ALGORITHMS: Dict[str, AlgorithmKeys] = {
                 "patch features of the affinity: glmcm (GL-MCM's local features: value path + residual + MLP, "
                 "shared with the glmcm score), value (MaskCLIP's value path alone) or final tokens",
                 choices=DENSE_KINDS + ("tokens",),
+            ),
+            Key(
+                "sfm_relevance",
+                "str",
+                "patches",
+                "axis of the SFM's affinity softmax: patches (share of each class's evidence per patch) or "
+                "classes (each patch's class posterior, renormalised: empty or ambiguous patches lose)",
+                choices=RELEVANCE_RULES,
             ),
             Key("vsi_topk", "int", 3, "k: cue tokens from the top-k coarse classes", range="[1, inf)"),
             Key("proto_momentum", "float", 0.99, "EMA momentum of the class prototypes", range="[0, 1]"),

@@ -309,6 +309,7 @@ def test_declared_keys_equal_the_classes_keys_and_nothing_is_generated():
     import usb_cfsg.algorithm_keys as keys
     from usb_cfsg.algorithms import algorithm_names, get_algorithm_class
     from usb_cfsg.config import algorithm_specs
+    from usb_cfsg.modules.semantic_filter import RELEVANCE_RULES
     from usb_cfsg.nets.backbone import DENSE_KINDS
     from usb_cfsg.nets.cfsg import OOD_SCORES
 
@@ -322,6 +323,7 @@ def test_declared_keys_equal_the_classes_keys_and_nothing_is_generated():
         assert algorithm_specs(stand_in) == algorithm_specs(real), STALE + ": " + name
         assert hasattr(stand_in, "validate_config") == hasattr(real, "validate_config"), name
     assert keys.CFSG_OOD_SCORES == OOD_SCORES and keys.DENSE_KINDS == DENSE_KINDS
+    assert keys.RELEVANCE_RULES == RELEVANCE_RULES
     assert not list(Path(keys.__file__).parent.glob("*.json")), "no generated key copy next to the package"
     # our classes read their rules from the declaration too: a range problem is found by both
     bad = argparse.Namespace(sfm_keep_ratio=1.5, vsi_topk=9, num_classes=4)

@@ -202,3 +202,29 @@ def test_ties_keep_lower_patch_indices():
     out = SemanticFilter(keep_ratio=0.25)(torch.randn(2, 4), p, torch.randn(3, 4))
     torch.testing.assert_close(out.relevance, torch.full((2, 8), 1 / 8))
     assert out.keep_idx.tolist() == [[0, 1], [0, 1]]
+
+
+def test_relevance_over_classes_hand_computed_and_blank_patches_lose():
+    # t = e0, e1 (D = 3); g = e0, logit_scale 1 -> pi = [a, 1 - a]; tau 1
+    # p1 = e0 (class 0), p2 = e1 (class 1), p3 = e2 (like neither class: a blank patch, A = [0, 0])
+    a = math.e / (1 + math.e)
+    t = torch.eye(3)[:2]
+    g = torch.tensor([[1.0, 0.0, 0.0]])
+    p = torch.eye(3).unsqueeze(0)
+    # classes: per patch softmax over classes: p1 [a, 1-a], p2 [1-a, a], p3 [1/2, 1/2]
+    # raw r = [a a + (1-a)(1-a), 2 a (1-a), 1/2], then divided by its sum
+    raw = torch.tensor([a * a + (1 - a) ** 2, 2 * a * (1 - a), 0.5])
+    out = SemanticFilter(keep_ratio=1.0, temperature=1.0, logit_scale=1.0, relevance="classes")(g, p, t)
+    torch.testing.assert_close(out.relevance, (raw / raw.sum()).unsqueeze(0))
+    # patches: per class softmax over the 3 patches: class 0 [e, 1, 1] / (e + 2), class 1 [1, e, 1] / (e + 2)
+    per0 = torch.tensor([math.e, 1.0, 1.0]) / (math.e + 2)
+    per1 = torch.tensor([1.0, math.e, 1.0]) / (math.e + 2)
+    out_p = SemanticFilter(keep_ratio=1.0, temperature=1.0, logit_scale=1.0)(g, p, t)
+    torch.testing.assert_close(out_p.relevance, (a * per0 + (1 - a) * per1).unsqueeze(0))
+    # "classes" scores each patch by its agreement with the believed classes: at a sharp temperature a
+    # patch sure of the believed class 0 > a blank patch (1/K of every class) > a patch sure of class 1
+    sharp = SemanticFilter(keep_ratio=1.0, temperature=0.07, logit_scale=100.0, relevance="classes")(g, p, t)
+    r = sharp.relevance[0]
+    assert r[0] > 0.6 and r[0] > r[2] > r[1] and abs(float(r[2] / r[0]) - 0.5) < 1e-3
+    with pytest.raises(ValueError, match="relevance must be one of patches, classes"):
+        SemanticFilter(relevance="pixels")

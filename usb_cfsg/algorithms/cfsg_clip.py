@@ -46,6 +46,7 @@ NET_SWITCHES = (
     "sfm_posterior_scale",
     "sfm_local_weight",
     "sfm_dense",
+    "sfm_relevance",
     "vsi_topk",
     "proto_momentum",
     "closed_head",

@@ -6,8 +6,12 @@ seen-class text embeddings ``t_1..t_K``, the SFM
 1. computes the class posterior ``pi = softmax(s * cos(g, t))``                       [B, K]
 2. computes the patch-class affinity ``A_ik = cos(a_i, t_k)`` on the dense features
    ``a`` (``affinity_feat``; the patch features themselves when not given)               [B, N, K]
-3. turns it into a relevance distribution over patches
-   ``r_i = sum_k pi_k * softmax_i(A_ik / tau_f)``  (non-negative, sums to 1 over i)      [B, N]
+3. turns it into a relevance distribution over patches                                 [B, N]
+   ``r_i = sum_k pi_k * softmax_i(A_ik / tau_f)`` (``relevance="patches"``, the default: the share
+   of class k's evidence that lies at patch i), or ``r_i ∝ sum_k pi_k * softmax_k(A_ik / tau_f)``
+   (``relevance="classes"``: how surely patch i shows the classes the image is believed to show,
+   the per-patch class posterior GL-MCM's local map reads; renormalised over i). Non-negative,
+   sums to 1 over i.
 4. keeps the ``n_keep = keep_count(N)`` most relevant patches                           [B, n_keep]
 5. pools them into the local feature ``f = sum_kept r_i p_i / sum_kept r_i``            [B, D]
 6. mixes the coarse feature ``z_c = normalize(normalize(g) + lambda_f * normalize(f))``  [B, D]
@@ -35,6 +39,8 @@ DEFAULT_SFM_LOGIT_SCALE = 100.0
 DEFAULT_SFM_TEMPERATURE = 0.07
 DEFAULT_KEEP_RATIO = 0.25
 DEFAULT_LOCAL_WEIGHT = 1.0
+#: The axes the affinity softmax may run over (``sfm_relevance``), see :class:`SemanticFilter`.
+RELEVANCE_RULES = ("patches", "classes")
 
 
 def keep_count(num_patches: int, keep_ratio: float) -> int:
@@ -118,6 +124,11 @@ class SemanticFilter(nn.Module):
         detach_relevance: Stop gradients through the relevance weights (and so through pi and
             the affinity features): the local feature is then a fixed-weight pooling of the
             patches. Default False (gradients flow everywhere).
+        relevance: ``patches`` (softmax over the patches per class: the patches most like class k
+            win, even where every patch is a poor match) or ``classes`` (softmax over the classes
+            per patch, then renormalised over patches: patches that are sure of the believed classes
+            win, and patches equally like every class, such as empty background, lose). Default
+            ``patches``.
 
     Inputs are taken as given (unnormalised is fine): cosines normalise internally, and the local
     feature pools the raw patch features.
@@ -130,8 +141,11 @@ class SemanticFilter(nn.Module):
         logit_scale: float = DEFAULT_SFM_LOGIT_SCALE,
         local_weight: float = DEFAULT_LOCAL_WEIGHT,
         detach_relevance: bool = False,
+        relevance: str = "patches",
     ) -> None:
         super().__init__()
+        if relevance not in RELEVANCE_RULES:
+            raise ValueError(f"relevance must be one of {', '.join(RELEVANCE_RULES)}, got {relevance!r}")
         if not 0.0 < keep_ratio <= 1.0:
             raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}")
         if not temperature > 0:
@@ -145,6 +159,7 @@ class SemanticFilter(nn.Module):
         self.logit_scale = float(logit_scale)
         self.local_weight = float(local_weight)
         self.detach_relevance = bool(detach_relevance)
+        self.relevance = relevance
 
     def keep_count(self, num_patches: int) -> int:
         """How many of ``num_patches`` patches are kept (see :func:`keep_count`)."""
@@ -216,8 +231,13 @@ class SemanticFilter(nn.Module):
         t = F.normalize(text.to(dense.dtype), dim=-1)  # [K, D]
         pi = self.class_posterior(global_feat, t)  # [B, K]
         affinity = F.normalize(dense, dim=-1) @ t.t()  # [B, N, K]
-        per_class = (affinity / self.temperature).softmax(dim=1)  # over patches
-        relevance = torch.einsum("bnk,bk->bn", per_class, pi)  # [B, N]
+        if self.relevance == "patches":
+            per_class = (affinity / self.temperature).softmax(dim=1)  # over patches
+            relevance = torch.einsum("bnk,bk->bn", per_class, pi)  # [B, N]
+        else:
+            per_patch = (affinity / self.temperature).softmax(dim=2)  # over classes
+            relevance = torch.einsum("bnk,bk->bn", per_patch, pi)
+            relevance = relevance / relevance.sum(dim=1, keepdim=True)
 
         n_keep = self.keep_count(N)
         order = torch.sort(relevance.detach(), dim=1, descending=True, stable=True).indices
@@ -251,5 +271,5 @@ class SemanticFilter(nn.Module):
         return (
             f"keep_ratio={self.keep_ratio}, temperature={self.temperature}, "
             f"logit_scale={self.logit_scale}, local_weight={self.local_weight}, "
-            f"detach_relevance={self.detach_relevance}"
+            f"detach_relevance={self.detach_relevance}, relevance={self.relevance}"
         )

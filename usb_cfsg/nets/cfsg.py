@@ -77,6 +77,8 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         sfm_dense: Patch features for the affinity: ``value`` (last block's value path, MaskCLIP),
             ``glmcm`` (the value path plus the block's residual and MLP, GL-MCM's local features) or
             ``tokens`` (the final patch tokens); see :meth:`ClipBackbone.dense_features`.
+        sfm_relevance: Axis of the SFM's affinity softmax, ``patches`` or ``classes``
+            (:class:`~usb_cfsg.modules.semantic_filter.SemanticFilter`'s ``relevance``).
         vsi_topk: k, number of cue tokens (top-k coarse classes).
         proto_momentum: EMA momentum of the class prototypes.
         closed_head: ``ensemble`` ((coarse + fine) / 2) or ``fine``.
@@ -105,6 +107,7 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         sfm_posterior_scale: float = DEFAULT_SFM_LOGIT_SCALE,
         sfm_local_weight: float = 1.0,
         sfm_dense: Literal["value", "glmcm", "tokens"] = "glmcm",
+        sfm_relevance: str = "patches",
         vsi_topk: int = 3,
         proto_momentum: float = 0.99,
         closed_head: Literal["ensemble", "fine"] = "ensemble",
@@ -147,6 +150,7 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             temperature=sfm_temperature,
             logit_scale=sfm_posterior_scale,
             local_weight=sfm_local_weight,
+            relevance=sfm_relevance,
         )
         self.coarse_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.fine_head = CosineClassifier.from_text(t0, scale=logit_scale)
