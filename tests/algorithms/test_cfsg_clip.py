@@ -442,3 +442,104 @@ def test_two_processes_end_with_identical_prototypes(cub_root, tmp_path):
     # ... and both apply the summed update: identical prototypes, every seen class set
     assert torch.equal(r0["mu"], r1["mu"]) and torch.equal(r0["initialized"], r1["initialized"])
     assert r0["initialized"].all()
+
+
+# ------------------------------------------------- train_step on a real tiny net: the previous computation
+class PreviousCall(torch.nn.Module):
+    """The network called as cfsg_clip did before its weak views' coarse branch ran without autograd.
+
+    It receives the step's batch in the current row order ([labeled; strong; weak; (weak 2)]) and
+    ``coarse_grad_rows``, and instead runs the net on [labeled; weak; strong; (weak 2)] with autograd
+    through every row's coarse branch, as the previous ``train_step`` did, returning its outputs in
+    the current order. Named ``module`` so that ``unwrap`` finds the net's prototypes and prior.
+    """
+
+    def __init__(self, net, num_lb: int, num_ulb: int) -> None:
+        super().__init__()
+        self.module, self.num_lb, self.num_ulb = net, num_lb, num_ulb
+
+    def _swap(self, t: torch.Tensor) -> torch.Tensor:  # [lb; a; b; rest] -> [lb; b; a; rest] (its own inverse)
+        n, u = self.num_lb, self.num_ulb
+        return torch.cat([t[:n], t[n + u : n + 2 * u], t[n : n + u], t[n + 2 * u :]])
+
+    def forward(self, x, zs_skip: int = 0, coarse_grad_rows=None):
+        out = self.module(self._swap(x), zs_skip=zs_skip)
+        return {k: self._swap(v) for k, v in out.items()}
+
+
+def _tiny_cfsg_step(model, it: int, ova_views: str, start_fix: int = 0):
+    alg = object.__new__(plugin_class("cfsg_clip"))
+    alg.model, alg.amp_cm, alg.it, alg.distributed, alg.num_classes = model, nullcontext, it, False, K
+    alg.lambda_ova, alg.lambda_em, alg.lambda_socr, alg.lambda_fix = 1.0, 0.7, 0.5, 1.0
+    alg.ova_log_eps = 1e-8
+    # every unlabeled image selected, so that the FixMatch term reaches every strong view
+    alg.p_cutoff, alg.ood_threshold, alg.start_fix, alg.ova_views = 0.0, 2.0, start_fix, ova_views
+    return alg
+
+
+def _tiny_cfsg_net():
+    from usb_cfsg.nets import BUILDERS
+
+    torch.manual_seed(0)
+    return BUILDERS["clip_tiny"](
+        num_classes=K,
+        pretrained="none",
+        img_size=64,
+        head="cfsg",
+        num_tuned_blocks=2,
+        class_names=["Shirt", "Coat", "Bag", "Sandal"],
+        text_encoder="clip",
+        zs_weight=0.5,
+        sfm_dense="glmcm",
+    )
+
+
+def _saved_bytes(fn):
+    """(result of fn(), bytes of the distinct tensors autograd saved for backward while it ran)."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, sum(seen.values())
+
+
+@pytest.mark.parametrize("ova_views,it,start_fix", [("weak_strong", 3, 0), ("weak_weak", 3, 0), ("weak_strong", 3, 10)])
+def test_weak_views_without_coarse_autograd_give_the_previous_losses_and_gradients(ova_views, it, start_fix):
+    import copy
+
+    net = _tiny_cfsg_net()
+    ref = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(1)
+    batch = dict(
+        x_lb=torch.randn(2, 3, 64, 64, generator=g),
+        y_lb=torch.tensor([0, 2]),
+        x_ulb_w=torch.randn(3, 3, 64, 64, generator=g),
+        x_ulb_s=torch.randn(3, 3, 64, 64, generator=g),
+        x_ulb_w2=torch.randn(3, 3, 64, 64, generator=g),
+        y_ulb=torch.tensor([1, 3, 5]),
+    )
+    (out, log), saved = _saved_bytes(lambda: _tiny_cfsg_step(net, it, ova_views, start_fix).train_step(**batch))
+    (out_ref, log_ref), saved_ref = _saved_bytes(
+        lambda: _tiny_cfsg_step(PreviousCall(ref, 2, 3), it, ova_views, start_fix).train_step(**batch)
+    )
+    assert saved < saved_ref  # the weak views' coarse branch keeps nothing for backward
+    assert log["train/fix_loss"] > 0 if start_fix <= it else log["train/fix_loss"] == 0.0
+    for key in log_ref:
+        assert log[key] == pytest.approx(log_ref[key], rel=1e-5, abs=1e-6, nan_ok=True), key
+    out["loss"].backward()
+    out_ref["loss"].backward()
+    ref_params = dict(ref.named_parameters())
+    graded = 0
+    for name, p in net.named_parameters():
+        q = ref_params[name]
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)  # float rounding
+            graded += int(p.grad.abs().sum() > 0)
+    assert graded > 10  # the tuned blocks, projection, heads, VSI and OVA head all received gradients
+    torch.testing.assert_close(net.prototypes.mu, ref.prototypes.mu)
+    assert net.prototypes.initialized.tolist() == ref.prototypes.initialized.tolist()

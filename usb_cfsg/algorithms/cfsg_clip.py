@@ -126,8 +126,10 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             x_ulb_w2: A second weak view [B_u, 3, H, W] (required by ``ova_views: weak_weak``).
             y_ulb: True unlabeled labels, for logged selection diagnostics only.
         """
-        num_lb = y_lb.shape[0]
-        views = [x_lb, x_ulb_w, x_ulb_s]
+        num_lb, num_ulb = y_lb.shape[0], x_ulb_w.shape[0]
+        # rows: labeled, strong, weak (and the second weak view): the rows whose coarse branch has a
+        # gradient path to a loss come first (labeled: CE; strong: the FixMatch term, once it is on)
+        views = [x_lb, x_ulb_s, x_ulb_w]
         if self.ova_views == "weak_weak":
             if x_ulb_w2 is None:
                 raise ValueError(
@@ -136,11 +138,15 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                     "on for train_ulb); or set ova_views: weak_strong"
                 )
             views.append(x_ulb_w2)
+        fix_on = self.it >= self.start_fix
         with self.amp_cm():
-            # the labeled rows' losses use the coarse and fine heads alone: no zero-shot forward for them
-            out = self.model(torch.cat(views), zs_skip=num_lb)
+            # The labeled rows' losses use the coarse and fine heads alone: no zero-shot forward for them.
+            # The weak views' coarse outputs reach the losses only through no-gradient uses (pseudo-labels,
+            # prototypes, the VSI's top-k classes, the kept patches' indices): their coarse branch runs
+            # without autograd (same values and gradients, less time and memory; CFSGNet.forward).
+            out = self.model(torch.cat(views), zs_skip=num_lb, coarse_grad_rows=num_lb + (num_ulb if fix_on else 0))
             parts = {k: _split(v, num_lb, len(views) - 1) for k, v in out.items()}
-            lb, w, s = ({k: p[i] for k, p in parts.items()} for i in range(3))
+            lb, s, w = ({k: p[i] for k, p in parts.items()} for i in range(3))
             # the second view of the OVA losses: another weak view (OpenMatch) or the strong view
             o2 = {k: p[3] for k, p in parts.items()} if self.ova_views == "weak_weak" else s
 
@@ -162,7 +168,6 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                 conf, pseudo = probs_w.max(dim=1)
                 inlier = w["score_ova"] < self.ood_threshold
                 mask = inlier & (conf >= self.p_cutoff)
-            fix_on = self.it >= self.start_fix
             if fix_on:
                 ce_s = F.cross_entropy(s["logits"].float(), pseudo, reduction="none")
                 l_fix = (ce_s * mask.float()).mean()
