@@ -222,6 +222,7 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         only_fc: bool = False,
         only_feat: bool = False,
         zs_skip: int = 0,
+        zs_stop: int | None = None,
         coarse_grad_rows: int | None = None,
         **kwargs: Any,
     ):
@@ -234,6 +235,10 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             zs_skip: With a zero-shot prior, the first ``zs_skip`` images need no zero-shot logits
                 (cfsg_clip's labeled images: their losses use the coarse and fine heads alone), so
                 their zero-shot forward is skipped (:meth:`ZeroShotMixin.with_prior`).
+            zs_stop: Nor do the images from ``zs_stop`` on (None: every image after ``zs_skip`` gets
+                zero-shot logits). When given, the output also holds the trunk tokens ``tokens``
+                [B, 1 + N, W], so that the caller can run the prior on some of those images later
+                (:meth:`ZeroShotPrior.logits`; cfsg_clip: the strong views its FixMatch term selects).
             coarse_grad_rows: Only the first ``coarse_grad_rows`` images need gradients through the
                 coarse branch (None: all). The others' coarse branch runs without autograd: the
                 same values, no activations kept for backward and no backward pass. For images
@@ -284,9 +289,11 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         logits_fine = self.fine_head(z_f)
         logits = logits_fine if self.closed_head == "fine" else (logits_coarse + logits_fine) / 2
         extra: Dict[str, torch.Tensor] = {}
-        logits, logits_zs = self.with_prior(logits, h, zs_skip, need_zs=True)  # pseudo-labels use them
+        logits, logits_zs = self.with_prior(logits, h, zs_skip, need_zs=True, stop=zs_stop)  # pseudo-labels use them
         if logits_zs is not None:
             extra["logits_zs"] = logits_zs
+        if zs_stop is not None:
+            extra["tokens"] = h
         logits_ova = self.ova(z_f)
         with torch.no_grad():
             pred = logits.argmax(dim=1)
