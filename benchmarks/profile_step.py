@@ -31,6 +31,8 @@ PARTS = (
     ("backbone.last_block_state", "last block: ln_1, keys, values"),
     ("backbone.last_block_queries", "last block: used tokens only"),
     ("backbone.state_value_features", "value-path dense features"),
+    ("backbone.state_dense_features", "dense features (sfm_dense / glmcm_local)"),
+    ("zero_shot.logits", "zero-shot prior (frozen copy, no grad)"),
     ("backbone.project", "ln_post + proj"),
     ("backbone.value_features", "value-path dense features"),
     ("backbone.dense_features", "value-path dense features"),

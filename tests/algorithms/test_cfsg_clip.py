@@ -171,10 +171,12 @@ import pytest  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from tests.engine.test_training import ROOT  # noqa: E402
+from usb_cfsg.algorithms.cfsg_clip import _split  # noqa: E402
 from usb_cfsg.engine.launch import free_port  # noqa: E402
 from usb_cfsg.engine.plugin import plugin_class  # noqa: E402
 from usb_cfsg.errors import ConfigError  # noqa: E402
-from usb_cfsg.modules import ClassPrototypes, ova_consistency, ova_entropy  # noqa: E402
+from usb_cfsg.modules import ClassPrototypes, ova_consistency, ova_entropy, ova_loss  # noqa: E402
+from usb_cfsg.nets.backbone import unwrap  # noqa: E402
 
 K, D = 4, 3
 
@@ -442,3 +444,187 @@ def test_two_processes_end_with_identical_prototypes(cub_root, tmp_path):
     # ... and both apply the summed update: identical prototypes, every seen class set
     assert torch.equal(r0["mu"], r1["mu"]) and torch.equal(r0["initialized"], r1["initialized"])
     assert r0["initialized"].all()
+
+
+# ------------------------------------------------- train_step on a real tiny net: the previous computation
+def previous_train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s, x_ulb_w2=None, y_ulb=None):
+    """cfsg_clip's train_step as of commit 09a09fe, verbatim: the reference computation."""
+    num_lb = y_lb.shape[0]
+    views = [x_lb, x_ulb_w, x_ulb_s]
+    if self.ova_views == "weak_weak":
+        if x_ulb_w2 is None:
+            raise ValueError(
+                "ova_views: weak_weak needs a second weak view of the unlabeled images (x_ulb_w2), "
+                "which the dataset did not provide (set_dataset turns OpenSetDataset.second_weak_view "
+                "on for train_ulb); or set ova_views: weak_strong"
+            )
+        views.append(x_ulb_w2)
+    with self.amp_cm():
+        # the labeled rows' losses use the coarse and fine heads alone: no zero-shot forward for them
+        out = self.model(torch.cat(views), zs_skip=num_lb)
+        parts = {k: _split(v, num_lb, len(views) - 1) for k, v in out.items()}
+        lb, w, s = ({k: p[i] for k, p in parts.items()} for i in range(3))
+        # the second view of the OVA losses: another weak view (OpenMatch) or the strong view
+        o2 = {k: p[3] for k, p in parts.items()} if self.ova_views == "weak_weak" else s
+
+        ce_coarse = F.cross_entropy(lb["logits_coarse"].float(), y_lb)
+        ce_fine = F.cross_entropy(lb["logits_fine"].float(), y_lb)
+        l_ova = ova_loss(lb["logits_ova"].float(), y_lb, self.ova_log_eps)
+        sup_loss = ce_coarse + ce_fine + self.lambda_ova * l_ova
+
+        eps = self.ova_log_eps
+        l_em = (ova_entropy(w["logits_ova"].float(), eps) + ova_entropy(o2["logits_ova"].float(), eps)) / 2
+        l_socr = ova_consistency(w["logits_ova"].float(), o2["logits_ova"].float())
+
+        with torch.no_grad():
+            logits_w = w["logits"].detach().float()
+            prior = getattr(unwrap(self.model), "zero_shot", None)
+            if prior is not None and prior.mode == "weights" and "logits_zs" in w:
+                logits_w = prior.mix(logits_w, w["logits_zs"].float())  # the ensemble's pseudo-labels
+            probs_w = torch.softmax(logits_w, dim=1)
+            conf, pseudo = probs_w.max(dim=1)
+            inlier = w["score_ova"] < self.ood_threshold
+            mask = inlier & (conf >= self.p_cutoff)
+        fix_on = self.it >= self.start_fix
+        if fix_on:
+            ce_s = F.cross_entropy(s["logits"].float(), pseudo, reduction="none")
+            l_fix = (ce_s * mask.float()).mean()
+        else:
+            l_fix = torch.zeros((), device=x_lb.device)
+        unsup_loss = self.lambda_em * l_em + self.lambda_socr * l_socr + self.lambda_fix * l_fix
+        total_loss = sup_loss + unsup_loss
+
+    with torch.no_grad():
+        feats = torch.cat((lb["feat_local"], w["feat_local"]))
+        labels = torch.cat((y_lb, pseudo))
+        sel = torch.cat((torch.ones_like(y_lb, dtype=torch.bool), mask if fix_on else torch.zeros_like(mask)))
+        self._update_prototypes(feats, labels, sel)
+
+    feat_dict = {"x_lb": lb["feat"], "x_ulb_w": w["feat"], "x_ulb_s": s["feat"]}
+    out_dict = self.process_out_dict(loss=total_loss, feat=feat_dict)
+    log = dict(
+        sup_loss=sup_loss.item(),
+        ce_coarse=ce_coarse.item(),
+        ce_fine=ce_fine.item(),
+        ova_loss=l_ova.item(),
+        em_loss=l_em.item(),
+        socr_loss=l_socr.item(),
+        fix_loss=float(l_fix.item()),
+        unsup_loss=unsup_loss.item(),
+        total_loss=total_loss.item(),
+        util_ratio=float(mask.float().mean().item()) if fix_on else 0.0,
+        id_ratio=float(inlier.float().mean().item()),
+    )
+    if y_ulb is not None:
+        log.update(self.selection_diagnostics(inlier, y_ulb))
+    log_dict = self.process_log_dict(**log)
+    return out_dict, log_dict
+
+
+def _tiny_cfsg_step(model, it: int, ova_views: str, start_fix: int, p_cutoff: float, ood_threshold: float):
+    alg = object.__new__(plugin_class("cfsg_clip"))
+    alg.model, alg.amp_cm, alg.it, alg.distributed, alg.num_classes = model, nullcontext, it, False, K
+    alg.lambda_ova, alg.lambda_em, alg.lambda_socr, alg.lambda_fix = 1.0, 0.7, 0.5, 1.0
+    alg.ova_log_eps = 1e-8
+    alg.p_cutoff, alg.ood_threshold, alg.start_fix, alg.ova_views = p_cutoff, ood_threshold, start_fix, ova_views
+    return alg
+
+
+def _tiny_cfsg_net(zs_mode: str):
+    from usb_cfsg.nets import BUILDERS
+
+    torch.manual_seed(0)
+    return BUILDERS["clip_tiny"](
+        num_classes=K,
+        pretrained="none",
+        img_size=64,
+        head="cfsg",
+        num_tuned_blocks=2,
+        class_names=["Shirt", "Coat", "Bag", "Sandal"],
+        text_encoder="clip",
+        zs_weight=0.5,
+        zs_mode=zs_mode,
+        sfm_dense="glmcm",
+    )
+
+
+def _saved_bytes(fn):
+    """(result of fn(), bytes of the distinct tensors autograd saved for backward while it ran)."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        result = fn()
+    return result, sum(seen.values())
+
+
+@pytest.mark.parametrize(
+    "ova_views,it,start_fix,selected,zs_mode",
+    [
+        ("weak_strong", 3, 0, "all", "output"),
+        ("weak_strong", 3, 0, "one", "output"),
+        ("weak_strong", 3, 0, "none", "output"),
+        ("weak_weak", 3, 0, "one", "output"),
+        ("weak_strong", 3, 10, "all", "output"),
+        ("weak_strong", 3, 0, "one", "weights"),
+    ],
+)
+def test_the_cheaper_step_gives_the_previous_losses_gradients_and_prototypes(
+    ova_views, it, start_fix, selected, zs_mode
+):
+    """No autograd through the weak views' coarse branch, the zero-shot copy on the selected strong views only.
+
+    The reference is the previous train_step, verbatim: the same losses, gradients and prototypes up
+    to float rounding (the rows run in other batches), and fewer tensors saved for backward.
+    """
+    import copy
+
+    net = _tiny_cfsg_net(zs_mode)
+    ref = copy.deepcopy(net)
+    g = torch.Generator().manual_seed(1)
+    batch = dict(
+        x_lb=torch.randn(2, 3, 64, 64, generator=g),
+        y_lb=torch.tensor([0, 2]),
+        x_ulb_w=torch.randn(3, 3, 64, 64, generator=g),
+        x_ulb_s=torch.randn(3, 3, 64, 64, generator=g),
+        x_ulb_w2=torch.randn(3, 3, 64, 64, generator=g),
+        y_ulb=torch.tensor([1, 3, 5]),
+    )
+    p_cutoff, ood_threshold = {"all": (0.0, 2.0), "none": (1.5, 2.0)}.get(selected, (0.0, None))
+    if ood_threshold is None:  # between the lowest and the second lowest unknown score: one image selected
+        with torch.no_grad():
+            scores = net(batch["x_ulb_w"])["score_ova"].sort().values
+        ood_threshold = float(scores[:2].mean())
+    calls = []
+    hook = net.zero_shot.tail.tuned_blocks[0].register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    (out, log), saved = _saved_bytes(
+        lambda: _tiny_cfsg_step(net, it, ova_views, start_fix, p_cutoff, ood_threshold).train_step(**batch)
+    )
+    hook.remove()
+    (out_ref, log_ref), saved_ref = _saved_bytes(
+        lambda: previous_train_step(_tiny_cfsg_step(ref, it, ova_views, start_fix, p_cutoff, ood_threshold), **batch)
+    )
+    assert saved < saved_ref  # the weak views' coarse branch keeps nothing for backward
+    fix_on = start_fix <= it
+    expected_util = {"all": 1.0, "one": 1 / 3, "none": 0.0}[selected] if fix_on else 0.0
+    assert log["train/util_ratio"] == pytest.approx(expected_util)
+    # the zero-shot copy ran on the 3 weak views, then (output mode) on the selected strong views only
+    assert calls == [3] + ([round(3 * expected_util)] if zs_mode == "output" and expected_util > 0 else [])
+    for key in log_ref:
+        assert log[key] == pytest.approx(log_ref[key], rel=1e-5, abs=1e-6, nan_ok=True), key
+    out["loss"].backward()
+    out_ref["loss"].backward()
+    ref_params = dict(ref.named_parameters())
+    graded = 0
+    for name, p in net.named_parameters():
+        q = ref_params[name]
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)  # float rounding
+            graded += int(p.grad.abs().sum() > 0)
+    assert graded > 10  # the tuned blocks, projection, heads, VSI and OVA head all received gradients
+    torch.testing.assert_close(net.prototypes.mu, ref.prototypes.mu)
+    assert net.prototypes.initialized.tolist() == ref.prototypes.initialized.tolist()

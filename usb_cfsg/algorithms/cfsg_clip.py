@@ -118,6 +118,22 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         prototypes = cast(ClassPrototypes, unwrap(self.model).prototypes)
         prototypes.update(feats.detach().float(), labels, mask, reduce_fn=reduce)
 
+    def _strong_logits(self, s: Dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+        """The strong views' closed logits for the FixMatch term, zero-shot ensembled where it counts.
+
+        With ``zs_mode: output`` the frozen copy runs on the selected rows only (``mask``; trunk
+        tokens ``s["tokens"]``): the other rows' cross-entropy is multiplied by 0, so their logits,
+        left the trained ones, change neither the loss nor the gradients. Otherwise ``s["logits"]``.
+        """
+        logits = s["logits"]
+        prior = getattr(unwrap(self.model), "zero_shot", None)
+        if prior is None or prior.mode != "output" or "tokens" not in s:
+            return logits
+        sel = mask.nonzero(as_tuple=True)[0]
+        if sel.numel() == 0:
+            return logits
+        return logits.index_put((sel,), prior.mix(logits[sel], prior.logits(s["tokens"][sel])))
+
     def train_step(self, x_lb, y_lb, x_ulb_w, x_ulb_s, x_ulb_w2=None, y_ulb=None):
         """One step on a labeled batch and an unlabeled batch (views in the module docstring).
 
@@ -127,8 +143,10 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             x_ulb_w2: A second weak view [B_u, 3, H, W] (required by ``ova_views: weak_weak``).
             y_ulb: True unlabeled labels, for logged selection diagnostics only.
         """
-        num_lb = y_lb.shape[0]
-        views = [x_lb, x_ulb_w, x_ulb_s]
+        num_lb, num_ulb = y_lb.shape[0], x_ulb_w.shape[0]
+        # rows: labeled, strong, weak (and the second weak view): the rows whose coarse branch has a
+        # gradient path to a loss come first (labeled: CE; strong: the FixMatch term, once it is on)
+        views = [x_lb, x_ulb_s, x_ulb_w]
         if self.ova_views == "weak_weak":
             if x_ulb_w2 is None:
                 raise ValueError(
@@ -137,11 +155,23 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                     "on for train_ulb); or set ova_views: weak_strong"
                 )
             views.append(x_ulb_w2)
+        fix_on = self.it >= self.start_fix
+        weak = num_lb + num_ulb  # the first weak row
         with self.amp_cm():
-            # the labeled rows' losses use the coarse and fine heads alone: no zero-shot forward for them
-            out = self.model(torch.cat(views), zs_skip=num_lb)
+            # The labeled rows' losses use the coarse and fine heads alone: no zero-shot forward for them;
+            # it runs on the weak views (pseudo-labels) and, after the selection, on the strong views the
+            # FixMatch term selects (_strong_logits); the second weak views' closed logits are unused.
+            # The weak views' coarse outputs reach the losses only through no-gradient uses (pseudo-labels,
+            # prototypes, the VSI's top-k classes, the kept patches' indices): their coarse branch runs
+            # without autograd (same values and gradients, less time and memory; CFSGNet.forward).
+            out = self.model(
+                torch.cat(views),
+                zs_skip=weak,
+                zs_stop=weak + num_ulb,
+                coarse_grad_rows=num_lb + (num_ulb if fix_on else 0),
+            )
             parts = {k: _split(v, num_lb, len(views) - 1) for k, v in out.items()}
-            lb, w, s = ({k: p[i] for k, p in parts.items()} for i in range(3))
+            lb, s, w = ({k: p[i] for k, p in parts.items()} for i in range(3))
             # the second view of the OVA losses: another weak view (OpenMatch) or the strong view
             o2 = {k: p[3] for k, p in parts.items()} if self.ova_views == "weak_weak" else s
 
@@ -163,9 +193,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
                 conf, pseudo = probs_w.max(dim=1)
                 inlier = w["score_ova"] < self.ood_threshold
                 mask = inlier & (conf >= self.p_cutoff)
-            fix_on = self.it >= self.start_fix
             if fix_on:
-                ce_s = F.cross_entropy(s["logits"].float(), pseudo, reduction="none")
+                ce_s = F.cross_entropy(self._strong_logits(s, mask).float(), pseudo, reduction="none")
                 l_fix = (ce_s * mask.float()).mean()
             else:
                 l_fix = torch.zeros((), device=x_lb.device)

@@ -184,7 +184,52 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             keep_idx=keep,
         )
 
-    def forward(self, x: torch.Tensor, only_fc: bool = False, only_feat: bool = False, zs_skip: int = 0, **kwargs: Any):
+    def _coarse_branch(self, h: torch.Tensor, t: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """The coarse branch on trunk tokens H [B, 1 + N, W] with text embeddings t [K, D].
+
+        Returns ``g`` (global feature), ``coarse``, ``local``, ``relevance``, ``keep_idx``,
+        ``logits_coarse`` and ``glmcm_local`` (GL-MCM's local features of the patches, no gradient).
+        Every operation is per image, so running it on a part of the batch gives those rows' values.
+        """
+        bb = self.backbone
+        # The last block's keys and values are computed once; its values also give the value-path
+        # dense features. Its output is computed only for the tokens that are used (same values as
+        # running it on all tokens): with the SFM on value-path features, the class token and the
+        # kept patches; otherwise (sfm_dense: tokens, use_sfm: false) every token.
+        state = bb.last_block_state(bb.tuned_until_last(h))
+        # dense features of the SFM's affinity (sfm_dense) and GL-MCM's local features (glmcm_local):
+        # computed once when both are the same kind
+        dense = bb.state_dense_features(state, self.glmcm_local if self.sfm_dense == "tokens" else self.sfm_dense)
+        dense = dense[:, 1:]
+        t = t.to(dense.dtype)
+        if self.use_sfm and self.sfm_dense != "tokens":
+            g = bb.project(bb.last_block_queries(state))[:, 0]
+            _, _, relevance, keep_idx, _ = self.sfm.select(g, dense, t)
+            local, coarse = self.sfm.pool(
+                g, bb.project(bb.last_block_queries(state, keep_idx + 1)), relevance, keep_idx
+            )
+            c = dict(coarse=coarse, local=local, relevance=relevance, keep_idx=keep_idx)
+        else:
+            everything = torch.arange(state.x.shape[1], device=h.device).expand(h.shape[0], -1)
+            z = bb.project(bb.last_block_queries(state, everything))
+            g, p = z[:, 0], z[:, 1:]
+            c = self._coarse(g, p, dense, t)
+        with torch.no_grad():
+            local_feat = dense
+            if self.sfm_dense not in ("tokens", self.glmcm_local):
+                local_feat = bb.state_dense_features(state, self.glmcm_local)[:, 1:]
+        return dict(g=g, logits_coarse=self.coarse_head(c["coarse"]), glmcm_local=local_feat, **c)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        only_fc: bool = False,
+        only_feat: bool = False,
+        zs_skip: int = 0,
+        zs_stop: int | None = None,
+        coarse_grad_rows: int | None = None,
+        **kwargs: Any,
+    ):
         """USB contract plus CFSG outputs.
 
         Args:
@@ -194,6 +239,17 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             zs_skip: With a zero-shot prior, the first ``zs_skip`` images need no zero-shot logits
                 (cfsg_clip's labeled images: their losses use the coarse and fine heads alone), so
                 their zero-shot forward is skipped (:meth:`ZeroShotMixin.with_prior`).
+            zs_stop: Nor do the images from ``zs_stop`` on (None: every image after ``zs_skip`` gets
+                zero-shot logits). When given, the output also holds the trunk tokens ``tokens``
+                [B, 1 + N, W], so that the caller can run the prior on some of those images later
+                (:meth:`ZeroShotPrior.logits`; cfsg_clip: the strong views its FixMatch term selects).
+            coarse_grad_rows: Only the first ``coarse_grad_rows`` images need gradients through the
+                coarse branch (None: all). The others' coarse branch runs without autograd: the
+                same values, no activations kept for backward and no backward pass. For images
+                whose coarse outputs reach the losses only through no-gradient uses (cfsg_clip's
+                weak views: pseudo-labels, prototypes, the VSI's top-k classes and the fine
+                branch's kept patches, which are indices), the gradients are those of the full
+                computation.
 
         Returns:
             Dict with ``logits`` (closed-set prediction) [B, K], ``feat`` (z_f) [B, D],
@@ -209,29 +265,17 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             return self.fine_head(x)
         bb = self.backbone
         h = bb.trunk(x)
-        # The last block's keys and values are computed once; its values also give the value-path
-        # dense features. Its output is computed only for the tokens that are used (same values as
-        # running it on all tokens): with the SFM on value-path features, the class token and the
-        # kept patches; otherwise (sfm_dense: tokens, use_sfm: false) every token.
-        state = bb.last_block_state(bb.tuned_until_last(h))
-        # dense features of the SFM's affinity (sfm_dense) and GL-MCM's local features (glmcm_local):
-        # computed once when both are the same kind
-        dense = bb.state_dense_features(state, self.glmcm_local if self.sfm_dense == "tokens" else self.sfm_dense)
-        dense = dense[:, 1:]
-        t = self.text().to(dense.dtype)
-        if self.use_sfm and self.sfm_dense != "tokens":
-            g = bb.project(bb.last_block_queries(state))[:, 0]
-            _, _, relevance, keep_idx, _ = self.sfm.select(g, dense, t)
-            local, coarse = self.sfm.pool(
-                g, bb.project(bb.last_block_queries(state, keep_idx + 1)), relevance, keep_idx
-            )
-            c = dict(coarse=coarse, local=local, relevance=relevance, keep_idx=keep_idx)
+        t = self.text()
+        n = h.shape[0] if coarse_grad_rows is None else min(max(int(coarse_grad_rows), 0), h.shape[0])
+        if n == h.shape[0] or not torch.is_grad_enabled():
+            c = self._coarse_branch(h, t)
         else:
-            everything = torch.arange(state.x.shape[1], device=h.device).expand(h.shape[0], -1)
-            z = bb.project(bb.last_block_queries(state, everything))
-            g, p = z[:, 0], z[:, 1:]
-            c = self._coarse(g, p, dense, t)
-        logits_coarse = self.coarse_head(c["coarse"])
+            parts = [self._coarse_branch(h[:n], t)] if n > 0 else []
+            with torch.no_grad():
+                parts.append(self._coarse_branch(h[n:], t))
+            c = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+        g, logits_coarse = c["g"], c["logits_coarse"]
+        t = t.to(c["glmcm_local"].dtype)
 
         fine_in = [h[:, :1]]
         if self.use_sfm:
@@ -249,18 +293,17 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         logits_fine = self.fine_head(z_f)
         logits = logits_fine if self.closed_head == "fine" else (logits_coarse + logits_fine) / 2
         extra: Dict[str, torch.Tensor] = {}
-        logits, logits_zs = self.with_prior(logits, h, zs_skip, need_zs=True)  # pseudo-labels use them
+        logits, logits_zs = self.with_prior(logits, h, zs_skip, need_zs=True, stop=zs_stop)  # pseudo-labels use them
         if logits_zs is not None:
             extra["logits_zs"] = logits_zs
+        if zs_stop is not None:
+            extra["tokens"] = h
         logits_ova = self.ova(z_f)
         with torch.no_grad():
             pred = logits.argmax(dim=1)
             s_ova = ova_unknown_score(logits_ova.float(), pred)
             s_mcm = mcm_score(g.float(), t.float(), self.mcm_temperature)
-            local_feat = dense
-            if self.sfm_dense not in ("tokens", self.glmcm_local):
-                local_feat = bb.state_dense_features(state, self.glmcm_local)[:, 1:]
-            s_glmcm = glmcm_score(g.float(), local_feat.float(), t.float(), self.mcm_temperature)
+            s_glmcm = glmcm_score(g.float(), c["glmcm_local"].float(), t.float(), self.mcm_temperature)
         return {
             **extra,
             "logits": logits,

@@ -163,7 +163,7 @@ class ZeroShotMixin:
         return [m for m in cast(nn.Module, self).modules() if isinstance(m, CosineClassifier)]
 
     def with_prior(
-        self, logits: torch.Tensor, h: torch.Tensor, skip: int = 0, need_zs: bool = False
+        self, logits: torch.Tensor, h: torch.Tensor, skip: int = 0, need_zs: bool = False, stop: int | None = None
     ) -> Tuple[torch.Tensor, torch.Tensor | None]:
         """``(closed logits, zero-shot logits or None)`` of a net with or without a prior.
 
@@ -179,21 +179,29 @@ class ZeroShotMixin:
                 use the trained heads alone): their zero-shot forward is not run, their ``logits``
                 stay the trained ones and their zero-shot logits are NaN.
             need_zs: With ``zs_mode: weights``, compute the zero-shot logits anyway.
+            stop: Nor do the rows from ``stop`` on (None: B): the zero-shot forward runs on rows
+                ``skip:stop`` only.
         """
         prior = self.zero_shot
         if prior is None:
             return logits, None
-        if not 0 <= skip <= logits.shape[0]:
-            raise ValueError(f"skip must be in [0, {logits.shape[0]}], got {skip}")
+        B = logits.shape[0]
+        stop = B if stop is None else stop
+        if not 0 <= skip <= stop <= B:
+            raise ValueError(f"need 0 <= skip <= stop <= {B}, got skip {skip}, stop {stop}")
         if prior.mode == "weights" and not need_zs:
             return logits, None
-        zs_rest = prior.logits(h[skip:])
-        zs = zs_rest if skip == 0 else torch.cat([zs_rest.new_full((skip, zs_rest.shape[1]), float("nan")), zs_rest])
+        zs_rows = prior.logits(h[skip:stop])
+        if skip == 0 and stop == B:
+            zs = zs_rows
+        else:
+            nan = zs_rows.new_full((B, zs_rows.shape[1]), float("nan"))
+            zs = torch.cat([nan[:skip], zs_rows, nan[stop:]])
         if prior.mode == "weights":
             return logits, zs
-        if skip == 0:
+        if skip == 0 and stop == B:
             return prior.mix(logits, zs), zs
-        return torch.cat([logits[:skip], prior.mix(logits[skip:], zs_rest)]), zs
+        return torch.cat([logits[:skip], prior.mix(logits[skip:stop], zs_rows), logits[stop:]]), zs
 
     def for_prediction(self) -> nn.Module:
         """The network to predict with: with ``zs_mode: weights`` a merged copy without the prior, else itself.
