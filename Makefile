@@ -32,7 +32,7 @@ fmnist:
 	  (apt-get install -y -q dataset-fashion-mnist || sudo apt-get install -y -q dataset-fashion-mnist) >/dev/null)
 
 # Built once; rebuilt only when its card or weights are missing or do not match. Measured (README, "The demo"):
-# 138 s on 2 idle cores (before OMP_WAIT_POLICY=PASSIVE); 436 s wall, 197 CPU-s on the 2 cores shared with 3
+# 114 s on 2 idle cores (138 s before OMP_WAIT_POLICY=PASSIVE); 436 s wall, 197 CPU-s on the 2 cores shared with 3
 # other engineers (load 9), where the first make demo took 613 s in all (315 CPU-s).
 demo-clip: $(VENV)/.installed fmnist
 	$(PY) -m usb_cfsg.demo_clip --out $(DEMO_CLIP) --reuse
