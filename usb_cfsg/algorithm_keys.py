@@ -240,6 +240,13 @@ ALGORITHMS: Dict[str, AlgorithmKeys] = {
                 choices=("ensemble", "fine"),
             ),
             Key(
+                "fine_tokens",
+                "str",
+                "kept",
+                "patch tokens of the fine branch with the SFM: the kept ones (kept) or every patch (all)",
+                choices=("kept", "all"),
+            ),
+            Key(
                 "mcm_temperature",
                 "float",
                 1.0,

@@ -386,3 +386,19 @@ def test_zero_shot_reference_round_trips_through_a_checkpoint():
 def test_zs_weight_outside_the_unit_interval_is_a_config_error(weight):
     with pytest.raises(ConfigError, match=r"zs_weight must be in \[0, 1\]"):
         make(zs_weight=weight)
+
+
+def test_fine_tokens_all_shows_every_patch_to_the_fine_branch():
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        # without VSI the fine branch depends only on its tokens: all patches = the no-SFM fine branch
+        all_tokens = make(use_vsi=False, fine_tokens="all").eval()(x)
+        no_sfm = make(use_vsi=False, use_sfm=False).eval()(x)
+        kept = make(use_vsi=False).eval()(x)
+    torch.testing.assert_close(all_tokens["logits_fine"], no_sfm["logits_fine"])
+    assert not torch.allclose(all_tokens["logits_fine"], kept["logits_fine"])
+    # the SFM still shapes the coarse branch and still reports its kept patches
+    torch.testing.assert_close(all_tokens["logits_coarse"], kept["logits_coarse"])
+    assert torch.equal(all_tokens["keep_idx"], kept["keep_idx"])
+    with pytest.raises(ConfigError, match="fine_tokens must be kept or all"):
+        make(fine_tokens="some")

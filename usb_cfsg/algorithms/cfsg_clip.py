@@ -50,6 +50,7 @@ NET_SWITCHES = (
     "vsi_topk",
     "proto_momentum",
     "closed_head",
+    "fine_tokens",
     "mcm_temperature",
     "glmcm_local",
     "ova_bias",

@@ -82,6 +82,9 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         vsi_topk: k, number of cue tokens (top-k coarse classes).
         proto_momentum: EMA momentum of the class prototypes.
         closed_head: ``ensemble`` ((coarse + fine) / 2) or ``fine``.
+        fine_tokens: Patch tokens the fine branch re-runs on with the SFM: ``kept`` (the SFM's kept
+            patches only) or ``all`` (every patch; the SFM then shapes the coarse feature, the VSI
+            cues and, through them, the fine branch, but hides no patch from it).
         mcm_temperature: T of the MCM / GL-MCM softmax over cosine similarities (1, as both papers).
         glmcm_local: Local features of the GL-MCM score: ``glmcm`` (as GL-MCM's code, default) or
             ``value`` (MaskCLIP's value path alone, this project's earlier choice).
@@ -111,6 +114,7 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         vsi_topk: int = 3,
         proto_momentum: float = 0.99,
         closed_head: Literal["ensemble", "fine"] = "ensemble",
+        fine_tokens: Literal["kept", "all"] = "kept",
         mcm_temperature: float = DEFAULT_MCM_TEMPERATURE,
         glmcm_local: DenseKind = "glmcm",
         ova_bias: bool = False,
@@ -126,6 +130,9 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             raise ConfigError(f"glmcm_local must be one of {', '.join(DENSE_KINDS)}, got {glmcm_local!r}")
         if closed_head not in ("ensemble", "fine"):
             raise ConfigError(f"closed_head must be ensemble or fine, got {closed_head!r}")
+        if fine_tokens not in ("kept", "all"):
+            raise ConfigError(f"fine_tokens must be kept or all, got {fine_tokens!r}")
+        self.fine_tokens = fine_tokens
         if not 0.0 < sfm_keep_ratio <= 1.0:
             raise ConfigError(f"sfm_keep_ratio must be in (0, 1], got {sfm_keep_ratio}")
         if not mcm_temperature > 0:
@@ -278,7 +285,7 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         t = t.to(c["glmcm_local"].dtype)
 
         fine_in = [h[:, :1]]
-        if self.use_sfm:
+        if self.use_sfm and self.fine_tokens == "kept":
             fine_in.append(gather_tokens(h[:, 1:], c["keep_idx"]))
         else:
             fine_in.append(h[:, 1:])
