@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_config(["--c", opts.c, "--algorithm", "clip_zeroshot"])
     own = build_config(["--c", opts.c])  # the file's own algorithm: its SFM keys, if any
-    for key in ("sfm_keep_ratio", "sfm_temperature", "sfm_posterior_scale"):
-        if hasattr(own, key):
-            setattr(args, key, getattr(own, key))
+    # SemanticFilter keyword -> config key; keys the config lacks keep SemanticFilter's defaults
+    sfm_keys = dict(keep_ratio="sfm_keep_ratio", temperature="sfm_temperature", logit_scale="sfm_posterior_scale")
+    sfm_kwargs = {kw: getattr(own, key) for kw, key in sfm_keys.items() if hasattr(own, key)}
     datasets, info = build_openset_datasets(args, "clip_zeroshot", OPENAI_MEAN, OPENAI_STD, None)
     test = datasets["eval"]
     step = max(1, len(test) // opts.max_images)
@@ -99,25 +99,22 @@ def main(argv: list[str] | None = None) -> int:
             }
             print(json.dumps(results[kind]))
             if info.eval_boxes is not None:
-                _localization(args, kind, torch.cat(globals_).float(), dense, t, info.eval_boxes[rows])
+                _localization(args, sfm_kwargs, kind, torch.cat(globals_).float(), dense, t, info.eval_boxes[rows])
     return 0
 
 
-def _localization(args, kind: str, g: torch.Tensor, dense: torch.Tensor, t: torch.Tensor, boxes) -> None:
+def _localization(
+    args, sfm_kwargs: dict, kind: str, g: torch.Tensor, dense: torch.Tensor, t: torch.Tensor, boxes
+) -> None:
     """Print where each SFM relevance rule points on images with boxes (one JSON line per rule).
 
-    The SFM keys are the config's when it is a cfsg_clip config, else their defaults.
+    ``sfm_kwargs`` are SemanticFilter keywords from the config (its SFM keys; none for other algorithms).
     """
     from usb_cfsg.evaluation.localization import localization_metrics
     from usb_cfsg.modules.semantic_filter import RELEVANCE_RULES, SemanticFilter
 
     for rule in RELEVANCE_RULES:
-        sfm = SemanticFilter(
-            keep_ratio=getattr(args, "sfm_keep_ratio", 0.25),
-            temperature=getattr(args, "sfm_temperature", 0.07),
-            logit_scale=getattr(args, "sfm_posterior_scale", 100.0),
-            relevance=rule,
-        )
+        sfm = SemanticFilter(relevance=rule, **sfm_kwargs)
         _, _, relevance, keep_idx, _ = sfm.select(g, dense, t)
         loc = localization_metrics(relevance.numpy(), boxes, args.img_size, args.crop_ratio, keep_idx=keep_idx.numpy())
         assert loc is not None

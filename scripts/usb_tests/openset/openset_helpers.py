@@ -1,4 +1,8 @@
-"""Helpers of the open-set tests: a tiny image-folder dataset, a tiny CLIP config, train.py on CPU."""
+"""Helpers of the open-set tests: a tiny image-folder dataset, a tiny CLIP config, train.py on CPU.
+
+``tests/conftest.py`` has helpers of the same shape (a config writer, ``run_train``), but it comes with
+the fixes series, and the open-set series must run their tests without it: so these stay separate.
+"""
 
 import json
 import os
