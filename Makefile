@@ -6,7 +6,7 @@ FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 # The demo CLIP (python -m usb_cfsg.demo_clip), kept outside git; config/demo/*_fmnist.yaml point here.
 DEMO_CLIP := ./saved_models/demo_clip
 
-.PHONY: lint test test-slow demo demo-clip demo-clip-scene demo-randinit install fmnist clean-venv
+.PHONY: lint docs test test-slow demo demo-clip demo-clip-scene demo-randinit install fmnist clean-venv
 
 $(VENV)/.installed: setup.py constraints.txt requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
+# The user guide (mkdocs.yml, docs/) into site/; --strict makes a broken link or anchor an error.
+docs: $(VENV)/.installed
+	$(VENV)/bin/mkdocs build --strict --quiet
+
 test: $(VENV)/.installed
 	$(PY) -m pytest -q -m "not slow" tests
 
@@ -31,7 +35,7 @@ fmnist:
 	@test -f $(FMNIST) || (echo "installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
 	  (apt-get install -y -q dataset-fashion-mnist || sudo apt-get install -y -q dataset-fashion-mnist) >/dev/null)
 
-# Built once; rebuilt only when its card or weights are missing or do not match. Measured (README, "The demo"):
+# Built once; rebuilt only when its card or weights are missing or do not match. Measured (docs/results/demo.md):
 # 114 s on 2 idle cores (138 s before OMP_WAIT_POLICY=PASSIVE); 436 s wall, 197 CPU-s on the 2 cores shared with 3
 # other engineers (load 9), where the first make demo took 613 s in all (315 CPU-s).
 demo-clip: $(VENV)/.installed fmnist

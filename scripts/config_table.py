@@ -1,7 +1,7 @@
-"""Print (or check) the README's table of every configuration key.
+"""Print (or write) the table of every configuration key in docs/configuration.md.
 
 python scripts/config_table.py            # print the markdown
-python scripts/config_table.py --write    # replace the block between the markers in README.md
+python scripts/config_table.py --write    # replace the block between the markers in docs/configuration.md
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 START, END = "<!-- config-table:start -->", "<!-- config-table:end -->"
+#: The page that holds the table between START and END.
+PAGE = os.path.join(ROOT, "docs", "configuration.md")
 
 
 def _fmt(value) -> str:
@@ -50,18 +52,18 @@ def table() -> str:
     return "\n".join(lines)
 
 
-def readme_block(text: str) -> str:
+def page_block(text: str) -> str:
+    """The markdown between the table's markers in ``text``."""
     return text[text.index(START) + len(START) : text.index(END)].strip("\n")
 
 
 def main() -> int:
     body = table()
     if "--write" in sys.argv:
-        path = os.path.join(ROOT, "README.md")
-        with open(path, encoding="utf-8") as fh:
+        with open(PAGE, encoding="utf-8") as fh:
             text = fh.read()
         text = text[: text.index(START) + len(START)] + "\n" + body + "\n" + text[text.index(END) :]
-        with open(path, "w", encoding="utf-8") as fh:
+        with open(PAGE, "w", encoding="utf-8") as fh:
             fh.write(text)
     else:
         print(body)
