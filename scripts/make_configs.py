@@ -445,7 +445,7 @@ def demo_clip_backbone() -> DemoBackbone:
             "all ten class names: a toy-scale stand-in for a pretrained CLIP, not CLIP. text_encoder clip: its",
             "own text tower gives the class embeddings. pretrain_pool names its card, so none of its pretraining",
             "images is ever a labeled or unlabeled image of this run.",
-            f"Build it first (once; 114 s on 2 idle cores, 436 s on 2 shared ones: README, The demo): make demo  "
+            f"Build it first (once; 114 s on 2 idle cores, 436 s on 2 shared ones: docs/results/demo.md): make demo  "
             f"(or python -m usb_cfsg.demo_clip --out {DEMO_CLIP_DIR})",
         ),
         algorithm_keys={
