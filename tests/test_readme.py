@@ -130,3 +130,5 @@ def test_the_site_builds_strictly(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert os.path.isfile(tmp_path / "site" / "configuration.html")
+    api = (tmp_path / "site" / "api" / "modules.html").read_text(encoding="utf-8")
+    assert 'id="usb_cfsg.modules.semantic_filter.SemanticFilter"' in api, "the API pages hold no docstrings"
