@@ -10,7 +10,7 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from usb_cfsg import compare
+from usb_cfsg_tools import compare
 from usb_cfsg.errors import ConfigError
 
 

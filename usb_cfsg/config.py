@@ -177,7 +177,7 @@ class BaseConfig:
     seen_classes: Optional[List[Any]] = _help_list("Explicit seen classes (names or indices); overrides class_split.")
     ulb_unseen_ratio: Optional[float] = _help("Cap unseen-class images to this fraction of the unlabeled set.", None)
     pretrain_pool: Optional[str] = _help(
-        "A demo CLIP card (python -m usb_cfsg.demo_clip writes <dir>/card.json): its pretraining images are "
+        "A demo CLIP card (python -m usb_cfsg_tools.demo_clip writes <dir>/card.json): its pretraining images are "
         "removed from the training set, so none is ever a labeled or unlabeled image.",
         None,
     )
