@@ -33,9 +33,9 @@ setup(
     install_requires=REQUIRES,
     entry_points={
         "console_scripts": [
-            "usb-cfsg-train = usb_cfsg.cli.train:main",
-            "usb-cfsg-eval = usb_cfsg.cli.eval:main",
-            "usb-cfsg-predict = usb_cfsg.cli.predict:main",
+            "usb-cfsg-train = usb_cfsg.cli.train:cli",
+            "usb-cfsg-eval = usb_cfsg.cli.eval:cli",
+            "usb-cfsg-predict = usb_cfsg.cli.predict:cli",
             "usb-cfsg-compare = usb_cfsg_tools.compare:main",
             "usb-cfsg-demo-clip = usb_cfsg_tools.demo_clip:main",
         ]

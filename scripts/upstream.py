@@ -104,6 +104,7 @@ PLUGIN_ONLY: Dict[str, str] = {
     "usb_cfsg.engine.launch": "replaces USB's train.py main/main_worker; the series fixes train.py instead",
     "usb_cfsg.evaluation.offline": "eval.py of the plug-in (checkpoint format of its own launcher)",
     "usb_cfsg.evaluation.predict": "predict.py of the plug-in",
+    "usb_cfsg.cli": "the plug-in's commands (train, eval, predict); the series fixes USB's own train.py instead",
 }
 #: Paper links of the algorithms, for the docs' list (an algorithm without one is listed without a link).
 PAPERS: Dict[str, str] = {

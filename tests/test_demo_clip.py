@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.datasets.replicas import write_fmnist_replica
-from usb_cfsg_tools import demo_clip
 from usb_cfsg.errors import ConfigError, DatasetError
+from usb_cfsg_tools import demo_clip
 
 
 @pytest.fixture(scope="module")

@@ -7,18 +7,20 @@ Writes openset_metrics.json, roc.png, score_hist.png and confusion.csv to ``--ou
 the run folder ``<save_dir>/<save_name>/``). Without ``--c`` the config stored in the checkpoint is
 used; ``--key value`` pairs override it. ``--relevance-dir DIR`` also saves relevance overlays of
 the first eval images (nets with a relevance map, e.g. cfsg_clip) to ``DIR/eval/``. Exit status 2 on
-a configuration or checkpoint error.
+a configuration or checkpoint error. The same command, installed: ``usb-cfsg-eval`` or
+``python -m usb_cfsg.cli.eval`` (same arguments).
 """
 
 import sys
+from typing import Optional, Sequence
 
-import usb_cfsg  # noqa: F401  (registrations)
-from usb_cfsg.engine.launch import setup_logging
-from usb_cfsg.errors import UsbCfsgError
+from ..engine.launch import setup_logging
+from ..errors import UsbCfsgError
 
 
-def cli(argv=None) -> int:
-    from usb_cfsg.evaluation.offline import evaluate_checkpoint
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """Evaluate with ``argv`` (default: the command line); returns the exit status (0, 2 on an error)."""
+    from ..evaluation.offline import evaluate_checkpoint
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if any(a in ("-h", "--help") for a in argv):

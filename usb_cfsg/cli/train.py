@@ -7,12 +7,14 @@
     python train.py --c RUN/config.yaml --resume true --num_train_iter N --resume_extend true   # train longer
 
 Every value is checked before any data is read; a start that fails leaves no run folder behind.
+The same command, installed: ``usb-cfsg-train`` or ``python -m usb_cfsg.cli.train`` (same arguments).
 """
 
 import logging
 import os
 import sys
 import time
+from typing import Optional, Sequence
 
 # OpenMP threads sleep instead of spinning while they wait. Same results (same threads, same kernels), but on
 # a CPU shared with other processes (DataLoader workers included) spinning threads slowed steps up to 5x
@@ -22,9 +24,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # Light imports only: --help and configuration errors (unknown keys, types) come before torch and
 # semilearn load (usb_cfsg.engine, imported in cli(), registers our nets and algorithms; mp.spawn children
 # unpickle usb_cfsg.engine.launch.worker, which imports it too).
-import usb_cfsg  # noqa: F401
-from usb_cfsg.config import build_config, describe_keys, load_yaml, parse_cli_pairs, validate_config_values
-from usb_cfsg.errors import UsbCfsgError
+from ..config import build_config, describe_keys, load_yaml, parse_cli_pairs, validate_config_values
+from ..errors import UsbCfsgError
 
 
 def _help(argv) -> str:
@@ -63,7 +64,8 @@ def interrupted(args) -> str:
     return "interrupted before the first checkpoint: nothing to resume; run the same command again to start over"
 
 
-def cli(argv=None) -> int:
+def cli(argv: Optional[Sequence[str]] = None) -> int:
+    """Train with ``argv`` (default: the command line); returns the exit status (0, 2 bad config, 130 Ctrl-C)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = None
     try:
@@ -73,8 +75,8 @@ def cli(argv=None) -> int:
         _console_logging()
         args = build_config(argv, validate=False)  # unknown keys and types: no torch yet
         validate_config_values(args)  # ranges and the algorithm's rules (may load open_clip / the algorithm)
-        from usb_cfsg.engine import main  # torch and semilearn load here
-        from usb_cfsg.engine.launch import setup_logging
+        from ..engine import main  # torch and semilearn load here
+        from ..engine.launch import setup_logging
 
         setup_logging(None)  # console logging until main() adds log.txt
         main(args)
