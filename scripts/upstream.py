@@ -1588,6 +1588,7 @@ openset_metrics.json with msp and energy scores.""",
                         """    if args.algorithm in ALGORITHMS:
         alg_class = ALGORITHMS[args.algorithm]
         # open-set datasets: every algorithm gets the open-set mixin (open-set test set and evaluation)
+        import semilearn.core.hooks.openset  # noqa: F401 - registers the mixin's run hooks (open-set evaluation)
         from semilearn.core.utils.build import openset_dataset_names
         if getattr(args, 'dataset', None) in openset_dataset_names():
             from semilearn.core.openset.plugin import plugin_class
