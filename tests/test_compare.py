@@ -10,8 +10,8 @@ import pytest
 import yaml
 from sklearn.metrics import roc_auc_score
 
-from usb_cfsg import compare
 from usb_cfsg.errors import ConfigError
+from usb_cfsg_tools import compare
 
 
 def _base_config(path, cub_root):
@@ -182,3 +182,27 @@ def test_concurrent_runs_share_the_cores_unless_the_caller_chose_threads():
     assert compare.run_env({}, jobs=3, cpus=16)["OMP_NUM_THREADS"] == "5"
     assert "OMP_NUM_THREADS" not in compare.run_env({}, jobs=1, cpus=2)  # one run: PyTorch's own default
     assert compare.run_env({"OMP_NUM_THREADS": "4"}, jobs=2, cpus=2)["OMP_NUM_THREADS"] == "4"  # the caller's wins
+
+
+def test_every_run_is_the_installed_training_module_in_the_runners_folder(tmp_path, monkeypatch):
+    """No train.py found through __file__: a run is ``<python> -m usb_cfsg.cli.train`` (the interpreter's
+    installed usb_cfsg) started in the runner's working folder, where the config's relative paths resolve."""
+    calls = []
+
+    class Done:
+        returncode = 0
+
+    def fake_run(cmd, **kw):
+        calls.append((cmd, kw))
+        return Done()
+
+    monkeypatch.setattr(compare.subprocess, "run", fake_run)
+    monkeypatch.chdir(tmp_path)
+    run = compare.Run(compare.Row("fixmatch", "fixmatch"), 0, tmp_path / "run", tmp_path / "logs" / "run.log")
+    run.argv = ["--c", "base.yaml"]
+    compare._execute(run, "/some/python", {"PATH": "/bin"})
+    ((cmd, kw),) = calls
+    assert cmd == ["/some/python", "-m", "usb_cfsg.cli.train", "--c", "base.yaml"]
+    assert kw.get("cwd") in (None, os.getcwd()) and "PYTHONPATH" not in kw["env"]
+    assert run.status == "failed" and "exit 0" in run.detail  # exit 0 but no openset_metrics.json
+    assert not any(a.dest == "train_py" for a in compare.build_parser()._actions)

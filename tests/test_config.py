@@ -1,5 +1,6 @@
 """Configuration: precedence, validation and error messages users see."""
 
+import json
 import os
 
 import pytest
@@ -281,3 +282,26 @@ def test_a_common_key_redeclared_by_the_file_algorithm_does_not_cross(tmp_path):
     explicit = build_config(["--c", str(cfg), "--algorithm", "fixmatch", "--zs_weight", "0.5"], validate=False)
     assert explicit.zs_weight == 0.5
     assert build_config(["--c", str(cfg)], validate=False).zs_weight == 0.5
+
+
+def test_relative_paths_are_relative_to_the_working_folder_not_the_config_file(tmp_path, monkeypatch):
+    """PATH_RULE: a config in another folder naming ``cards/card.json`` means <working folder>/cards/card.json,
+    for pretrain_pool as for every path key; ``~`` is the home folder for all of them alike."""
+    from usb_cfsg.config import PATH_KEYS, PATH_RULE, describe_keys
+    from usb_cfsg.datasets.pretrain_pool import load_card
+
+    here, elsewhere, home = tmp_path / "here", tmp_path / "configs", tmp_path / "home"
+    for folder in (here / "cards", elsewhere / "cards", home):
+        folder.mkdir(parents=True)
+    card = {"dataset": "fmnist_openset", "pool": {"indices": [0, 1], "num_train": 10}}
+    (here / "cards" / "card.json").write_text(json.dumps(card))
+    (elsewhere / "cards" / "card.json").write_text(json.dumps({"pool": "not a card"}))
+    cfg = write(elsewhere, {"pretrain_pool": "cards/card.json", "data_dir": "data", "save_dir": "~/runs"})
+    monkeypatch.chdir(here)
+    monkeypatch.setenv("HOME", str(home))
+    args = build_config(["--c", cfg], validate=False)
+    assert args.pretrain_pool == "cards/card.json" and args.data_dir == "data"  # stored as given
+    assert load_card(args.pretrain_pool)["pool"]["indices"] == [0, 1]  # the working folder's card
+    assert args.save_dir == str(home / "runs")
+    assert {"pretrain_pool", "pretrain_path", "data_dir", "save_dir", "load_path"} <= set(PATH_KEYS)
+    assert describe_keys("fixmatch").startswith(PATH_RULE)

@@ -1,4 +1,4 @@
-"""The demo CLIP builder (usb_cfsg.demo_clip): caption encoding, loss, pool, card, loading by pretrain_path."""
+"""The demo CLIP builder (usb_cfsg_tools.demo_clip): caption encoding, loss, pool, card, loading by pretrain_path."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from tests.datasets.replicas import write_fmnist_replica
-from usb_cfsg import demo_clip
 from usb_cfsg.errors import ConfigError, DatasetError
+from usb_cfsg_tools import demo_clip
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_batch_augment_takes_crops_of_the_resized_images() -> None:
 
 
 def test_card_errors_say_how_to_build_one(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="python -m usb_cfsg.demo_clip --out"):
+    with pytest.raises(ConfigError, match="python -m usb_cfsg_tools.demo_clip --out"):
         demo_clip.load_card(str(tmp_path / "card.json"))
     (tmp_path / "card.json").write_text(json.dumps({"dataset": "fmnist_openset"}))
     with pytest.raises(ConfigError, match="not a demo CLIP card"):

@@ -32,12 +32,16 @@ _registered = False
 
 
 def register() -> None:
-    """Register our nets, algorithms and datasets (imports torch and semilearn; idempotent)."""
+    """Register our nets, algorithms, datasets and run hooks (imports torch and semilearn; idempotent).
+
+    ``evaluation`` fills the engine's run hooks (open-set evaluation, relevance maps): the engine
+    imports no layer above it, this package root wires them together.
+    """
     global _registered
     if _registered:
         return
     _registered = True
-    for name in ("nets", "algorithms", "datasets"):
+    for name in ("nets", "algorithms", "datasets", "evaluation"):
         importlib.import_module(f"{__name__}.{name}")
 
 

@@ -5,6 +5,12 @@ Every key a run understands is declared once, with its type and help text: the c
 ``get_argument()`` (USB's ``SSL_Argument`` list). Any key can be given on the command line as
 ``--key value``; unknown keys and values of the wrong type are errors naming the key and the
 closest valid keys. The result is an ``argparse.Namespace``, which is what USB algorithms expect.
+
+Paths (:data:`PATH_RULE`, the one rule): a relative path in a config, whether from a YAML file, the
+command line or a saved ``config.yaml``, is relative to the working folder of the process that reads
+it (train, eval, predict, compare and every run compare starts, which runs in compare's folder), never
+to the config file's folder or to where the package is installed; a leading ``~`` is the user's home,
+expanded here for every key of :data:`PATH_KEYS` alike.
 """
 
 from __future__ import annotations
@@ -26,6 +32,21 @@ from .errors import ConfigError, did_you_mean
 logger = logging.getLogger("usb_cfsg")
 
 _NONE_STRINGS = {"none", "null", "~", ""}
+#: Keys whose values are file or folder paths (``out_dir``: eval's own key); see :data:`PATH_RULE`.
+PATH_KEYS: Tuple[str, ...] = (
+    "save_dir",
+    "load_path",
+    "pretrain_path",
+    "pretrain_pool",
+    "data_dir",
+    "relevance_dir",
+    "out_dir",
+)
+#: The rule for relative paths in a config, as ``--help`` prints it.
+PATH_RULE = (
+    "Paths (" + ", ".join(PATH_KEYS) + "): a relative path is relative to the folder the command runs in "
+    "(compare's runs run in compare's folder), never to the config file's folder; ~ is the home folder."
+)
 _TRUE = {"true", "yes", "t", "y", "1"}
 _FALSE = {"false", "no", "f", "n", "0"}
 
@@ -177,7 +198,7 @@ class BaseConfig:
     seen_classes: Optional[List[Any]] = _help_list("Explicit seen classes (names or indices); overrides class_split.")
     ulb_unseen_ratio: Optional[float] = _help("Cap unseen-class images to this fraction of the unlabeled set.", None)
     pretrain_pool: Optional[str] = _help(
-        "A demo CLIP card (python -m usb_cfsg.demo_clip writes <dir>/card.json): its pretraining images are "
+        "A demo CLIP card (python -m usb_cfsg_tools.demo_clip writes <dir>/card.json): its pretraining images are "
         "removed from the training set, so none is ever a labeled or unlabeled image.",
         None,
     )
@@ -507,6 +528,7 @@ def build_config(
             values[key] = coerce(specs[key], val, source)
             sources[key] = source
 
+    expand_paths(values)
     _derive(values, explicit)
     ns = argparse.Namespace(**values)
     ns.c = config_file
@@ -514,6 +536,17 @@ def build_config(
     if validate:
         validate_config_values(ns, algorithm_cls)
     return ns
+
+
+def expand_paths(values: Dict[str, Any]) -> None:
+    """Apply :data:`PATH_RULE` to the path keys of ``values`` in place: ``~`` expanded, relative kept relative.
+
+    A relative path stays as given (so a saved ``config.yaml`` repeats the run from another checkout
+    too): every reader opens it from the working folder, the rule's anchor.
+    """
+    for key in PATH_KEYS:
+        if isinstance(values.get(key), str):
+            values[key] = os.path.expanduser(values[key])
 
 
 def validate_config_values(ns: argparse.Namespace, algorithm_cls: Any = None) -> None:
@@ -840,7 +873,7 @@ def describe_keys(algorithm: str) -> str:
     """Every key ``algorithm`` accepts, with type, default and help, for ``train.py --help``."""
     specs = base_specs()
     own = algorithm_specs(_algorithm_class(algorithm))
-    lines = []
+    lines = [PATH_RULE, ""]
     for title, group in (
         ("common keys", {k: v for k, v in specs.items() if k not in own}),
         (f"keys of algorithm {algorithm!r}", own),

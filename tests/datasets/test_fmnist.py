@@ -96,7 +96,7 @@ def _card(path: Path, pool: np.ndarray, num_train: int) -> Path:
 
 def test_pretrain_pool_never_enters_the_split(tmp_path: Path, no_debian: Path, args_factory) -> None:
     """With pretrain_pool, labeled and unlabeled images are exactly the training images outside the pool."""
-    from usb_cfsg.demo_clip import select_pool
+    from usb_cfsg_tools.demo_clip import select_pool
 
     write_fmnist_replica(tmp_path / "data", num_train=200, num_test=20)
     src = read_source("fmnist_openset", str(tmp_path / "data"))
@@ -145,14 +145,14 @@ def test_pretrain_pool_of_another_training_set_is_refused(tmp_path: Path, no_deb
     with pytest.raises(DatasetError, match="indexes 60 training images, this fmnist_openset has 40"):
         build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
     args.pretrain_pool = str(tmp_path / "missing" / "card.json")
-    with pytest.raises(ConfigError, match="does not exist; build one with: python -m usb_cfsg.demo_clip"):
+    with pytest.raises(ConfigError, match="does not exist; build one with: python -m usb_cfsg_tools.demo_clip"):
         build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
 
 
 @needs_debian
 def test_real_fashion_mnist_split_is_disjoint_from_the_demo_pool(tmp_path: Path) -> None:
     """On the real data with the demo's split settings: no pretraining image is labeled or unlabeled."""
-    from usb_cfsg.demo_clip import select_pool, without_pretrain_pool
+    from usb_cfsg_tools.demo_clip import select_pool, without_pretrain_pool
 
     src = read_source("fmnist_openset", None)
     pool = select_pool(src.train_targets, 0.5, seed=0)

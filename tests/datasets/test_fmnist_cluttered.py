@@ -121,7 +121,7 @@ def test_reader_and_split_carry_boxes_and_respect_the_pool(tmp_path: Path, no_de
     assert src.class_names == plain.class_names and np.array_equal(src.train_targets, plain.train_targets)
     assert np.asarray(src.test_items).shape == (20, 24, 24)
     assert np.array_equal(src.test_items.layout.donor.ravel() < 20, np.ones(40, bool))  # test donors: test images
-    from usb_cfsg.demo_clip import select_pool
+    from usb_cfsg_tools.demo_clip import select_pool
 
     pool = select_pool(plain.train_targets, 0.5, seed=0)
     card = _card(tmp_path / "card.json", pool, 60)

@@ -11,16 +11,16 @@ import yaml
 
 import train
 from tests.conftest import tiny_run_argv
-from usb_cfsg import compare
 from usb_cfsg.config import build_config
 from usb_cfsg.engine.provenance import demo_clip_sha256, record_demo_clip
 from usb_cfsg.errors import ConfigError
+from usb_cfsg_tools import compare
 
 WEIGHTS = "demo_clip_tiny.pt"
 
 
 def write_build(folder: Path, seed: int) -> str:
-    """A demo-CLIP-like folder: clip-tiny weights and a card naming them (as python -m usb_cfsg.demo_clip
+    """A demo-CLIP-like folder: clip-tiny weights and a card naming them (as python -m usb_cfsg_tools.demo_clip
     writes them); returns the weights' sha256."""
     import open_clip
 
@@ -67,7 +67,9 @@ def test_the_build_comes_from_the_card_of_the_weights_or_the_pool(builds, tmp_pa
     (changed / WEIGHTS).write_bytes((b / WEIGHTS).read_bytes())
     with pytest.raises(ConfigError, match="not the build its card") as err:
         demo_clip_sha256(str(changed / WEIGHTS), None)
-    assert sha_a in str(err.value) and sha_b in str(err.value) and "python -m usb_cfsg.demo_clip" in str(err.value)
+    assert (
+        sha_a in str(err.value) and sha_b in str(err.value) and "python -m usb_cfsg_tools.demo_clip" in str(err.value)
+    )
 
 
 def test_a_given_build_is_a_pin_a_resume_keeps_the_checkpoints(builds):

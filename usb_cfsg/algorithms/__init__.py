@@ -2,64 +2,20 @@
 
 ``import usb_cfsg`` imports this package, which registers every algorithm module listed in
 ``_MODULES``. A name that semilearn (or anyone) already registered is an error, not a silent
-overwrite as in semilearn's own registry.
+overwrite as in semilearn's own registry. The lookup itself (:func:`register_algorithm`,
+:func:`get_algorithm_class`, :func:`algorithm_names`) lives in :mod:`usb_cfsg.registry`, below the
+engine, which looks algorithms up without importing this package.
 """
 
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, List, Type
+from typing import Any, List
 
 from ..algorithm_keys import ALGORITHMS, problems
-from ..errors import RegistryError, did_you_mean
+from ..registry import algorithm_names, get_algorithm_class, register_algorithm
 
 _MODULES: tuple[str, ...] = ("cfsg_clip", "openmatch", "iomatch", "clip_zeroshot")
-
-
-def _semilearn_algorithms():
-    import semilearn.algorithms  # noqa: F401 - importing fills ALGORITHMS with USB's algorithms
-    from semilearn.core.utils import ALGORITHMS
-
-    return ALGORITHMS
-
-
-def register_algorithm(name: str) -> Callable[[Type[Any]], Type[Any]]:
-    """Class decorator: register an algorithm with semilearn under ``name``.
-
-    Raises:
-        RegistryError: ``name`` is already registered by another class.
-    """
-
-    def deco(cls: Type[Any]) -> Type[Any]:
-        registry = _semilearn_algorithms()
-        if name in registry:
-            existing = registry[name]
-            same = (getattr(existing, "__module__", None), getattr(existing, "__qualname__", None)) == (
-                cls.__module__,
-                cls.__qualname__,
-            )
-            if not same:
-                raise RegistryError(
-                    f"algorithm {name!r} is already registered by {existing.__module__}.{existing.__qualname__}"
-                )
-        registry._dict[name] = cls
-        return cls
-
-    return deco
-
-
-def algorithm_names() -> list[str]:
-    """Every registered algorithm name (USB's and ours), sorted."""
-    return sorted(_semilearn_algorithms().keys())
-
-
-def get_algorithm_class(name: str) -> Type[Any]:
-    """The algorithm class registered as ``name``; unknown names list the closest ones."""
-    registry = _semilearn_algorithms()
-    if name not in registry:
-        names = list(registry.keys())
-        raise RegistryError(f"unknown algorithm {name!r}{did_you_mean(name, names)} Known: {', '.join(sorted(names))}")
-    return registry[name]
 
 
 def ssl_arguments(name: str) -> List[Any]:
@@ -85,6 +41,14 @@ def declared_problems(name: str, args: Any) -> List[str]:
     """``validate_config`` of our algorithm ``name``: its declared ranges and rules (``usb_cfsg.algorithm_keys``)."""
     return problems(name, args)
 
+
+__all__ = [
+    "algorithm_names",
+    "declared_problems",
+    "get_algorithm_class",
+    "register_algorithm",
+    "ssl_arguments",
+]
 
 for _module in _MODULES:
     importlib.import_module(f"{__name__}.{_module}")

@@ -2,7 +2,7 @@
 
 The only real image data available offline on our machines (Debian's ``dataset-fashion-mnist``
 package), so it serves as the small real-data dataset for smoke runs and tests, and as the
-pretraining data of the demo CLIP (:mod:`usb_cfsg.demo_clip`). A run on the demo CLIP names its
+pretraining data of the demo CLIP (:mod:`usb_cfsg_tools.demo_clip`). A run on the demo CLIP names its
 card (``pretrain_pool: <dir>/card.json``); the open-set split then sees only the training images
 outside the card's pool (:func:`usb_cfsg.datasets.pretrain_pool.without_pretrain_pool`), so no pretraining image
 is ever a labeled or unlabeled image.

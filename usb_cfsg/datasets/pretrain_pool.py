@@ -1,6 +1,6 @@
 """A demo CLIP card's pretraining pool, kept out of the open-set data (``pretrain_pool: <dir>/card.json``).
 
-``python -m usb_cfsg.demo_clip`` trains the demo CLIP on a pool of Fashion-MNIST training images and
+``python -m usb_cfsg_tools.demo_clip`` trains the demo CLIP on a pool of Fashion-MNIST training images and
 writes the pool's indices into its card. A config naming the card makes the dataset drop those images
 before the open-set split, so none is ever a labeled or unlabeled image. Reading the card and removing
 the pool is data-layer work and lives here; the demo CLIP tool imports it, never the other way round.
@@ -42,7 +42,7 @@ def load_card(path: str) -> Dict[str, Any]:
     p = Path(path).expanduser()
     if p.is_dir():
         p = p / CARD_FILE
-    build = "build one with: python -m usb_cfsg.demo_clip --out ./saved_models/demo_clip (or make demo)"
+    build = "build one with: python -m usb_cfsg_tools.demo_clip --out ./saved_models/demo_clip (or make demo)"
     if not p.is_file():
         raise ConfigError(f"pretrain_pool {str(p)!r} does not exist; {build}")
     try:

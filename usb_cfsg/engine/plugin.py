@@ -18,7 +18,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from typing import Any, Dict, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Type
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from torch.utils.data import Subset
 from ..config import config_to_dict
 from ..errors import CheckpointError
 from ..nets.backbone import unwrap
+from ..registry import get_algorithm_class
 from .checkpoint import atomic_save, load_state_strict, rng_state, safe_load, set_rng_state
 from .device import apply_fast_paths, autocast_factory, grad_scaler
 from .hooks import CompactLoggingHook, GuardedParamUpdateHook, StepEndHook, ThroughputHook
@@ -40,6 +41,28 @@ SUBSET_LOADERS = {"eval": "eval_subset", "test_open": "test_open_subset"}
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CHECKPOINT_FORMAT = "usb_cfsg.train/1"
+#: A run hook's factory: the run's config -> the hook, or None when the run does not want it.
+HookFactory = Callable[[Any], Optional[Any]]
+#: Hooks every run gets on top of USB's and the engine's, by name: (factory, USB priority name). The
+#: layers above the engine fill it through :func:`register_run_hook` (``usb_cfsg.evaluation`` adds the
+#: open-set evaluation and the relevance maps), so the engine imports none of them.
+_RUN_HOOKS: Dict[str, Tuple[HookFactory, str]] = {}
+
+
+def register_run_hook(name: str, factory: HookFactory, priority: str) -> None:
+    """Give every run built from now on the hook ``factory(args)`` under ``name`` (registered again: replaced).
+
+    Args:
+        name: The hook's name in the algorithm's hook list (USB's ``register_hook`` name).
+        factory: Called with the run's config at ``set_hooks``; returns the hook, or None to skip it.
+        priority: USB's priority name (``"VERY_LOW"``, ``"LOW"``, ...).
+    """
+    _RUN_HOOKS[name] = (factory, priority)
+
+
+def run_hook_names() -> List[str]:
+    """The names :func:`register_run_hook` registered, in registration order."""
+    return list(_RUN_HOOKS)
 
 
 def msp_and_energy(logits: Any, energy_temperature: float = 1.0) -> Dict[str, np.ndarray]:
@@ -224,16 +247,17 @@ class PluginMixin:
         return copy.deepcopy(self.model)
 
     def set_hooks(self):
-        from ..evaluation.evaluator import OPENSET_HOOK_PRIORITY, OpenSetEvalHook
-
         super().set_hooks()
         self._install_engine_hooks()
-        # after EvaluationHook.after_run (HIGH), which saves latest_model.pth and sets results_dict
-        self.register_hook(OpenSetEvalHook(), "OpenSetEvalHook", OPENSET_HOOK_PRIORITY)
-        if self.args.relevance_dir:
-            from ..evaluation.relevance import RelevanceHook
-
-            self.register_hook(RelevanceHook(), "RelevanceHook", "LOW")
+        if not _RUN_HOOKS:  # usb_cfsg.register() imports usb_cfsg.evaluation, which registers them
+            raise RuntimeError(
+                "no run hooks registered: the open-set evaluation would be missing; import usb_cfsg.evaluation "
+                "(usb_cfsg.register() does) before building an algorithm"
+            )
+        for name, (factory, priority) in _RUN_HOOKS.items():
+            hook = factory(self.args)
+            if hook is not None:
+                self.register_hook(hook, name, priority)
 
     def _install_engine_hooks(self) -> None:
         """Swap USB's ParamUpdateHook, TimerHook and LoggingHook for ours (engine/hooks.py).
@@ -516,8 +540,6 @@ def clip_net_kwargs(
 
 def plugin_class(name: str) -> Type[Any]:
     """The class run for algorithm ``name``: the registered class with :class:`PluginMixin` in front."""
-    from ..algorithms import get_algorithm_class
-
     base: Type[Any] = get_algorithm_class(name)
     if issubclass(base, PluginMixin):
         return base
@@ -551,4 +573,12 @@ def build_algorithm(
     )
 
 
-__all__ = ["SUBSET_LOADERS", "PluginMixin", "build_algorithm", "clip_net_kwargs", "plugin_class"]
+__all__ = [
+    "SUBSET_LOADERS",
+    "PluginMixin",
+    "build_algorithm",
+    "clip_net_kwargs",
+    "plugin_class",
+    "register_run_hook",
+    "run_hook_names",
+]

@@ -1,9 +1,9 @@
 """Which demo CLIP build a run uses: the sha256 of its weights, from the build's card.
 
-``python -m usb_cfsg.demo_clip --out DIR`` writes ``DIR/demo_clip_tiny.pt`` and ``DIR/card.json``, whose
+``python -m usb_cfsg_tools.demo_clip --out DIR`` writes ``DIR/demo_clip_tiny.pt`` and ``DIR/card.json``, whose
 ``weights.sha256`` identifies the build. The build differs between machines (and between rebuilds),
 so every run records it (``demo_clip_sha256``, a config key) in its ``config.yaml``, its checkpoints
-and its ``openset_metrics.json``, and ``python -m usb_cfsg.compare`` refuses to tabulate runs of
+and its ``openset_metrics.json``, and ``python -m usb_cfsg_tools.compare`` refuses to tabulate runs of
 different builds. Decisions:
 
 * A run uses a demo CLIP when ``pretrain_path`` is the weights file a ``card.json`` in the same folder
@@ -34,7 +34,7 @@ logger = logging.getLogger("usb_cfsg")
 #: The config key and the openset_metrics.json field.
 KEY = "demo_clip_sha256"
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_BUILD = "python -m usb_cfsg.demo_clip --out DIR"
+_BUILD = "python -m usb_cfsg_tools.demo_clip --out DIR"
 
 
 def sha256_file(path: str) -> str:

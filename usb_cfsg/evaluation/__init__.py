@@ -3,12 +3,14 @@
 Submodules not re-exported here: :mod:`.offline` (eval.py) and :mod:`.predict` (predict.py).
 """
 
+from ..engine.plugin import register_run_hook
 from .evaluator import (
     CONFUSION_FILE,
     HEADLINE_KEYS,
     HIST_FILE,
     JSON_KEYS,
     METRICS_FILE,
+    OPENSET_HOOK_PRIORITY,
     ROC_FILE,
     SCORE_KEYS,
     EvaluationError,
@@ -38,7 +40,7 @@ from .metrics import (
     unknown_recall,
 )
 from .plots import DPI, FIGSIZE, read_confusion_csv, save_roc, save_score_hist, write_confusion_csv
-from .relevance import relevance_grid, save_relevance_overlay
+from .relevance import RelevanceHook, relevance_grid, save_relevance_overlay
 from .report import HEADLINE, SCORE_COLUMNS, format_percent, format_summary
 
 __all__ = [
@@ -85,3 +87,8 @@ __all__ = [
     "write_metrics_json",
     "write_openset_files",
 ]
+
+# Every training run evaluates open-set after USB's EvaluationHook.after_run (HIGH), which saves
+# latest_model.pth and sets results_dict; with relevance_dir it also draws relevance maps.
+register_run_hook("OpenSetEvalHook", lambda args: OpenSetEvalHook(), OPENSET_HOOK_PRIORITY)
+register_run_hook("RelevanceHook", lambda args: RelevanceHook() if args.relevance_dir else None, "LOW")

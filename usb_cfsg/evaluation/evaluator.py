@@ -464,7 +464,7 @@ def write_scores_npz(path: str, y_open: np.ndarray, logits: np.ndarray, scores: 
     """Per-image results of the open-set test set, atomically: ``y_open``, ``closed_pred`` and ``score_<name>``.
 
     What a comparison needs to redraw ROC curves or re-derive any metric without re-running the model
-    (``python -m usb_cfsg.compare`` reads it); float32, a few hundred KB for 10,000 images.
+    (``python -m usb_cfsg_tools.compare`` reads it); float32, a few hundred KB for 10,000 images.
     """
     arrays = {
         "y_open": np.asarray(y_open, dtype=np.int64),

@@ -68,7 +68,7 @@ def build_eval_config(argv: Sequence[str]) -> Tuple[Namespace, Dict[str, Any]]:
     Raises:
         ConfigError: No ``--load_path``, unknown keys, bad values. CheckpointError: bad checkpoint.
     """
-    from ..algorithms import get_algorithm_class
+    from ..registry import get_algorithm_class
 
     pairs = parse_cli_pairs(argv)
     load_path = pairs.get("load_path")

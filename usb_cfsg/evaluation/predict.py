@@ -479,3 +479,6 @@ __all__ = [
     "predict_paths",
     "score_function",
 ]
+
+if __name__ == "__main__":  # python -m usb_cfsg.evaluation.predict: the predict command (usb_cfsg.cli.predict)
+    sys.exit(main())

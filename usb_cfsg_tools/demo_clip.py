@@ -37,13 +37,13 @@ Measured (seed 0, test set, MCM over the prompts of classes 0-5 at T = 1, unknow
 default recipe: zero-shot 10-way accuracy 80.12 %, seen 6-way 86.57 %, MCM AUROC 88.38 % (torch 2.14.1,
 2 threads; an earlier machine gave 79.7 / 86.3 / 88.8). Time (README, "The demo CLIP"): 138 s on 2 idle
 cores; on 2 cores shared with other jobs (load 9) 436 s wall, 197 CPU seconds of training, with OpenMP
-threads that sleep while waiting (``OMP_WAIT_POLICY=PASSIVE``, set by ``python -m usb_cfsg.demo_clip``;
+threads that sleep while waiting (``OMP_WAIT_POLICY=PASSIVE``, set by ``python -m usb_cfsg_tools.demo_clip``;
 the same weights); with spinning threads 1258 s and 698 CPU seconds at load 5-6. Fewer steps cost the
 figures: 400 steps gave 77.92 %, 85.3 %, MCM AUROC 83.64 % (1 thread). With CLIP's learned scale instead
 (500 steps): 78.2 %, 85.1 %, MCM AUROC 64.4 % (Sneaker images then look like confident Sandals to the six
 seen prompts).
 
-Run: ``python -m usb_cfsg.demo_clip --out ./saved_models/demo_clip`` (``make demo`` does this once).
+Run: ``python -m usb_cfsg_tools.demo_clip --out ./saved_models/demo_clip`` (``make demo`` does this once).
 Writes ``<out>/demo_clip_tiny.pt`` (an open_clip state dict: ``pretrain_path`` loads it) and
 ``<out>/card.json`` (pool indices, recipe, steps, seed, zero-shot figures on the test set, sha256).
 """
@@ -62,7 +62,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
 
-if __name__ == "__main__":  # python -m usb_cfsg.demo_clip: before torch loads
+if __name__ == "__main__":  # python -m usb_cfsg_tools.demo_clip: before torch loads
     # OpenMP threads sleep instead of spinning while they wait: the same weights (same threads and kernels),
     # 4.9x faster per step on the 2 cores shared with other jobs (README, "The demo CLIP").
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -72,11 +72,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .datasets.pretrain_pool import CARD_FILE, load_card, pool_indices, without_pretrain_pool  # noqa: F401
-from .errors import ConfigError, DatasetError
+from usb_cfsg.datasets.pretrain_pool import CARD_FILE, load_card, pool_indices, without_pretrain_pool  # noqa: F401
+from usb_cfsg.errors import ConfigError, DatasetError
 
 if TYPE_CHECKING:
-    from .datasets.base import SourceData
+    from usb_cfsg.datasets.base import SourceData
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -230,8 +230,8 @@ def eval_tensors(
     images: np.ndarray, img_size: int, crop_ratio: float, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
     """The demo's eval transform applied to uint8 grayscale images: a float tensor [N, 3, S, S]."""
-    from .datasets.images import load_rgb
-    from .datasets.transforms import build_transforms
+    from usb_cfsg.datasets.images import load_rgb
+    from usb_cfsg.datasets.transforms import build_transforms
 
     evaluate = build_transforms(img_size, crop_ratio, mean, std)[2]
     return torch.stack([evaluate(load_rgb(img)) for img in images])
@@ -358,9 +358,9 @@ def zero_shot_figures(
     Returns:
         ``{"acc_all": ..., "acc_seen": ..., "mcm_auroc": ..., "energy_auroc": ...}`` in percent.
     """
-    from .evaluation.metrics import auroc
-    from .modules.scores import mcm_score
-    from .nets.text import clip_text_embeddings
+    from usb_cfsg.evaluation.metrics import auroc
+    from usb_cfsg.modules.scores import mcm_score
+    from usb_cfsg.nets.text import clip_text_embeddings
 
     model.eval()
     text = clip_text_embeddings(model, tokenizer, class_names, templates)
@@ -538,7 +538,7 @@ def _write_json(path: Path, data: Dict[str, Any]) -> None:
 def _scene_layout(
     items: np.ndarray, recipe: Recipe, split: str, pool: Optional[np.ndarray] = None, fragments: Optional[int] = None
 ) -> Any:
-    from .datasets.fmnist_cluttered import Scenes, donor_groups, make_layout
+    from usb_cfsg.datasets.fmnist_cluttered import Scenes, donor_groups, make_layout
 
     groups = donor_groups(len(items), pool) if pool is not None else None
     frags = recipe.scene_fragments if fragments is None else fragments
@@ -639,8 +639,8 @@ def build_demo_clip(
     """
     import open_clip
 
-    from .datasets.fmnist import PROMPT_TEMPLATES, read_fmnist
-    from .nets.clip import OPENAI_MEAN, OPENAI_STD, _ensure_configs, _quiet_open_clip
+    from usb_cfsg.datasets.fmnist import PROMPT_TEMPLATES, read_fmnist
+    from usb_cfsg.nets.clip import OPENAI_MEAN, OPENAI_STD, _ensure_configs, _quiet_open_clip
 
     recipe = recipe or Recipe()
     recipe.check()
@@ -773,10 +773,10 @@ def card_is_current(out: str) -> bool:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Command line: ``python -m usb_cfsg.demo_clip --out DIR [--steps N] [--seed S]``."""
+    """Command line: ``python -m usb_cfsg_tools.demo_clip --out DIR [--steps N] [--seed S]``."""
     defaults = Recipe()
     parser = argparse.ArgumentParser(
-        prog="python -m usb_cfsg.demo_clip",
+        prog="python -m usb_cfsg_tools.demo_clip",
         description="Train the demo CLIP (clip_tiny) on part of Fashion-MNIST and "
         "write DIR/demo_clip_tiny.pt and DIR/card.json.",
     )

@@ -2,13 +2,15 @@
 
 ::
 
-    python -m usb_cfsg.compare --c config/demo/cfsg_fmnist.yaml \\
+    python -m usb_cfsg_tools.compare --c config/demo/cfsg_fmnist.yaml \\
         --algorithms fixmatch openmatch iomatch clip_zeroshot cfsg_clip \\
         --variants "cfsg_no_sfm:cfsg_clip,use_sfm=false" "cfsg_no_vsi:cfsg_clip,use_vsi=false" \\
         --seeds 0 1 2 --save_dir saved_models/compare [--jobs N] [--key value ...]
 
-Every run is a separate ``python train.py`` process (isolation: one run's failure or memory
-cannot affect another). All rows share the base config; a row whose algorithm differs from the
+Every run is a separate training process, ``<python> -m usb_cfsg.cli.train`` (isolation: one run's
+failure or memory cannot affect another), in the runner's working folder, so it imports the same
+installed ``usb_cfsg`` as the runner's interpreter and resolves a config's relative paths as the runner
+does (:data:`usb_cfsg.config.PATH_RULE`). All rows share the base config; a row whose algorithm differs from the
 base config's drops the base algorithm's own keys (so e.g. cfsg_clip's ``start_fix`` never leaks
 into openmatch, whose default differs), takes its own algorithm's defaults, then the variant's
 ``key=value`` pairs; ``--key value`` pairs after the known options apply to every run. The
@@ -51,7 +53,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
-from .errors import ConfigError, UsbCfsgError
+from usb_cfsg.errors import ConfigError, UsbCfsgError
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -142,14 +144,14 @@ def parse_variant(text: str) -> Row:
 
 
 def _pairs(argv: Sequence[str]) -> List[Tuple[str, str]]:
-    from .config import parse_cli_pairs
+    from usb_cfsg.config import parse_cli_pairs
 
     return list(parse_cli_pairs(argv).items())
 
 
 def row_config(base: Dict[str, Any], base_file: str, algorithm: str) -> Dict[str, Any]:
     """The base YAML for ``algorithm``: without the base algorithm's own keys when it differs."""
-    from .config import algorithm_own_keys
+    from usb_cfsg.config import algorithm_own_keys
 
     cfg = dict(base)
     base_alg = base.get("algorithm")
@@ -164,7 +166,7 @@ def row_config(base: Dict[str, Any], base_file: str, algorithm: str) -> Dict[str
 
 
 def run_argv(config_file: Path, run: Run, save_dir: Path, extra: Sequence[Tuple[str, str]]) -> List[str]:
-    """train.py's arguments of one run (no interpreter, no script)."""
+    """The training command's arguments of one run (no interpreter, no module)."""
     argv = [
         "--c",
         str(config_file),
@@ -193,12 +195,12 @@ def _comparable(cfg: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def expected_config(argv: Sequence[str]) -> Dict[str, Any]:
-    """The resolved config (as written to config.yaml) that train.py would run with ``argv``.
+    """The resolved config (as written to config.yaml) that a training run with ``argv`` would have.
 
     Includes ``demo_clip_sha256``, the build the run would record now (a run of another build is stale).
     """
-    from .config import build_config, config_to_dict
-    from .engine.provenance import record_demo_clip
+    from usb_cfsg.config import build_config, config_to_dict
+    from usb_cfsg.engine.provenance import record_demo_clip
 
     args = build_config(argv)
     record_demo_clip(args)
@@ -247,14 +249,23 @@ def run_env(base: Mapping[str, str], jobs: int, cpus: int) -> Dict[str, str]:
     return env
 
 
-def _execute(run: Run, python: str, train_py: str, env: Dict[str, str]) -> Run:
-    cmd = [python, train_py, *run.argv]
+#: The module every run executes (``python -m``): the installed package's training command.
+TRAIN_MODULE = "usb_cfsg.cli.train"
+
+
+def train_command(python: str, argv: Sequence[str]) -> List[str]:
+    """The command line of one run: ``python -m`` :data:`TRAIN_MODULE` with the run's arguments."""
+    return [python, "-m", TRAIN_MODULE, *argv]
+
+
+def _execute(run: Run, python: str, env: Dict[str, str]) -> Run:
+    cmd = train_command(python, run.argv)
     run.log_file.parent.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(run.log_file, "w", encoding="utf-8") as log:
         log.write("$ " + shlex.join(cmd) + "\n")
         log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.path.dirname(train_py))
+        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)  # in the runner's folder
     took = time.time() - start
     if proc.returncode == 0 and (run.run_dir / METRICS_FILE).is_file():
         run.status, run.detail = "done", f"{took:.0f} s"
@@ -457,7 +468,7 @@ def write_figures(save_dir: Path, rows: Sequence[Row], records: Sequence[Dict[st
     Returns:
         The file names written (relative to ``save_dir``).
     """
-    from .evaluation.plots import save_metric_bars, save_roc
+    from usb_cfsg.evaluation.plots import save_metric_bars, save_roc
 
     names = [row.name for row in rows]
     metrics: Dict[str, Sequence[Sequence[float]]] = {
@@ -519,7 +530,7 @@ def _localization_table(rows: Sequence[Row], records: Sequence[Dict[str, Any]], 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m usb_cfsg.compare",
+        prog="python -m usb_cfsg_tools.compare",
         description=__doc__.split("\n\n")[0],
         allow_abbrev=False,
         epilog="Any further --key value pair is passed to every run (e.g. --num_train_iter 200).",
@@ -531,14 +542,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save_dir", required=True, help="comparison folder (configs/, runs/, logs/, results.*)")
     p.add_argument("--jobs", type=int, default=1, help="runs at the same time (default 1: one after another)")
     p.add_argument("--python", default=sys.executable, help="interpreter of the runs (default: this one)")
-    p.add_argument("--train_py", default=None, help="train.py to run (default: the repository's)")
     return p
 
 
 def plan(opts: argparse.Namespace, extra_argv: Sequence[str]) -> Tuple[List[Row], List[Run], Dict[str, Any]]:
     """Validate everything and lay out the runs (writes the per-row configs); nothing is trained."""
-    from .algorithms import get_algorithm_class
-    from .config import load_yaml
+    from usb_cfsg.algorithms import get_algorithm_class
+    from usb_cfsg.config import load_yaml
 
     rows = [Row(a, a) for a in opts.algorithms] + [parse_variant(v) for v in opts.variants]
     if not rows:
@@ -581,7 +591,7 @@ def plan(opts: argparse.Namespace, extra_argv: Sequence[str]) -> Tuple[List[Row]
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the comparison; returns the exit status (0 all runs finished, 1 some failed, 2 bad arguments or
     runs of different demo CLIP builds)."""
-    from .engine.launch import setup_logging
+    from usb_cfsg.engine.launch import setup_logging
 
     argv = list(sys.argv[1:] if argv is None else argv)
     setup_logging(None)
@@ -592,18 +602,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     save_dir = Path(opts.save_dir).resolve()
-    train_py = os.path.abspath(opts.train_py or Path(__file__).resolve().parent.parent / "train.py")
-    if not os.path.isfile(train_py):
-        print(
-            f"error: {train_py} does not exist; pass --train_py /path/to/train.py (the repository's entry point)",
-            file=sys.stderr,
-        )
-        return 2
     env = run_env(os.environ, opts.jobs, os.cpu_count() or 1)
     if env.get("OMP_NUM_THREADS") != os.environ.get("OMP_NUM_THREADS"):
         logger.info("each run gets OMP_NUM_THREADS=%s (%d runs at a time)", env["OMP_NUM_THREADS"], opts.jobs)
-    root = os.path.dirname(train_py)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
 
     todo = []
     for run in runs:
@@ -623,7 +624,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         opts.jobs,
     )
     with futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
-        pending = {pool.submit(_execute, run, opts.python, train_py, env): run for run in todo}
+        pending = {pool.submit(_execute, run, opts.python, env): run for run in todo}
         for i, fut in enumerate(futures.as_completed(pending), 1):
             run = fut.result()
             level = logging.INFO if run.status == "done" else logging.ERROR
@@ -638,7 +639,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = [r for r in runs if r.status == "failed"]
-    command = "python -m usb_cfsg.compare " + shlex.join(argv)
+    command = "python -m usb_cfsg_tools.compare " + shlex.join(argv)
     write_csv(save_dir / "results.csv", records)
     md = render_markdown(rows, records, opts.seeds, command, failed)
     figures = write_figures(save_dir, rows, records, opts.seeds[0])
