@@ -21,6 +21,7 @@ import argparse
 import json
 import logging
 import os
+import resource
 import sys
 import time
 from pathlib import Path
@@ -54,7 +55,19 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _time_loader(dataset: Any, opts: argparse.Namespace) -> Dict[str, float]:
+def _cpu_seconds() -> Dict[str, float]:
+    """CPU seconds (user + system) so far of this process and of its reaped children (the loader's workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {"self": me.ru_utime + me.ru_stime, "children": kids.ru_utime + kids.ru_stime}
+
+
+def _time_loader(dataset: Any, opts: argparse.Namespace, key: str = "x_ulb_w") -> Dict[str, float]:
+    """Images per second and CPU-ms per image of one pass of a training loader over ``dataset``.
+
+    CPU time is that of the workers (reaped at the end of the pass: ``persistent_workers`` is off,
+    so ``RUSAGE_CHILDREN`` has them) plus this process's own (receiving batches), over every image
+    loaded, the warm-up batch included (its workers' start-up is part of the cost).
+    """
     from usb_cfsg.engine.sampling import train_loader
 
     batches_wanted = max(1, opts.images // opts.batch_size)
@@ -68,16 +81,30 @@ def _time_loader(dataset: Any, opts: argparse.Namespace) -> Dict[str, float]:
         num_workers=opts.workers,
         persistent_workers=False,
     )
-    seen, start = 0, None
+    seen, start, loaded = 0, None, 0
+    cpu0 = _cpu_seconds()
     t_first = time.perf_counter()
     for batch in loader:
+        loaded += batch[key].shape[0]
         if start is None:  # the first batch pays for worker start-up
             start = time.perf_counter()
             first_batch_s = start - t_first
             continue
-        seen += batch["x_ulb_w"].shape[0]
+        seen += batch[key].shape[0]
     elapsed = time.perf_counter() - start
-    return {"images_per_s": seen / elapsed, "images": seen, "seconds": elapsed, "first_batch_s": first_batch_s}
+    del loader  # the pass ended: its workers are joined (reaped), so RUSAGE_CHILDREN includes them
+    cpu1 = _cpu_seconds()
+    workers_s = cpu1["children"] - cpu0["children"]
+    main_s = cpu1["self"] - cpu0["self"]
+    return {
+        "images_per_s": seen / elapsed,
+        "images": seen,
+        "seconds": elapsed,
+        "first_batch_s": first_batch_s,
+        "cpu_ms_per_image": 1000 * (workers_s + main_s) / loaded,
+        "worker_cpu_ms_per_image": 1000 * workers_s / loaded,
+        "main_cpu_ms_per_image": 1000 * main_s / loaded,
+    }
 
 
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:

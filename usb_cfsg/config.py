@@ -165,6 +165,13 @@ class BaseConfig:
         "workers (small datasets; same images as without the cache).",
         False,
     )
+    augment_device: Literal["none", "cpu", "cuda"] = _help(
+        "Where the training views are made: none = USB's PIL transforms in the DataLoader workers; cpu / cuda = "
+        "workers only read and collate the resized uint8 images, and the weak and strong views (USB's crop, flip, "
+        "RandAugment and Cutout, per-image random parameters) are made as batched tensor operations on that "
+        "device before each step (cuda: on the GPU; same operations and ranges, different random draws than none).",
+        "none",
+    )
     include_lb_to_ulb: bool = _help("Also use labeled images as unlabeled (USB).", True)
     img_size: int = _help("Input size in pixels.", 224)
     crop_ratio: float = _help("Resize to img_size/crop_ratio before cropping.", 0.875)
@@ -705,6 +712,27 @@ USB_ALGORITHM_RANGES: Tuple[Tuple[str, str], ...] = (
 )
 
 
+#: Algorithms whose items (USB's ``BasicDataset.__getitem__``) hold views other than USB's default weak
+#: labeled view and (weak, strong) unlabeled pair, which ``augment_device`` does not make
+RAW_VIEWS_UNSUPPORTED = ("pimodel", "meanteacher", "mixmatch", "remixmatch", "comatch", "defixmatch")
+
+
+def augment_device_problems(args: argparse.Namespace) -> List[str]:
+    """Why ``augment_device`` cannot be used with this configuration (empty when it can)."""
+    device = str(getattr(args, "augment_device", "none"))
+    if device == "none":
+        return []
+    alg = str(getattr(args, "algorithm", ""))
+    if alg in RAW_VIEWS_UNSUPPORTED:
+        return [
+            f"augment_device: {device} makes USB's default views (weak labeled; weak and strong unlabeled), but "
+            f"{alg} uses other views (see USB's BasicDataset): set augment_device: none"
+        ]
+    if device == "cuda" and str(getattr(args, "device", "auto")) == "cpu":
+        return ["augment_device: cuda needs the training device on CUDA, got device: cpu; set augment_device: cpu"]
+    return []
+
+
 def _zero_shot_problems(args: argparse.Namespace) -> List[str]:
     """Why ``zs_weight`` > 0 cannot be kept: no CLIP net, no CLIP text tower, or no pretrained weights."""
     weight = getattr(args, "zs_weight", 0.0)
@@ -762,6 +790,7 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
     if isinstance(name, str) and (name.strip() in ("", ".", "..") or name != name.strip()):
         problems.append(f"save_name {name!r} is not a folder name; e.g. {default_save_name(args)!r}")
     problems.extend(_zero_shot_problems(args))
+    problems.extend(augment_device_problems(args))
     if algorithm_cls is not None and hasattr(algorithm_cls, "validate_config"):
         own = algorithm_cls.validate_config(args)
         problems.extend(own or [])
