@@ -1,7 +1,7 @@
 """Weak and strong views made as batched tensor operations on the training device (``augment_device``).
 
 With ``augment_device: cpu`` or ``cuda``, the training sets return each image once, decoded and
-resized to USB's square ``floor(img_size / crop_ratio)``, as a uint8 tensor [3, R, R] (``x_lb_raw``,
+resized to USB's square ``floor(img_size / crop_ratio)``, as a uint8 tensor [R, R, 3] (``x_lb_raw``,
 ``x_ulb_raw``): a DataLoader worker only reads (with ``cache_images``, from shared memory) and
 collates. :class:`BatchedViews` then makes, per image and with its own random parameters, the
 views USB's PIL transforms make (:func:`usb_cfsg.datasets.transforms.build_transforms`):
@@ -147,20 +147,21 @@ class BatchedViews:
         return ops.normalize(x, self.mean.to(x.device), self.std.to(x.device))
 
     def _check(self, raw: torch.Tensor) -> torch.Tensor:
-        if raw.dtype != torch.uint8 or raw.dim() != 4 or raw.shape[1] != 3:
-            raise ValueError(f"raw views must be uint8 [B, 3, H, W], got {raw.dtype} {tuple(raw.shape)}")
-        if min(raw.shape[2:]) < self.img_size:
-            raise ValueError(f"raw images {tuple(raw.shape[2:])} are smaller than img_size {self.img_size}")
-        return raw.float()
+        """Raw uint8 images [B, H, W, 3] (as collated) -> float [B, 3, H, W]."""
+        if raw.dtype != torch.uint8 or raw.dim() != 4 or raw.shape[3] != 3:
+            raise ValueError(f"raw images must be uint8 [B, H, W, 3], got {raw.dtype} {tuple(raw.shape)}")
+        if min(raw.shape[1:3]) < self.img_size:
+            raise ValueError(f"raw images {tuple(raw.shape[1:3])} are smaller than img_size {self.img_size}")
+        return raw.permute(0, 3, 1, 2).float()
 
     def weak(self, raw: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """RandomCrop + RandomHorizontalFlip + normalisation of a raw uint8 batch [B, 3, R, R]."""
+        """RandomCrop + RandomHorizontalFlip + normalisation of a raw uint8 batch [B, R, R, 3] -> [B, 3, S, S]."""
         x = self._check(raw)
         top, left, flip = draw_crop(gen, x.shape[0], x.shape[2], x.shape[3], self.img_size)
         return self._finish(ops.crop_flip(x, top, left, self.img_size, flip))
 
     def strong(self, raw: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """RandomResizedCrop + RandomHorizontalFlip + RandAugment(3) + Cutout + normalisation."""
+        """RandomResizedCrop + RandomHorizontalFlip + RandAugment(3) + Cutout + normalisation, [B, R, R, 3] -> [B, 3, S, S]."""
         x = self._check(raw)
         b, _, h, w = x.shape
         win = draw_resized_crop(gen, b, h, w)
@@ -186,13 +187,16 @@ class BatchedViews:
 
 
 class RawImage:
-    """A transform giving the uint8 tensor [3, H, W] of a PIL image (or an HWC uint8 array)."""
+    """A transform giving the uint8 tensor [H, W, 3] of a PIL image (or an HWC uint8 array).
+
+    Channels last, as decoded: collating such items is a plain copy; the views transpose on the device.
+    """
 
     def __call__(self, img: Any) -> torch.Tensor:
         arr = np.asarray(img, dtype=np.uint8)
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        return torch.from_numpy(np.ascontiguousarray(arr))
 
     def __repr__(self) -> str:
         return "RawImage()"
@@ -222,13 +226,23 @@ def use_raw_views(datasets: Dict[str, Any], img_size: int, crop_ratio: float, al
         ds.raw_views = True
 
 
-def raw_item(ds: Any, idx: int, img: Any, target: int) -> Dict[str, Any]:
-    """The item of a raw-views dataset: ``{idx_lb, x_lb_raw, y_lb}`` or ``{idx_ulb, x_ulb_raw, y_ulb}``."""
-    if isinstance(img, np.ndarray):
-        from PIL import Image
+def raw_item(ds: Any, idx: int) -> Dict[str, Any]:
+    """The item of a raw-views dataset: ``{idx_lb, x_lb_raw, y_lb}`` or ``{idx_ulb, x_ulb_raw, y_ulb}``.
 
-        img = Image.fromarray(img)
-    raw = ds.transform(img)
+    With ``cache_images`` (the dataset's transform is then :class:`RawImage` alone) the image is a
+    view of the shared cache, which the DataLoader's collation copies once into the batch.
+    """
+    steps = getattr(ds.transform, "transforms", None)
+    array = getattr(ds.__sample__, "array", None)
+    if array is not None and steps is not None and len(steps) == 1 and isinstance(steps[0], RawImage):
+        raw, target = array(idx), int(ds.targets[idx])
+    else:
+        img, target = ds.__sample__(idx)
+        if isinstance(img, np.ndarray):
+            from PIL import Image
+
+            img = Image.fromarray(img)
+        raw = ds.transform(img)
     if ds.is_ulb:
         return {"idx_ulb": idx, "x_ulb_raw": raw, "y_ulb": target}
     return {"idx_lb": idx, "x_lb_raw": raw, "y_lb": target}

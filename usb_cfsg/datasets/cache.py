@@ -71,6 +71,10 @@ class CachedSample:
     def __call__(self, idx: int) -> Tuple[Image.Image, int]:
         return Image.fromarray(self.images[int(self.rows[idx])].numpy()), int(self.targets[idx])
 
+    def array(self, idx: int) -> torch.Tensor:
+        """Item ``idx``'s cached image as the shared uint8 tensor [H, W, 3] itself (a view, no copy)."""
+        return self.images[int(self.rows[idx])]
+
 
 def _shm_free_bytes() -> Optional[int]:
     try:
