@@ -67,8 +67,9 @@ def autocontrast(x: torch.Tensor) -> torch.Tensor:
     lo = x.amin(dim=(2, 3), keepdim=True).double()
     hi = x.amax(dim=(2, 3), keepdim=True).double()
     span = hi - lo
-    scale = 255.0 / span.clamp(min=1.0)
-    out = torch.trunc(x.double() * scale - lo * scale).clamp(0, 255)
+    scale = torch.full_like(span, 255.0) / span.clamp(min=1.0)  # tensor / tensor: IEEE division, as Python's
+    offset = -lo * scale
+    out = torch.trunc(x.double() * scale + offset).clamp(0, 255)  # as Pillow writes it (rounding included)
     return torch.where(span > 0, out, x.double()).to(x.dtype)
 
 

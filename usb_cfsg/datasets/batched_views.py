@@ -193,7 +193,7 @@ class RawImage:
     """
 
     def __call__(self, img: Any) -> torch.Tensor:
-        arr = np.asarray(img, dtype=np.uint8)
+        arr = np.array(img, dtype=np.uint8)  # a writable copy (PIL's array interface is read-only)
         if arr.ndim == 2:
             arr = np.repeat(arr[:, :, None], 3, axis=2)
         return torch.from_numpy(np.ascontiguousarray(arr))
