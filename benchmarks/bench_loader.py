@@ -81,7 +81,14 @@ def _pass(dataset: Any, opts: argparse.Namespace, key: str, batches: int) -> Dic
     from usb_cfsg.engine.sampling import train_loader
 
     loader = train_loader(
-        dataset, opts.batch_size, batches, seed=0, rank=0, world_size=1, num_workers=opts.workers, persistent_workers=False
+        dataset,
+        opts.batch_size,
+        batches,
+        seed=0,
+        rank=0,
+        world_size=1,
+        num_workers=opts.workers,
+        persistent_workers=False,
     )
     seen, start, loaded = 0, None, 0
     cpu0 = _cpu_seconds()
@@ -133,7 +140,10 @@ def _time_loader(dataset: Any, opts: argparse.Namespace, key: str) -> Dict[str, 
 
 
 #: (set, item key read by the timing loop) for each loader timed
-_SETS = {"ulb": ("train_ulb", {"pil": "x_ulb_w", "device": "x_ulb_raw"}), "lb": ("train_lb", {"pil": "x_lb", "device": "x_lb_raw"})}
+_SETS = {
+    "ulb": ("train_ulb", {"pil": "x_ulb_w", "device": "x_ulb_raw"}),
+    "lb": ("train_lb", {"pil": "x_lb", "device": "x_lb_raw"}),
+}
 
 
 def _build(args: SimpleNamespace, cache: bool, augment: str) -> Dict[str, Any]:
@@ -283,7 +293,11 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         )
     if "views_cpu_ms_per_image" in results:
         v = results["views_cpu_ms_per_image"]
-        logger.info("batched views on the CPU (augment_device: cpu, 1 thread): weak %.2f, strong %.2f CPU-ms/image", v["weak"], v["strong"])
+        logger.info(
+            "batched views on the CPU (augment_device: cpu, 1 thread): weak %.2f, strong %.2f CPU-ms/image",
+            v["weak"],
+            v["strong"],
+        )
     logger.info("decode only (load_rgb, 1 process): %.1f images/s", results["decode_only_images_per_s_1proc"])
     if opts.json:
         Path(opts.json).write_text(json.dumps(results, indent=1) + "\n")

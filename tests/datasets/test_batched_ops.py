@@ -60,7 +60,10 @@ def test_each_randaugment_operation_matches_usbs_pil_one(name):
     out = op(x, torch.tensor(values, dtype=torch.float64))
     assert torch.equal(out, out.round()) and out.min() >= 0 and out.max() <= 255  # whole numbers, as PIL's uint8
     usb_fn = USB_OPS[name][0]
-    diffs = [np.abs(_hwc(out, k) - np.asarray(usb_fn(Image.fromarray(a), values[k]), dtype=np.float32)) for k, a in enumerate(images)]
+    diffs = [
+        np.abs(_hwc(out, k) - np.asarray(usb_fn(Image.fromarray(a), values[k]), dtype=np.float32))
+        for k, a in enumerate(images)
+    ]
     mean = float(np.mean(diffs))
     assert mean <= TOLERANCE.get(name, 0.0), (name, mean, [float(d.max()) for d in diffs])
 
@@ -110,7 +113,12 @@ def test_resized_crop_matches_pil_bilinear_within_one(size):
     out = ops.resized_crop_flip(_batch(images), top, left, height, width, size, flip)
     for k, a in enumerate(images):
         ref = TF.resized_crop(
-            Image.fromarray(a), int(top[k]), int(left[k]), int(height[k]), int(width[k]), [size, size],
+            Image.fromarray(a),
+            int(top[k]),
+            int(left[k]),
+            int(height[k]),
+            int(width[k]),
+            [size, size],
             TF.InterpolationMode.BILINEAR,
         )
         ref = np.asarray(TF.hflip(ref) if flip[k] else ref, dtype=np.float32)

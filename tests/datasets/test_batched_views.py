@@ -31,7 +31,11 @@ def test_operations_are_chosen_uniformly_with_replacement_as_usbs_randaugment():
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     assert chi2 < CHI2_13_P001, (chi2, counts.tolist())
     # with replacement (random.choices): the same operation twice in one image about 1 - (13/14)(12/14) of the time
-    repeated = float(((choice[:, 0] == choice[:, 1]) | (choice[:, 0] == choice[:, 2]) | (choice[:, 1] == choice[:, 2])).double().mean())
+    repeated = float(
+        ((choice[:, 0] == choice[:, 1]) | (choice[:, 0] == choice[:, 2]) | (choice[:, 1] == choice[:, 2]))
+        .double()
+        .mean()
+    )
     assert abs(repeated - (1 - 13 * 12 / 14**2)) < 0.01
 
 
@@ -150,8 +154,14 @@ def test_raw_items_read_the_shared_cache_without_seeding(cub_root):
     from usb_cfsg.engine.sampling import SeededDataset
 
     args = SimpleNamespace(
-        dataset="cub200", data_dir=cub_root, num_classes=3, num_labels=6, include_lb_to_ulb=True,
-        img_size=32, crop_ratio=0.875, seed=0,
+        dataset="cub200",
+        data_dir=cub_root,
+        num_classes=3,
+        num_labels=6,
+        include_lb_to_ulb=True,
+        img_size=32,
+        crop_ratio=0.875,
+        seed=0,
     )
     built = build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.25,) * 3, None)[0]
     sets = {"train_lb": built["train_lb"], "train_ulb": built["train_ulb"]}

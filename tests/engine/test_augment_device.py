@@ -19,8 +19,17 @@ from usb_cfsg.engine.hooks import ThroughputHook
 )
 def test_training_runs_with_augment_device_cpu_and_the_cache(cub_root, tmp_path, algorithm, extra):
     argv = tiny_run_argv(
-        cub_root, str(tmp_path), "aug", algorithm=algorithm, iters=4, num_eval_iter=4, num_log_iter=2,
-        augment_device="cpu", cache_images="true", num_workers=1, **extra,
+        cub_root,
+        str(tmp_path),
+        "aug",
+        algorithm=algorithm,
+        iters=4,
+        num_eval_iter=4,
+        num_log_iter=2,
+        augment_device="cpu",
+        cache_images="true",
+        num_workers=1,
+        **extra,
     )
     assert train.cli(argv) == 0
     ckpt = safe_load(str(tmp_path / "aug" / "latest_model.pth"))
@@ -30,7 +39,9 @@ def test_training_runs_with_augment_device_cpu_and_the_cache(cub_root, tmp_path,
 
 def test_openmatch_trains_with_the_cache_on_the_pil_path(cub_root, tmp_path):
     # its inlier-selection set keeps the evaluation resize that the cache takes out of d["eval"].transform
-    argv = tiny_run_argv(cub_root, str(tmp_path), "om", algorithm="openmatch", iters=2, num_eval_iter=2, cache_images="true")
+    argv = tiny_run_argv(
+        cub_root, str(tmp_path), "om", algorithm="openmatch", iters=2, num_eval_iter=2, cache_images="true"
+    )
     assert train.cli(argv) == 0
 
 

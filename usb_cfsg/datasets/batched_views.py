@@ -20,9 +20,9 @@ same parameters.
 
 from __future__ import annotations
 
+import argparse
 import math
-from types import SimpleNamespace
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -54,6 +54,16 @@ RANDAUGMENT_N = 3
 RRC_SCALE = (0.08, 1.0)
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 RRC_ATTEMPTS = 10
+#: (raw batch, view key, kind) of every view :meth:`BatchedViews.expand` can make; the position seeds its draws
+VIEW_PLAN = (
+    ("x_lb_raw", "x_lb", "weak"),
+    ("x_lb_raw", "x_lb_w2", "weak"),
+    ("x_ulb_raw", "x_ulb_w", "weak"),
+    ("x_ulb_raw", "x_ulb_w2", "weak"),
+    ("x_ulb_raw", "x_ulb_s", "strong"),
+)
+
+
 def resized_side(img_size: int, crop_ratio: float) -> int:
     """USB's resized side ``floor(img_size / crop_ratio)`` (what the raw images are stored at)."""
     return int(math.floor(int(img_size) / float(crop_ratio)))
@@ -72,7 +82,10 @@ def draw_crop(
 def draw_resized_crop(gen: torch.Generator, count: int, height: int, width: int) -> Dict[str, torch.Tensor]:
     """Windows of USB's ``RandomResizedCropAndInterpolation.get_params`` (10 tries, then the fallback)."""
     area = float(height * width)
-    target = area * (RRC_SCALE[0] + (RRC_SCALE[1] - RRC_SCALE[0]) * torch.rand(count, RRC_ATTEMPTS, generator=gen, dtype=torch.float64))
+    target = area * (
+        RRC_SCALE[0]
+        + (RRC_SCALE[1] - RRC_SCALE[0]) * torch.rand(count, RRC_ATTEMPTS, generator=gen, dtype=torch.float64)
+    )
     lo, hi = math.log(RRC_RATIO[0]), math.log(RRC_RATIO[1])
     aspect = torch.exp(lo + (hi - lo) * torch.rand(count, RRC_ATTEMPTS, generator=gen, dtype=torch.float64))
     w = torch.round(torch.sqrt(target * aspect))
@@ -176,10 +189,7 @@ class BatchedViews:
         ``x_ulb_s`` (strong); each view draws its own parameters.
         """
         out = {k: v for k, v in batch.items() if k not in ("x_lb_raw", "x_ulb_raw")}
-        plan = (("x_lb_raw", "x_lb", "weak", 0), ("x_lb_raw", "x_lb_w2", "weak", 1))
-        plan += (("x_ulb_raw", "x_ulb_w", "weak", 2), ("x_ulb_raw", "x_ulb_w2", "weak", 3))
-        plan += (("x_ulb_raw", "x_ulb_s", "strong", 4),)
-        for source, key, kind, view in plan:
+        for view, (source, key, kind) in enumerate(VIEW_PLAN):
             if source in batch and key in wanted:
                 make = self.weak if kind == "weak" else self.strong
                 out[key] = make(batch[source], self.generator(iteration, rank, view))
@@ -211,7 +221,7 @@ def use_raw_views(datasets: Dict[str, Any], img_size: int, crop_ratio: float, al
     """
     from torchvision import transforms as T
 
-    problems = augment_device_problems(SimpleNamespace(augment_device="cpu", algorithm=algorithm))
+    problems = augment_device_problems(argparse.Namespace(augment_device="cpu", algorithm=algorithm))
     if problems:
         raise ConfigError(problems[0])
     side = resized_side(img_size, crop_ratio)

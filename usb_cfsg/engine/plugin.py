@@ -338,15 +338,20 @@ class PluginMixin:
             raise RuntimeError("the batch holds raw images (x_lb_raw / x_ulb_raw) but augment_device is none")
         where = torch.device("cpu") if self.args.augment_device == "cpu" else self.device
         if where.type != "cuda" and self.args.augment_device == "cuda":
-            raise RuntimeError(f"augment_device: cuda, but the training device is {self.device}; set augment_device: cpu")
-        d = getattr(self, "dataset_dict", None) or {}
-        second = {
+            raise RuntimeError(
+                f"augment_device: cuda, but the training device is {self.device}; set augment_device: cpu"
+            )
+        d: Dict[str, Any] = getattr(self, "dataset_dict", None) or {}
+        second: Dict[str, bool] = {
             "x_lb_w2": getattr(d.get("train_lb"), "second_weak_view", False),
             "x_ulb_w2": getattr(d.get("train_ulb"), "second_weak_view", False),
         }
         wanted = [k for k in input_args if second.get(k, True)]
-        raw = {k: batch[k].to(where, non_blocking=True) for k in ("x_lb_raw", "x_ulb_raw") if k in batch}
-        return views.expand({**batch, **raw}, wanted, int(self.it), int(getattr(self.args, "rank", 0)))
+        raw: Dict[str, Any] = {
+            k: batch[k].to(where, non_blocking=True) for k in ("x_lb_raw", "x_ulb_raw") if k in batch
+        }
+        merged: Dict[str, Any] = {**batch, **raw}
+        return views.expand(merged, wanted, int(self.it), int(getattr(self.args, "rank", 0)))
 
     def train(self):
         """USB's loop, resumable mid-epoch: epoch and position come from the iteration counter."""
