@@ -160,10 +160,16 @@ class BaseConfig:
     num_workers: int = _help("DataLoader workers per loader (the unlabeled loader uses twice as many, as USB).", 1)
     persistent_workers: bool = _help("Keep DataLoader workers alive between epochs (same data either way).", True)
     pin_memory: bool = _help("Page-locked batches for faster host-to-GPU copies (CUDA only).", True)
-    cache_images: bool = _help(
-        "Decode and resize every image once and keep them in shared memory for all "
-        "workers (small datasets; same images as without the cache).",
-        False,
+    cache_images: Optional[bool] = _help(
+        "Decode and resize every image once and keep them in shared memory for all workers (same images as "
+        "without the cache). none (default) = on when the decoded images fit cache_budget_gb, else off with a "
+        "logged notice; true = always; false = never.",
+        None,
+    )
+    cache_budget_gb: float = _help(
+        "Memory the automatic image cache (cache_images: none) may take per training process, in GB "
+        "(CUB-200-2011 at 224 px: about 2 GB).",
+        8.0,
     )
     augment_device: Literal["none", "cpu", "cuda"] = _help(
         "Where the training views are made: none = USB's PIL transforms in the DataLoader workers; cpu / cuda = "
@@ -667,6 +673,7 @@ def _drop_other_algorithm_keys(
 #: Ranges of the common keys (BaseConfig).
 BASE_RANGES: Tuple[Tuple[str, str], ...] = (
     ("num_train_iter", "[0, inf)"),
+    ("cache_budget_gb", "[0, inf)"),
     ("epoch", "[1, inf)"),
     ("num_eval_iter", "[1, inf)"),
     ("num_log_iter", "[1, inf)"),

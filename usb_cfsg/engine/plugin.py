@@ -137,10 +137,12 @@ class PluginMixin:
 
             use_raw_views(dataset_dict, self.args.img_size, self.args.crop_ratio, self.algorithm)
             self.batched_views = BatchedViews(self.args.img_size, mean, std, self.args.seed)
-        if getattr(self.args, "cache_images", False):
+        cache = getattr(self.args, "cache_images", None)
+        if cache is None or cache:  # none: automatic, within cache_budget_gb
             from ..datasets.cache import attach_image_cache
 
-            attach_image_cache(dataset_dict)
+            budget = None if cache else int(float(getattr(self.args, "cache_budget_gb", 8.0)) * 2**30)
+            attach_image_cache(dataset_dict, budget_bytes=budget)
         self.openset_info = info
         self.args.lb_dest_len = len(dataset_dict["train_lb"])
         self.args.ulb_dest_len = len(dataset_dict["train_ulb"]) if dataset_dict["train_ulb"] is not None else 0
