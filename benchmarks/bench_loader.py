@@ -155,7 +155,7 @@ def _build(args: SimpleNamespace, cache: bool, augment: str) -> Dict[str, Any]:
     built = build_openset_datasets(args, "fixmatch", CLIP_MEAN, CLIP_STD, None)[0]
     sets = {"train_lb": built["train_lb"], "train_ulb": built["train_ulb"]}
     if augment == "device":
-        use_raw_views(sets, args.img_size, args.crop_ratio, "fixmatch")
+        use_raw_views(sets, args.img_size, args.crop_ratio)
     out: Dict[str, Any] = {"sets": sets}
     if cache:
         t0 = time.perf_counter()
@@ -172,14 +172,14 @@ def _views_cpu_ms(sets: Dict[str, Any], opts: argparse.Namespace, reps: int = 3)
 
     ds = sets["train_ulb"]
     raw = torch.stack([ds[i]["x_ulb_raw"] for i in range(min(opts.batch_size, len(ds)))])
-    views = BatchedViews(opts.img_size, CLIP_MEAN, CLIP_STD, seed=0)
+    views = BatchedViews(opts.img_size, CLIP_MEAN, CLIP_STD)
     out = {}
     for kind in ("weak", "strong"):
         make = getattr(views, kind)
-        make(raw, views.generator(0, 0, 0))  # warm-up
+        make(raw, views.generator(0))  # warm-up
         t0 = time.process_time()
         for r in range(reps):
-            make(raw, views.generator(r + 1, 0, 0))
+            make(raw, views.generator(r + 1))
         out[kind] = 1000 * (time.process_time() - t0) / (reps * raw.shape[0])
     return out
 

@@ -13,21 +13,19 @@ views USB's PIL transforms make (:func:`usb_cfsg.datasets.transforms.build_trans
   square of side uniform in [0, 0.5] x img_size;
 
 each followed by ``ToTensor`` + ``Normalize``. The operations are :mod:`.batched_ops`. The
-parameters are drawn on the CPU from a generator seeded by (run seed, iteration, rank, view), so
-a resumed run makes the same views as an uninterrupted one and the CPU and CUDA paths draw the
-same parameters.
+parameters are drawn on the CPU from a generator seeded per step and view (the training loop
+derives the step's seed from the run seed, iteration and rank), so a resumed run makes the same
+views as an uninterrupted one and the CPU and CUDA paths draw the same parameters.
 """
 
 from __future__ import annotations
 
-import argparse
 import math
 from typing import Any, Callable, Dict, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from ..config import augment_device_problems
 from ..errors import ConfigError
 from . import batched_ops as ops
 
@@ -141,20 +139,17 @@ class BatchedViews:
     Args:
         img_size: Output side (USB's ``img_size``).
         mean, std: Normalisation statistics (3 values each).
-        seed: Run seed; with the iteration, rank and view it seeds each batch's parameters.
     """
 
-    def __init__(self, img_size: int, mean: Sequence[float], std: Sequence[float], seed: int = 0) -> None:
+    def __init__(self, img_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.img_size = int(img_size)
         self.mean = torch.tensor(list(mean), dtype=torch.float32)
         self.std = torch.tensor(list(std), dtype=torch.float32)
-        self.seed = int(seed)
 
-    def generator(self, iteration: int, rank: int, view: int) -> torch.Generator:
-        """The CPU generator of one view of one step's batch on one rank."""
-        from ..engine.sampling import _mix
-
-        return torch.Generator().manual_seed(_mix(self.seed, iteration, rank, view, 0x5EED))
+    @staticmethod
+    def generator(step_seed: int, view: int = 0) -> torch.Generator:
+        """The CPU generator of one view of one step's batch (``step_seed``: the step's own seed)."""
+        return torch.Generator().manual_seed((int(step_seed) * len(VIEW_PLAN) + view) % (2**63 - 1))
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         return ops.normalize(x, self.mean.to(x.device), self.std.to(x.device))
@@ -182,17 +177,18 @@ class BatchedViews:
         x = ops.resized_crop_flip(x, win["top"], win["left"], win["height"], win["width"], self.img_size, flip)
         return self._finish(apply_randaugment(x, draw_randaugment(gen, b, self.img_size)))
 
-    def expand(self, batch: Dict[str, Any], wanted: Sequence[str], iteration: int, rank: int) -> Dict[str, Any]:
+    def expand(self, batch: Dict[str, Any], wanted: Sequence[str], step_seed: int) -> Dict[str, Any]:
         """Replace ``x_lb_raw`` / ``x_ulb_raw`` by the views that ``wanted`` (train_step's arguments) names.
 
         ``x_lb`` (weak), ``x_lb_w2`` (a second weak view), ``x_ulb_w`` (weak), ``x_ulb_w2`` and
-        ``x_ulb_s`` (strong); each view draws its own parameters.
+        ``x_ulb_s`` (strong); each view draws its own parameters, from ``step_seed`` (the caller derives it
+        from the run seed, iteration and rank, so that a resumed run makes the same views).
         """
         out = {k: v for k, v in batch.items() if k not in ("x_lb_raw", "x_ulb_raw")}
         for view, (source, key, kind) in enumerate(VIEW_PLAN):
             if source in batch and key in wanted:
                 make = self.weak if kind == "weak" else self.strong
-                out[key] = make(batch[source], self.generator(iteration, rank, view))
+                out[key] = make(batch[source], self.generator(step_seed, view))
         return out
 
 
@@ -212,8 +208,11 @@ class RawImage:
         return "RawImage()"
 
 
-def use_raw_views(datasets: Dict[str, Any], img_size: int, crop_ratio: float, algorithm: str) -> None:
+def use_raw_views(datasets: Dict[str, Any], img_size: int, crop_ratio: float) -> None:
     """Switch the training sets to raw uint8 items (in place), before ``cache_images`` is attached.
+
+    The algorithm must take USB's default views (``usb_cfsg.config.augment_device_problems``
+    checks it with the configuration).
 
     Their transform becomes ``Resize((R, R))`` + :class:`RawImage` (R = :func:`resized_side`), the
     deterministic head that the image cache stores once; the strong transform is dropped (the
@@ -221,9 +220,6 @@ def use_raw_views(datasets: Dict[str, Any], img_size: int, crop_ratio: float, al
     """
     from torchvision import transforms as T
 
-    problems = augment_device_problems(argparse.Namespace(augment_device="cpu", algorithm=algorithm))
-    if problems:
-        raise ConfigError(problems[0])
     side = resized_side(img_size, crop_ratio)
     for name in ("train_lb", "train_ulb"):
         ds = datasets.get(name)

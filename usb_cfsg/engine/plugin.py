@@ -31,7 +31,7 @@ from ..nets.backbone import unwrap
 from .checkpoint import atomic_save, load_state_strict, rng_state, safe_load, set_rng_state
 from .device import apply_fast_paths, autocast_factory, grad_scaler
 from .hooks import CompactLoggingHook, GuardedParamUpdateHook, StepEndHook, ThroughputHook
-from .sampling import eval_loader, train_loader
+from .sampling import _mix, eval_loader, train_loader
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -135,8 +135,8 @@ class PluginMixin:
         if getattr(self.args, "augment_device", "none") != "none":
             from ..datasets.batched_views import BatchedViews, use_raw_views
 
-            use_raw_views(dataset_dict, self.args.img_size, self.args.crop_ratio, self.algorithm)
-            self.batched_views = BatchedViews(self.args.img_size, mean, std, self.args.seed)
+            use_raw_views(dataset_dict, self.args.img_size, self.args.crop_ratio)
+            self.batched_views = BatchedViews(self.args.img_size, mean, std)
         cache = getattr(self.args, "cache_images", None)
         if cache is None or cache:  # none: automatic, within cache_budget_gb
             from ..datasets.cache import attach_image_cache
@@ -353,7 +353,8 @@ class PluginMixin:
             k: batch[k].to(where, non_blocking=True) for k in ("x_lb_raw", "x_ulb_raw") if k in batch
         }
         merged: Dict[str, Any] = {**batch, **raw}
-        return views.expand(merged, wanted, int(self.it), int(getattr(self.args, "rank", 0)))
+        step_seed = _mix(self.args.seed, self.it, getattr(self.args, "rank", 0), 0x5EED)
+        return views.expand(merged, wanted, step_seed)
 
     def train(self):
         """USB's loop, resumable mid-epoch: epoch and position come from the iteration counter."""
