@@ -1,5 +1,7 @@
 """One prepared GPU check: step cost (fixmatch vs cfsg_clip; fp32 / bf16; eager / compiled),
-prediction throughput and loader throughput, written to one JSON within a time budget.
+prediction throughput, loader throughput and CPU cost, and whether the GPU waits for the loader
+(loader-fed vs synthetic-batch steps per second, PIL path vs ``augment_device: cuda``; bench_feed.py),
+written to one JSON within a time budget.
 
     python benchmarks/gpu_check.py --out gpu_check.json            # on a CUDA machine (< 8 min)
     python benchmarks/gpu_check.py --dry-run --out /tmp/dry.json   # CPU, tiny net: checks that every piece runs
@@ -75,6 +77,9 @@ def _settings(dry: bool) -> SimpleNamespace:
             threads=1,
             predict_batch=4,
             predict_rounds=2,
+            feed=["--net", "clip_tiny", "--img-size", "64", "--batch-size", "4", "--steps", "2", "--warmup", "1"]
+            + ["--workers", "1", "--augment", "none,cpu", "--classes", "4", "--per-class", "6"],
+            feed_timeout=300,
             loader=[
                 "--classes",
                 "4",
@@ -102,6 +107,10 @@ def _settings(dry: bool) -> SimpleNamespace:
         threads=min(8, os.cpu_count() or 1),
         predict_batch=64,
         predict_rounds=6,
+        feed=["--net", "clip_vit_b16", "--img-size", "224", "--batch-size", "32", "--steps", "15", "--warmup", "3"]
+        + ["--workers", workers, "--device", "cuda", "--amp-dtype", "bf16", "--augment", "none,cuda"]
+        + ["--classes", "40", "--per-class", "30", "--threads", workers],
+        feed_timeout=150,
         loader=[
             "--classes",
             "40",
@@ -316,6 +325,23 @@ def run_loader(report: Report, s: SimpleNamespace) -> None:
     report.save()
 
 
+def run_feed(report: Report, s: SimpleNamespace) -> None:
+    """Loader-fed vs synthetic-batch steps per second, PIL path vs augment_device (bench_feed.py, a child process)."""
+    cmd = [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench_feed.py")] + s.feed
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=s.feed_timeout, env=dict(os.environ, PYTHONPATH=common.ROOT)
+        )
+        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+        if lines:
+            report.doc["feed"] = json.loads(lines[-1])
+        else:
+            report.doc["feed"] = {"error": f"exit {proc.returncode}: {proc.stderr[-3000:]}"}
+    except subprocess.TimeoutExpired:
+        report.doc["feed"] = {"error": f"timed out after {s.feed_timeout} s"}
+    report.save()
+
+
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="gpu_check.json")
@@ -343,6 +369,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     report.save()
     # loader and prediction are quick; the step variants get the rest of the budget
     run_loader(report, s)
+    run_feed(report, s)
     run_predict(report, s)
     run_steps(report, s, start + a.budget - 5, a.variants.split(","))
     report.doc["wall_s"] = time.time() - start
@@ -374,11 +401,20 @@ def summary(doc: Dict[str, Any]) -> Dict[str, Any]:
                 "plain_images_per_s": round(row["plain_images_per_s"], 1),
                 "throughput_ratio": round(row["throughput_ratio"], 3),
             }
+    for row in doc.get("feed", {}).get("paths", []):
+        out[f"feed/{row['augment_device']}"] = (
+            {k: round(row[k], 3) for k in ("synthetic_steps_per_s", "fed_steps_per_s", "fed_over_synthetic")}
+            if "fed_over_synthetic" in row
+            else row.get("error")
+        )
     loader = doc.get("loader", {})
     if "cache_speedup" in loader:
         out["loader"] = {
             k: round(loader[k], 2) for k in ("uncached_images_per_s", "cached_images_per_s", "cache_speedup")
         }
+        for key, row in loader.items():
+            if key.startswith(("ulb_", "lb_")) and isinstance(row, dict) and "cpu_ms_per_image" in row:
+                out["loader"][f"{key}_cpu_ms_per_image"] = round(row["cpu_ms_per_image"], 2)
     return out
 
 

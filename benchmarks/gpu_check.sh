@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One prepared GPU check (issue 11): step cost of fixmatch vs cfsg_clip on ViT-B/16 at 224 px
-# (fp32 and bf16, eager and torch.compile), prediction and loader throughput, in one JSON.
+# (fp32 and bf16, eager and torch.compile), prediction and loader throughput, loader CPU-ms per image,
+# and whether the GPU waits for data: loader-fed vs synthetic-batch steps/s of cfsg_clip, USB's PIL
+# path vs augment_device: cuda (the JSON's "feed"; fed_over_synthetic well below 1 = the GPU waits).
 # Finishes in under 8 minutes: the Python driver keeps a 450 s budget and this wrapper kills
 # it at 470 s (the JSON is rewritten after every piece, so a cut-short run keeps its figures).
 #

@@ -181,10 +181,23 @@ class BaseConfig:
     num_workers: int = _help("DataLoader workers per loader (the unlabeled loader uses twice as many, as USB).", 1)
     persistent_workers: bool = _help("Keep DataLoader workers alive between epochs (same data either way).", True)
     pin_memory: bool = _help("Page-locked batches for faster host-to-GPU copies (CUDA only).", True)
-    cache_images: bool = _help(
-        "Decode and resize every image once and keep them in shared memory for all "
-        "workers (small datasets; same images as without the cache).",
-        False,
+    cache_images: Optional[bool] = _help(
+        "Decode and resize every image once and keep them in shared memory for all workers (same images as "
+        "without the cache). none (default) = on when the decoded images fit cache_budget_gb, else off with a "
+        "logged notice; true = always; false = never.",
+        None,
+    )
+    cache_budget_gb: float = _help(
+        "Memory the automatic image cache (cache_images: none) may take per training process, in GB "
+        "(CUB-200-2011 at 224 px: about 2 GB).",
+        8.0,
+    )
+    augment_device: Literal["none", "cpu", "cuda"] = _help(
+        "Where the training views are made: none = USB's PIL transforms in the DataLoader workers; cpu / cuda = "
+        "workers only read and collate the resized uint8 images, and the weak and strong views (USB's crop, flip, "
+        "RandAugment and Cutout, per-image random parameters) are made as batched tensor operations on that "
+        "device before each step (cuda: on the GPU; same operations and ranges, different random draws than none).",
+        "none",
     )
     include_lb_to_ulb: bool = _help("Also use labeled images as unlabeled (USB).", True)
     img_size: int = _help("Input size in pixels.", 224)
@@ -693,6 +706,7 @@ def _drop_other_algorithm_keys(
 #: Ranges of the common keys (BaseConfig).
 BASE_RANGES: Tuple[Tuple[str, str], ...] = (
     ("num_train_iter", "[0, inf)"),
+    ("cache_budget_gb", "[0, inf)"),
     ("epoch", "[1, inf)"),
     ("num_eval_iter", "[1, inf)"),
     ("num_log_iter", "[1, inf)"),
@@ -736,6 +750,27 @@ USB_ALGORITHM_RANGES: Tuple[Tuple[str, str], ...] = (
     ("ema_p", "[0, 1]"),
     ("unsup_warm_up", "[0, inf)"),
 )
+
+
+#: Algorithms whose items (USB's ``BasicDataset.__getitem__``) hold views other than USB's default weak
+#: labeled view and (weak, strong) unlabeled pair, which ``augment_device`` does not make
+RAW_VIEWS_UNSUPPORTED = ("pimodel", "meanteacher", "mixmatch", "remixmatch", "comatch", "defixmatch")
+
+
+def augment_device_problems(args: argparse.Namespace) -> List[str]:
+    """Why ``augment_device`` cannot be used with this configuration (empty when it can)."""
+    device = str(getattr(args, "augment_device", "none"))
+    if device == "none":
+        return []
+    alg = str(getattr(args, "algorithm", ""))
+    if alg in RAW_VIEWS_UNSUPPORTED:
+        return [
+            f"augment_device: {device} makes USB's default views (weak labeled; weak and strong unlabeled), but "
+            f"{alg} uses other views (see USB's BasicDataset): set augment_device: none"
+        ]
+    if device == "cuda" and str(getattr(args, "device", "auto")) == "cpu":
+        return ["augment_device: cuda needs the training device on CUDA, got device: cpu; set augment_device: cpu"]
+    return []
 
 
 def _zero_shot_problems(args: argparse.Namespace) -> List[str]:
@@ -795,6 +830,7 @@ def validate_values(args: argparse.Namespace, algorithm_cls: Any = None) -> List
     if isinstance(name, str) and (name.strip() in ("", ".", "..") or name != name.strip()):
         problems.append(f"save_name {name!r} is not a folder name; e.g. {default_save_name(args)!r}")
     problems.extend(_zero_shot_problems(args))
+    problems.extend(augment_device_problems(args))
     if algorithm_cls is not None and hasattr(algorithm_cls, "validate_config"):
         own = algorithm_cls.validate_config(args)
         problems.extend(own or [])

@@ -89,6 +89,7 @@ _RUNTIME_KEYS = (
     "persistent_workers",
     "pin_memory",
     "cache_images",
+    "cache_budget_gb",
     "use_tensorboard",
     "use_wandb",
     "use_aim",

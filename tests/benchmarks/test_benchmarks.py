@@ -11,6 +11,8 @@ import pytest
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
 sys.path.insert(0, BENCH)
 
+import bench_feed  # noqa: E402
+import bench_loader  # noqa: E402
 import bench_predict  # noqa: E402
 import bench_step  # noqa: E402
 import common  # noqa: E402
@@ -111,3 +113,29 @@ def test_gpu_check_dry_run_writes_every_piece(tmp_path):
         "throughput_ratio" in r for r in doc["predict"]
     )
     assert doc["loader"]["cache_speedup"] > 0 and doc["wall_s"] < 400
+    feed = {row["augment_device"]: row for row in doc["feed"]["paths"]}
+    assert set(feed) == {"none", "cpu"} and all(row["fed_over_synthetic"] > 0 for row in feed.values()), feed
+    assert "views_s_per_step" in feed["cpu"] and "views_s_per_step" not in feed["none"]
+    assert set(gpu_check.summary(doc)["feed/cpu"]) == {"synthetic_steps_per_s", "fed_steps_per_s", "fed_over_synthetic"}
+
+
+def test_loader_benchmark_reports_cpu_ms_per_image_for_every_path(tmp_path):
+    out = tmp_path / "loader.json"
+    argv = ["--classes", "4", "--per-class", "7", "--width", "120", "--height", "90", "--img-size", "32"]
+    argv += ["--batch-size", "4", "--images", "40", "--rounds", "1", "--workers", "1", "--json", str(out)]
+    res = bench_loader.main(argv)
+    assert json.loads(out.read_text())["cache_speedup"] == pytest.approx(res["cache_speedup"])
+    for st in ("ulb", "lb"):
+        for cache in ("uncached", "cached"):
+            for path in ("pil", "device"):
+                row = res[f"{st}_{cache}_{path}"]
+                # the steady-state figure is a difference of two passes: on passes this short it is noise
+                # around a small number and may even be negative, so only the total is checked for sign
+                assert row["cpu_ms_per_image_with_startup"] > 0 and row["images_per_s"] > 0, (st, cache, path, row)
+                assert isinstance(row["cpu_ms_per_image"], float) and len(row["cpu_ms_per_image_all"]) == 1
+    assert res["views_cpu_ms_per_image"]["strong"] > 0 and "ulb_cpu_ms_reduction" in res
+
+
+def test_feed_benchmark_names_an_unknown_path():
+    with pytest.raises(SystemExit, match="unknown \\['gpu'\\]"):
+        bench_feed.run(bench_feed.parse(["--augment", "none,gpu"]))

@@ -268,6 +268,33 @@ def test_cache_skips_datasets_without_a_resize_head(cub_root):
     assert summary["datasets"] == {} and "does not start with a resize" in log.text
 
 
+def test_cache_over_its_budget_caches_nothing_and_says_why(cub_root):
+    from usb_cfsg.datasets.cache import CachedSample, attach_image_cache
+
+    ds = _datasets(cub_root)
+    with _Records("usb_cfsg.datasets.cache") as log:
+        summary = attach_image_cache(ds, budget_bytes=1000)
+    assert summary["datasets"] == {} and "over the cache budget" in summary["skipped"]
+    assert "cache_budget_gb" in log.text
+    assert not any(isinstance(getattr(d, "__sample__", None), CachedSample) for d in ds.values() if d is not None)
+    assert attach_image_cache(ds, budget_bytes=10**9)["bytes"] <= 10**9  # within the budget: cached
+
+
+def test_cache_is_on_by_default_within_the_budget(cub_root, tmp_path):
+    from semilearn.core.utils import get_net_builder
+
+    from tests.conftest import tiny_run_argv
+    from usb_cfsg.config import build_config
+    from usb_cfsg.datasets.cache import CachedSample
+    from usb_cfsg.engine.plugin import build_algorithm
+
+    for budget, cached in (("8", True), ("0", False)):
+        args = build_config(tiny_run_argv(cub_root, str(tmp_path), f"auto{budget}", cache_budget_gb=budget))
+        assert args.cache_images is None
+        alg = build_algorithm(args, get_net_builder(args.net, False), device=CPU, record_split=False)
+        assert isinstance(alg.dataset_dict["train_ulb"].__sample__, CachedSample) == cached, budget
+
+
 # --------------------------------------------------------- persistent workers
 class _Numbers(torch.utils.data.Dataset):
     def __len__(self):

@@ -178,15 +178,16 @@ class OpenMatch(PluginMixin, AlgorithmBase):
     # ----------------------------------------------------------------- data
     def set_dataset(self):
         from ..datasets.torch_dataset import OpenSetDataset
+        from ..datasets.transforms import build_transforms
 
         d = super().set_dataset()
         d["train_lb"].second_weak_view = True
         d["train_ulb"].second_weak_view = True
         ulb = d["train_ulb"]
         # the unlabeled images through the deterministic evaluation transform, for the inlier selection
-        d[SELECT_LOADER] = OpenSetDataset(
-            self.algorithm, ulb.data, ulb.targets, self.args.num_classes, d["eval"].transform
-        )
+        # (built afresh: with cache_images, d["eval"].transform has lost its resize to the cache)
+        evaluate = build_transforms(self.args.img_size, self.args.crop_ratio, *self.net_mean_std())[2]
+        d[SELECT_LOADER] = OpenSetDataset(self.algorithm, ulb.data, ulb.targets, self.args.num_classes, evaluate)
         return d
 
     def set_data_loader(self):

@@ -71,6 +71,10 @@ class CachedSample:
     def __call__(self, idx: int) -> Tuple[Image.Image, int]:
         return Image.fromarray(self.images[int(self.rows[idx])].numpy()), int(self.targets[idx])
 
+    def array(self, idx: int) -> torch.Tensor:
+        """Item ``idx``'s cached image as the shared uint8 tensor [H, W, 3] itself (a view, no copy)."""
+        return self.images[int(self.rows[idx])]
+
 
 def _shm_free_bytes() -> Optional[int]:
     try:
@@ -114,7 +118,9 @@ def _decode_all(
     return images
 
 
-def attach_image_cache(datasets: Dict[str, Any], threads: Optional[int] = None) -> Dict[str, Any]:
+def attach_image_cache(
+    datasets: Dict[str, Any], threads: Optional[int] = None, budget_bytes: Optional[int] = None
+) -> Dict[str, Any]:
     """Give every image dataset in ``datasets`` a decoded-image cache (in place).
 
     A dataset is cached when its transform starts with deterministic resizing that gives
@@ -126,10 +132,13 @@ def attach_image_cache(datasets: Dict[str, Any], threads: Optional[int] = None) 
             entries are skipped). Datasets must decode items with ``__sample__(idx)`` (USB's
             ``BasicDataset`` and our ``OpenSetDataset`` do).
         threads: Decoding threads (default: the CPU count, at most 16).
+        budget_bytes: When given, nothing is cached (and a notice logged) if the decoded images
+            would take more than this; the size is known from each group's first image, before
+            the rest are decoded.
 
     Returns:
         A summary: per cached dataset its image count and shape, the unique images stored and
-        the bytes they take.
+        the bytes they take (``skipped``: why nothing was cached, when over the budget).
     """
     threads = threads or min(16, os.cpu_count() or 1)
     groups: Dict[str, Dict[str, Any]] = {}
@@ -173,8 +182,18 @@ def attach_image_cache(datasets: Dict[str, Any], threads: Optional[int] = None) 
                 img = t(img)
             return np.array(img.convert("RGB") if isinstance(img, Image.Image) else img, dtype=np.uint8)
 
-        first = decode(0)
-        group["images"] = _decode_all(decode, len(sources), first.shape, threads)
+        group["decode"], group["shape"] = decode, decode(0).shape
+    need = sum(len(g["sources"]) * int(np.prod(g["shape"])) for g in groups.values())
+    if budget_bytes is not None and need > budget_bytes:
+        summary["skipped"] = (
+            f"the decoded images would take {need / 2**30:.2f} GB, over the cache budget of "
+            f"{budget_bytes / 2**30:.2f} GB (cache_budget_gb; cache_images: true caches anyway)"
+        )
+        logger.info("cache_images: not cached: %s", summary["skipped"])
+        return summary
+    for group in groups.values():
+        sources = group["sources"]
+        group["images"] = _decode_all(group["decode"], len(sources), group["shape"], threads)
         summary["unique_images"] += len(sources)
         summary["bytes"] += group["images"].numel()
     for name, ds, sig, rows, rest, rest_strong in plans:

@@ -85,7 +85,20 @@ class OpenSetDataset(BasicDataset):
     #: items also carry ``x_lb_w2`` and unlabeled items ``x_ulb_w2``: a second weak view of the same image.
     second_weak_view: bool = False
 
+    #: When True (``augment_device``: set by ``batched_views.use_raw_views``), training items carry the
+    #: image once, as a uint8 tensor (``x_lb_raw`` / ``x_ulb_raw``); the views are made on the device.
+    raw_views: bool = False
+
+    @property
+    def deterministic_items(self) -> bool:
+        """Whether items draw no random numbers (raw views), so a sampler need not seed them."""
+        return self.raw_views
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
+        if self.raw_views:
+            from .batched_views import raw_item
+
+            return raw_item(self, idx)
         if self.second_weak_view and self.transform is not None:
             return self._with_second_weak_view(idx)
         out = super().__getitem__(idx)

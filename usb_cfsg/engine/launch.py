@@ -82,6 +82,7 @@ RESUME_FREE_KEYS = frozenset(
         "persistent_workers",
         "pin_memory",
         "cache_images",
+        "cache_budget_gb",
         "compile",
         "channels_last",
     }

@@ -32,7 +32,7 @@ from ..registry import get_algorithm_class
 from .checkpoint import atomic_save, load_state_strict, rng_state, safe_load, set_rng_state
 from .device import apply_fast_paths, autocast_factory, grad_scaler
 from .hooks import CompactLoggingHook, GuardedParamUpdateHook, StepEndHook, ThroughputHook
-from .sampling import eval_loader, train_loader
+from .sampling import _mix, eval_loader, train_loader
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -154,10 +154,18 @@ class PluginMixin:
         record = self.record_split and self.args.rank == 0
         run_dir = os.path.join(self.args.save_dir, self.args.save_name) if record else None
         dataset_dict, info = build_openset_datasets(self.args, self.algorithm, mean, std, run_dir)
-        if getattr(self.args, "cache_images", False):
+        self.batched_views = None
+        if getattr(self.args, "augment_device", "none") != "none":
+            from ..datasets.batched_views import BatchedViews, use_raw_views
+
+            use_raw_views(dataset_dict, self.args.img_size, self.args.crop_ratio)
+            self.batched_views = BatchedViews(self.args.img_size, mean, std)
+        cache = getattr(self.args, "cache_images", None)
+        if cache is None or cache:  # none: automatic, within cache_budget_gb
             from ..datasets.cache import attach_image_cache
 
-            attach_image_cache(dataset_dict)
+            budget = None if cache else int(float(getattr(self.args, "cache_budget_gb", 8.0)) * 2**30)
+            attach_image_cache(dataset_dict, budget_bytes=budget)
         self.openset_info = info
         self.args.lb_dest_len = len(dataset_dict["train_lb"])
         self.args.ulb_dest_len = len(dataset_dict["train_ulb"]) if dataset_dict["train_ulb"] is not None else 0
@@ -341,7 +349,36 @@ class PluginMixin:
             from inspect import signature
 
             input_args = list(signature(self.train_step).parameters)
+        if "x_lb_raw" in kwargs or "x_ulb_raw" in kwargs:
+            kwargs = self._make_views(kwargs, input_args)
         return {k: self._to_device(v) for k, v in kwargs.items() if k in input_args and v is not None}
+
+    def _make_views(self, batch: Dict[str, Any], input_args: Sequence[str]) -> Dict[str, Any]:
+        """``augment_device``: the raw uint8 images become the views train_step takes, made on that device.
+
+        A second weak view (``x_lb_w2``, ``x_ulb_w2``) is made only where the dataset would have given one
+        (``OpenSetDataset.second_weak_view``), as on the PIL path.
+        """
+        views = getattr(self, "batched_views", None)
+        if views is None:
+            raise RuntimeError("the batch holds raw images (x_lb_raw / x_ulb_raw) but augment_device is none")
+        where = torch.device("cpu") if self.args.augment_device == "cpu" else self.device
+        if where.type != "cuda" and self.args.augment_device == "cuda":
+            raise RuntimeError(
+                f"augment_device: cuda, but the training device is {self.device}; set augment_device: cpu"
+            )
+        d: Dict[str, Any] = getattr(self, "dataset_dict", None) or {}
+        second: Dict[str, bool] = {
+            "x_lb_w2": getattr(d.get("train_lb"), "second_weak_view", False),
+            "x_ulb_w2": getattr(d.get("train_ulb"), "second_weak_view", False),
+        }
+        wanted = [k for k in input_args if second.get(k, True)]
+        raw: Dict[str, Any] = {
+            k: batch[k].to(where, non_blocking=True) for k in ("x_lb_raw", "x_ulb_raw") if k in batch
+        }
+        merged: Dict[str, Any] = {**batch, **raw}
+        step_seed = _mix(self.args.seed, self.it, getattr(self.args, "rank", 0), 0x5EED)
+        return views.expand(merged, wanted, step_seed)
 
     def train(self):
         """USB's loop, resumable mid-epoch: epoch and position come from the iteration counter."""

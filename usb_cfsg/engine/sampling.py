@@ -82,7 +82,8 @@ class SeededDataset(Dataset):
     """Wraps a dataset so that ``ds[(index, seed)]`` runs its random transforms under ``seed``.
 
     Python's, NumPy's and torch's global RNG states are saved and restored around the call.
-    Plain integer keys are passed through (evaluation loaders).
+    Plain integer keys are passed through (evaluation loaders), and so is every key of a dataset
+    whose ``deterministic_items`` is true (its items draw no random numbers: seeding would only cost time).
     """
 
     def __init__(self, dataset: Dataset) -> None:
@@ -100,6 +101,8 @@ class SeededDataset(Dataset):
         if not isinstance(key, tuple):
             return self.dataset[key]
         index, seed = key
+        if getattr(self.dataset, "deterministic_items", False):  # nothing random to seed (augment_device)
+            return self.dataset[index]
         py_state, np_state = random.getstate(), np.random.get_state()
         with torch.random.fork_rng(devices=[]):
             random.seed(seed)
