@@ -49,6 +49,7 @@ from ..modules import (
     ova_unknown_score,
 )
 from .backbone import DENSE_KINDS, ClipBackbone, DenseKind
+from .oracle import ORACLE_MODES, mark_patches, oracle_keep
 from .clip import NET_HEADS
 from .text import ClassTextEmbeddings
 from .zero_shot import ZeroShotMixin, build_prior, upgrade_legacy_prior_keys
@@ -79,7 +80,17 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             ``tokens`` (the final patch tokens); see :meth:`ClipBackbone.dense_features`.
         sfm_relevance: Axis of the SFM's affinity softmax, ``patches`` or ``classes``
             (:class:`~usb_cfsg.modules.semantic_filter.SemanticFilter`'s ``relevance``).
+        sfm_scales: ``fixed`` (``sfm_posterior_scale`` and ``sfm_temperature``) or ``clip``: the CLIP
+            checkpoint's own logit scale s as the posterior scale and 1/s as the patch temperature
+            (``clip_logit_scale``; kept in the net's state, so a rebuilt net gets the trained run's value).
+        sfm_oracle: Control of the kept patches (:mod:`usb_cfsg.nets.oracle`): ``none`` (the SFM's own
+            choice), ``mark``, ``random`` or ``anti``; needs ``input_mean``/``input_std``.
         vsi_topk: k, number of cue tokens (top-k coarse classes).
+        vsi_cues: Visual part of the cue tokens: ``prototypes`` / ``labeled`` (the class prototypes; which
+            samples update them is the algorithm's business) or ``own`` (the image's own local feature).
+        clip_logit_scale: The CLIP checkpoint's exp(logit_scale) (given by the builder).
+        input_mean: Input normalisation mean (the oracle undoes it to find the mark's colour).
+        input_std: Input normalisation std.
         proto_momentum: EMA momentum of the class prototypes.
         closed_head: ``ensemble`` ((coarse + fine) / 2) or ``fine``.
         fine_tokens: Patch tokens the fine branch re-runs on with the SFM: ``kept`` (the SFM's kept
@@ -111,7 +122,13 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         sfm_local_weight: float = 1.0,
         sfm_dense: Literal["value", "glmcm", "tokens"] = "glmcm",
         sfm_relevance: str = "patches",
+        sfm_scales: str = "fixed",
+        sfm_oracle: str = "none",
         vsi_topk: int = 3,
+        vsi_cues: str = "prototypes",
+        clip_logit_scale: float | None = None,
+        input_mean: tuple | None = None,
+        input_std: tuple | None = None,
         proto_momentum: float = 0.99,
         closed_head: Literal["ensemble", "fine"] = "ensemble",
         fine_tokens: Literal["kept", "all"] = "kept",
@@ -133,6 +150,19 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         if fine_tokens not in ("kept", "all"):
             raise ConfigError(f"fine_tokens must be kept or all, got {fine_tokens!r}")
         self.fine_tokens = fine_tokens
+        if sfm_scales not in ("fixed", "clip"):
+            raise ConfigError(f"sfm_scales must be fixed or clip, got {sfm_scales!r}")
+        if sfm_oracle not in ORACLE_MODES:
+            raise ConfigError(f"sfm_oracle must be one of {', '.join(ORACLE_MODES)}, got {sfm_oracle!r}")
+        if sfm_oracle != "none" and (input_mean is None or input_std is None or sfm_dense == "tokens" or not use_sfm):
+            raise ConfigError(
+                "sfm_oracle needs the SFM on value-path features (use_sfm: true, sfm_dense: glmcm or value) and the "
+                "input normalisation (cfsg_clip passes it)"
+            )
+        if vsi_cues not in ("prototypes", "labeled", "own"):
+            raise ConfigError(f"vsi_cues must be prototypes, labeled or own, got {vsi_cues!r}")
+        self.sfm_oracle, self.vsi_cues = sfm_oracle, vsi_cues
+        self.input_mean, self.input_std = input_mean, input_std
         if not 0.0 < sfm_keep_ratio <= 1.0:
             raise ConfigError(f"sfm_keep_ratio must be in (0, 1], got {sfm_keep_ratio}")
         if not mcm_temperature > 0:
@@ -159,6 +189,10 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             local_weight=sfm_local_weight,
             relevance=sfm_relevance,
         )
+        if sfm_scales == "clip":  # a buffer: eval.py / predict.py rebuild the net without the CLIP weights
+            if clip_logit_scale is None or not clip_logit_scale > 0:
+                raise ConfigError("sfm_scales: clip needs the CLIP checkpoint's logit scale, which this net did not get")
+            self.register_buffer("sfm_clip_scale", torch.tensor(float(clip_logit_scale)))
         self.coarse_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.fine_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.prototypes = ClassPrototypes(num_classes, dim, momentum=proto_momentum)
@@ -191,7 +225,12 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             keep_idx=keep,
         )
 
-    def _coarse_branch(self, h: torch.Tensor, t: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _sync_sfm_scales(self) -> None:
+        if hasattr(self, "sfm_clip_scale"):  # sfm_scales: clip (the buffer may come from a checkpoint)
+            scale = float(self.sfm_clip_scale)
+            self.sfm.logit_scale, self.sfm.temperature = scale, 1.0 / scale
+
+    def _coarse_branch(self, h: torch.Tensor, t: torch.Tensor, mark: torch.Tensor | None = None) -> Dict[str, torch.Tensor]:
         """The coarse branch on trunk tokens H [B, 1 + N, W] with text embeddings t [K, D].
 
         Returns ``g`` (global feature), ``coarse``, ``local``, ``relevance``, ``keep_idx``,
@@ -212,6 +251,8 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         if self.use_sfm and self.sfm_dense != "tokens":
             g = bb.project(bb.last_block_queries(state))[:, 0]
             _, _, relevance, keep_idx, _ = self.sfm.select(g, dense, t)
+            if mark is not None:  # sfm_oracle: the control's kept patches instead of the SFM's
+                keep_idx = oracle_keep(self.sfm_oracle, relevance, mark, keep_idx.shape[1])
             local, coarse = self.sfm.pool(
                 g, bb.project(bb.last_block_queries(state, keep_idx + 1)), relevance, keep_idx
             )
@@ -271,15 +312,20 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         if only_fc:
             return self.fine_head(x)
         bb = self.backbone
+        self._sync_sfm_scales()
+        mark = None
+        if self.sfm_oracle != "none":
+            patch = bb.visual.patch_size
+            mark = mark_patches(x, int(patch[0] if isinstance(patch, tuple) else patch), self.input_mean, self.input_std)
         h = bb.trunk(x)
         t = self.text()
         n = h.shape[0] if coarse_grad_rows is None else min(max(int(coarse_grad_rows), 0), h.shape[0])
         if n == h.shape[0] or not torch.is_grad_enabled():
-            c = self._coarse_branch(h, t)
+            c = self._coarse_branch(h, t, mark)
         else:
-            parts = [self._coarse_branch(h[:n], t)] if n > 0 else []
+            parts = [self._coarse_branch(h[:n], t, None if mark is None else mark[:n])] if n > 0 else []
             with torch.no_grad():
-                parts.append(self._coarse_branch(h[n:], t))
+                parts.append(self._coarse_branch(h[n:], t, None if mark is None else mark[n:]))
             c = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         g, logits_coarse = c["g"], c["logits_coarse"]
         t = t.to(c["glmcm_local"].dtype)
@@ -291,7 +337,8 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             fine_in.append(h[:, 1:])
         if self.use_vsi:
             protos = self.prototypes.get(fallback=t.detach().float()).to(h.dtype)
-            cues, _ = self.vsi(logits_coarse, protos, t.to(h.dtype))
+            own = c["local"].detach() if self.vsi_cues == "own" else None
+            cues, _ = self.vsi(logits_coarse, protos, t.to(h.dtype), own=own)
             fine_in.append(cues.to(h.dtype))
         fine_state = bb.last_block_state(bb.tuned_until_last(torch.cat(fine_in, dim=1)))
         z_f = bb.project(bb.last_block_queries(fine_state))[:, 0]  # only the class token is used
