@@ -402,3 +402,51 @@ def test_fine_tokens_all_shows_every_patch_to_the_fine_branch():
     assert torch.equal(all_tokens["keep_idx"], kept["keep_idx"])
     with pytest.raises(ConfigError, match="fine_tokens must be kept or all"):
         make(fine_tokens="some")
+
+
+def test_sfm_oracle_keeps_the_patches_showing_the_mark():
+    net = make(sfm_oracle="mark", input_mean=(0.5, 0.5, 0.5), input_std=(0.5, 0.5, 0.5)).eval()
+    x = torch.zeros(2, 3, 64, 64)  # gray (0.5 before normalisation)
+    x[0, :, 48:64, 0:16] = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)  # red in patch 12
+    x[1, :, 0:16, 16:32] = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)  # red in patch 1
+    keep = net(x)["keep_idx"]
+    assert keep[0, 0] == 12 and keep[1, 0] == 1
+    anti = make(sfm_oracle="anti", input_mean=(0.5,) * 3, input_std=(0.5,) * 3).eval()
+    keep = anti(x)["keep_idx"]
+    assert 12 not in keep[0].tolist() and 1 not in keep[1].tolist()
+    with pytest.raises(ConfigError, match="sfm_oracle"):
+        make(sfm_oracle="mark")  # no input normalisation to undo
+
+
+def test_sfm_scales_clip_takes_the_checkpoints_logit_scale_and_keeps_it_in_the_state():
+    net = make(sfm_scales="clip")
+    scale = float(net.sfm_clip_scale)
+    assert scale == pytest.approx(1 / 0.07, rel=1e-4)  # open_clip's initial logit scale (a random init here)
+    net(torch.randn(1, 3, 64, 64))
+    assert net.sfm.logit_scale == pytest.approx(scale) and net.sfm.temperature == pytest.approx(1 / scale)
+    state = net.state_dict()
+    state["sfm_clip_scale"] = torch.tensor(5.0)  # a checkpoint trained on a CLIP with logit scale 5
+    other = make(sfm_scales="clip")
+    other.load_state_dict(state)
+    other(torch.randn(1, 3, 64, 64))
+    assert other.sfm.logit_scale == 5.0 and other.sfm.temperature == 0.2
+    assert "sfm_clip_scale" not in make().state_dict()  # fixed scales: checkpoints keep their keys
+
+
+def test_vsi_own_cues_come_from_each_images_local_feature():
+    net = make(vsi_cues="own").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = net(x)["logits_fine"]
+        net.prototypes.update(torch.randn(8, 64), torch.arange(4).repeat(2), torch.ones(8, dtype=torch.bool))
+        after = net(x)["logits_fine"]
+    torch.testing.assert_close(before, after)  # prototypes play no part
+    torch.manual_seed(1)
+    h = net.backbone.trunk(x)
+    own = torch.randn(2, 64)
+    cues, topk = net.vsi(torch.randn(2, 4), net.prototypes.get(), net.text(), own=own)
+    manual = net.vsi.proj(
+        torch.cat([F.normalize(own, dim=-1)[:, None].expand(-1, 3, -1), F.normalize(net.text(), dim=-1)[topk]], -1)
+    )
+    torch.testing.assert_close(cues, manual + net.vsi.type_embedding)
+    assert h.shape[0] == 2
