@@ -36,7 +36,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def _features(net, dataset, boxes: np.ndarray, img_size: int, crop_ratio: float) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
+def _features(
+    net, dataset, boxes: np.ndarray, img_size: int, crop_ratio: float
+) -> Tuple[Dict[str, np.ndarray], np.ndarray]:
     """Frozen features of every item of ``dataset`` (eval transform) and their labels."""
     from usb_cfsg.evaluation.localization import box_patch_mask
 

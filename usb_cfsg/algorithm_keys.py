@@ -242,6 +242,14 @@ ALGORITHMS: Dict[str, AlgorithmKeys] = {
                 choices=("fixed", "clip"),
             ),
             Key(
+                "sfm_filter",
+                "str",
+                "hard",
+                "how the SFM's selection reaches the fine branch: hard (drop the unkept patches, fine_tokens) or "
+                "soft (every patch, attention biased by log(N r_i): nothing dropped, the fine loss trains the relevance)",
+                choices=("hard", "soft"),
+            ),
+            Key(
                 "sfm_oracle",
                 "str",
                 "none",

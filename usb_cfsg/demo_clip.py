@@ -752,7 +752,10 @@ def build_demo_clip(
         task_test = np.asarray(task.test_items.take(np.arange(test_n)))  # type: ignore[union-attr]
         test_targets = np.asarray(task.test_targets)[:test_n]
         caption_names, caption_targets, num_fine = badge_captions(
-            caption_targets, task.train_items.marks[pool], recipe, DEFAULT_MARKS  # type: ignore[union-attr]
+            caption_targets,
+            task.train_items.marks[pool],
+            recipe,
+            DEFAULT_MARKS,  # type: ignore[union-attr]
         )
         task_names, groups_of = list(task.class_names), task.class_groups or {}
         num_seen = min(groups_of) if groups_of else len(task_names)

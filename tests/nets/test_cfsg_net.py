@@ -450,3 +450,37 @@ def test_vsi_own_cues_come_from_each_images_local_feature():
     )
     torch.testing.assert_close(cues, manual + net.vsi.type_embedding)
     assert h.shape[0] == 2
+
+
+def test_key_bias_is_a_soft_token_filter():
+    bb = make().backbone.eval()
+    h = bb.trunk(torch.randn(2, 3, 64, 64))
+    zero = torch.zeros(2, h.shape[1])
+    with torch.no_grad():
+        torch.testing.assert_close(bb.tuned_until_last(h, zero), bb.tuned_until_last(h))
+        # a very negative bias on patches 5.. hides them: the other tokens' outputs equal a run without them
+        drop = zero.clone()
+        drop[:, 5:] = -1e4
+        state = bb.last_block_state(bb.tuned_until_last(h, drop))
+        hidden = bb.last_block_queries(state, key_bias=drop)
+        short = bb.last_block_queries(bb.last_block_state(bb.tuned_until_last(h[:, :5])))
+        torch.testing.assert_close(hidden, short, atol=1e-4, rtol=1e-4)
+
+
+def test_sfm_filter_soft_shows_every_patch_and_trains_the_relevance():
+    net = make(sfm_filter="soft")
+    x = torch.randn(2, 3, 64, 64)
+    out = net(x)
+    assert out["keep_idx"].shape == (2, 4)  # the SFM still selects (coarse branch, localization)
+    out["logits_fine"].sum().backward()
+    # the fine loss reaches the blocks that make the relevance only through the attention bias:
+    # with the hard filter the kept patches are indices, so the relevance gets no gradient from it
+    relevance_grad = net.sfm  # no parameters: check the dense features' block instead
+    assert relevance_grad is not None
+    soft_grad = net.backbone.tuned_blocks[-1].attn.in_proj_weight.grad.clone()
+    hard = make(fine_tokens="all")
+    hard.load_state_dict(net.state_dict())
+    hard(x)["logits_fine"].sum().backward()
+    assert not torch.allclose(soft_grad, hard.backbone.tuned_blocks[-1].attn.in_proj_weight.grad)
+    with pytest.raises(ConfigError, match="sfm_filter"):
+        make(sfm_filter="soft", use_sfm=False)

@@ -49,6 +49,7 @@ NET_SWITCHES = (
     "sfm_relevance",
     "sfm_scales",
     "sfm_oracle",
+    "sfm_filter",
     "vsi_topk",
     "vsi_cues",
     "proto_momentum",

@@ -54,6 +54,8 @@ from .clip import NET_HEADS
 from .text import ClassTextEmbeddings
 from .zero_shot import ZeroShotMixin, build_prior, upgrade_legacy_prior_keys
 
+#: ``sfm_filter: soft``: the relevance N * r_i is floored here before its log (a bias of at most -9.2)
+SOFT_FILTER_FLOOR = 1e-4
 #: unknown scores the network outputs (as ``score_<name>``), higher = more unknown
 NET_SCORES = ("ova", "mcm", "glmcm")
 #: every unknown score of cfsg_clip: the net's, ``energy`` (from the closed logits, as for any USB
@@ -93,6 +95,10 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         input_std: Input normalisation std.
         proto_momentum: EMA momentum of the class prototypes.
         closed_head: ``ensemble`` ((coarse + fine) / 2) or ``fine``.
+        sfm_filter: How the SFM's selection reaches the fine branch: ``hard`` (the patches of
+            ``fine_tokens``) or ``soft`` ("highlight": every patch, with an attention bias
+            ``log(N * r_i)`` towards patch i in every tuned block of the fine branch, so relevant patches
+            weigh more, none is dropped, and the fine loss trains the relevance through the bias).
         fine_tokens: Patch tokens the fine branch re-runs on with the SFM: ``kept`` (the SFM's kept
             patches only) or ``all`` (every patch; the SFM then shapes the coarse feature, the VSI
             cues and, through them, the fine branch, but hides no patch from it).
@@ -132,6 +138,7 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         proto_momentum: float = 0.99,
         closed_head: Literal["ensemble", "fine"] = "ensemble",
         fine_tokens: Literal["kept", "all"] = "kept",
+        sfm_filter: str = "hard",
         mcm_temperature: float = DEFAULT_MCM_TEMPERATURE,
         glmcm_local: DenseKind = "glmcm",
         ova_bias: bool = False,
@@ -161,7 +168,13 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             )
         if vsi_cues not in ("prototypes", "labeled", "own"):
             raise ConfigError(f"vsi_cues must be prototypes, labeled or own, got {vsi_cues!r}")
-        self.sfm_oracle, self.vsi_cues = sfm_oracle, vsi_cues
+        if sfm_filter not in ("hard", "soft"):
+            raise ConfigError(f"sfm_filter must be hard or soft, got {sfm_filter!r}")
+        if sfm_filter == "soft" and (sfm_oracle != "none" or not use_sfm):
+            raise ConfigError(
+                "sfm_filter: soft biases attention by the SFM's relevance: it needs use_sfm and no sfm_oracle"
+            )
+        self.sfm_oracle, self.vsi_cues, self.sfm_filter = sfm_oracle, vsi_cues, sfm_filter
         self.input_mean, self.input_std = input_mean, input_std
         if not 0.0 < sfm_keep_ratio <= 1.0:
             raise ConfigError(f"sfm_keep_ratio must be in (0, 1], got {sfm_keep_ratio}")
@@ -191,7 +204,9 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         )
         if sfm_scales == "clip":  # a buffer: eval.py / predict.py rebuild the net without the CLIP weights
             if clip_logit_scale is None or not clip_logit_scale > 0:
-                raise ConfigError("sfm_scales: clip needs the CLIP checkpoint's logit scale, which this net did not get")
+                raise ConfigError(
+                    "sfm_scales: clip needs the CLIP checkpoint's logit scale, which this net did not get"
+                )
             self.register_buffer("sfm_clip_scale", torch.tensor(float(clip_logit_scale)))
         self.coarse_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.fine_head = CosineClassifier.from_text(t0, scale=logit_scale)
@@ -230,7 +245,9 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             scale = float(self.sfm_clip_scale)
             self.sfm.logit_scale, self.sfm.temperature = scale, 1.0 / scale
 
-    def _coarse_branch(self, h: torch.Tensor, t: torch.Tensor, mark: torch.Tensor | None = None) -> Dict[str, torch.Tensor]:
+    def _coarse_branch(
+        self, h: torch.Tensor, t: torch.Tensor, mark: torch.Tensor | None = None
+    ) -> Dict[str, torch.Tensor]:
         """The coarse branch on trunk tokens H [B, 1 + N, W] with text embeddings t [K, D].
 
         Returns ``g`` (global feature), ``coarse``, ``local``, ``relevance``, ``keep_idx``,
@@ -316,7 +333,9 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         mark = None
         if self.sfm_oracle != "none":
             patch = bb.visual.patch_size
-            mark = mark_patches(x, int(patch[0] if isinstance(patch, tuple) else patch), self.input_mean, self.input_std)
+            mark = mark_patches(
+                x, int(patch[0] if isinstance(patch, tuple) else patch), self.input_mean, self.input_std
+            )
         h = bb.trunk(x)
         t = self.text()
         n = h.shape[0] if coarse_grad_rows is None else min(max(int(coarse_grad_rows), 0), h.shape[0])
@@ -331,7 +350,13 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         t = t.to(c["glmcm_local"].dtype)
 
         fine_in = [h[:, :1]]
-        if self.use_sfm and self.fine_tokens == "kept":
+        key_bias = None
+        if self.sfm_filter == "soft":  # every patch, attention biased towards the relevant ones
+            r = c["relevance"]
+            key_bias = torch.log((r * r.shape[1]).clamp_min(SOFT_FILTER_FLOOR))
+            key_bias = F.pad(key_bias, (1, self.vsi.topk if self.use_vsi else 0))  # class token and cues: 0
+            fine_in.append(h[:, 1:])
+        elif self.use_sfm and self.fine_tokens == "kept":
             fine_in.append(gather_tokens(h[:, 1:], c["keep_idx"]))
         else:
             fine_in.append(h[:, 1:])
@@ -340,8 +365,11 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             own = c["local"].detach() if self.vsi_cues == "own" else None
             cues, _ = self.vsi(logits_coarse, protos, t.to(h.dtype), own=own)
             fine_in.append(cues.to(h.dtype))
-        fine_state = bb.last_block_state(bb.tuned_until_last(torch.cat(fine_in, dim=1)))
-        z_f = bb.project(bb.last_block_queries(fine_state))[:, 0]  # only the class token is used
+        tokens_in = torch.cat(fine_in, dim=1)
+        if key_bias is not None:
+            key_bias = key_bias[:, : tokens_in.shape[1]]
+        fine_state = bb.last_block_state(bb.tuned_until_last(tokens_in, key_bias))
+        z_f = bb.project(bb.last_block_queries(fine_state, key_bias=key_bias))[:, 0]  # only the class token is used
         if only_feat:
             return z_f
         logits_fine = self.fine_head(z_f)
