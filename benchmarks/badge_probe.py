@@ -69,11 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--c", required=True, help="a run config on a dataset with cue boxes (fmnist_badged)")
     opts = parser.parse_args(argv)
 
-    import usb_cfsg  # noqa: F401
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    import usb_cfsg  # noqa: F401
     from usb_cfsg.config import build_config
     from usb_cfsg.datasets import build_openset_datasets
     from usb_cfsg.datasets.build import CALIBRATION_SET

@@ -748,14 +748,12 @@ def build_demo_clip(
             scene_seed=recipe.scene_seed,
             badge_size=recipe.badge_size,
         )
-        pretrain = np.asarray(task.train_items.take(pool))  # type: ignore[union-attr]
-        task_test = np.asarray(task.test_items.take(np.arange(test_n)))  # type: ignore[union-attr]
+        train_items: Any = task.train_items  # lazy badged images (Badged)
+        pretrain = np.asarray(train_items.take(pool))
+        task_test = np.asarray(task.test_items)[:test_n]
         test_targets = np.asarray(task.test_targets)[:test_n]
         caption_names, caption_targets, num_fine = badge_captions(
-            caption_targets,
-            task.train_items.marks[pool],
-            recipe,
-            DEFAULT_MARKS,  # type: ignore[union-attr]
+            caption_targets, train_items.marks[pool], recipe, DEFAULT_MARKS
         )
         task_names, groups_of = list(task.class_names), task.class_groups or {}
         num_seen = min(groups_of) if groups_of else len(task_names)

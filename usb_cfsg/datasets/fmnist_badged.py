@@ -189,7 +189,6 @@ def make_badge_layout(
         The layout.
     """
     n = len(items)
-    margin = int(round(MARGIN * size))
     if not 2 <= badge <= int(round(ITEM_SCALE[0] * size)):
         raise DatasetError(
             f"{NAME}: badge_size must lie in [2, {int(round(ITEM_SCALE[0] * size))}] for a {size} px canvas "

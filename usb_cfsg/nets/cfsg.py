@@ -28,7 +28,7 @@ evaluator's calibration.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Literal
+from typing import Any, Dict, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -49,8 +49,8 @@ from ..modules import (
     ova_unknown_score,
 )
 from .backbone import DENSE_KINDS, ClipBackbone, DenseKind
-from .oracle import ORACLE_MODES, mark_patches, oracle_keep
 from .clip import NET_HEADS
+from .oracle import ORACLE_MODES, mark_patches, oracle_keep
 from .text import ClassTextEmbeddings
 from .zero_shot import ZeroShotMixin, build_prior, upgrade_legacy_prior_keys
 
@@ -242,7 +242,7 @@ class CFSGNet(ZeroShotMixin, nn.Module):
 
     def _sync_sfm_scales(self) -> None:
         if hasattr(self, "sfm_clip_scale"):  # sfm_scales: clip (the buffer may come from a checkpoint)
-            scale = float(self.sfm_clip_scale)
+            scale = float(cast(torch.Tensor, self.sfm_clip_scale))
             self.sfm.logit_scale, self.sfm.temperature = scale, 1.0 / scale
 
     def _coarse_branch(
@@ -331,8 +331,8 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         bb = self.backbone
         self._sync_sfm_scales()
         mark = None
-        if self.sfm_oracle != "none":
-            patch = bb.visual.patch_size
+        if self.sfm_oracle != "none" and self.input_mean is not None and self.input_std is not None:
+            patch: Any = bb.visual.patch_size
             mark = mark_patches(
                 x, int(patch[0] if isinstance(patch, tuple) else patch), self.input_mean, self.input_std
             )
