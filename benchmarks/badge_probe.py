@@ -8,7 +8,12 @@ evaluator's calibration images, evaluation transform) and scored on the seen-cla
 * ``global``: the projected class token g (what CLIP's zero-shot classifier and MCM read);
 * ``mark_tokens``: the mean of the projected final patch tokens of the patches the mark's box touches;
 * ``mark_glmcm``: the same over GL-MCM's local features (the SFM's default affinity features);
-* ``global+mark_tokens``: both concatenated.
+* ``global+mark_tokens``: both concatenated;
+* ``mark_pixels``: the input pixels of the patches the mark touches (no network: what a probe can read
+  from the picture itself, the ceiling of the cue's visibility).
+
+Each is scored on the seen classes (``probe_acc``, K-way) and on the mark alone (``mark_acc``: which
+of the two seen marks, for ``fmnist_badged``'s item-major class order, label ``y % 2``).
 
 The premise of a fine-grained testbed holds when ``global`` is well below ``mark_tokens``: the cue is
 in the patches, and the global embedding does not carry it. (Zero-shot accuracy on the same images
@@ -46,7 +51,7 @@ def _features(
     items = [dataset[i] for i in range(len(dataset))]
     images = torch.stack([it["x_lb"] for it in items])
     labels = np.asarray([int(it["y_lb"]) for it in items])
-    out: Dict[str, list] = {"global": [], "mark_tokens": [], "mark_glmcm": []}
+    out: Dict[str, list] = {"global": [], "mark_tokens": [], "mark_glmcm": [], "mark_pixels": []}
     with torch.no_grad():
         for start in range(0, len(images), 256):
             chunk = images[start : start + 256]
@@ -59,7 +64,12 @@ def _features(
             out["global"].append(z[:, 0].float())
             out["mark_tokens"].append((w * z[:, 1:].float()).sum(1))
             out["mark_glmcm"].append((w * dense.float()).sum(1))
-    feats = {k: F.normalize(torch.cat(v), dim=-1).numpy() for k, v in out.items()}
+            p = chunk.shape[-1] // grid  # the input pixels of the touched patches (others zeroed)
+            keep = mask.view(-1, 1, grid, 1, grid, 1).float().expand(-1, 1, grid, p, grid, p)
+            out["mark_pixels"].append((chunk * keep.reshape(len(chunk), 1, grid * p, grid * p)).flatten(1))
+    feats = {
+        k: (torch.cat(v) if k == "mark_pixels" else F.normalize(torch.cat(v), dim=-1)).numpy() for k, v in out.items()
+    }
     feats["global+mark_tokens"] = np.concatenate([feats["global"], feats["mark_tokens"]], axis=1)
     return feats, labels
 
@@ -106,11 +116,15 @@ def main(argv: list[str] | None = None) -> int:
         probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0))
         probe.fit(train_f[name][seen], train_y[seen])
         acc = float((probe.predict(test_f[name]) == test_y).mean())
+        mark_probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000, C=1.0))
+        mark_probe.fit(train_f[name][seen], train_y[seen] % 2)
+        mark_acc = float((mark_probe.predict(test_f[name]) == test_y % 2).mean())
         print(
             json.dumps(
                 {
                     "feature": name,
                     "probe_acc": round(100 * acc, 2),
+                    "mark_acc": round(100 * mark_acc, 2),
                     "train_images": int(seen.sum()),
                     "test_images": len(test_y),
                     "zero_shot_acc": round(100 * zs, 2),
