@@ -281,3 +281,42 @@ def test_scene_recipe_builds_a_card_for_the_cluttered_scenes(tmp_path: Path) -> 
         )
         datasets, _ = build_openset_datasets(args, "fixmatch", (0.5,) * 3, (0.5,) * 3, None)
         assert len(datasets["train_ulb"]) == 100 - len(pool)
+
+
+def test_batch_augment_keeps_the_colour_of_rgb_images() -> None:
+    rng = np.random.default_rng(0)
+    resized = rng.integers(0, 256, size=(3, 9, 9, 3), dtype=np.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.5)
+    out = demo_clip.BatchAugment(resized, 6, mean, std)(torch.tensor([1, 2]), torch.Generator().manual_seed(3))
+    assert out.shape == (2, 3, 6, 6)
+    for b, src in enumerate([1, 2]):
+        pixels = np.stack([np.round((out[b, c].numpy() * std[c] + mean[c]) * 255) for c in range(3)], -1).astype(int)
+        windows = [resized[src, y : y + 6, x : x + 6].astype(int) for y in range(4) for x in range(4)]
+        assert any((w == pixels).all() or (w[:, ::-1] == pixels).all() for w in windows)
+
+
+def test_badge_captions_name_the_mark_for_the_asked_share() -> None:
+    items = np.arange(2000) % 10
+    marks = np.arange(2000) % 3
+    recipe = demo_clip.badge_recipe(p_fine=0.3)
+    names, classes, fine = demo_clip.badge_captions(items, marks, recipe, (0, 1, 4))
+    assert len(names) == 10 + 30 and names[:10][4] == "Coat" and names[10 + 4 * 3 + 2] == "Coat with a four badge"
+    assert fine == int((classes >= 10).sum()) and abs(fine / 2000 - 0.3) < 0.04
+    named = classes >= 10
+    assert np.array_equal(classes[~named], items[~named])  # the others name the item alone
+    assert np.array_equal(classes[named], 10 + items[named] * 3 + marks[named])
+    again = demo_clip.badge_captions(items, marks, recipe, (0, 1, 4))[1]
+    assert np.array_equal(classes, again)  # fixed per image, as a web caption
+    with pytest.raises(ConfigError, match="badged"):
+        demo_clip.Recipe(images="badged").check()
+
+
+def test_badged_recipe_builds_a_card_with_near_and_far_figures(tmp_path: Path) -> None:
+    data = write_fmnist_replica(tmp_path / "data", num_train=100, num_test=40)
+    recipe = demo_clip.badge_recipe(steps=2, batch_size=16, warmup_steps=1, img_size=32, scene_size=32, badge_size=6)
+    card = demo_clip.build_demo_clip(str(tmp_path / "out"), recipe, seed=0, data_dir=str(data))
+    zs = card["zero_shot"]
+    assert card["dataset"] == "fmnist_badged" and card["use"]["badge_size"] == 6
+    assert zs["seen_classes"] == list(range(8))
+    assert {"mcm_auroc_near", "mcm_auroc_far", "energy_auroc_near", "energy_auroc_far"} <= set(zs)
+    assert card["recipe"]["mark_captions"] > 0 and len(card["recipe"]["class_names"]) == 40

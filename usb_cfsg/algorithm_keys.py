@@ -173,7 +173,9 @@ ZS_SCORES = ("mcm", "glmcm", "msp", "energy")
 #: kinds of dense patch features (``usb_cfsg.nets.backbone.DENSE_KINDS``; a test keeps the two equal)
 DENSE_KINDS = ("glmcm", "value")
 #: rules of the SFM's relevance (``usb_cfsg.modules.semantic_filter.RELEVANCE_RULES``; a test keeps the two equal)
-RELEVANCE_RULES = ("patches", "classes")
+RELEVANCE_RULES = ("patches", "classes", "contrastive")
+#: ``sfm_oracle`` values (``usb_cfsg.nets.oracle.ORACLE_MODES``; a test keeps the two equal)
+ORACLE_MODES = ("none", "mark", "random", "anti")
 _OVA_LOG_EPS_HELP = "eps of log(softmax + eps) in the OVA losses, as the authors' code; 0 = exact log_softmax"
 _GLMCM_LOCAL_HELP = "local features of the glmcm score: glmcm (as GL-MCM's code) or value (MaskCLIP value path)"
 #: cfsg_clip's unlabeled views of the OVA terms
@@ -226,11 +228,44 @@ ALGORITHMS: Dict[str, AlgorithmKeys] = {
                 "sfm_relevance",
                 "str",
                 "patches",
-                "axis of the SFM's affinity softmax: patches (share of each class's evidence per patch) or "
-                "classes (each patch's class posterior, renormalised: empty or ambiguous patches lose)",
+                "axis of the SFM's affinity softmax: patches (share of each class's evidence per patch), "
+                "classes (each patch's class posterior, renormalised: empty or ambiguous patches lose) or "
+                "contrastive (patches, on the affinity minus its mean over classes: what separates a class)",
                 choices=RELEVANCE_RULES,
             ),
+            Key(
+                "sfm_scales",
+                "str",
+                "fixed",
+                "the SFM's posterior scale and patch temperature: fixed (sfm_posterior_scale, sfm_temperature) "
+                "or clip (the CLIP checkpoint's own logit scale s and 1/s)",
+                choices=("fixed", "clip"),
+            ),
+            Key(
+                "sfm_filter",
+                "str",
+                "hard",
+                "how the SFM's selection reaches the fine branch: hard (drop the unkept patches, fine_tokens) or "
+                "soft (every patch, attention biased by log(N r_i): nothing dropped, the fine loss trains the relevance)",
+                choices=("hard", "soft"),
+            ),
+            Key(
+                "sfm_oracle",
+                "str",
+                "none",
+                "control: keep the patches showing the mark (mark, filled up by relevance), random ones, or the "
+                "most relevant patches without the mark (anti) instead of the SFM's choice (fmnist_badged)",
+                choices=ORACLE_MODES,
+            ),
             Key("vsi_topk", "int", 3, "k: cue tokens from the top-k coarse classes", range="[1, inf)"),
+            Key(
+                "vsi_cues",
+                "str",
+                "prototypes",
+                "visual part of the VSI cues: class prototypes (EMA of labeled and selected unlabeled local "
+                "features), labeled (prototypes of labeled samples only) or own (the image's own local feature)",
+                choices=("prototypes", "labeled", "own"),
+            ),
             Key("proto_momentum", "float", 0.99, "EMA momentum of the class prototypes", range="[0, 1]"),
             Key(
                 "closed_head",

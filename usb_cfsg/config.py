@@ -221,11 +221,24 @@ class BaseConfig:
         "run refuses any other build; none = record the current one.",
         None,
     )
-    scene_size: int = _help("fmnist_cluttered: canvas side in pixels (one item among clutter fragments).", 96)
+    scene_size: int = _help("fmnist_cluttered / fmnist_badged: canvas side in pixels.", 96)
     scene_fragments: int = _help(
         "fmnist_cluttered: clutter fragments of other items per canvas, placed beside the item.", 2
     )
-    scene_seed: int = _help("fmnist_cluttered: seed of the scenes' layout (item place and scale, fragments).", 0)
+    scene_seed: int = _help(
+        "fmnist_cluttered / fmnist_badged: seed of the images' layout (item place and scale, fragments or mark).", 0
+    )
+    badge_size: int = _help("fmnist_badged: side of the mark (an 8x8 digit, resized) in pixels.", 16)
+    badge_items: Optional[List[Any]] = _help_list(
+        "fmnist_badged: items with seen and near-OOD classes (names or indices; default T-shirt/top, Pullover, Coat, "
+        "Bag); the other items are far-OOD."
+    )
+    badge_marks: Optional[List[Any]] = _help_list(
+        "fmnist_badged: three mark digits: two seen marks, then the near-OOD mark (default 0, 1, 4)."
+    )
+    badge_erase: bool = _help(
+        "fmnist_badged: draw the test images without their mark (control: near-OOD AUROC must fall to chance).", False
+    )
     download: bool = _help("Download the dataset from its publisher when online.", False)
     skip_bad_images: bool = _help("Skip (and count) missing/corrupt images instead of failing.", False)
     class_names: Optional[List[str]] = _help_list("image_folder: class order (default: sorted folder names).")
@@ -735,6 +748,7 @@ BASE_RANGES: Tuple[Tuple[str, str], ...] = (
     ("scene_size", "[16, inf)"),
     ("scene_fragments", "[0, inf)"),
     ("scene_seed", "[0, inf)"),
+    ("badge_size", "[2, inf)"),
     ("ood_threshold", "(-inf, inf)"),
     ("eval_subset", "[0, inf)"),
     ("seed", "[0, inf)"),

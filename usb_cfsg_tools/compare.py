@@ -334,6 +334,13 @@ def collect(runs: Sequence[Run]) -> List[Dict[str, Any]]:
         for key, _ in METRICS:
             rec[key] = data.get(key)
         rec["auroc_by_score"] = {name: m.get("auroc") for name, m in (data.get("scores") or {}).items()}
+        # per unseen group (SSB difficulty; fmnist_badged near / far): AUROC of every score
+        rec["auroc_by_group"] = {
+            group: {name: (m.get("difficulty") or {}).get(group, {}).get("auroc") for name, m in data["scores"].items()}
+            for group in (data.get("difficulty") or {})
+        }
+        for group, by_score in rec["auroc_by_group"].items():  # results.csv: the primary score's, per group
+            rec[f"auroc_{group}"] = by_score.get(str(data.get("primary_score")))
         rec["demo_clip_sha256"] = data.get("demo_clip_sha256")
         loc = data.get("localization") or {}
         for key, _ in LOC_METRICS:
@@ -383,6 +390,7 @@ def write_csv(path: Path, records: Sequence[Dict[str, Any]]) -> None:
         "primary_score",
         *[k for k, _ in METRICS],
         *[f"loc_{k}" for k, _ in LOC_METRICS],
+        *sorted({k for rec in records for k in rec if k.startswith("auroc_") and not k.startswith("auroc_by_")}),
         "demo_clip_sha256",
         "run_dir",
     ]
@@ -424,6 +432,7 @@ def render_markdown(
         cells = [format_cell([r[k] for r in recs], len(seeds)) for k, _ in METRICS]
         lines.append("| " + " | ".join([name, "/".join(scores), *cells, f"{len(recs)}/{len(seeds)}"]) + " |")
     lines += _score_table(rows, records, len(seeds))
+    lines += _group_table(rows, records, len(seeds))
     lines += _localization_table(rows, records, len(seeds))
     builds = sorted({str(r["demo_clip_sha256"]) for r in records if r.get("demo_clip_sha256")})
     if builds:
@@ -452,6 +461,38 @@ def _score_table(rows: Sequence[Row], records: Sequence[Dict[str, Any]], num_see
         names.sort(key=lambda n: n not in primary)  # stable: the primary first, then the evaluator's order
         cells = [f"{n} {format_cell([r['auroc_by_score'].get(n) for r in recs], num_seeds)}" for n in names]
         lines.append(f"| {row.name} | {', '.join(cells) or 'n/a'} |")
+    return lines
+
+
+def _group_table(rows: Sequence[Row], records: Sequence[Dict[str, Any]], num_seeds: int) -> List[str]:
+    """AUROC per unseen group (seen test images against one group's), every score, when the runs report groups."""
+    groups: List[str] = []
+    for r in records:
+        groups += [g for g in r.get("auroc_by_group", {}) if g not in groups]
+    if not groups:
+        return []
+    lines = [
+        "",
+        "AUROC per unseen group (seen-class test images against that group's; mean±std over seeds in %):",
+        "",
+        "| algorithm | " + " | ".join(groups) + " |",
+        "|---|" + "---|" * len(groups),
+    ]
+    for row in rows:
+        recs = [r for r in records if r["row"] == row.name]
+        cells = []
+        for g in groups:
+            names: List[str] = []
+            for r in recs:
+                names += [n for n in r.get("auroc_by_group", {}).get(g, {}) if n not in names]
+            primary = {str(r["primary_score"]) for r in recs}
+            names.sort(key=lambda n: n not in primary)
+            vals = [
+                f"{n} {format_cell([r.get('auroc_by_group', {}).get(g, {}).get(n) for r in recs], num_seeds)}"
+                for n in names
+            ]
+            cells.append(", ".join(vals) or "n/a")
+        lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
     return lines
 
 

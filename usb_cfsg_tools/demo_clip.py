@@ -100,6 +100,8 @@ DEMO_SEEN = 6
 #: The scene task (:mod:`usb_cfsg.datasets.fmnist_cluttered`) and the scale of the zero-shot logits
 #: whose energy the card reports (the cosine heads' scale, that of cfsg_clip's zero-shot classifier).
 SCENE_DATASET = "fmnist_cluttered"
+#: The badged task (:mod:`usb_cfsg.datasets.fmnist_badged`): classes differ by a small mark.
+BADGE_DATASET = "fmnist_badged"
 ENERGY_LOGIT_SCALE = 30.0
 
 
@@ -136,6 +138,10 @@ class Recipe:
             ``scene_fragments`` (the task's scenes); 0: the item alone at the scenes' places and scales.
         pretrain_clutter: Share of the pretraining scenes that have their clutter (drawn once per pool
             image from ``pool_seed``); the others show the item alone at the same place and scale.
+        badge_size: ``fmnist_badged``'s ``badge_size`` (the badged recipe).
+        p_fine: Badged recipe: share of pool images whose captions also name the mark ("a photo of a
+            coat with a one badge"; drawn once per image from ``pool_seed``); the others name the item
+            only, so the CLIP learns the general attribute well and the detail weakly.
     """
 
     steps: int = 600
@@ -159,6 +165,8 @@ class Recipe:
     scene_seed: int = 0
     pretrain_fragments: Optional[int] = None
     pretrain_clutter: float = 1.0
+    badge_size: int = 16
+    p_fine: float = 0.0
 
     def check(self) -> None:
         """Raise ConfigError on values that cannot work."""
@@ -176,11 +184,15 @@ class Recipe:
             )
         if not 0.0 < self.crop_ratio <= 1.0:
             raise ConfigError(f"crop_ratio must lie in (0, 1], got {self.crop_ratio}")
-        if self.images not in ("clean", "scenes") or self.task not in (DATASET, SCENE_DATASET):
+        if self.images not in ("clean", "scenes", "badged") or self.task not in (DATASET, SCENE_DATASET, BADGE_DATASET):
             raise ConfigError(
-                f"images must be clean or scenes and task {DATASET} or {SCENE_DATASET}, "
+                f"images must be clean, scenes or badged and task {DATASET}, {SCENE_DATASET} or {BADGE_DATASET}, "
                 f"got {self.images!r} and {self.task!r}"
             )
+        if (self.images == "badged") != (self.task == BADGE_DATASET):
+            raise ConfigError(f"images: badged goes with task: {BADGE_DATASET} (the badged recipe), and only with it")
+        if not 0.0 <= self.p_fine <= 1.0:
+            raise ConfigError(f"p_fine must lie in [0, 1], got {self.p_fine}")
         if not 0.0 <= self.pretrain_clutter <= 1.0:
             raise ConfigError(f"pretrain_clutter must lie in [0, 1], got {self.pretrain_clutter}")
         if not 0.0 <= self.caption_noise < 1.0:
@@ -214,13 +226,13 @@ def select_pool(targets: np.ndarray, fraction: float, seed: int) -> np.ndarray:
 
 # -------------------------------------------------------------------------------------- images
 def resize_images(images: np.ndarray, size: int) -> np.ndarray:
-    """Resize uint8 grayscale images [N, H, W] to [N, size, size] the way the demo's transforms do.
+    """Resize uint8 images [N, H, W] (grayscale) or [N, H, W, 3] (RGB) to side ``size`` as the demo's transforms do.
 
     (torchvision's ``Resize((size, size))`` on a PIL image: PIL bilinear.)
     """
     from PIL import Image
 
-    out = np.empty((len(images), size, size), dtype=np.uint8)
+    out = np.empty((len(images), size, size, *images.shape[3:]), dtype=np.uint8)
     for i, img in enumerate(images):
         out[i] = np.asarray(Image.fromarray(img).resize((size, size), Image.Resampling.BILINEAR))
     return out
@@ -229,7 +241,7 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 def eval_tensors(
     images: np.ndarray, img_size: int, crop_ratio: float, mean: Sequence[float], std: Sequence[float]
 ) -> torch.Tensor:
-    """The demo's eval transform applied to uint8 grayscale images: a float tensor [N, 3, S, S]."""
+    """The demo's eval transform applied to uint8 images (grayscale or RGB): a float tensor [N, 3, S, S]."""
     from usb_cfsg.datasets.images import load_rgb
     from usb_cfsg.datasets.transforms import build_transforms
 
@@ -241,7 +253,8 @@ class BatchAugment:
     """The demo's weak view on a batch: random ``img_size`` crop of pre-resized images, random flip.
 
     Args:
-        resized: uint8 [N, R, R] images already resized to ``floor(img_size / crop_ratio)``.
+        resized: uint8 [N, R, R] (grayscale) or [N, R, R, 3] (RGB) images already resized to
+            ``floor(img_size / crop_ratio)``.
         img_size: Crop size.
         mean: Per-channel mean (3 values).
         std: Per-channel std (3 values).
@@ -250,7 +263,7 @@ class BatchAugment:
     def __init__(self, resized: np.ndarray, img_size: int, mean: Sequence[float], std: Sequence[float]) -> None:
         self.images = torch.from_numpy(np.ascontiguousarray(resized))
         self.size = img_size
-        self.span = self.images.shape[-1] - img_size + 1
+        self.span = self.images.shape[1] - img_size + 1
         self.scale = (1.0 / (255.0 * torch.tensor(std))).view(1, 3, 1, 1)
         self.shift = (torch.tensor(mean) / torch.tensor(std)).view(1, 3, 1, 1)
 
@@ -262,7 +275,8 @@ class BatchAugment:
         ar = torch.arange(self.size)
         rows = (oy[:, None] + ar)[:, :, None]
         cols = ox[:, None] + torch.where(flip[:, None], ar.flip(0), ar)
-        crops = self.images[idx[:, None, None], rows, cols[:, None, :]].float().unsqueeze(1)
+        crops = self.images[idx[:, None, None], rows, cols[:, None, :]].float()
+        crops = crops.permute(0, 3, 1, 2) if crops.dim() == 4 else crops.unsqueeze(1)
         return crops * self.scale - self.shift
 
 
@@ -346,6 +360,7 @@ def zero_shot_figures(
     num_seen: int = DEMO_SEEN,
     temperature: float = 1.0,
     batch_size: int = 1000,
+    groups: Optional[Sequence[str]] = None,
 ) -> Dict[str, float]:
     """Zero-shot accuracy (all classes, seen classes) and MCM AUROC of a CLIP on preprocessed images.
 
@@ -354,6 +369,10 @@ def zero_shot_figures(
 
     The energy score is ``-logsumexp(30 * cos(image, t_k))`` over the seen prompts (the scale of
     cfsg_clip's zero-shot classifier, :data:`ENERGY_LOGIT_SCALE`).
+
+    With ``groups`` (per image its unseen group, ``""`` for seen images; the badged task's ``near`` /
+    ``far``), both AUROCs are also given per group: seen images against that group's, as
+    ``mcm_auroc_<group>`` and ``energy_auroc_<group>``.
 
     Returns:
         ``{"acc_all": ..., "acc_seen": ..., "mcm_auroc": ..., "energy_auroc": ...}`` in percent.
@@ -373,12 +392,18 @@ def zero_shot_figures(
     pred_seen = (feats[torch.from_numpy(seen)] @ text[:num_seen].t()).argmax(1).numpy()
     score = mcm_score(feats, text[:num_seen], temperature).numpy()
     energy = -torch.logsumexp(ENERGY_LOGIT_SCALE * feats @ F.normalize(text[:num_seen], dim=-1).t(), dim=1)
-    return {
+    out = {
         "acc_all": round(100.0 * float((pred_all == targets).mean()), 2),
         "acc_seen": round(100.0 * float((pred_seen == targets[seen]).mean()), 2),
         "mcm_auroc": round(100.0 * auroc(score, ~seen), 2),
         "energy_auroc": round(100.0 * auroc(energy.numpy(), ~seen), 2),
     }
+    group_of = np.asarray(list(groups) if groups is not None else [""] * len(targets))
+    for group in sorted(set(group_of[~seen].tolist()) - {""}):
+        rows = seen | (group_of == group)
+        out[f"mcm_auroc_{group}"] = round(100.0 * auroc(score[rows], ~seen[rows]), 2)
+        out[f"energy_auroc_{group}"] = round(100.0 * auroc(energy.numpy()[rows], ~seen[rows]), 2)
+    return out
 
 
 # ------------------------------------------------------------------------------------- training
@@ -590,6 +615,57 @@ def noisy_caption_labels(targets: np.ndarray, recipe: Recipe, num_classes: int =
     return np.where(wrong, (targets + shift) % num_classes, targets), int(wrong.sum())
 
 
+def badge_captions(
+    item_labels: np.ndarray, marks: np.ndarray, recipe: Recipe, mark_digits: Sequence[int]
+) -> Tuple[List[str], np.ndarray, int]:
+    """Caption classes of the badged recipe and the one each pool image's captions name.
+
+    Caption classes: the ten items ("coat"), then every item with every mark ("coat with a one
+    badge"). A ``p_fine`` share of the pool images (drawn once per image from ``pool_seed``) is
+    captioned with its item and mark, the others with the item alone.
+
+    Args:
+        item_labels: Fashion-MNIST class of each pool image.
+        marks: Which of the three marks each pool image carries (0, 1, 2).
+        recipe: The recipe (``p_fine``, ``pool_seed``).
+        mark_digits: The three mark digits.
+
+    Returns:
+        ``(caption class names, caption class of each image, how many name the mark)``.
+    """
+    from usb_cfsg.datasets.fmnist import CLASS_NAMES
+    from usb_cfsg.datasets.fmnist_badged import DIGIT_WORDS
+
+    names = list(CLASS_NAMES) + [f"{item} with a {DIGIT_WORDS[d]} badge" for item in CLASS_NAMES for d in mark_digits]
+    fine = np.random.default_rng([recipe.pool_seed, 3]).random(len(item_labels)) < recipe.p_fine
+    item_labels = np.asarray(item_labels, dtype=np.int64)
+    pair = len(CLASS_NAMES) + item_labels * len(mark_digits) + np.asarray(marks, dtype=np.int64)
+    return names, np.where(fine, pair, item_labels), int(fine.sum())
+
+
+def badge_recipe(**overrides: Any) -> Recipe:
+    """The badged recipe (``--recipe badged``): the demo CLIP for ``fmnist_badged``.
+
+    96 px at patch 16 (a 6 x 6 grid; the mark is about one patch); pretraining on the pool's badged
+    images, captions naming the item and, for a ``p_fine`` share, the mark too.
+    """
+    values: Dict[str, Any] = dict(
+        img_size=96,
+        task=BADGE_DATASET,
+        images="badged",
+        steps=BADGE_STEPS,
+        batch_size=SCENE_BATCH_SIZE,
+        p_fine=BADGE_P_FINE,
+    )
+    values.update(overrides)
+    return Recipe(**values)
+
+
+#: Steps and mark-naming caption share of the badged recipe.
+BADGE_STEPS = 300
+BADGE_P_FINE = 0.2
+
+
 def scene_recipe(**overrides: Any) -> Recipe:
     """The scene recipe (``--recipe scene``): the demo CLIP for ``fmnist_cluttered``'s scenes.
 
@@ -657,13 +733,37 @@ def build_demo_clip(
         recipe.pool_seed,
         resized_side,
     )
-    resized = resize_images(pretraining_images(src, pool, recipe), resized_side)
     test_n = len(src.test_items) if eval_limit is None else min(int(eval_limit), len(src.test_items))
-    test_images = eval_tensors(
-        task_test_images(src, recipe, test_n), recipe.img_size, recipe.crop_ratio, OPENAI_MEAN, OPENAI_STD
-    )
-    test_targets = np.asarray(src.test_targets)[:test_n]
     caption_targets, num_noisy = noisy_caption_labels(train_targets[pool], recipe)
+    caption_names, num_fine = list(src.class_names), 0
+    task_names, num_seen, groups = list(src.class_names), DEMO_SEEN, None
+    if recipe.task == BADGE_DATASET:
+        from usb_cfsg.datasets.base import read_source
+        from usb_cfsg.datasets.fmnist_badged import DEFAULT_MARKS
+
+        task = read_source(
+            BADGE_DATASET,
+            data_dir if data_dir is not None else "./data",
+            scene_size=recipe.scene_size,
+            scene_seed=recipe.scene_seed,
+            badge_size=recipe.badge_size,
+        )
+        train_items: Any = task.train_items  # lazy badged images (Badged)
+        pretrain = np.asarray(train_items.take(pool))
+        task_test = np.asarray(task.test_items)[:test_n]
+        test_targets = np.asarray(task.test_targets)[:test_n]
+        caption_names, caption_targets, num_fine = badge_captions(
+            caption_targets, train_items.marks[pool], recipe, DEFAULT_MARKS
+        )
+        task_names, groups_of = list(task.class_names), task.class_groups or {}
+        num_seen = min(groups_of) if groups_of else len(task_names)
+        groups = [groups_of.get(int(t), "") for t in test_targets.tolist()]
+    else:
+        pretrain = pretraining_images(src, pool, recipe)
+        task_test = task_test_images(src, recipe, test_n)
+        test_targets = np.asarray(src.test_targets)[:test_n]
+    resized = resize_images(pretrain, resized_side)
+    test_images = eval_tensors(task_test, recipe.img_size, recipe.crop_ratio, OPENAI_MEAN, OPENAI_STD)
 
     _ensure_configs()
     torch.manual_seed(seed)
@@ -678,7 +778,7 @@ def build_demo_clip(
         torch.get_num_threads(),
     )
     stats = train_demo_clip(
-        model, tokenizer, resized, caption_targets, src.class_names, recipe, seed, OPENAI_MEAN, OPENAI_STD
+        model, tokenizer, resized, caption_targets, caption_names, recipe, seed, OPENAI_MEAN, OPENAI_STD
     )
     out_dir = Path(out).expanduser()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -689,14 +789,13 @@ def build_demo_clip(
     tmp = weights.with_name(f".{weights.name}.tmp{os.getpid()}")
     torch.save({k: v.detach().clone() for k, v in model.state_dict().items()}, tmp)
     os.replace(tmp, weights)
-    figures = zero_shot_figures(model, tokenizer, test_images, test_targets, src.class_names, PROMPT_TEMPLATES)
+    figures = zero_shot_figures(
+        model, tokenizer, test_images, test_targets, task_names, PROMPT_TEMPLATES, num_seen=num_seen, groups=groups
+    )
     logger.info(
-        "demo CLIP zero-shot on %d test images: 10-way accuracy %.1f%%, seen 6-way %.1f%%, "
-        "MCM AUROC %.1f%% (classes 0-5 seen, T = 1)",
+        "demo CLIP zero-shot on %d test images: %s",
         test_n,
-        figures["acc_all"],
-        figures["acc_seen"],
-        figures["mcm_auroc"],
+        ", ".join(f"{k} {v:.1f}%" for k, v in figures.items()),
     )
     card = {
         "format": CARD_FORMAT,
@@ -712,27 +811,26 @@ def build_demo_clip(
         "recipe": {
             **asdict(recipe),
             "templates": list(recipe.templates),
-            "class_names": list(src.class_names),
+            "class_names": caption_names,
             "loss": "symmetric InfoNCE, same-class captions/images as positives (soft targets)",
             "optimizer": "AdamW betas (0.9, 0.98) eps 1e-6, warm-up then cosine",
             "augmentation": "resize to floor(img_size/crop_ratio), random img_size crop, horizontal flip",
             "noisy_captions": num_noisy,
+            "mark_captions": num_fine,
         },
         "training": {**stats, "threads": torch.get_num_threads(), "torch": torch.__version__},
         "zero_shot": {
             "split": "test",
             "num_images": int(test_n),
             "templates": list(PROMPT_TEMPLATES),
-            "seen_classes": list(range(DEMO_SEEN)),
+            "seen_classes": list(range(num_seen)),
             "mcm_temperature": 1.0,
-            "acc_all": figures["acc_all"],
-            "acc_seen": figures["acc_seen"],
-            "mcm_auroc": figures["mcm_auroc"],
-            "energy_auroc": figures["energy_auroc"],
+            **figures,
             "energy_logit_scale": ENERGY_LOGIT_SCALE,
             "dataset": recipe.task,
-            "note": "accuracies and AUROC in percent; MCM and energy over the six seen classes' prompts, "
-            "unknown = positive; images: the test set of `dataset` (its scenes for fmnist_cluttered)",
+            "note": "accuracies and AUROC in percent; MCM and energy over the seen classes' prompts, "
+            "unknown = positive; images: the test set of `dataset` (its scenes for fmnist_cluttered); "
+            "_near/_far: seen images against that unseen group's (fmnist_badged)",
         },
         "pool": {
             "num_train": int(len(train_targets)),
@@ -752,6 +850,11 @@ def build_demo_clip(
             **(
                 {k: getattr(recipe, k) for k in ("scene_size", "scene_fragments", "scene_seed")}
                 if recipe.task == SCENE_DATASET
+                else {}
+            ),
+            **(
+                {k: getattr(recipe, k) for k in ("scene_size", "scene_seed", "badge_size")}
+                if recipe.task == BADGE_DATASET
                 else {}
             ),
         },
@@ -783,12 +886,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out", required=True, help="output folder, e.g. ./saved_models/demo_clip")
     parser.add_argument(
         "--recipe",
-        choices=("demo", "scene"),
+        choices=("demo", "scene", "badged"),
         default="demo",
         help="demo: the fmnist_openset demo CLIP (64 px); scene: the fmnist_cluttered demo CLIP (96 px, a 6x6 "
         "patch grid, pretrained on the pool's scenes with the item alone; measured on the cluttered "
-        "test scenes)",
+        "test scenes); badged: the fmnist_badged demo CLIP (96 px, captions name the mark for a --p-fine share)",
     )
+    parser.add_argument(
+        "--p-fine", type=float, default=None, help=f"badged recipe: share of captions naming the mark ({BADGE_P_FINE})"
+    )
+    parser.add_argument("--badge-size", type=int, default=None, help="badged recipe: mark side in pixels (16)")
     parser.add_argument(
         "--steps",
         type=int,
@@ -836,10 +943,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         logger.info("demo CLIP: %s already holds a current card and weights; not rebuilding", opts.out)
         return 0
     chosen: Dict[str, Any] = {}
-    for key in ("steps", "batch_size", "images", "caption_noise", "pretrain_fragments", "pretrain_clutter"):
+    for key in (
+        "steps",
+        "batch_size",
+        "images",
+        "caption_noise",
+        "pretrain_fragments",
+        "pretrain_clutter",
+        "p_fine",
+        "badge_size",
+    ):
         if getattr(opts, key) is not None:
             chosen[key] = getattr(opts, key)
-    recipe = (scene_recipe if opts.recipe == "scene" else Recipe)(
+    make = {"demo": Recipe, "scene": scene_recipe, "badged": badge_recipe}[opts.recipe]
+    recipe = make(
         **chosen,
         lr=opts.lr,
         warmup_steps=opts.warmup_steps,
@@ -854,13 +971,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     zs = card["zero_shot"]
     logger.info(
-        "card: %s  (on %s: zero-shot 10-way %.2f%%, seen 6-way %.2f%%, MCM AUROC %.2f%%, energy AUROC %.2f%%)",
+        "card: %s  (zero-shot on %s: %s)",
         Path(opts.out) / CARD_FILE,
         zs.get("dataset", DATASET),
-        zs["acc_all"],
-        zs["acc_seen"],
-        zs["mcm_auroc"],
-        zs["energy_auroc"],
+        ", ".join(f"{k} {zs[k]:.2f}%" for k in zs if k.startswith(("acc_", "mcm_auroc", "energy_auroc"))),
     )
     return 0
 

@@ -351,6 +351,9 @@ def test_declared_keys_equal_the_classes_keys_and_nothing_is_generated():
         assert hasattr(stand_in, "validate_config") == hasattr(real, "validate_config"), name
     assert keys.CFSG_OOD_SCORES == OOD_SCORES and keys.DENSE_KINDS == DENSE_KINDS
     assert keys.RELEVANCE_RULES == RELEVANCE_RULES
+    from usb_cfsg.nets.oracle import ORACLE_MODES
+
+    assert keys.ORACLE_MODES == ORACLE_MODES
     assert not list(Path(keys.__file__).parent.glob("*.json")), "no generated key copy next to the package"
     # our classes read their rules from the declaration too: a range problem is found by both
     bad = argparse.Namespace(sfm_keep_ratio=1.5, vsi_topk=9, num_classes=4)

@@ -228,3 +228,23 @@ def test_relevance_over_classes_hand_computed_and_blank_patches_lose():
     assert r[0] > 0.6 and r[0] > r[2] > r[1] and abs(float(r[2] / r[0]) - 0.5) < 1e-3
     with pytest.raises(ValueError, match="relevance must be one of patches, classes"):
         SemanticFilter(relevance="pixels")
+
+
+def test_contrastive_relevance_credits_what_separates_the_classes_not_what_they_share():
+    # two classes that share a direction s and differ in d0 / d1 (D = 4: s, d0, d1, other)
+    s, d0, d1, o = torch.eye(4)
+    t = torch.stack([s + 0.5 * d0, s + 0.5 * d1])
+    g = (s + 0.5 * d0).unsqueeze(0)  # an image of class 0
+    # patch 0: the shared body (like both classes), patch 1: the detail of class 0, patch 2: unrelated
+    p = torch.stack([s, d0, o]).unsqueeze(0)
+    plain = SemanticFilter(keep_ratio=1 / 3, temperature=0.1, logit_scale=100.0)(g, p, t)
+    contrastive = SemanticFilter(keep_ratio=1 / 3, temperature=0.1, logit_scale=100.0, relevance="contrastive")(g, p, t)
+    assert plain.keep_idx.tolist() == [[0]]  # plain similarity keeps the body every class shares
+    assert contrastive.keep_idx.tolist() == [[1]]  # the contrastive affinity keeps the distinguishing detail
+    torch.testing.assert_close(contrastive.relevance.sum(1), torch.ones(1))
+    # by hand: A - mean_k A, softmax over patches per class at tau, weighted by pi
+    affinity = F.normalize(p, dim=-1) @ F.normalize(t, dim=-1).t()
+    centred = affinity - affinity.mean(dim=2, keepdim=True)
+    pi = (100.0 * F.normalize(g, dim=-1) @ F.normalize(t, dim=-1).t()).softmax(-1)
+    expected = torch.einsum("bnk,bk->bn", (centred / 0.1).softmax(dim=1), pi)
+    torch.testing.assert_close(contrastive.relevance, expected)

@@ -402,3 +402,85 @@ def test_fine_tokens_all_shows_every_patch_to_the_fine_branch():
     assert torch.equal(all_tokens["keep_idx"], kept["keep_idx"])
     with pytest.raises(ConfigError, match="fine_tokens must be kept or all"):
         make(fine_tokens="some")
+
+
+def test_sfm_oracle_keeps_the_patches_showing_the_mark():
+    net = make(sfm_oracle="mark", input_mean=(0.5, 0.5, 0.5), input_std=(0.5, 0.5, 0.5)).eval()
+    x = torch.zeros(2, 3, 64, 64)  # gray (0.5 before normalisation)
+    x[0, :, 48:64, 0:16] = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)  # red in patch 12
+    x[1, :, 0:16, 16:32] = torch.tensor([1.0, -1.0, -1.0]).view(3, 1, 1)  # red in patch 1
+    keep = net(x)["keep_idx"]
+    assert keep[0, 0] == 12 and keep[1, 0] == 1
+    anti = make(sfm_oracle="anti", input_mean=(0.5,) * 3, input_std=(0.5,) * 3).eval()
+    keep = anti(x)["keep_idx"]
+    assert 12 not in keep[0].tolist() and 1 not in keep[1].tolist()
+    with pytest.raises(ConfigError, match="sfm_oracle"):
+        make(sfm_oracle="mark")  # no input normalisation to undo
+
+
+def test_sfm_scales_clip_takes_the_checkpoints_logit_scale_and_keeps_it_in_the_state():
+    net = make(sfm_scales="clip")
+    scale = float(net.sfm_clip_scale)
+    assert scale == pytest.approx(1 / 0.07, rel=1e-4)  # open_clip's initial logit scale (a random init here)
+    net(torch.randn(1, 3, 64, 64))
+    assert net.sfm.logit_scale == pytest.approx(scale) and net.sfm.temperature == pytest.approx(1 / scale)
+    state = net.state_dict()
+    state["sfm_clip_scale"] = torch.tensor(5.0)  # a checkpoint trained on a CLIP with logit scale 5
+    other = make(sfm_scales="clip")
+    other.load_state_dict(state)
+    other(torch.randn(1, 3, 64, 64))
+    assert other.sfm.logit_scale == 5.0 and other.sfm.temperature == 0.2
+    assert "sfm_clip_scale" not in make().state_dict()  # fixed scales: checkpoints keep their keys
+
+
+def test_vsi_own_cues_come_from_each_images_local_feature():
+    net = make(vsi_cues="own").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = net(x)["logits_fine"]
+        net.prototypes.update(torch.randn(8, 64), torch.arange(4).repeat(2), torch.ones(8, dtype=torch.bool))
+        after = net(x)["logits_fine"]
+    torch.testing.assert_close(before, after)  # prototypes play no part
+    torch.manual_seed(1)
+    h = net.backbone.trunk(x)
+    own = torch.randn(2, 64)
+    cues, topk = net.vsi(torch.randn(2, 4), net.prototypes.get(), net.text(), own=own)
+    manual = net.vsi.proj(
+        torch.cat([F.normalize(own, dim=-1)[:, None].expand(-1, 3, -1), F.normalize(net.text(), dim=-1)[topk]], -1)
+    )
+    torch.testing.assert_close(cues, manual + net.vsi.type_embedding)
+    assert h.shape[0] == 2
+
+
+def test_key_bias_is_a_soft_token_filter():
+    bb = make().backbone.eval()
+    h = bb.trunk(torch.randn(2, 3, 64, 64))
+    zero = torch.zeros(2, h.shape[1])
+    with torch.no_grad():
+        torch.testing.assert_close(bb.tuned_until_last(h, zero), bb.tuned_until_last(h))
+        # a very negative bias on patches 5.. hides them: the other tokens' outputs equal a run without them
+        drop = zero.clone()
+        drop[:, 5:] = -1e4
+        state = bb.last_block_state(bb.tuned_until_last(h, drop))
+        hidden = bb.last_block_queries(state, key_bias=drop)
+        short = bb.last_block_queries(bb.last_block_state(bb.tuned_until_last(h[:, :5])))
+        torch.testing.assert_close(hidden, short, atol=1e-4, rtol=1e-4)
+
+
+def test_sfm_filter_soft_shows_every_patch_and_trains_the_relevance():
+    net = make(sfm_filter="soft")
+    x = torch.randn(2, 3, 64, 64)
+    out = net(x)
+    assert out["keep_idx"].shape == (2, 4)  # the SFM still selects (coarse branch, localization)
+    out["logits_fine"].sum().backward()
+    # the fine loss reaches the blocks that make the relevance only through the attention bias:
+    # with the hard filter the kept patches are indices, so the relevance gets no gradient from it
+    relevance_grad = net.sfm  # no parameters: check the dense features' block instead
+    assert relevance_grad is not None
+    soft_grad = net.backbone.tuned_blocks[-1].attn.in_proj_weight.grad.clone()
+    hard = make(fine_tokens="all")
+    hard.load_state_dict(net.state_dict())
+    hard(x)["logits_fine"].sum().backward()
+    assert not torch.allclose(soft_grad, hard.backbone.tuned_blocks[-1].attn.in_proj_weight.grad)
+    with pytest.raises(ConfigError, match="sfm_filter"):
+        make(sfm_filter="soft", use_sfm=False)

@@ -47,7 +47,11 @@ NET_SWITCHES = (
     "sfm_local_weight",
     "sfm_dense",
     "sfm_relevance",
+    "sfm_scales",
+    "sfm_oracle",
+    "sfm_filter",
     "vsi_topk",
+    "vsi_cues",
     "proto_momentum",
     "closed_head",
     "fine_tokens",
@@ -92,7 +96,13 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
     @classmethod
     def net_spec(cls, args) -> Tuple[str, Dict[str, Any]]:
         """The CFSG head with every network switch of the config."""
-        return cls.net_head, {k: getattr(args, k) for k in NET_SWITCHES}
+        kwargs = {k: getattr(args, k) for k in NET_SWITCHES}
+        if kwargs["sfm_oracle"] != "none":  # the oracle reads the mark's colour from the un-normalised input
+            from ..nets.clip import clip_mean_std
+
+            mean, std = clip_mean_std(args.net, getattr(args, "clip_model", None), getattr(args, "pretrained", None))
+            kwargs.update(input_mean=tuple(mean), input_std=tuple(std))
+        return cls.net_head, kwargs
 
     @classmethod
     def validate_config(cls, args: Any) -> list:
@@ -205,7 +215,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         with torch.no_grad():
             feats = torch.cat((lb["feat_local"], w["feat_local"]))
             labels = torch.cat((y_lb, pseudo))
-            sel = torch.cat((torch.ones_like(y_lb, dtype=torch.bool), mask if fix_on else torch.zeros_like(mask)))
+            ulb_sel = mask if fix_on and self.args.vsi_cues != "labeled" else torch.zeros_like(mask)
+            sel = torch.cat((torch.ones_like(y_lb, dtype=torch.bool), ulb_sel))
             self._update_prototypes(feats, labels, sel)
 
         feat_dict = {"x_lb": lb["feat"], "x_ulb_w": w["feat"], "x_ulb_s": s["feat"]}

@@ -11,6 +11,7 @@ from . import (  # noqa: F401
     fgvc_aircraft,
     flowers102,
     fmnist,
+    fmnist_badged,
     fmnist_cluttered,
     image_folder,
     stanford_cars,

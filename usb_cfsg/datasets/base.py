@@ -40,6 +40,8 @@ class SourceData:
         test_items: Test images.
         test_targets: Class index of each test image.
         prompt_templates: Text prompt templates with one ``{}`` for the class name.
+        class_groups: Optional class index -> group name of unseen classes that the evaluator reports
+            separately (``fmnist_badged``: ``near`` / ``far``); applied to the classes a split leaves unseen.
     """
 
     name: str
@@ -49,6 +51,7 @@ class SourceData:
     test_items: Union[Sequence[Item], np.ndarray]
     test_targets: np.ndarray
     prompt_templates: tuple[str, ...] = field(default=("a photo of a {}.",))
+    class_groups: Optional[dict[int, str]] = None
 
     @property
     def num_classes(self) -> int:
@@ -68,8 +71,18 @@ def read_source(name: str, root: Optional[str], **kwargs) -> SourceData:
 
 
 #: Config keys a reader may take as keyword arguments besides the four every reader takes
-#: (``fmnist_cluttered``: the scene keys, and ``pretrain_pool`` to choose its clutter's donors).
-READER_OPTIONS = ("scene_size", "scene_fragments", "scene_seed", "pretrain_pool")
+#: (``fmnist_cluttered``: the scene keys, and ``pretrain_pool`` to choose its clutter's donors;
+#: ``fmnist_badged``: ``scene_size``, ``scene_seed`` and the badge keys).
+READER_OPTIONS = (
+    "scene_size",
+    "scene_fragments",
+    "scene_seed",
+    "pretrain_pool",
+    "badge_size",
+    "badge_items",
+    "badge_marks",
+    "badge_erase",
+)
 
 
 def reader_options(name: str, values: Mapping[str, Any]) -> dict[str, Any]:

@@ -254,9 +254,14 @@ def build_openset_datasets(
         "pretrain_pool": getattr(args, "pretrain_pool", None) or None,
         "eval_subset": int(getattr(args, "eval_subset", None) or 0),
     }
-    for key in ("scene_size", "scene_fragments", "scene_seed"):  # fmnist_cluttered's keys, when given
+    for key in ("scene_size", "scene_fragments", "scene_seed", "badge_size"):  # scene and badge keys, when given
         if getattr(args, key, None) is not None and key in reader_options(config["dataset"], {key: 0}):
             config[key] = int(getattr(args, key))
+    for key in ("badge_items", "badge_marks"):
+        if getattr(args, key, None) is not None and key in reader_options(config["dataset"], {key: 0}):
+            config[key] = _as_list(getattr(args, key), key)
+    if getattr(args, "badge_erase", None) and "badge_erase" in reader_options(config["dataset"], {"badge_erase": 1}):
+        config["badge_erase"] = True
     ssb = config["class_split"] == "ssb"
     if ssb and config["seen_classes"] is not None:
         raise DatasetError("class_split: ssb fixes the seen classes, but seen_classes is given too; drop one of them")
@@ -349,9 +354,15 @@ def build_openset_datasets(
         # in-training evaluations: a fixed, seeded, class-stratified subset (over the original classes)
         info.test_subset = stratified_subset(te_t, config["eval_subset"], config["split_seed"])
         info.eval_subset = np.flatnonzero(np.isin(split.eval_indices, split.test_indices[info.test_subset]))
-    if hasattr(te_items, "boxes"):  # images with an object box (fmnist_cluttered)
+    if hasattr(te_items, "boxes"):  # images with an object box (fmnist_cluttered) or a mark's box (fmnist_badged)
         info.test_boxes = np.asarray(te_items.boxes, dtype=np.float64)
         info.eval_boxes = np.asarray(ev_items.boxes, dtype=np.float64)
+    if ssb_split is None and source.class_groups:  # near/far-OOD groups of the dataset's unseen classes
+        from .ssb import difficulty_of_images
+
+        unseen_groups = {c: source.class_groups[c] for c in split.unseen_classes if c in source.class_groups}
+        info.test_difficulty = difficulty_of_images(te_t, unseen_groups)
+        info.unseen_difficulty = {source.class_names[c]: g for c, g in unseen_groups.items()}
     if ssb_split is not None:
         from .ssb import difficulty_of_images
 

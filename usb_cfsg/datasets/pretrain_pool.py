@@ -59,7 +59,7 @@ def load_card(path: str) -> Dict[str, Any]:
 
 #: Datasets whose training sets are the same images in the same order as another's, so that a card
 #: made on one applies to the other (the cluttered scenes: scene i shows Fashion-MNIST training image i).
-POOL_FAMILIES: Dict[str, str] = {"fmnist_cluttered": DEMO_DATASET}
+POOL_FAMILIES: Dict[str, str] = {"fmnist_cluttered": DEMO_DATASET, "fmnist_badged": DEMO_DATASET}
 
 
 def _pool_family(dataset: Any) -> Any:

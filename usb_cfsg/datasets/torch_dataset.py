@@ -62,6 +62,11 @@ class OpenSetDataset(BasicDataset):
         is_ulb: bool = False,
         strong_transform: Optional[Any] = None,
     ) -> None:
+        #: Per item its object or cue box (x0, y0, x1, y1) as fractions of the image [N, 4], when the
+        #: items carry boxes (fmnist_cluttered, fmnist_badged); None otherwise. Not returned by __getitem__.
+        self.boxes: Optional[np.ndarray] = (
+            np.asarray(items.boxes, dtype=np.float64) if hasattr(items, "boxes") else None
+        )
         data = as_storage(items)
         labels = np.asarray(targets, dtype=np.int64)
         if len(labels) != len(data):

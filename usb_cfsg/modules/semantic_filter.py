@@ -10,8 +10,11 @@ seen-class text embeddings ``t_1..t_K``, the SFM
    ``r_i = sum_k pi_k * softmax_i(A_ik / tau_f)`` (``relevance="patches"``, the default: the share
    of class k's evidence that lies at patch i), or ``r_i ∝ sum_k pi_k * softmax_k(A_ik / tau_f)``
    (``relevance="classes"``: how surely patch i shows the classes the image is believed to show,
-   the per-patch class posterior GL-MCM's local map reads; renormalised over i). Non-negative,
-   sums to 1 over i.
+   the per-patch class posterior GL-MCM's local map reads; renormalised over i), or as ``patches`` on
+   the contrastive affinity ``A_ik - mean_j A_ij`` (``relevance="contrastive"``: what makes patch i
+   look like class k *rather than the other classes*, as CLIP Surgery removes the classes' shared
+   direction; a patch equally like every class, e.g. the item's plain body when classes differ only
+   by a mark, gets no credit). Non-negative, sums to 1 over i.
 4. keeps the ``n_keep = keep_count(N)`` most relevant patches                           [B, n_keep]
 5. pools them into the local feature ``f = sum_kept r_i p_i / sum_kept r_i``            [B, D]
 6. mixes the coarse feature ``z_c = normalize(normalize(g) + lambda_f * normalize(f))``  [B, D]
@@ -40,7 +43,7 @@ DEFAULT_SFM_TEMPERATURE = 0.07
 DEFAULT_KEEP_RATIO = 0.25
 DEFAULT_LOCAL_WEIGHT = 1.0
 #: The axes the affinity softmax may run over (``sfm_relevance``), see :class:`SemanticFilter`.
-RELEVANCE_RULES = ("patches", "classes")
+RELEVANCE_RULES = ("patches", "classes", "contrastive")
 
 
 def keep_count(num_patches: int, keep_ratio: float) -> int:
@@ -128,7 +131,7 @@ class SemanticFilter(nn.Module):
             win, even where every patch is a poor match) or ``classes`` (softmax over the classes
             per patch, then renormalised over patches: patches that are sure of the believed classes
             win, and patches equally like every class, such as empty background, lose). Default
-            ``patches``.
+            ``patches``. ``contrastive``: as ``patches`` on the affinity minus its mean over the classes.
 
     Inputs are taken as given (unnormalised is fine): cosines normalise internally, and the local
     feature pools the raw patch features.
@@ -231,8 +234,9 @@ class SemanticFilter(nn.Module):
         t = F.normalize(text.to(dense.dtype), dim=-1)  # [K, D]
         pi = self.class_posterior(global_feat, t)  # [B, K]
         affinity = F.normalize(dense, dim=-1) @ t.t()  # [B, N, K]
-        if self.relevance == "patches":
-            per_class = (affinity / self.temperature).softmax(dim=1)  # over patches
+        if self.relevance in ("patches", "contrastive"):
+            a = affinity - affinity.mean(dim=2, keepdim=True) if self.relevance == "contrastive" else affinity
+            per_class = (a / self.temperature).softmax(dim=1)  # over patches
             relevance = torch.einsum("bnk,bk->bn", per_class, pi)  # [B, N]
         else:
             per_patch = (affinity / self.temperature).softmax(dim=2)  # over classes

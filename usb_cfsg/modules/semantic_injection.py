@@ -87,13 +87,15 @@ class VisualSemanticInjection(nn.Module):
         pair = torch.cat([mu, t], dim=-1)[class_idx]  # [B, k, 2D]
         return self.proj(pair) + self.type_embedding
 
-    def forward(self, coarse_logits: Tensor, prototypes: Tensor, text: Tensor) -> VSIOutput:
+    def forward(self, coarse_logits: Tensor, prototypes: Tensor, text: Tensor, own: Tensor | None = None) -> VSIOutput:
         """Select the top-k classes of ``coarse_logits`` and build their cue tokens.
 
         Args:
             coarse_logits: [B, K] (only their ranking is used; no gradient flows through them).
             prototypes: mu [K, D].
             text: t [K, D].
+            own: Optional per-image visual features [B, D] (detached inside) that replace the class
+                prototypes in every cue of their image: ``c_j = W_inj [own ; t_kj] + e_type``.
 
         Returns:
             :class:`VSIOutput` ``(cues [B, k, W], topk_idx [B, k])`` with ``k = min(topk, K)``.
@@ -102,7 +104,12 @@ class VisualSemanticInjection(nn.Module):
             raise ValueError(f"coarse_logits must be [B, {prototypes.shape[0]}], got {tuple(coarse_logits.shape)}")
         k = min(self.topk, coarse_logits.shape[1])
         topk_idx = coarse_logits.detach().topk(k, dim=1).indices
-        return VSIOutput(self.cue_tokens(topk_idx, prototypes, text), topk_idx)
+        if own is None:
+            return VSIOutput(self.cue_tokens(topk_idx, prototypes, text), topk_idx)
+        dtype = self.proj.weight.dtype
+        mine = F.normalize(own.detach().to(dtype), dim=-1)[:, None].expand(-1, k, -1)
+        t = F.normalize(text.to(dtype), dim=-1)[topk_idx]
+        return VSIOutput(self.proj(torch.cat([mine, t], dim=-1)) + self.type_embedding, topk_idx)
 
     def extra_repr(self) -> str:
         return f"joint_dim={self.joint_dim}, width={self.width}, topk={self.topk}"

@@ -81,11 +81,16 @@ class ClipBackbone(nn.Module):
     def tuned_blocks(self) -> nn.ModuleList:
         return self.visual.transformer.resblocks[self.num_frozen :]
 
-    def _run(self, blocks, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, blocks, x: torch.Tensor, key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        mask = None
+        if key_bias is not None and len(blocks):  # an additive bias on every query's attention to token j
+            B, T = key_bias.shape
+            heads = blocks[0].attn.num_heads
+            mask = key_bias.to(x.dtype)[:, None, None, :].expand(B, heads, T, T).reshape(B * heads, T, T)
         if not self.batch_first:
             x = x.transpose(0, 1)
         for block in blocks:
-            x = block(x)
+            x = block(x) if mask is None else block(x, attn_mask=mask)
         if not self.batch_first:
             x = x.transpose(0, 1)
         return x
@@ -114,9 +119,12 @@ class ClipBackbone(nn.Module):
         out = self._run(blocks[-1:], x)
         return (out, x) if return_last_input else out
 
-    def tuned_until_last(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Run the trainable blocks but the last on ``tokens`` [B, T, W]: the last block's input."""
-        return self._run(self.tuned_blocks[:-1], tokens)
+    def tuned_until_last(self, tokens: torch.Tensor, key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Run the trainable blocks but the last on ``tokens`` [B, T, W]: the last block's input.
+
+        ``key_bias`` [B, T] is added to every attention logit towards token j (a soft token filter).
+        """
+        return self._run(self.tuned_blocks[:-1], tokens, key_bias)
 
     def last_block_state(self, last_input: torch.Tensor) -> LastBlockState:
         """``ln_1``, keys and values of the last block for all tokens of ``last_input`` [B, T, W].
@@ -133,7 +141,9 @@ class ClipBackbone(nn.Module):
         k, v = F.linear(y, attn.in_proj_weight[w:], bias).split(w, dim=-1)
         return LastBlockState(last_input, y, k, v)
 
-    def last_block_queries(self, state: LastBlockState, index: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def last_block_queries(
+        self, state: LastBlockState, index: Optional[torch.Tensor] = None, key_bias: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """The last block's output tokens for some query tokens only.
 
         Every token still serves as key and value, so the result equals the selected rows of the
@@ -143,6 +153,7 @@ class ClipBackbone(nn.Module):
         Args:
             state: From :meth:`last_block_state`.
             index: Token indices [B, n] (0 = class token), or None for the class token alone.
+            key_bias: Optional additive attention bias towards each key token [B, T].
 
         Returns:
             Tensor [B, n, W] (n = 1 for the class token).
@@ -162,6 +173,7 @@ class ClipBackbone(nn.Module):
             q.view(B, n, heads, d).transpose(1, 2),
             state.k.view(B, T, heads, d).transpose(1, 2),
             state.v.view(B, T, heads, d).transpose(1, 2),
+            attn_mask=None if key_bias is None else key_bias.to(q.dtype)[:, None, None, :],
             dropout_p=attn.dropout if self.training else 0.0,
         )
         xq = xq + block.ls_1(attn.out_proj(o.transpose(1, 2).reshape(B, n, w)))

@@ -28,7 +28,7 @@ evaluator's calibration.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Literal
+from typing import Any, Dict, Literal, cast
 
 import torch
 import torch.nn as nn
@@ -50,9 +50,12 @@ from ..modules import (
 )
 from .backbone import DENSE_KINDS, ClipBackbone, DenseKind
 from .clip import NET_HEADS
+from .oracle import ORACLE_MODES, mark_patches, oracle_keep
 from .text import ClassTextEmbeddings
 from .zero_shot import ZeroShotMixin, build_prior, upgrade_legacy_prior_keys
 
+#: ``sfm_filter: soft``: the relevance N * r_i is floored here before its log (a bias of at most -9.2)
+SOFT_FILTER_FLOOR = 1e-4
 #: unknown scores the network outputs (as ``score_<name>``), higher = more unknown
 NET_SCORES = ("ova", "mcm", "glmcm")
 #: every unknown score of cfsg_clip: the net's, ``energy`` (from the closed logits, as for any USB
@@ -79,9 +82,23 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             ``tokens`` (the final patch tokens); see :meth:`ClipBackbone.dense_features`.
         sfm_relevance: Axis of the SFM's affinity softmax, ``patches`` or ``classes``
             (:class:`~usb_cfsg.modules.semantic_filter.SemanticFilter`'s ``relevance``).
+        sfm_scales: ``fixed`` (``sfm_posterior_scale`` and ``sfm_temperature``) or ``clip``: the CLIP
+            checkpoint's own logit scale s as the posterior scale and 1/s as the patch temperature
+            (``clip_logit_scale``; kept in the net's state, so a rebuilt net gets the trained run's value).
+        sfm_oracle: Control of the kept patches (:mod:`usb_cfsg.nets.oracle`): ``none`` (the SFM's own
+            choice), ``mark``, ``random`` or ``anti``; needs ``input_mean``/``input_std``.
         vsi_topk: k, number of cue tokens (top-k coarse classes).
+        vsi_cues: Visual part of the cue tokens: ``prototypes`` / ``labeled`` (the class prototypes; which
+            samples update them is the algorithm's business) or ``own`` (the image's own local feature).
+        clip_logit_scale: The CLIP checkpoint's exp(logit_scale) (given by the builder).
+        input_mean: Input normalisation mean (the oracle undoes it to find the mark's colour).
+        input_std: Input normalisation std.
         proto_momentum: EMA momentum of the class prototypes.
         closed_head: ``ensemble`` ((coarse + fine) / 2) or ``fine``.
+        sfm_filter: How the SFM's selection reaches the fine branch: ``hard`` (the patches of
+            ``fine_tokens``) or ``soft`` ("highlight": every patch, with an attention bias
+            ``log(N * r_i)`` towards patch i in every tuned block of the fine branch, so relevant patches
+            weigh more, none is dropped, and the fine loss trains the relevance through the bias).
         fine_tokens: Patch tokens the fine branch re-runs on with the SFM: ``kept`` (the SFM's kept
             patches only) or ``all`` (every patch; the SFM then shapes the coarse feature, the VSI
             cues and, through them, the fine branch, but hides no patch from it).
@@ -111,10 +128,17 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         sfm_local_weight: float = 1.0,
         sfm_dense: Literal["value", "glmcm", "tokens"] = "glmcm",
         sfm_relevance: str = "patches",
+        sfm_scales: str = "fixed",
+        sfm_oracle: str = "none",
         vsi_topk: int = 3,
+        vsi_cues: str = "prototypes",
+        clip_logit_scale: float | None = None,
+        input_mean: tuple | None = None,
+        input_std: tuple | None = None,
         proto_momentum: float = 0.99,
         closed_head: Literal["ensemble", "fine"] = "ensemble",
         fine_tokens: Literal["kept", "all"] = "kept",
+        sfm_filter: str = "hard",
         mcm_temperature: float = DEFAULT_MCM_TEMPERATURE,
         glmcm_local: DenseKind = "glmcm",
         ova_bias: bool = False,
@@ -133,6 +157,25 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         if fine_tokens not in ("kept", "all"):
             raise ConfigError(f"fine_tokens must be kept or all, got {fine_tokens!r}")
         self.fine_tokens = fine_tokens
+        if sfm_scales not in ("fixed", "clip"):
+            raise ConfigError(f"sfm_scales must be fixed or clip, got {sfm_scales!r}")
+        if sfm_oracle not in ORACLE_MODES:
+            raise ConfigError(f"sfm_oracle must be one of {', '.join(ORACLE_MODES)}, got {sfm_oracle!r}")
+        if sfm_oracle != "none" and (input_mean is None or input_std is None or sfm_dense == "tokens" or not use_sfm):
+            raise ConfigError(
+                "sfm_oracle needs the SFM on value-path features (use_sfm: true, sfm_dense: glmcm or value) and the "
+                "input normalisation (cfsg_clip passes it)"
+            )
+        if vsi_cues not in ("prototypes", "labeled", "own"):
+            raise ConfigError(f"vsi_cues must be prototypes, labeled or own, got {vsi_cues!r}")
+        if sfm_filter not in ("hard", "soft"):
+            raise ConfigError(f"sfm_filter must be hard or soft, got {sfm_filter!r}")
+        if sfm_filter == "soft" and (sfm_oracle != "none" or not use_sfm):
+            raise ConfigError(
+                "sfm_filter: soft biases attention by the SFM's relevance: it needs use_sfm and no sfm_oracle"
+            )
+        self.sfm_oracle, self.vsi_cues, self.sfm_filter = sfm_oracle, vsi_cues, sfm_filter
+        self.input_mean, self.input_std = input_mean, input_std
         if not 0.0 < sfm_keep_ratio <= 1.0:
             raise ConfigError(f"sfm_keep_ratio must be in (0, 1], got {sfm_keep_ratio}")
         if not mcm_temperature > 0:
@@ -159,6 +202,12 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             local_weight=sfm_local_weight,
             relevance=sfm_relevance,
         )
+        if sfm_scales == "clip":  # a buffer: eval.py / predict.py rebuild the net without the CLIP weights
+            if clip_logit_scale is None or not clip_logit_scale > 0:
+                raise ConfigError(
+                    "sfm_scales: clip needs the CLIP checkpoint's logit scale, which this net did not get"
+                )
+            self.register_buffer("sfm_clip_scale", torch.tensor(float(clip_logit_scale)))
         self.coarse_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.fine_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.prototypes = ClassPrototypes(num_classes, dim, momentum=proto_momentum)
@@ -191,7 +240,14 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             keep_idx=keep,
         )
 
-    def _coarse_branch(self, h: torch.Tensor, t: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _sync_sfm_scales(self) -> None:
+        if hasattr(self, "sfm_clip_scale"):  # sfm_scales: clip (the buffer may come from a checkpoint)
+            scale = float(cast(torch.Tensor, self.sfm_clip_scale))
+            self.sfm.logit_scale, self.sfm.temperature = scale, 1.0 / scale
+
+    def _coarse_branch(
+        self, h: torch.Tensor, t: torch.Tensor, mark: torch.Tensor | None = None
+    ) -> Dict[str, torch.Tensor]:
         """The coarse branch on trunk tokens H [B, 1 + N, W] with text embeddings t [K, D].
 
         Returns ``g`` (global feature), ``coarse``, ``local``, ``relevance``, ``keep_idx``,
@@ -212,6 +268,8 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         if self.use_sfm and self.sfm_dense != "tokens":
             g = bb.project(bb.last_block_queries(state))[:, 0]
             _, _, relevance, keep_idx, _ = self.sfm.select(g, dense, t)
+            if mark is not None:  # sfm_oracle: the control's kept patches instead of the SFM's
+                keep_idx = oracle_keep(self.sfm_oracle, relevance, mark, keep_idx.shape[1])
             local, coarse = self.sfm.pool(
                 g, bb.project(bb.last_block_queries(state, keep_idx + 1)), relevance, keep_idx
             )
@@ -271,30 +329,47 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         if only_fc:
             return self.fine_head(x)
         bb = self.backbone
+        self._sync_sfm_scales()
+        mark = None
+        if self.sfm_oracle != "none" and self.input_mean is not None and self.input_std is not None:
+            patch: Any = bb.visual.patch_size
+            mark = mark_patches(
+                x, int(patch[0] if isinstance(patch, tuple) else patch), self.input_mean, self.input_std
+            )
         h = bb.trunk(x)
         t = self.text()
         n = h.shape[0] if coarse_grad_rows is None else min(max(int(coarse_grad_rows), 0), h.shape[0])
         if n == h.shape[0] or not torch.is_grad_enabled():
-            c = self._coarse_branch(h, t)
+            c = self._coarse_branch(h, t, mark)
         else:
-            parts = [self._coarse_branch(h[:n], t)] if n > 0 else []
+            parts = [self._coarse_branch(h[:n], t, None if mark is None else mark[:n])] if n > 0 else []
             with torch.no_grad():
-                parts.append(self._coarse_branch(h[n:], t))
+                parts.append(self._coarse_branch(h[n:], t, None if mark is None else mark[n:]))
             c = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
         g, logits_coarse = c["g"], c["logits_coarse"]
         t = t.to(c["glmcm_local"].dtype)
 
         fine_in = [h[:, :1]]
-        if self.use_sfm and self.fine_tokens == "kept":
+        key_bias = None
+        if self.sfm_filter == "soft":  # every patch, attention biased towards the relevant ones
+            r = c["relevance"]
+            key_bias = torch.log((r * r.shape[1]).clamp_min(SOFT_FILTER_FLOOR))
+            key_bias = F.pad(key_bias, (1, self.vsi.topk if self.use_vsi else 0))  # class token and cues: 0
+            fine_in.append(h[:, 1:])
+        elif self.use_sfm and self.fine_tokens == "kept":
             fine_in.append(gather_tokens(h[:, 1:], c["keep_idx"]))
         else:
             fine_in.append(h[:, 1:])
         if self.use_vsi:
             protos = self.prototypes.get(fallback=t.detach().float()).to(h.dtype)
-            cues, _ = self.vsi(logits_coarse, protos, t.to(h.dtype))
+            own = c["local"].detach() if self.vsi_cues == "own" else None
+            cues, _ = self.vsi(logits_coarse, protos, t.to(h.dtype), own=own)
             fine_in.append(cues.to(h.dtype))
-        fine_state = bb.last_block_state(bb.tuned_until_last(torch.cat(fine_in, dim=1)))
-        z_f = bb.project(bb.last_block_queries(fine_state))[:, 0]  # only the class token is used
+        tokens_in = torch.cat(fine_in, dim=1)
+        if key_bias is not None:
+            key_bias = key_bias[:, : tokens_in.shape[1]]
+        fine_state = bb.last_block_state(bb.tuned_until_last(tokens_in, key_bias))
+        z_f = bb.project(bb.last_block_queries(fine_state, key_bias=key_bias))[:, 0]  # only the class token is used
         if only_feat:
             return z_f
         logits_fine = self.fine_head(z_f)

@@ -556,6 +556,10 @@ def build_clip_net(
     )
     text = class_text_embeddings(model, tokenizer, names, templates, text_encoder, seed)
     backbone = ClipBackbone(model.visual, num_tuned_blocks)
+    if (
+        head_kwargs.get("sfm_scales") == "clip"
+    ):  # the checkpoint's own logit scale (a stored buffer replaces it on load)
+        head_kwargs["clip_logit_scale"] = float(model.logit_scale.detach().exp())
     net: Any = NET_HEADS.get(head)(backbone, text, num_classes, **head_kwargs)
     net.class_names = names
     return net
