@@ -197,14 +197,15 @@ class BaseConfig:
     class_names: Optional[List[str]] = _help_list("image_folder: class order (default: sorted folder names).")
     # --- open-set evaluation ---
     ood_threshold: float = _help(
-        "Unknown-score threshold (score >= threshold means unknown) of scores in [0, 1] under threshold_rule otsu.",
+        "Unknown-score threshold (score >= threshold means unknown): the evaluation's cut of scores in [0, 1] "
+        "under threshold_rule otsu, and cfsg_clip's OVA inlier selection in training.",
         0.5,
     )
     threshold_rule: Literal["labeled_tpr", "otsu"] = _help(
         "How the K+1-way prediction's thresholds are fitted on training data: labeled_tpr = per score, the "
         "threshold keeping threshold_tpr of the labeled training images as seen; otsu = ood_threshold for scores "
         "in [0, 1], Otsu's threshold of the unlabeled training scores for the others (docs/results/calibration.md).",
-        "otsu",
+        "labeled_tpr",
     )
     threshold_tpr: float = _help("threshold_rule labeled_tpr: share of the labeled training images kept as seen.", 0.95)
     energy_temperature: float = _help(

@@ -89,7 +89,9 @@ def test_training_ends_with_the_openset_report(run):
     assert data["algorithm"] == "fixmatch" and data["dataset"] == "cub200" and data["num_seen"] == K
     assert data["num_test_seen"] == 6 and data["num_test_unseen"] == 6  # replica: 2 test images per class
     assert data["primary_score"] == "msp" and list(data["scores"]) == ["msp", "energy"]
-    assert data["threshold"] == 0.5
+    # threshold_rule labeled_tpr (the default): every score's threshold keeps 95% of the 6 labeled images as seen
+    assert data["calibration"]["threshold_rule"] == "labeled_tpr" and data["calibration"]["num_labeled"] == 6
+    assert data["threshold"] == data["calibration"]["thresholds"]["msp"]
     assert data["checkpoint"] == os.path.abspath(run["ckpt"]) and run["ckpt"].is_file()
     for key in HEADLINE_KEYS:
         assert isinstance(data[key], float) and 0.0 <= data[key] <= 1.0, key
@@ -103,7 +105,8 @@ def test_training_ends_with_the_openset_report(run):
     # ranges and thresholds fitted on the unlabeled training images, stored in latest_model.pth as well
     assert data["calibration"]["num_images"] == 24 and "unlabeled training images" in data["calibration"]["source"]
     assert torch.load(run["ckpt"], weights_only=True)["calibration"] == data["calibration"]
-    assert "Otsu on 24 unlabeled training images" in data["scores"]["energy"]["threshold_source"]
+    for values in data["scores"].values():
+        assert values["threshold_source"] == "labeled_tpr: keeps 95% of 6 labeled training images as seen"
     # written after USB's EvaluationHook.after_run saved latest_model.pth (re-saved with the calibration)
     assert os.path.getmtime(d / "openset_metrics.json") >= os.path.getmtime(d / "split.json")
 
@@ -266,6 +269,7 @@ def test_predict_folder_with_a_corrupt_file(run, tmp_path, capsys):
     assert rc == 1
     lines = _lines(captured.out)  # stdout holds nothing but JSON lines
     assert len(lines) == 6
+    threshold = torch.load(run["ckpt"], weights_only=True)["calibration"]["thresholds"]["msp"]  # fitted in training
     errors = [line for line in lines if "error" in line]
     assert len(errors) == 1 and set(errors[0]) == {"path", "error"} and errors[0]["path"].endswith("broken.png")
     # the hint fits predict.py, which has no skip_bad_images key
@@ -286,7 +290,7 @@ def test_predict_folder_with_a_corrupt_file(run, tmp_path, capsys):
         assert 1 / K - 1e-9 <= line["confidence"] <= 1.0
         assert line["closest_class"] in names
         assert line["unknown_score"] == pytest.approx(1.0 - line["confidence"])  # msp
-        assert line["is_unknown"] == (line["unknown_score"] >= 0.5)
+        assert line["is_unknown"] == (line["unknown_score"] >= threshold)
         if line["is_unknown"]:
             assert (line["label"], line["class_index"]) == ("unknown", -1)
         else:

@@ -260,8 +260,8 @@ def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optio
     unlabeled images, evenly spaced, with the evaluation transform), at most ``max_images`` of
     them spread evenly over it, so the same run gives the same images; with ``threshold_rule:
     labeled_tpr`` also at most ``max_images`` labeled images (``train_lb_eval``, evaluation
-    transform), whose scores give the thresholds. Returns None (with a warning) when the run has no
-    unlabeled training images.
+    transform), whose scores give the thresholds (without any: rule ``otsu``, with a warning).
+    Returns None (with a warning) when the run has no unlabeled training images.
     """
     data = getattr(algorithm, "dataset_dict", None) or {}
     dataset = data.get(CALIBRATION_SET)
@@ -281,14 +281,17 @@ def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optio
     labeled_outputs, labeled_source = None, ""
     if rule == "labeled_tpr":
         labeled_set = data.get(LABELED_CALIBRATION_SET)
-        if labeled_set is None or len(labeled_set) == 0:
-            raise EvaluationError(
-                f"threshold_rule labeled_tpr: the run has no labeled training images ({LABELED_CALIBRATION_SET!r}) "
-                f"to fit thresholds on; use threshold_rule otsu"
+        if labeled_set is None or len(labeled_set) == 0:  # never fail the end of a training run over it
+            logger.warning(
+                "threshold_rule labeled_tpr: the run has no labeled training images with the evaluation transform "
+                "(%r): thresholds by threshold_rule otsu instead",
+                LABELED_CALIBRATION_SET,
             )
-        lb_indices = calibration_indices(len(labeled_set), int(max_images))
-        labeled_outputs = _predict_subset(algorithm, labeled_set, lb_indices)
-        labeled_source = f"{len(lb_indices)} labeled training images"
+            rule = "otsu"
+        else:
+            lb_indices = calibration_indices(len(labeled_set), int(max_images))
+            labeled_outputs = _predict_subset(algorithm, labeled_set, lb_indices)
+            labeled_source = f"{len(lb_indices)} labeled training images"
     source = (
         f"{len(indices)} of {available} unlabeled training images (train_ulb, evaluation transform, evenly "
         f"spaced), EMA weights at iteration {iterations_done(algorithm)}"
