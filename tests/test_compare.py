@@ -73,6 +73,51 @@ def test_localization_figures_get_their_own_table_and_csv_columns(tmp_path):
     assert "loc_pointing_acc" in header and "loc_chance" in header
 
 
+def test_figures_compare_one_score_and_say_what_they_compare(tmp_path, monkeypatch):
+    """results.png / roc.png draw the same score for every row (energy, or --score), never each row's primary."""
+    from usb_cfsg.evaluation import plots
+
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(20, int), np.full(20, 3)]
+    rows = [compare.Row("cfsg_clip", "cfsg_clip"), compare.Row("fixmatch", "fixmatch")]
+    records = []
+    for row, primary, zs in (("cfsg_clip", "energy", 0.5), ("fixmatch", "msp", 0.0)):
+        for seed in (0, 1):
+            run_dir = tmp_path / f"{row}_seed{seed}"
+            run_dir.mkdir()
+            (run_dir / "config.yaml").write_text(yaml.safe_dump({"num_train_iter": 500, "zs_weight": zs}))
+            np.savez(run_dir / "open_scores.npz", y_open=y, score_energy=rng.normal(size=40), score_msp=rng.random(40))
+            records.append(
+                {"row": row, "seed": seed, "primary_score": primary, "num_seen": 3, "closed_acc": 0.8}
+                | {"auroc_by_score": {"energy": 0.9 if row == "fixmatch" else 0.7, "msp": 0.6}}
+                | {"h_score_by_score": {"energy": 0.5, "msp": 0.1}, "run_dir": str(run_dir)}
+                | compare._budget_and_prior(run_dir)
+            )
+    drawn = {}
+
+    def capture_bars(path, rows, metrics, title=None, caption=None):
+        drawn["bars"] = (list(rows), {k: [list(v) for v in vals] for k, vals in metrics.items()}, title, caption)
+
+    def capture_roc(path, scores, is_unknown, title=None):
+        drawn["roc"] = (list(scores), title)
+
+    monkeypatch.setattr(plots, "save_metric_bars", capture_bars)
+    monkeypatch.setattr(plots, "save_roc", capture_roc)
+    assert compare.write_figures(tmp_path, rows, records, [0, 1]) == ["results.png", "roc.png"]
+    labels, metrics, title, caption = drawn["bars"]
+    assert labels == ["cfsg_clip (zs_weight 0.5)", "fixmatch (zs_weight 0)"]  # the prior per row
+    assert metrics["AUROC (energy)"] == [[0.7, 0.7], [0.9, 0.9]]  # fixmatch's energy AUROC, not its msp one
+    assert metrics["H-score (energy)"] == [[0.5, 0.5], [0.5, 0.5]]
+    assert "energy" in title and "score: energy for every row" in caption
+    assert "500 training iterations" in caption and "seeds 0, 1" in caption and "zs_weight" in caption
+    assert drawn["roc"] == (labels, "energy score of every row; seed 0; 500 training iterations")
+    compare.write_figures(tmp_path, rows, records, [1, 0], score="msp")  # the user's choice
+    assert drawn["bars"][1]["AUROC (msp)"] == [[0.6, 0.6], [0.6, 0.6]] and drawn["roc"][1].startswith("msp score")
+    records[0]["num_train_iter"] = 200  # budgets differ: each row says its own
+    labels, budget = compare.figure_labels(rows, records)
+    assert budget == "budget per row" and labels[0] == "cfsg_clip (zs_weight 0.5, 200/500 it)"
+
+
 def test_switching_algorithm_drops_the_base_algorithms_own_keys(tmp_path, cub_root):
     with open(_base_config(tmp_path / "base.yaml", cub_root)) as fh:
         base = yaml.safe_load(fh)

@@ -243,7 +243,18 @@ class BaseConfig:
     skip_bad_images: bool = _help("Skip (and count) missing/corrupt images instead of failing.", False)
     class_names: Optional[List[str]] = _help_list("image_folder: class order (default: sorted folder names).")
     # --- open-set evaluation ---
-    ood_threshold: float = _help("Unknown-score threshold: score >= threshold means unknown.", 0.5)
+    ood_threshold: float = _help(
+        "Unknown-score threshold (score >= threshold means unknown): the evaluation's cut of scores in [0, 1] "
+        "under threshold_rule otsu, and cfsg_clip's OVA inlier selection in training.",
+        0.5,
+    )
+    threshold_rule: Literal["labeled_tpr", "otsu"] = _help(
+        "How the K+1-way prediction's thresholds are fitted on training data: labeled_tpr = per score, the "
+        "threshold keeping threshold_tpr of the labeled training images as seen; otsu = ood_threshold for scores "
+        "in [0, 1], Otsu's threshold of the unlabeled training scores for the others (docs/results/calibration.md).",
+        "labeled_tpr",
+    )
+    threshold_tpr: float = _help("threshold_rule labeled_tpr: share of the labeled training images kept as seen.", 0.95)
     energy_temperature: float = _help(
         "T of the energy score -T*logsumexp(logits/T) that every algorithm reports (Liu et al. 2020; their code: 1).",
         1.0,
@@ -548,7 +559,8 @@ def build_config(
         if unknown:
             what = "; ".join(f"unknown config key {key!r}{did_you_mean(key, specs)}" for key in unknown)
             raise ConfigError(
-                f"{what} (in {source}; algorithm {algorithm!r}; see README 'Configuration' for every key)"
+                f"{what} (in {source}; algorithm {algorithm!r}; every key, its type and default: "
+                f"python train.py --algorithm {algorithm} --help)"
             )
         for key, val in given.items():
             values[key] = coerce(specs[key], val, source)
@@ -750,6 +762,7 @@ BASE_RANGES: Tuple[Tuple[str, str], ...] = (
     ("scene_seed", "[0, inf)"),
     ("badge_size", "[2, inf)"),
     ("ood_threshold", "(-inf, inf)"),
+    ("threshold_tpr", "(0, 1]"),
     ("eval_subset", "[0, inf)"),
     ("seed", "[0, inf)"),
     ("gpu", "[0, inf)"),

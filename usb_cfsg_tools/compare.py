@@ -5,7 +5,7 @@
     python -m usb_cfsg_tools.compare --c config/demo/cfsg_fmnist.yaml \\
         --algorithms fixmatch openmatch iomatch clip_zeroshot cfsg_clip \\
         --variants "cfsg_no_sfm:cfsg_clip,use_sfm=false" "cfsg_no_vsi:cfsg_clip,use_vsi=false" \\
-        --seeds 0 1 2 --save_dir saved_models/compare [--jobs N] [--key value ...]
+        --seeds 0 1 2 --save_dir saved_models/compare [--jobs N] [--score energy] [--key value ...]
 
 Every run is a separate training process, ``<python> -m usb_cfsg.cli.train`` (isolation: one run's
 failure or memory cannot affect another), in the runner's working folder, so it imports the same
@@ -22,7 +22,10 @@ runner would run now; finished runs are skipped, so an interrupted comparison re
 stopped (unfinished runs start again from scratch). A failed run is reported and the others go on.
 At the end ``results.csv`` (one line per row and seed) and ``results.md`` (rows = algorithms and
 variants, columns = the headline metrics of each row's primary unknown score, mean ± sample std
-over seeds, in %) are written to ``save_dir``; the exit status is 1 when any run failed.
+over seeds, in %) are written to ``save_dir``, with ``results.png`` and ``roc.png``, which compare ONE
+unknown score across rows (``--score``, default energy, which every algorithm reports; never each
+row's own primary score) and state the score, the budget, the seeds and each row's prior
+(``zs_weight``); the exit status is 1 when any run failed.
 
 Demo CLIP builds: every run records the sha256 of the demo CLIP build it used (``demo_clip_sha256``
 in its ``config.yaml`` and ``openset_metrics.json``; none without a demo CLIP). A finished run whose
@@ -341,6 +344,8 @@ def collect(runs: Sequence[Run]) -> List[Dict[str, Any]]:
         }
         for group, by_score in rec["auroc_by_group"].items():  # results.csv: the primary score's, per group
             rec[f"auroc_{group}"] = by_score.get(str(data.get("primary_score")))
+        rec["h_score_by_score"] = {name: m.get("h_score") for name, m in (data.get("scores") or {}).items()}
+        rec.update(_budget_and_prior(run.run_dir))
         rec["demo_clip_sha256"] = data.get("demo_clip_sha256")
         loc = data.get("localization") or {}
         for key, _ in LOC_METRICS:
@@ -348,6 +353,15 @@ def collect(runs: Sequence[Run]) -> List[Dict[str, Any]]:
         rec["run_dir"] = str(run.run_dir)
         records.append(rec)
     return records
+
+
+def _budget_and_prior(run_dir: Path) -> Dict[str, Any]:
+    """``num_train_iter`` and ``zs_weight`` (the zero-shot prior) from a run's config.yaml (None when unreadable)."""
+    try:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError):
+        cfg = {}
+    return {"num_train_iter": cfg.get("num_train_iter"), "zs_weight": cfg.get("zs_weight")}
 
 
 class MixedBuildsError(ConfigError):
@@ -498,29 +512,87 @@ def _group_table(rows: Sequence[Row], records: Sequence[Dict[str, Any]], num_see
 
 #: (JSON key, legend) of the metrics drawn in results.png
 FIGURE_METRICS: Tuple[Tuple[str, str], ...] = (("closed_acc", "closed acc"), ("auroc", "AUROC"), ("h_score", "H-score"))
+#: The score every comparison figure draws unless ``--score`` names another: every algorithm reports it.
+FIGURE_SCORE = "energy"
 
 
-def write_figures(save_dir: Path, rows: Sequence[Row], records: Sequence[Dict[str, Any]], seed: int) -> List[str]:
-    """results.png (bars: closed accuracy, AUROC and H-score per row, the seeds' spread) and roc.png.
+def _values(recs: Sequence[Dict[str, Any]], key: str) -> List[Any]:
+    return sorted({r.get(key) for r in recs if r.get(key) is not None}, key=str)
 
-    ``roc.png`` draws the ROC curve of every row's primary score on one seed (``seed``, the first of the
-    comparison), from the run folders' ``open_scores.npz``; rows whose run of that seed has none are
-    left out (with a warning).
+
+def _joined(values: Sequence[Any]) -> str:
+    return "/".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values) or "?"
+
+
+def figure_labels(rows: Sequence[Row], records: Sequence[Dict[str, Any]]) -> Tuple[List[str], str]:
+    """Per row its figure label (name and prior ``zs_weight``; its budget too when rows differ), and the budget.
+
+    Returns:
+        ``(labels, budget)``: ``budget`` is e.g. ``"500 training iterations"`` when every run shares it,
+        else ``"budget per row"``.
+    """
+    budgets = _values(records, "num_train_iter")
+    labels = []
+    for row in rows:
+        recs = [r for r in records if r["row"] == row.name]
+        label = f"{row.name} (zs_weight {_joined(_values(recs, 'zs_weight'))}"
+        if len(budgets) > 1:
+            label += f", {_joined(_values(recs, 'num_train_iter'))} it"
+        labels.append(label + ")")
+    budget = f"{_joined(budgets)} training iterations" if len(budgets) == 1 else "budget per row"
+    return labels, budget
+
+
+def write_figures(
+    save_dir: Path,
+    rows: Sequence[Row],
+    records: Sequence[Dict[str, Any]],
+    seeds: Sequence[int],
+    score: str = FIGURE_SCORE,
+) -> List[str]:
+    """results.png and roc.png, both of ONE unknown score for every row (``score``), never each row's own.
+
+    ``results.png``: bars of closed accuracy (score-free), and the AUROC and H-score of ``score``
+    per row, mean with the seeds' std. ``roc.png``: the ROC curve of ``score`` for every row on the
+    first seed, from the run folders' ``open_scores.npz``. Both state the score, the budget
+    (``num_train_iter``), the seeds, and per row its prior (``zs_weight``). Rows whose runs lack
+    ``score`` are left out of its bars and curves, with a warning.
 
     Returns:
         The file names written (relative to ``save_dir``).
     """
     from usb_cfsg.evaluation.plots import save_metric_bars, save_roc
 
-    names = [row.name for row in rows]
+    labels, budget = figure_labels(rows, records)
+    label_of = dict(zip((row.name for row in rows), labels))
+    missing = sorted({r["row"] for r in records if score not in r.get("auroc_by_score", {})})
+    if missing:
+        logger.warning("figures: %s report no %s score; their %s bars and curves are left out", missing, score, score)
+    seen_seeds = [s for s in seeds if any(r["seed"] == s for r in records)]
+    caption = (
+        f"score: {score} for every row (AUROC and H-score); {budget}; seeds {', '.join(map(str, seen_seeds))} "
+        f"(mean, error bar: std); prior per row: zs_weight"
+    )
     metrics: Dict[str, Sequence[Sequence[float]]] = {
-        title: [_finite([r.get(key) for r in records if r["row"] == row.name]) for row in rows]
-        for key, title in FIGURE_METRICS
+        "closed acc": [_finite([r.get("closed_acc") for r in records if r["row"] == row.name]) for row in rows],
+        f"AUROC ({score})": [
+            _finite([r["auroc_by_score"].get(score) for r in records if r["row"] == row.name]) for row in rows
+        ],
+        f"H-score ({score})": [
+            _finite([r.get("h_score_by_score", {}).get(score) for r in records if r["row"] == row.name]) for row in rows
+        ],
     }
     written = []
     if any(records):
-        save_metric_bars(save_dir / "results.png", names, metrics, title="Closed accuracy, AUROC and H-score")
+        save_metric_bars(
+            save_dir / "results.png",
+            labels,
+            metrics,
+            title=f"Closed accuracy, AUROC and H-score of {score}",
+            caption=caption,
+        )
         written.append("results.png")
+    seed = seeds[0]
     curves: Dict[str, Any] = {}
     truth, k = None, 0
     for row in rows:
@@ -530,7 +602,7 @@ def write_figures(save_dir: Path, rows: Sequence[Row], records: Sequence[Dict[st
             logger.warning("roc.png: no open_scores.npz for %s seed %d; left out", row.name, seed)
             continue
         with np.load(path) as data:
-            key = f"score_{rec['primary_score']}"
+            key = f"score_{score}"
             if key not in data:
                 logger.warning("roc.png: %s has no %s; left out", path, key)
                 continue
@@ -539,10 +611,10 @@ def write_figures(save_dir: Path, rows: Sequence[Row], records: Sequence[Dict[st
                 logger.warning("roc.png: %s has another test set than the first row; left out", row.name)
                 continue
             truth, k = y, int(rec["num_seen"])
-            curves[f"{row.name} ({rec['primary_score']})"] = data[key]
+            curves[label_of[row.name]] = data[key]
     if curves and truth is not None:
         unknown = truth == k  # the unknown label is K
-        save_roc(save_dir / "roc.png", curves, unknown, title=f"Primary score of every row, seed {seed}")
+        save_roc(save_dir / "roc.png", curves, unknown, title=f"{score} score of every row; seed {seed}; {budget}")
         written.append("roc.png")
     return written
 
@@ -583,6 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (default: 0)")
     p.add_argument("--save_dir", required=True, help="comparison folder (configs/, runs/, logs/, results.*)")
     p.add_argument("--jobs", type=int, default=1, help="runs at the same time (default 1: one after another)")
+    p.add_argument(
+        "--score",
+        default=FIGURE_SCORE,
+        help=f"the one unknown score results.png and roc.png draw for every row (default {FIGURE_SCORE}, which "
+        "every algorithm reports)",
+    )
     p.add_argument("--python", default=sys.executable, help="interpreter of the runs (default: this one)")
     return p
 
@@ -684,9 +762,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = "python -m usb_cfsg_tools.compare " + shlex.join(argv)
     write_csv(save_dir / "results.csv", records)
     md = render_markdown(rows, records, opts.seeds, command, failed)
-    figures = write_figures(save_dir, rows, records, opts.seeds[0])
+    figures = write_figures(save_dir, rows, records, opts.seeds, opts.score)
     if figures:
-        md += "\nFigures: " + ", ".join(f"[{name}]({name})" for name in figures) + "\n"
+        md += (
+            f"\nFigures (score {opts.score} for every row): "
+            + ", ".join(f"[{name}]({name})" for name in figures)
+            + "\n"
+        )
     tmp = save_dir / "results.md.tmp"
     tmp.write_text(md, encoding="utf-8")
     os.replace(tmp, save_dir / "results.md")

@@ -936,8 +936,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "--reuse", action="store_true", help="do nothing when DIR already holds a card whose weights match its sha256"
     )
     opts = parser.parse_args(argv)
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="[%(asctime)s %(levelname)s] %(message)s")
+    if not logger.handlers:  # our lines only: a root handler would also print open_clip's INFO lines
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[%(asctime)s %(levelname)s] %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
     logger.setLevel(logging.INFO)
     if opts.reuse and card_is_current(opts.out):
         logger.info("demo CLIP: %s already holds a current card and weights; not rebuilding", opts.out)

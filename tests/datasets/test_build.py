@@ -22,8 +22,12 @@ MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 def test_datasets_and_items(cub_dir: Path, args_factory: Callable, tmp_path: Path) -> None:
     args = args_factory(data_dir=str(cub_dir), num_classes=3, num_labels=6)
     dsets, info = build_openset_datasets(args, "fixmatch", MEAN, STD, str(tmp_path / "run"))
-    assert set(dsets) == {"train_lb", "train_ulb", "eval", "test", "test_open", "train_ulb_eval"}
+    assert set(dsets) == {"train_lb", "train_ulb", "eval", "test", "test_open", "train_ulb_eval", "train_lb_eval"}
     assert dsets["test"] is None
+    # the labeled images again, with the evaluation transform (threshold_rule labeled_tpr)
+    assert list(dsets["train_lb_eval"].data) == list(dsets["train_lb"].data)
+    assert dsets["train_lb_eval"].targets.tolist() == dsets["train_lb"].targets.tolist()
+    assert dsets["train_lb_eval"].transform is dsets["eval"].transform
     assert [len(dsets[k]) for k in ("train_lb", "train_ulb", "eval", "test_open")] == [6, 24, 6, 12]
     assert all(isinstance(dsets[k], OpenSetDataset) for k in ("train_lb", "train_ulb", "eval", "test_open"))
 

@@ -4,6 +4,7 @@ import functools
 import math
 import os
 import re
+import sys
 import types
 
 import pytest
@@ -12,6 +13,7 @@ import yaml
 
 import train
 from tests.conftest import tiny_run_argv
+from usb_cfsg.console import python_command
 from usb_cfsg.engine.checkpoint import safe_load
 from usb_cfsg.engine.hooks import (
     CompactLoggingHook,
@@ -457,15 +459,20 @@ def test_ctrl_c_says_which_checkpoint_survived_and_how_to_resume(cub_root, tmp_p
         return step(self, *a, **k)
 
     monkeypatch.setattr(FixMatch, "train_step", interrupt_at_step_3)
+    monkeypatch.setattr(sys, "argv", ["train.py"])  # as the user typed it
     argv = tiny_run_argv(cub_root, str(tmp_path), "r", iters=4, num_eval_iter=2, use_tensorboard="false")
     capsys.readouterr()
     assert train.cli(argv) == 130
     err = capsys.readouterr().err.strip().splitlines()
     run = tmp_path / "r"
     assert "Traceback" not in "\n".join(err) and "KeyboardInterrupt" not in "\n".join(err)
-    assert err[-1].startswith(f"interrupted: the last checkpoint is {run / 'latest_model.pth'}")
+    it = safe_load(str(run / "latest_model.pth"))["it"]
+    assert err[-1].startswith(
+        f"interrupted: this run's last checkpoint is {run / 'latest_model.pth'} (saved at iteration {it}, "
+    )
     resume = err[-1].split("resume with: ")[1]
-    assert resume == f"python train.py --c {run / 'config.yaml'} --resume true"
+    assert resume == f"{python_command()} --c {run / 'config.yaml'} --resume true; iterations after {it} run again"
+    resume = resume.split(";")[0]
     monkeypatch.setattr(FixMatch, "train_step", step)
     assert train.cli(resume.split()[2:]) == 0  # the printed command resumes
     assert safe_load(str(run / "latest_model.pth"))["it"] == 4

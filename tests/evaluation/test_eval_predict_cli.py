@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -23,8 +24,9 @@ import train as train_cli
 from tests.conftest import tiny_run_argv
 from usb_cfsg.config import build_config
 from usb_cfsg.engine import main as train_main
+from usb_cfsg.errors import ConfigError
 from usb_cfsg.evaluation import HEADLINE_KEYS, JSON_KEYS, SCORE_KEYS, read_confusion_csv
-from usb_cfsg.evaluation.offline import build_eval_config, load_eval_algorithm
+from usb_cfsg.evaluation.offline import build_eval_config, check_out_dir, load_eval_algorithm
 from usb_cfsg.evaluation.predict import load_predictor, predict_paths
 
 K = 3
@@ -87,7 +89,9 @@ def test_training_ends_with_the_openset_report(run):
     assert data["algorithm"] == "fixmatch" and data["dataset"] == "cub200" and data["num_seen"] == K
     assert data["num_test_seen"] == 6 and data["num_test_unseen"] == 6  # replica: 2 test images per class
     assert data["primary_score"] == "msp" and list(data["scores"]) == ["msp", "energy"]
-    assert data["threshold"] == 0.5
+    # threshold_rule labeled_tpr (the default): every score's threshold keeps 95% of the 6 labeled images as seen
+    assert data["calibration"]["threshold_rule"] == "labeled_tpr" and data["calibration"]["num_labeled"] == 6
+    assert data["threshold"] == data["calibration"]["thresholds"]["msp"]
     assert data["checkpoint"] == os.path.abspath(run["ckpt"]) and run["ckpt"].is_file()
     for key in HEADLINE_KEYS:
         assert isinstance(data[key], float) and 0.0 <= data[key] <= 1.0, key
@@ -101,7 +105,8 @@ def test_training_ends_with_the_openset_report(run):
     # ranges and thresholds fitted on the unlabeled training images, stored in latest_model.pth as well
     assert data["calibration"]["num_images"] == 24 and "unlabeled training images" in data["calibration"]["source"]
     assert torch.load(run["ckpt"], weights_only=True)["calibration"] == data["calibration"]
-    assert "Otsu on 24 unlabeled training images" in data["scores"]["energy"]["threshold_source"]
+    for values in data["scores"].values():
+        assert values["threshold_source"] == "labeled_tpr: keeps 95% of 6 labeled training images as seen"
     # written after USB's EvaluationHook.after_run saved latest_model.pth (re-saved with the calibration)
     assert os.path.getmtime(d / "openset_metrics.json") >= os.path.getmtime(d / "split.json")
 
@@ -184,6 +189,64 @@ def test_eval_errors_exit_2_with_one_line(run, tmp_path, capsys):
     assert "--load_path" in capsys.readouterr().err
 
 
+def test_eval_writes_beside_the_checkpoint_it_loaded_and_prints_to_stdout(run, tmp_path, capsys, monkeypatch):
+    """eval.py of a copied run writes into the copy, never into the save_dir stored in its config (the live run)."""
+    copy = tmp_path / "copy"
+    shutil.copytree(run["dir"], copy)
+    before = _folder_digest(run["dir"])
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert eval_cli.cli(["--load_path", "copy/latest_model.pth"]) == 0
+    out = capsys.readouterr().out
+    data = _strict_json(copy / "openset_metrics.json")
+    assert data["checkpoint"] == str(copy / "latest_model.pth")
+    _assert_same_numbers(data, _strict_json(run["dir"] / "openset_metrics.json"))
+    assert _folder_digest(run["dir"]) == before  # the run it was copied from is left as it was
+    # the results on stdout (eval.py > out.txt keeps them), the checkpoint's path in full
+    assert "Open-set evaluation: fixmatch on cub200" in out and "checkpoint: copy/latest_model.pth" in out
+    assert f"open-set metrics written to {os.path.join('copy', 'openset_metrics.json')}" in out
+
+
+def test_eval_refuses_to_overwrite_another_runs_results(run, tmp_path, capsys):
+    copy = tmp_path / "copy"
+    shutil.copytree(run["dir"], copy)
+    before = _folder_digest(run["dir"])
+    assert eval_cli.cli(["--load_path", str(copy / "latest_model.pth"), "--out_dir", str(run["dir"])]) == 2
+    err = capsys.readouterr().err
+    assert str(run["dir"] / "openset_metrics.json") in err and str(copy / "latest_model.pth") in err
+    assert "does not overwrite another run's results" in err and "--out_dir" in err
+    assert _folder_digest(run["dir"]) == before
+    # model_best.pth beside latest_model.pth: its results would replace the run's own
+    with pytest.raises(ConfigError, match="holds the results of"):
+        check_out_dir(str(run["dir"]), str(run["dir"] / "model_best.pth"))
+    # another run's folder without results yet
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "config.yaml").write_text("algorithm: fixmatch\n")
+    with pytest.raises(ConfigError, match="is another run's folder"):
+        check_out_dir(str(other), str(run["ckpt"]))
+    check_out_dir(str(run["dir"]), str(run["ckpt"]))  # re-evaluating a run into its own folder is fine
+    check_out_dir(str(tmp_path / "new"), str(run["ckpt"]))
+
+
+def test_eval_refits_the_thresholds_under_another_rule(run, tmp_path):
+    """A finished run evaluated under the other threshold_rule without retraining; threshold-free numbers stay."""
+    stored = _strict_json(run["dir"] / "openset_metrics.json")
+    other = "otsu" if stored["calibration"]["threshold_rule"] == "labeled_tpr" else "labeled_tpr"
+    out = tmp_path / "rule"
+    argv = ["--load_path", str(run["ckpt"]), "--out_dir", str(out), "--threshold_rule", other]
+    assert eval_cli.cli(argv + ["--threshold_tpr", "0.8"]) == 0
+    data = _strict_json(out / "openset_metrics.json")
+    assert data["calibration"]["threshold_rule"] == other
+    for key in ("closed_acc", "auroc", "fpr95"):
+        assert data[key] == pytest.approx(stored[key], abs=1e-9)
+    if other == "labeled_tpr":
+        assert data["calibration"]["threshold_tpr"] == 0.8 and data["calibration"]["num_labeled"] > 0
+        assert all(v["threshold_source"].startswith("labeled_tpr: keeps 80% of") for v in data["scores"].values())
+    else:
+        assert data["scores"]["msp"]["threshold"] == 0.5 and "Otsu" in data["scores"]["energy"]["threshold_source"]
+
+
 # ------------------------------------------------------------------ predict.py
 
 
@@ -206,6 +269,7 @@ def test_predict_folder_with_a_corrupt_file(run, tmp_path, capsys):
     assert rc == 1
     lines = _lines(captured.out)  # stdout holds nothing but JSON lines
     assert len(lines) == 6
+    threshold = torch.load(run["ckpt"], weights_only=True)["calibration"]["thresholds"]["msp"]  # fitted in training
     errors = [line for line in lines if "error" in line]
     assert len(errors) == 1 and set(errors[0]) == {"path", "error"} and errors[0]["path"].endswith("broken.png")
     # the hint fits predict.py, which has no skip_bad_images key
@@ -226,7 +290,7 @@ def test_predict_folder_with_a_corrupt_file(run, tmp_path, capsys):
         assert 1 / K - 1e-9 <= line["confidence"] <= 1.0
         assert line["closest_class"] in names
         assert line["unknown_score"] == pytest.approx(1.0 - line["confidence"])  # msp
-        assert line["is_unknown"] == (line["unknown_score"] >= 0.5)
+        assert line["is_unknown"] == (line["unknown_score"] >= threshold)
         if line["is_unknown"]:
             assert (line["label"], line["class_index"]) == ("unknown", -1)
         else:
@@ -259,9 +323,14 @@ def test_predict_relevance_overlays(run, tmp_path, capsys):
     image = tmp_path / "wide.png"  # an input larger than the 32 px the net sees, not square
     Image.open(source).convert("RGB").resize((300, 260)).save(image)
     # fixmatch's net has no relevance output: a clear error, nothing on stdout
-    rc = predict_cli.main(["--load_path", str(run["ckpt"]), "--relevance-dir", str(tmp_path / "rel"), str(image)])
+    rc = predict_cli.main(["--load_path", str(run["ckpt"]), "--relevance_dir", str(tmp_path / "rel"), str(image)])
     captured = capsys.readouterr()
     assert rc == 2 and captured.out == "" and "produces no relevance map" in captured.err
+    assert "--relevance_dir needs a net" in captured.err
+    # the old hyphenated spelling still works, with a warning naming the new one
+    rc = predict_cli.main(["--load_path", str(run["ckpt"]), "--relevance-dir", str(tmp_path / "rel"), str(image)])
+    captured = capsys.readouterr()
+    assert rc == 2 and "--relevance-dir is deprecated and will be removed: use --relevance_dir" in captured.err
 
     predictor = load_predictor(str(run["ckpt"]), "cpu")
     inner = predictor.net
@@ -327,7 +396,8 @@ def test_predict_rejects_wrong_checkpoints(run, tmp_path, capsys, kind):
 
 def test_train_cli_entry_point_reports_config_errors(capsys):
     assert train_cli.cli(["--algorithm", "fixmatch", "--no_such_key", "1"]) == 2
-    assert "no_such_key" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no_such_key" in err and "python train.py --algorithm fixmatch --help" in err and "README" not in err
 
 
 @pytest.mark.parametrize("size", [(300, 260), (40, 30), (64, 200)])

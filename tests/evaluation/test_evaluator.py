@@ -333,6 +333,22 @@ def test_calibration_is_capped_and_evenly_spread(tmp_path):
     assert calibrate(alg) is None
 
 
+def test_labeled_tpr_calibration_reads_the_labeled_images_and_falls_back_without_them(tmp_path, caplog):
+    from usb_cfsg.evaluation.evaluator import calibrate
+
+    alg, _, _ = _fake_algorithm(tmp_path, num_train=40)
+    alg.args.threshold_rule, alg.args.threshold_tpr = "labeled_tpr", 0.9
+    alg.dataset_dict["train_lb_eval"] = list(range(10))  # the first 10 training images stand for the labeled ones
+    cal = calibrate(alg)
+    assert alg.calibration_images == [list(range(40)), list(range(10))]  # unlabeled, then labeled
+    assert cal["threshold_rule"] == "labeled_tpr" and cal["num_labeled"] == 10
+    assert cal["threshold_sources"]["energy"] == "labeled_tpr: keeps 90% of 10 labeled training images as seen"
+    del alg.dataset_dict["train_lb_eval"]
+    with caplog.at_level("WARNING", logger="usb_cfsg"):
+        cal = calibrate(alg)  # the end of a training run never fails over it
+    assert cal["threshold_rule"] == "otsu" and "thresholds by threshold_rule otsu instead" in caplog.text
+
+
 def test_difficulty_reaches_the_report_and_tensorboard(tmp_path):
     alg, _, _ = _fake_algorithm(tmp_path)
     alg.openset_info.test_difficulty = [""] * 12 + ["Easy"] * 3 + ["Hard"] * 5

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -125,3 +126,28 @@ def test_failed_write_keeps_previous_file(tmp_path) -> None:
             raise RuntimeError("interrupted")
     assert path.read_text() == "previous"
     _no_temp_files(tmp_path)
+
+
+def test_metric_bars_legend_never_covers_a_bar(tmp_path, monkeypatch) -> None:
+    from usb_cfsg.evaluation import plots
+
+    figures = []
+    real_save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig), real_save(fig, path))[1])
+    rows = [f"row {i} (zs_weight 0.5)" for i in range(4)]
+    full = [[0.99, 0.98], [1.0], [0.97, 0.99], [0.995]]  # bars reaching the right edge, where a legend sat
+    path = plots.save_metric_bars(
+        tmp_path / "bars.png",
+        rows,
+        {"closed acc": full, "AUROC (energy)": full, "H-score (energy)": full},
+        title="t",
+        caption="score: energy for every row; 500 training iterations; seeds 0, 1",
+    )
+    assert Path(path).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = figures
+    renderer = fig.canvas.get_renderer()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent(renderer)
+    bars = [p.get_window_extent(renderer) for p in ax.patches]
+    assert len(bars) == 12 and not any(legend.overlaps(b) for b in bars)
+    assert "score: energy for every row" in ax.get_title(loc="left")

@@ -91,11 +91,15 @@ def test_summary_shows_difficulty_groups_and_sources() -> None:
     assert lines[-1] == "calibration: 40 of 90 unlabeled training images"
 
 
-def test_summary_fits_80_columns_with_a_long_checkpoint_path() -> None:
+def test_summary_table_fits_80_columns_and_gives_the_whole_checkpoint_path(tmp_path, monkeypatch) -> None:
     metrics = m.compute_openset_metrics(Y, CLOSED, SCORE, T, K)
     long_dir = "/" + "/".join(["a_rather_long_folder_name"] * 4)
     metrics["checkpoint"] = f"{long_dir}/saved_models/demo/cfsg_fmnist/latest_model.pth"
     lines = format_summary(metrics).splitlines()
-    assert max(len(line) for line in lines) <= 80, max(lines, key=len)
-    row = next(line for line in lines if line.startswith("checkpoint"))
-    assert row.endswith("cfsg_fmnist/latest_model.pth")
+    table = [line for line in lines if not line.startswith("checkpoint: ")]
+    assert max(len(line) for line in table) <= 80, max(table, key=len)
+    # never cut (a cut path like "...d_models/demo/..." cannot be copied): whole, on its own line
+    assert f"checkpoint: {metrics['checkpoint']}" in lines
+    monkeypatch.chdir(tmp_path)
+    metrics["checkpoint"] = str(tmp_path / "saved_models" / "demo" / "cfsg_fmnist" / "latest_model.pth")
+    assert "checkpoint: saved_models/demo/cfsg_fmnist/latest_model.pth" in format_summary(metrics).splitlines()

@@ -1,6 +1,6 @@
 """Classify images with a trained checkpoint, flagging unknown (unseen-class) images.
 
-``usb-cfsg-predict --load_path CKPT [--threshold T] [--device cpu] [--batch_size N] [--relevance-dir DIR] PATH...``
+``usb-cfsg-predict --load_path CKPT [--threshold T] [--device cpu] [--batch_size N] [--relevance_dir DIR] PATH...``
 (or ``python -m usb_cfsg.cli.predict``, ``python predict.py`` in a source tree).
 
 One JSON line per image on stdout: ``{"path", "label", "class_index", "closest_class", "confidence",
@@ -8,7 +8,7 @@ One JSON line per image on stdout: ``{"path", "label", "class_index", "closest_c
 ``closest_class`` and ``confidence`` are the closed-set head's best seen class and its softmax
 probability, also for unknown images -- not a probability of being unknown, which is what
 ``unknown_score`` measures), plus ``"relevance"``, the path of the relevance figure, with
-``--relevance-dir``. An unreadable image gives ``{"path", "error"}`` and the others go on. Exit
+``--relevance_dir``. An unreadable image gives ``{"path", "error"}`` and the others go on. Exit
 status: 0 all predicted, 1 some images unreadable, 2 a usage or checkpoint error. Field meanings in
 detail: :mod:`usb_cfsg.evaluation.predict`.
 """

@@ -25,6 +25,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # semilearn load (usb_cfsg.engine, imported in cli(), registers our nets and algorithms; mp.spawn children
 # unpickle usb_cfsg.engine.launch.worker, which imports it too).
 from ..config import build_config, describe_keys, load_yaml, parse_cli_pairs, validate_config_values
+from ..console import write_stdout
 from ..errors import UsbCfsgError
 
 
@@ -49,28 +50,22 @@ def _console_logging() -> None:
     log.propagate = False
 
 
-def interrupted(args) -> str:
-    """The one line Ctrl-C prints: the last checkpoint that survived and the command that resumes from it."""
-    if args is None:
-        return "interrupted before the run started: nothing was written"
-    run = os.path.join(str(args.save_dir), str(args.save_name))
-    ckpt = os.path.join(run, "latest_model.pth")
-    if os.path.isfile(ckpt):
-        when = time.strftime("%H:%M:%S", time.localtime(os.path.getmtime(ckpt)))
-        return (
-            f"interrupted: the last checkpoint is {ckpt} (saved {when}); resume with: "
-            f"python train.py --c {os.path.join(run, 'config.yaml')} --resume true"
-        )
-    return "interrupted before the first checkpoint: nothing to resume; run the same command again to start over"
+def interrupted(args, started_at: float = 0.0) -> str:
+    """The one line Ctrl-C prints: this run's last checkpoint with its iteration and the command that resumes
+    from it, or that it has none yet (usb_cfsg.interrupt)."""
+    from ..interrupt import interrupted_message
+
+    return interrupted_message(args, started_at)
 
 
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Train with ``argv`` (default: the command line); returns the exit status (0, 2 bad config, 130 Ctrl-C)."""
+    started_at = time.time()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = None
     try:
         if any(a in ("--help", "-h", "--help-keys") for a in argv):
-            print(_help(argv))
+            write_stdout(_help(argv))  # quiet when the reader closes the pipe (| head)
             return 0
         _console_logging()
         args = build_config(argv, validate=False)  # unknown keys and types: no torch yet
@@ -84,7 +79,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C: no traceback, the checkpoint that survived and how to go on
-        print(interrupted(args), file=sys.stderr)
+        print(interrupted(args, started_at), file=sys.stderr)
         return 130
     return 0
 

@@ -21,6 +21,8 @@ logger = logging.getLogger(__name__)
 SPLIT_FILE = "split.json"
 #: Key in the dataset dict of the unlabeled training images with the evaluation transform.
 CALIBRATION_SET = "train_ulb_eval"
+#: Key of the labeled training images with the evaluation transform (``threshold_rule: labeled_tpr``).
+LABELED_CALIBRATION_SET = "train_lb_eval"
 #: Most unlabeled training images in :data:`CALIBRATION_SET` (evenly spaced over the unlabeled set):
 #: the evaluator's score calibration needs no more, and an image cache then holds no more.
 CALIBRATION_MAX_IMAGES = 2000
@@ -227,7 +229,8 @@ def build_openset_datasets(
         (all test images, unseen classes labelled ``K``) and :data:`CALIBRATION_SET`
         (``'train_ulb_eval'``: at most :data:`CALIBRATION_MAX_IMAGES` unlabeled training images,
         evenly spaced, with the evaluation transform, for the evaluator's calibration on training
-        data).
+        data) and :data:`LABELED_CALIBRATION_SET` (``'train_lb_eval'``: the labeled images with the
+        evaluation transform, for ``threshold_rule: labeled_tpr``).
 
     Raises:
         DatasetError: On a missing or malformed dataset or an impossible split.
@@ -341,6 +344,8 @@ def build_openset_datasets(
         CALIBRATION_SET: OpenSetDataset(
             alg, take(ulb_items, cal_idx), split.open_label(ulb_t[cal_idx]), k + 1, evaluate
         ),
+        # the labeled images with the evaluation transform: threshold_rule labeled_tpr fits thresholds on them
+        LABELED_CALIBRATION_SET: OpenSetDataset(alg, lb_items, split.relabel(lb_t), k, evaluate),
     }
     info = OpenSetInfo(
         dataset=source.name,

@@ -39,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from ..config import config_to_dict, format_config, save_config
+from ..console import python_command
 from ..errors import CheckpointError, ConfigError, did_you_mean
 from .checkpoint import peek_checkpoint
 from .device import resolve_device
@@ -76,6 +77,8 @@ RESUME_FREE_KEYS = frozenset(
         "dist_backend",
         "relevance_dir",
         "eval_subset",
+        "threshold_rule",
+        "threshold_tpr",
         "max_bad_steps",
         "pretrain_path",
         "demo_clip_sha256",
@@ -300,7 +303,7 @@ def check_resume(args: Namespace, ckpt: Dict[str, Any]) -> Optional[Dict[str, An
         raise ConfigError(
             f"resume from {path!r}: this run changes keys that shape training ({listed}); a resume "
             f"continues the checkpoint's run as it was configured. Resume with its own config "
-            f"(python train.py --c {os.path.join(folder, 'config.yaml')} --resume true), or start a "
+            f"({python_command()} --c {os.path.join(folder, 'config.yaml')} --resume true), or start a "
             f"new run with another --save_name"
         )
     if schedule and not args.resume_extend:
@@ -543,8 +546,8 @@ def _train(
             log.info("finetune stage")
             algorithm.finetune()
         results = dict(getattr(algorithm, "results_dict", {}) or {})
-        for key, value in results.items():
-            log.info("result %s: %s", key, value)
+        for key, value in results.items():  # 4 digits: the summary table above has the full figures
+            log.info("result %s: %s", key, f"{value:.4g}" if isinstance(value, float) else value)
         return results
     finally:
         if tb_log is not None and getattr(tb_log, "writer", None) is not None:

@@ -7,12 +7,14 @@ with the evaluation transform; their labels are never read) and fits, per unknow
 * a range ``[lo, hi]``: the 1 % and 99 % quantiles (:data:`CALIBRATION_QUANTILES`,
   :func:`~usb_cfsg.modules.scores.fit_score_range`) of the raw score, which algorithms use to bring
   scores onto one scale before fusing them (cfsg_clip's ``fused``);
-* a rejection threshold: the configured ``ood_threshold`` for a score whose training values lie in
-  [0, 1] (msp, ova, mcm, glmcm, fused), and for a score on another scale (energy) Otsu's threshold
-  of its training values.
+* a rejection threshold by ``threshold_rule`` (:mod:`.thresholds`): ``labeled_tpr``, the threshold
+  keeping ``threshold_tpr`` of the *labeled* training images (``train_lb_eval``) as seen; or ``otsu``,
+  the configured ``ood_threshold`` for a score whose training values lie in [0, 1] (msp, ova, fused)
+  and Otsu's threshold of the unlabeled training values for the others (energy, mcm, glmcm).
 
 The result, ``{"ranges", "thresholds", "threshold_sources", "source", "num_images", "num_available",
-"quantiles"}`` (contract C1), is passed to ``algorithm.unknown_scores(outputs, calibration)``,
+"quantiles", "threshold_rule", "threshold_tpr", "num_labeled"}`` (contract C1), is passed to
+``algorithm.unknown_scores(outputs, calibration)``,
 stored in ``latest_model.pth`` and written to ``openset_metrics.json``. Nothing from the test set
 enters a range or a threshold.
 
@@ -58,11 +60,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from semilearn.core.hooks import Hook
 
-from ..datasets.build import CALIBRATION_MAX_IMAGES, CALIBRATION_SET, calibration_indices
+from ..datasets.build import CALIBRATION_MAX_IMAGES, CALIBRATION_SET, LABELED_CALIBRATION_SET, calibration_indices
 from ..errors import UsbCfsgError
-from .metrics import MetricInputError, compute_openset_metrics, confusion_matrix, open_set_predictions, otsu_threshold
+from .metrics import MetricInputError, compute_openset_metrics, confusion_matrix, open_set_predictions
 from .plots import _atomic_path, save_roc, save_score_hist, write_confusion_csv
-from .report import format_summary
+from .report import format_summary, short_path
+from .thresholds import fit_thresholds, in_unit_interval, seen_accuracy_warning
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -103,6 +106,7 @@ JSON_KEYS: Tuple[str, ...] = (
     *HEADLINE_KEYS,
     "threshold",
     "threshold_source",
+    "warning",
     "difficulty",
     "localization",
     "scores",
@@ -150,74 +154,40 @@ def _validated_scores(scores: Mapping[str, Any], primary: str, n: int, source: s
     return out
 
 
-def _in_unit_interval(score: np.ndarray) -> bool:
-    return bool(np.min(score) >= 0.0 and np.max(score) <= 1.0)
-
-
-#: Scores whose values only rank images: MCM and GL-MCM at T = 1 lie in a narrow band just below
-#: 1 - 1/K (about [0.80, 0.83] for K = 6), so the probability-like ``ood_threshold`` would flag every
-#: image. Like scores outside [0, 1], they get Otsu's threshold of their training (unlabeled) values.
-RANK_ONLY_SCORES = frozenset({"mcm", "glmcm"})
-
-
-def fit_thresholds(
-    scores: Mapping[str, np.ndarray], threshold: float, where: str
-) -> Tuple[Dict[str, float], Dict[str, str]]:
-    """Rejection threshold per score from **training** scores, and where each came from.
-
-    A score whose training values lie in [0, 1] (msp, ova, fused, ...) gets the configured
-    probability-like cut ``threshold`` (``ood_threshold``); a ranking score
-    (:data:`RANK_ONLY_SCORES`: mcm, glmcm) or a score on another scale (energy = -logsumexp of the
-    logits) gets Otsu's threshold of its training values, so its threshold-based metrics are not
-    degenerate.
-
-    Args:
-        scores: Score name -> values on the calibration (training) images.
-        threshold: The configured ``ood_threshold``.
-        where: Description of the training images, for the sources.
-
-    Returns:
-        ``(thresholds, sources)``, both keyed by score name.
-    """
-    thresholds: Dict[str, float] = {}
-    sources: Dict[str, str] = {}
-    for name, values in scores.items():
-        arr = np.asarray(values, dtype=np.float64)
-        if name in RANK_ONLY_SCORES:
-            thresholds[name] = otsu_threshold(arr)
-            sources[name] = f"Otsu on {where} ({name} is a ranking score: no fixed cut is meaningful)"
-        elif _in_unit_interval(arr):
-            thresholds[name] = float(threshold)
-            sources[name] = f"ood_threshold (config); the score lies in [0, 1] on {where}"
-        else:
-            thresholds[name] = otsu_threshold(arr)
-            sources[name] = f"Otsu on {where} (the score is not in [0, 1])"
-    return thresholds, sources
-
-
 def fit_calibration(
     outputs: Mapping[str, np.ndarray],
     score_fn: Callable[..., Tuple[Dict[str, np.ndarray], str]],
     threshold: float,
     source: str,
     quantiles: Tuple[float, float] = CALIBRATION_QUANTILES,
+    rule: str = "otsu",
+    labeled_outputs: Optional[Mapping[str, np.ndarray]] = None,
+    tpr: float = 0.95,
+    labeled_source: str = "the labeled training images",
 ) -> Dict[str, Any]:
     """Fit score ranges and thresholds on net outputs of **training** images (contract C1).
 
     Args:
-        outputs: Net outputs on the calibration images (no labels), as :meth:`predict_loader` gives them.
+        outputs: Net outputs on the unlabeled calibration images (no labels), as :meth:`predict_loader`
+            gives them.
         score_fn: ``score_fn(outputs, calibration) -> (scores, primary)``, e.g. ``algorithm.unknown_scores``.
         threshold: The configured ``ood_threshold``.
         source: What the images are (recorded as ``calibration["source"]``).
         quantiles: Quantiles of each raw score that make its range.
+        rule: ``threshold_rule`` (:mod:`.thresholds`): ``labeled_tpr`` or ``otsu``.
+        labeled_outputs: Net outputs on the labeled training images (rule ``labeled_tpr``; their labels
+            are not needed: they are all seen).
+        tpr: ``threshold_tpr``, the share of the labeled images kept as seen.
+        labeled_source: What the labeled images are, for the thresholds' sources.
 
     Returns:
         ``{"ranges": {score: [lo, hi]}, "thresholds": {score: t}, "threshold_sources": {score: str},
-        "source": str, "num_images": int, "quantiles": [q_lo, q_hi]}``. Ranges are fitted on the
-        uncalibrated scores; thresholds on the scores computed with those ranges (what is evaluated).
+        "source": str, "num_images": int, "quantiles": [q_lo, q_hi], "threshold_rule": str,
+        "threshold_tpr": float | None, "num_labeled": int}``. Ranges are fitted on the uncalibrated
+        unlabeled scores; thresholds on the scores computed with those ranges (what is evaluated).
 
     Raises:
-        EvaluationError: No outputs, or malformed scores.
+        EvaluationError: No outputs, malformed scores, or ``labeled_tpr`` without labeled outputs.
     """
     import torch
 
@@ -226,6 +196,11 @@ def fit_calibration(
     n = int(np.asarray(outputs["logits"]).shape[0]) if "logits" in outputs else 0
     if n == 0:
         raise EvaluationError("no calibration images: the calibration needs unlabeled training images")
+    n_lb = int(np.asarray(labeled_outputs["logits"]).shape[0]) if labeled_outputs and "logits" in labeled_outputs else 0
+    if rule == "labeled_tpr" and n_lb == 0:
+        raise EvaluationError(
+            "threshold_rule labeled_tpr needs the labeled training images' outputs, got none; use threshold_rule otsu"
+        )
     raw, primary = score_fn(dict(outputs), None)
     raw = _validated_scores(raw, primary, n, "unknown_scores (calibration)")
     ranges = {name: [float(v) for v in fit_score_range(torch.as_tensor(arr), quantiles)] for name, arr in raw.items()}
@@ -236,40 +211,35 @@ def fit_calibration(
         "source": source,
         "num_images": n,
         "quantiles": [float(q) for q in quantiles],
+        "threshold_rule": rule,
+        "threshold_tpr": float(tpr) if rule == "labeled_tpr" else None,
+        "num_labeled": n_lb if rule == "labeled_tpr" else 0,
     }
     calibrated, primary = score_fn(dict(outputs), calibration)
     calibrated = _validated_scores(calibrated, primary, n, "unknown_scores (calibration)")
-    thresholds, sources = fit_thresholds(calibrated, threshold, f"{n} unlabeled training images")
+    labeled = None
+    if rule == "labeled_tpr" and labeled_outputs is not None:
+        labeled, _ = score_fn(dict(labeled_outputs), calibration)
+        labeled = _validated_scores(labeled, primary, n_lb, "unknown_scores (labeled calibration images)")
+    try:
+        thresholds, sources = fit_thresholds(
+            calibrated, threshold, f"{n} unlabeled training images", rule, labeled, tpr, labeled_source
+        )
+    except MetricInputError as exc:
+        raise EvaluationError(f"calibration: {exc}") from None
     calibration["thresholds"] = thresholds
     calibration["threshold_sources"] = sources
     return calibration
 
 
-def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optional[Dict[str, Any]]:
-    """Fit the calibration of ``algorithm``'s current (EMA) weights on unlabeled training images.
-
-    Uses ``algorithm.dataset_dict["train_ulb_eval"]`` (at most :data:`CALIBRATION_MAX_IMAGES`
-    unlabeled images, evenly spaced, with the evaluation transform), at most ``max_images`` of
-    them spread evenly over it, so the same run gives the same images. Returns None (with a
-    warning) when the run has no unlabeled training images.
-    """
+def _predict_subset(algorithm: Any, dataset: Any, indices: np.ndarray) -> Dict[str, np.ndarray]:
+    """Net outputs (``predict_loader``, EMA weights) on ``dataset[indices]``, without the labels."""
     from torch.utils.data import Subset
 
     from ..engine.sampling import eval_loader
 
-    dataset = (getattr(algorithm, "dataset_dict", None) or {}).get(CALIBRATION_SET)
-    if dataset is None or len(dataset) == 0:
-        logger.warning(
-            "no unlabeled training images to calibrate the unknown scores on: score ranges are not "
-            "fitted and scores outside [0, 1] get no threshold"
-        )
-        return None
     args = algorithm.args
-    indices = calibration_indices(len(dataset), int(max_images))
-    unlabeled = algorithm.dataset_dict.get("train_ulb")
-    available = len(unlabeled) if unlabeled is not None else len(dataset)
-    device = getattr(algorithm, "device", None)
-    pin = getattr(device, "type", "cpu") == "cuda"
+    pin = getattr(getattr(algorithm, "device", None), "type", "cpu") == "cuda"
     loader = eval_loader(
         Subset(dataset, indices.tolist()), int(args.eval_batch_size), int(getattr(args, "num_workers", 0) or 0), pin
     )
@@ -279,12 +249,63 @@ def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optio
         outputs = algorithm.predict_loader(key)
     finally:
         algorithm.loader_dict.pop(key, None)
-    outputs.pop("y", None)  # the labels of unlabeled images are never used
+    outputs.pop("y", None)  # calibration images' labels are never used
+    return outputs
+
+
+def calibrate(algorithm: Any, max_images: int = CALIBRATION_MAX_IMAGES) -> Optional[Dict[str, Any]]:
+    """Fit the calibration of ``algorithm``'s current (EMA) weights on training images.
+
+    Uses ``algorithm.dataset_dict["train_ulb_eval"]`` (at most :data:`CALIBRATION_MAX_IMAGES`
+    unlabeled images, evenly spaced, with the evaluation transform), at most ``max_images`` of
+    them spread evenly over it, so the same run gives the same images; with ``threshold_rule:
+    labeled_tpr`` also at most ``max_images`` labeled images (``train_lb_eval``, evaluation
+    transform), whose scores give the thresholds (without any: rule ``otsu``, with a warning).
+    Returns None (with a warning) when the run has no unlabeled training images.
+    """
+    data = getattr(algorithm, "dataset_dict", None) or {}
+    dataset = data.get(CALIBRATION_SET)
+    if dataset is None or len(dataset) == 0:
+        logger.warning(
+            "no unlabeled training images to calibrate the unknown scores on: score ranges are not "
+            "fitted and scores outside [0, 1] get no threshold"
+        )
+        return None
+    args = algorithm.args
+    rule = str(getattr(args, "threshold_rule", "otsu") or "otsu")
+    tpr = float(getattr(args, "threshold_tpr", 0.95))
+    indices = calibration_indices(len(dataset), int(max_images))
+    unlabeled = data.get("train_ulb")
+    available = len(unlabeled) if unlabeled is not None else len(dataset)
+    outputs = _predict_subset(algorithm, dataset, indices)
+    labeled_outputs, labeled_source = None, ""
+    if rule == "labeled_tpr":
+        labeled_set = data.get(LABELED_CALIBRATION_SET)
+        if labeled_set is None or len(labeled_set) == 0:  # never fail the end of a training run over it
+            logger.warning(
+                "threshold_rule labeled_tpr: the run has no labeled training images with the evaluation transform "
+                "(%r): thresholds by threshold_rule otsu instead",
+                LABELED_CALIBRATION_SET,
+            )
+            rule = "otsu"
+        else:
+            lb_indices = calibration_indices(len(labeled_set), int(max_images))
+            labeled_outputs = _predict_subset(algorithm, labeled_set, lb_indices)
+            labeled_source = f"{len(lb_indices)} labeled training images"
     source = (
         f"{len(indices)} of {available} unlabeled training images (train_ulb, evaluation transform, evenly "
         f"spaced), EMA weights at iteration {iterations_done(algorithm)}"
     )
-    calibration = fit_calibration(outputs, algorithm.unknown_scores, float(args.ood_threshold), source)
+    calibration = fit_calibration(
+        outputs,
+        algorithm.unknown_scores,
+        float(args.ood_threshold),
+        source,
+        rule=rule,
+        labeled_outputs=labeled_outputs,
+        tpr=tpr,
+        labeled_source=labeled_source,
+    )
     calibration["num_available"] = int(available)
     return calibration
 
@@ -302,7 +323,7 @@ def _threshold_for(
     if name in fitted:
         sources = (calibration or {}).get("threshold_sources") or {}
         return float(fitted[name]), str(sources.get(name, (calibration or {}).get("source", "calibration")))
-    if _in_unit_interval(arr):
+    if in_unit_interval(arr):
         return float(threshold), "ood_threshold (config), no calibration on training data"
     logger.warning(
         "score %r is not in [0, 1] and has no threshold fitted on training data: its threshold-based "
@@ -388,8 +409,10 @@ def openset_metrics_from_outputs(
 
     Returns:
         ``{"num_test_seen", "num_test_unseen", "primary_score", <HEADLINE_KEYS>, "threshold",
-        "threshold_source", "difficulty", "scores": {name: {<SCORE_KEYS>, "threshold_source",
-        "difficulty"}}}``; undefined metrics are NaN, ``difficulty`` None without groups.
+        "threshold_source", "warning", "difficulty", "scores": {name: {<SCORE_KEYS>, "threshold_source",
+        "difficulty"}}}``; undefined metrics are NaN, ``difficulty`` None without groups; ``warning``
+        (None when all is well) says why the primary score's threshold makes the K+1-way seen accuracy
+        fall below 0.9 x the closed-set accuracy (:func:`~.thresholds.seen_accuracy_warning`).
 
     Raises:
         EvaluationError: Malformed scores. MetricInputError: malformed labels or non-finite scores.
@@ -423,6 +446,17 @@ def openset_metrics_from_outputs(
     result.update({k: head[k] for k in HEADLINE_KEYS})
     result["threshold"] = head["threshold"]
     result["threshold_source"] = head["threshold_source"]
+    seen = y < num_seen
+    t = float(head["threshold"])
+    rejected = float(np.mean(checked[primary][seen] >= t)) if seen.any() and math.isfinite(t) else 0.0
+    result["warning"] = seen_accuracy_warning(
+        float(head["seen_acc"]),
+        float(head["closed_acc"]),
+        rejected,
+        primary,
+        str(head["threshold_source"]),
+        (calibration or {}).get("threshold_rule"),
+    )
     result["difficulty"] = head["difficulty"] or None
     result["scores"] = {
         name: {
@@ -592,6 +626,7 @@ def evaluate_openset(
     out_dir: Optional[str] = None,
     checkpoint: Optional[str] = None,
     calibration: Optional[Mapping[str, Any]] = None,
+    show: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
     """Evaluate ``algorithm`` on the open-set test loader and write the report (rank 0).
 
@@ -603,6 +638,8 @@ def evaluate_openset(
         checkpoint: Path of the checkpoint holding the evaluated weights, recorded in the JSON.
         calibration: The calibration to use (e.g. the one stored in the checkpoint); None fits it
             now with :func:`calibrate` on the unlabeled training images.
+        show: Where the summary and the path of the JSON go (eval.py: stdout); default the
+            algorithm's ``print_fn`` (the run's log).
 
     Returns:
         The record written to openset_metrics.json (keys :data:`JSON_KEYS`), NaN where undefined.
@@ -663,10 +700,10 @@ def evaluate_openset(
             # the final evaluation's point of every test_open/* curve: the step of the last iteration,
             # which OpenSetEvalHook.after_train_step leaves to it (one point per step and tag)
             tb_log.update(_tb_scalars(record), iterations_done(algorithm))
-        print_fn = getattr(algorithm, "print_fn", logger.info)
+        print_fn: Callable[[str], Any] = show if show is not None else getattr(algorithm, "print_fn", logger.info)
         shown = {key: value for key, value in record.items() if key not in _IN_TITLE}
         print_fn(format_summary(shown, title=title))
-        print_fn(f"open-set metrics written to {files['metrics']}")
+        print_fn(f"open-set metrics written to {short_path(files['metrics'])}")
     return record
 
 

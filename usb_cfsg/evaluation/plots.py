@@ -264,8 +264,11 @@ def save_metric_bars(
     rows: Sequence[str],
     metrics: Mapping[str, Sequence[Sequence[float]]],
     title: Optional[str] = None,
+    caption: Optional[str] = None,
 ) -> str:
     """Grouped horizontal bars: one group per row, one bar per metric, mean with the seeds' std as error bar.
+
+    The legend sits outside the axes, right of them, so it never covers a bar.
 
     Args:
         path: Output file (``.png``).
@@ -273,6 +276,7 @@ def save_metric_bars(
         metrics: Metric title -> per row, the values of its seeds (fractions; NaN and missing seeds
             are left out; a row without values gets no bar).
         title: Figure title.
+        caption: Smaller lines under the title (what is compared: score, budget, seeds).
 
     Returns:
         ``path`` as a string.
@@ -281,7 +285,8 @@ def save_metric_bars(
         raise MetricInputError("save_metric_bars needs at least one row and one metric")
     names = list(metrics)
     height = 0.8 / len(names)
-    fig = Figure(figsize=(7.0, 1.0 + 0.45 * len(rows) * max(1, len(names)) ** 0.5), dpi=DPI)
+    lines = 1 + (caption.count("\n") + 1 if caption else 0)
+    fig = Figure(figsize=(8.5, 0.8 + 0.25 * lines + 0.45 * len(rows) * max(1, len(names)) ** 0.5), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     y = np.arange(len(rows), dtype=float)
@@ -301,8 +306,9 @@ def save_metric_bars(
     ax.set_xlabel("% (mean over seeds; error bar: std)")
     ax.set_xlim(0, 100)
     ax.grid(axis="x", alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title or "Comparison", fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0, fontsize=8)
+    heading = title or "Comparison"
+    ax.set_title(heading + (f"\n{caption}" if caption else ""), fontsize=9, loc="left")
     return _save(fig, path)
 
 

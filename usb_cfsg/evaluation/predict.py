@@ -28,7 +28,7 @@ Output, one JSON object per line on stdout, in input order::
   seen. It is **not** the probability that the image is unknown (that is what ``unknown_score``
   measures); a confident closed-set guess can still be unknown (fine-grained look-alikes), which
   is why the open-set decision uses ``unknown_score`` alone.
-* ``relevance`` (only with ``--relevance-dir DIR``, nets with a relevance map such as cfsg_clip's):
+* ``relevance`` (only with ``--relevance_dir DIR``, nets with a relevance map such as cfsg_clip's):
   the path of a PNG in ``DIR`` named ``<image stem>_relevance.png`` (``_2``, ``_3``, ... when stems
   repeat). It shows the image at its own size (short side at least 256 px) with the semantic
   filter's patch relevance -- which patches the coarse branch weighted most for the classes it
@@ -386,7 +386,7 @@ def predict_paths(
             if names is not None and "relevance" not in outputs:
                 raise PredictError(
                     f"algorithm {predictor.algorithm!r} produces no relevance map (its net outputs "
-                    f"{sorted(outputs)}); --relevance-dir needs a net with a 'relevance' output, "
+                    f"{sorted(outputs)}); --relevance_dir needs a net with a 'relevance' output, "
                     f"such as cfsg_clip's"
                 )
             recs, _ = predictor.records(outputs)
@@ -412,29 +412,47 @@ def predict_paths(
     return errors
 
 
+class _Deprecated(argparse.Action):
+    """Stores the value; warns when the option was spelled with hyphens (``--relevance-dir``): every other
+    flag of train.py, eval.py and predict.py is spelled with underscores, as the config keys are."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: Namespace, values: Any, option_string=None) -> None:
+        if option_string and "-" in option_string[2:]:
+            logger.warning(
+                "%s is deprecated and will be removed: use %s",
+                option_string,
+                "--" + option_string[2:].replace("-", "_"),
+            )
+        setattr(namespace, self.dest, values)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="predict.py",
         description="Classify images with a trained checkpoint; one JSON line per image on stdout "
         "(label 'unknown' and class_index -1 when the unknown score reaches the threshold).",
     )
-    parser.add_argument("--load_path", "--load-path", required=True, help="checkpoint written by train.py")
+    parser.add_argument(
+        "--load_path", "--load-path", required=True, action=_Deprecated, help="checkpoint written by train.py"
+    )
     parser.add_argument(
         "--threshold",
         type=float,
         default=None,
-        help="unknown-score threshold (score >= threshold: unknown); default the run's ood_threshold",
+        help="unknown-score threshold (score >= threshold: unknown); default the threshold the checkpoint's "
+        "calibration fitted on training data for the primary score (threshold_rule), else the run's ood_threshold",
     )
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    parser.add_argument("--batch_size", "--batch-size", type=int, default=32)
+    parser.add_argument("--batch_size", "--batch-size", type=int, default=32, action=_Deprecated)
     parser.add_argument(
-        "--relevance-dir",
         "--relevance_dir",
+        "--relevance-dir",
         dest="relevance_dir",
         default=None,
+        action=_Deprecated,
         help="save a relevance figure per image here: the image at its size, the patch relevance "
         "over the crop the net saw, a colour bar, the answer as title (nets with a "
-        "'relevance' output, e.g. cfsg_clip)",
+        "'relevance' output, e.g. cfsg_clip); --relevance-dir is a deprecated spelling",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     return parser
@@ -442,10 +460,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """predict.py. Exit status: 0 all predicted, 1 some images unreadable, 2 usage/checkpoint error."""
+    from ..console import write_stdout
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    if any(a in ("-h", "--help") for a in argv):
+        write_stdout(parser.format_help().rstrip())  # quiet when the reader closes the pipe (| head)
+        return 0
     from ..engine.launch import setup_logging
 
-    args = build_parser().parse_args(argv)
     setup_logging(None, logging.WARNING)
+    args = parser.parse_args(argv)
     try:
         paths = find_images(args.paths)
         if not paths:

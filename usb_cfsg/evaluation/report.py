@@ -56,7 +56,17 @@ _COUNT_KEYS = ("num_test_seen", "num_test_unseen")
 _HANDLED = (
     {key for key, _ in HEADLINE}
     | set(_COUNT_KEYS)
-    | {"threshold", "threshold_source", "scores", "difficulty", "localization", "calibration", "demo_clip_sha256"}
+    | {
+        "threshold",
+        "threshold_source",
+        "warning",
+        "scores",
+        "difficulty",
+        "localization",
+        "calibration",
+        "checkpoint",
+        "demo_clip_sha256",
+    }
 )
 
 
@@ -90,6 +100,15 @@ def _format_raw(value: Any) -> str:
 
 #: Width the summary fits in (a terminal's).
 WIDTH = 80
+
+
+def short_path(path: str) -> str:
+    """``path`` relative to the working folder when that is shorter, else as it is (never cut)."""
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive
+        return path
+    return rel if len(rel) < len(path) else path
 
 
 def _fit(text: str, width: int) -> str:
@@ -128,8 +147,10 @@ def format_summary(metrics: Mapping[str, Any], title: Optional[str] = None) -> s
     AUROC, FPR95 (both conventions), open balanced accuracy, unknown recall and H-score (``-``
     where missing). When ``metrics["difficulty"]`` maps difficulty groups to metrics, a third table
     has one row per group (number of unknown images, AUROC, FPR95, FPR95-ID, unknown recall). The
-    threshold's source, the calibration's source and the demo CLIP build's sha256 (when the run used
-    one) close the summary.
+    threshold's source, the calibration's source, the checkpoint (its whole path, relative to the
+    working folder when shorter) and the demo CLIP build's sha256 (when the run used one) close the
+    summary, then ``metrics["warning"]`` when there is one (the K+1-way prediction rejects many seen
+    images, and why).
 
     Args:
         metrics: The metrics dictionary.
@@ -198,9 +219,13 @@ def format_summary(metrics: Mapping[str, Any], title: Optional[str] = None) -> s
     calibration = metrics.get("calibration")
     if isinstance(calibration, Mapping) and calibration.get("source"):
         lines.append(f"calibration: {calibration['source']}")
+    if isinstance(metrics.get("checkpoint"), str):  # the whole path (relative when shorter), on its own line
+        lines.append(f"checkpoint: {short_path(metrics['checkpoint'])}")
     if isinstance(metrics.get("demo_clip_sha256"), str):  # 75 characters: the whole hash, on its own line
         lines.append(f"demo CLIP: {metrics['demo_clip_sha256']}")
+    if isinstance(metrics.get("warning"), str):
+        lines += ["", f"WARNING: {metrics['warning']}"]
     return "\n".join(lines)
 
 
-__all__ = ["DIFFICULTY_COLUMNS", "HEADLINE", "SCORE_COLUMNS", "format_percent", "format_summary"]
+__all__ = ["DIFFICULTY_COLUMNS", "HEADLINE", "SCORE_COLUMNS", "format_percent", "format_summary", "short_path"]
