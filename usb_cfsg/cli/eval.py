@@ -25,6 +25,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from ..console import write_stdout
 
 
+def _show(text: str) -> None:
+    write_stdout(text)  # the summary on stdout; quiet when the reader closes the pipe
+
+
 def cli(argv: Optional[Sequence[str]] = None) -> int:
     """Evaluate with ``argv`` (default: the command line); returns the exit status (0, 2 on an error)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -37,7 +41,7 @@ def cli(argv: Optional[Sequence[str]] = None) -> int:
 
     setup_logging(None)
     try:
-        evaluate_checkpoint(argv, show=write_stdout)
+        evaluate_checkpoint(argv, show=_show)
     except UsbCfsgError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 2
