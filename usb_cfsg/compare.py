@@ -41,9 +41,7 @@ import math
 import os
 import re
 import shlex
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -51,6 +49,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import yaml
 
+from .compare_launch import add_launcher_options, last_line, run_command, run_state, sbatch_script, submit, wait
 from .errors import ConfigError, UsbCfsgError
 
 logger = logging.getLogger("usb_cfsg")
@@ -114,7 +113,7 @@ class Run:
     run_dir: Path
     log_file: Path
     argv: List[str] = field(default_factory=list)
-    status: str = "pending"  # pending | skipped | done | failed
+    status: str = "pending"  # pending | finished | running | failed | missing (compare_launch.run_state)
     detail: str = ""
 
 
@@ -248,30 +247,22 @@ def run_env(base: Mapping[str, str], jobs: int, cpus: int) -> Dict[str, str]:
 
 
 def _execute(run: Run, python: str, train_py: str, env: Dict[str, str]) -> Run:
-    cmd = [python, train_py, *run.argv]
-    run.log_file.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    with open(run.log_file, "w", encoding="utf-8") as log:
-        log.write("$ " + shlex.join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=os.path.dirname(train_py))
-    took = time.time() - start
-    if proc.returncode == 0 and (run.run_dir / METRICS_FILE).is_file():
-        run.status, run.detail = "done", f"{took:.0f} s"
+    final = run_command(
+        [python, train_py, *run.argv],
+        str(run.log_file),
+        str(run.run_dir / METRICS_FILE),
+        os.path.dirname(train_py),
+        env,
+    )
+    if final["state"] == "done":
+        run.status, run.detail = "finished", f"{final['seconds']:.0f} s"
     else:
-        tail = _tail(run.log_file)
+        tail = last_line(run.log_file)
         run.status = "failed"
-        run.detail = f"exit {proc.returncode} after {took:.0f} s; log {run.log_file}" + (f": {tail}" if tail else "")
+        run.detail = f"exit {final['exit']} after {final['seconds']:.0f} s; log {run.log_file}" + (
+            f": {tail}" if tail else ""
+        )
     return run
-
-
-def _tail(path: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln]
-    return (errors or lines or [""])[-1][:300]
 
 
 def _finite(values: Sequence[Any]) -> List[float]:
@@ -384,7 +375,12 @@ def write_csv(path: Path, records: Sequence[Dict[str, Any]]) -> None:
 
 
 def render_markdown(
-    rows: Sequence[Row], records: Sequence[Dict[str, Any]], seeds: Sequence[int], command: str, failed: Sequence[Run]
+    rows: Sequence[Row],
+    records: Sequence[Dict[str, Any]],
+    seeds: Sequence[int],
+    command: str,
+    failed: Sequence[Run],
+    unfinished: Sequence[Run] = (),
 ) -> str:
     """results.md: rows = algorithms/variants, columns = metrics, mean ± std over seeds (in %)."""
     head = ["algorithm", "score", *[title for _, title in METRICS], "seeds"]
@@ -419,6 +415,9 @@ def render_markdown(
     if failed:
         lines += ["", "Failed runs:", ""]
         lines += [f"- {run.row.name} seed {run.seed}: {run.detail}" for run in failed]
+    if unfinished:
+        lines += ["", "Runs without results yet:", ""]
+        lines += [f"- {run.row.name} seed {run.seed}: {run.status}, {run.detail}" for run in unfinished]
     return "\n".join(lines) + "\n"
 
 
@@ -532,6 +531,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=1, help="runs at the same time (default 1: one after another)")
     p.add_argument("--python", default=sys.executable, help="interpreter of the runs (default: this one)")
     p.add_argument("--train_py", default=None, help="train.py to run (default: the repository's)")
+    add_launcher_options(p)
     return p
 
 
@@ -599,37 +599,29 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             file=sys.stderr,
         )
         return 2
-    env = run_env(os.environ, opts.jobs, os.cpu_count() or 1)
-    if env.get("OMP_NUM_THREADS") != os.environ.get("OMP_NUM_THREADS"):
-        logger.info("each run gets OMP_NUM_THREADS=%s (%d runs at a time)", env["OMP_NUM_THREADS"], opts.jobs)
-    root = os.path.dirname(train_py)
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-
-    todo = []
+    command = "python -m usb_cfsg.compare " + shlex.join(argv)
+    name = f"usb_cfsg-{save_dir.name}"
+    if opts.print_sbatch:
+        try:
+            print(sbatch_script(opts, save_dir / "submitit", name, len(runs)), end="")
+        except UsbCfsgError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     for run in runs:
         done, why = is_finished(run, expected[run.run_dir.name])
-        if done:
-            run.status, run.detail = "skipped", "finished before"
-        else:
-            if why != "no openset_metrics.json":
-                logger.info("%s seed %d runs again: %s", run.row.name, run.seed, why)
-            todo.append(run)
-    logger.info(
-        "comparison in %s: %d runs, %d finished before, %d to run (%d at a time)",
-        save_dir,
-        len(runs),
-        len(runs) - len(todo),
-        len(todo),
-        opts.jobs,
-    )
-    with futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
-        pending = {pool.submit(_execute, run, opts.python, train_py, env): run for run in todo}
-        for i, fut in enumerate(futures.as_completed(pending), 1):
-            run = fut.result()
-            level = logging.INFO if run.status == "done" else logging.ERROR
-            logger.log(
-                level, "[%d/%d] %s seed %d: %s (%s)", i, len(todo), run.row.name, run.seed, run.status, run.detail
-            )
+        run.status, run.detail = run_state(done, why, run.log_file)
+    if not opts.collect:
+        try:
+            _launch(opts, runs, train_py, save_dir, name, command)
+        except UsbCfsgError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if opts.launcher == "submitit" and not opts.wait:
+            return 0
+        for run in runs:  # what the runs left: the same view as --collect's
+            done, why = is_finished(run, expected[run.run_dir.name])
+            run.status, run.detail = run_state(done, why, run.log_file)
 
     records = collect(runs)
     try:
@@ -638,9 +630,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = [r for r in runs if r.status == "failed"]
-    command = "python -m usb_cfsg.compare " + shlex.join(argv)
+    unfinished = [r for r in runs if r.status in ("running", "missing")]
     write_csv(save_dir / "results.csv", records)
-    md = render_markdown(rows, records, opts.seeds, command, failed)
+    md = render_markdown(rows, records, opts.seeds, command, failed, unfinished)
     figures = write_figures(save_dir, rows, records, opts.seeds[0])
     if figures:
         md += "\nFigures: " + ", ".join(f"[{name}]({name})" for name in figures) + "\n"
@@ -649,12 +641,73 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.replace(tmp, save_dir / "results.md")
     logger.info("results: %s and %s", save_dir / "results.md", save_dir / "results.csv")
     logger.info("\n%s", md)
+    finished = sum(r.status == "finished" for r in runs)
+    print(f"{finished} of {len(runs)} runs finished; results in {save_dir / 'results.md'}")
+    for run in failed + unfinished:
+        print(f"  {run.status}: {run.row.name} seed {run.seed}: {run.detail}")
     if failed:
         logger.error(
             "%d of %d runs failed: %s", len(failed), len(runs), "; ".join(f"{r.row.name} seed {r.seed}" for r in failed)
         )
-        return 1
-    return 0
+    return 0 if finished == len(runs) else 1
+
+
+def _launch(
+    opts: argparse.Namespace, runs: Sequence[Run], train_py: str, save_dir: Path, name: str, command: str
+) -> None:
+    """Start the runs that have no results and are not running: failed runs again, missing ones for the first time."""
+    todo = [run for run in runs if run.status in ("failed", "missing")]
+    for run in runs:
+        if run.status == "running":
+            logger.info("%s seed %d is %s: not started again", run.row.name, run.seed, run.detail)
+        elif run.status == "failed":
+            logger.info("%s seed %d runs again (it failed: %s)", run.row.name, run.seed, run.detail)
+    logger.info(
+        "comparison in %s: %d runs, %d finished before, %d running, %d to run (%s)",
+        save_dir,
+        len(runs),
+        sum(r.status == "finished" for r in runs),
+        sum(r.status == "running" for r in runs),
+        len(todo),
+        f"{opts.jobs} at a time" if opts.launcher == "local" else f"submitit, {opts.cluster}",
+    )
+    if not todo:
+        return
+    root = os.path.dirname(train_py)
+    if opts.launcher == "submitit":
+        specs = [
+            dict(
+                cmd=[opts.python, train_py, *run.argv],
+                log_file=str(run.log_file),
+                metrics_file=str(run.run_dir / METRICS_FILE),
+                cwd=root,
+                env=None,  # the job's own environment (its node's GPUs), with this PYTHONPATH
+            )
+            for run in todo
+        ]
+        jobs = submit(opts, specs, save_dir / "submitit", name, root)
+        logger.info(
+            "submitted %d jobs (%s); their output: %s. When they have run: %s --collect",
+            len(jobs),
+            ", ".join(str(j.job_id) for j in jobs[:8]) + (" ..." if len(jobs) > 8 else ""),
+            save_dir / "logs",
+            command,
+        )
+        if opts.wait:
+            wait(jobs)
+        return
+    env = run_env(os.environ, opts.jobs, os.cpu_count() or 1)
+    if env.get("OMP_NUM_THREADS") != os.environ.get("OMP_NUM_THREADS"):
+        logger.info("each run gets OMP_NUM_THREADS=%s (%d runs at a time)", env["OMP_NUM_THREADS"], opts.jobs)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    with futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+        pending = {pool.submit(_execute, run, opts.python, train_py, env): run for run in todo}
+        for i, fut in enumerate(futures.as_completed(pending), 1):
+            run = fut.result()
+            level = logging.INFO if run.status == "finished" else logging.ERROR
+            logger.log(
+                level, "[%d/%d] %s seed %d: %s (%s)", i, len(todo), run.row.name, run.seed, run.status, run.detail
+            )
 
 
 if __name__ == "__main__":
