@@ -105,6 +105,7 @@ PLUGIN_ONLY: Dict[str, str] = {
     "usb_cfsg.evaluation.offline": "eval.py of the plug-in (checkpoint format of its own launcher)",
     "usb_cfsg.evaluation.predict": "predict.py of the plug-in",
     "usb_cfsg.compare": "multi-algorithm comparison runner over the plug-in's train.py",
+    "usb_cfsg.compare_launch": "where the comparison runner's runs execute (subprocesses, submitit/SLURM jobs)",
 }
 #: Paper links of the algorithms, for the docs' list (an algorithm without one is listed without a link).
 PAPERS: Dict[str, str] = {

@@ -8,7 +8,9 @@
         --seeds 0 1 2 --save_dir saved_models/compare [--jobs N] [--key value ...]
 
 Every run is a separate ``python train.py`` process (isolation: one run's failure or memory
-cannot affect another). All rows share the base config; a row whose algorithm differs from the
+cannot affect another): a subprocess of this machine (``--launcher local``, ``--jobs`` at a time) or
+its own job through submitit (``--launcher submitit``: a SLURM job array, or submitit's local
+executor with ``--cluster local``; :mod:`usb_cfsg.compare_launch`, docs/cluster.md). All rows share the base config; a row whose algorithm differs from the
 base config's drops the base algorithm's own keys (so e.g. cfsg_clip's ``start_fix`` never leaks
 into openmatch, whose default differs), takes its own algorithm's defaults, then the variant's
 ``key=value`` pairs; ``--key value`` pairs after the known options apply to every run. The
@@ -16,11 +18,14 @@ config each row runs is written to ``<save_dir>/configs/<row>.yaml``; runs live 
 ``<save_dir>/runs/<row>_seed<seed>/`` and their output in ``<save_dir>/logs/``.
 
 A run is finished when its ``openset_metrics.json`` exists and its ``config.yaml`` matches what the
-runner would run now; finished runs are skipped, so an interrupted comparison resumes where it
-stopped (unfinished runs start again from scratch). A failed run is reported and the others go on.
+runner would run now; finished runs are skipped, and so are runs whose process or job is still queued
+or running (``logs/<run>.status.json``), so an interrupted comparison resumes where it stopped
+(failed and unfinished runs start again from scratch). A failed run is reported and the others go
+on. ``--collect`` runs nothing: it writes the results of the finished runs and lists the others as
+running, failed (with the last line of their log) or missing.
 At the end ``results.csv`` (one line per row and seed) and ``results.md`` (rows = algorithms and
 variants, columns = the headline metrics of each row's primary unknown score, mean ± sample std
-over seeds, in %) are written to ``save_dir``; the exit status is 1 when any run failed.
+over seeds, in %) are written to ``save_dir``; the exit status is 1 when any run is not finished.
 
 Demo CLIP builds: every run records the sha256 of the demo CLIP build it used (``demo_clip_sha256``
 in its ``config.yaml`` and ``openset_metrics.json``; none without a demo CLIP). A finished run whose

@@ -24,6 +24,7 @@ import shlex
 import signal
 import socket
 import subprocess
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -84,8 +85,8 @@ def run_command(
     """Run one training command with its output in ``log_file`` and its status file beside it.
 
     The function a submitit job runs (its arguments are plain values, so it pickles by reference).
-    SIGTERM (``scancel``, the time limit, preemption) is passed on to ``train.py``, whose run then
-    counts as failed, and recorded before the process exits.
+    In a process's main thread (a submitit job), SIGTERM (``scancel``, the time limit, preemption) is
+    passed on to ``train.py``, whose run then counts as failed, and recorded before the process exits.
 
     Args:
         cmd: The command (interpreter, train.py, arguments).
@@ -118,11 +119,15 @@ def run_command(
             write_status(status, state="failed", exit=-signum, reason=reason, **job)
             raise SystemExit(128 + signum)
 
-        previous = signal.signal(signal.SIGTERM, terminated)
+        # a job's process (its main thread) records SIGTERM; the local launcher's threads cannot catch signals,
+        # and a runner killed with its runs leaves "running" statuses whose process is gone (failed runs)
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, terminated) if main else None
         try:
             code = proc.wait()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            if main:
+                signal.signal(signal.SIGTERM, previous)
     done = code == 0 and Path(metrics_file).is_file()
     final = dict(state="done" if done else "failed", exit=code, seconds=round(time.time() - start, 1), log=str(log))
     write_status(status, **job, **final)
