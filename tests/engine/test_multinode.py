@@ -17,6 +17,7 @@ import torch
 from tests.conftest import tiny_run_argv
 from usb_cfsg.engine.checkpoint import safe_load
 from usb_cfsg.engine.launch import free_port
+from usb_cfsg.engine.sampling import ResumableSampler
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -71,6 +72,26 @@ def _two_nodes(script, argv_of_node, env):
             subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         )
     return [(p.wait(timeout=900), p.stdout.read()) for p in procs]  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("world", [2, 3])
+def test_processes_together_draw_the_single_process_global_batch(world):
+    """At every step, the ranks' (index, augmentation seed) pairs are those of one process with the global batch,
+    also after a restart in the middle of an epoch."""
+    batch, iters, start = 4, 5, 2
+    one = ResumableSampler(23, iters * batch * world, seed=7, batch_size=batch * world)
+    ranks = [
+        ResumableSampler(23, iters * batch, seed=7, rank=r, world_size=world, batch_size=batch) for r in range(world)
+    ]
+    for sampler in [one, *ranks]:
+        sampler.set_epoch(1)
+        sampler.set_start_iteration(start)
+    single = list(one)
+    per_rank = [list(s) for s in ranks]
+    assert len(single) == (iters - start) * batch * world
+    for step in range(iters - start):
+        together = sorted(p for items in per_rank for p in items[step * batch : (step + 1) * batch])
+        assert together == sorted(single[step * batch * world : (step + 1) * batch * world]), step
 
 
 @pytest.mark.slow
