@@ -101,8 +101,8 @@ def run_command(
     log, status = Path(log_file), status_path(Path(log_file))
     log.parent.mkdir(parents=True, exist_ok=True)
     host, start = socket.gethostname(), time.time()
-    queued = {k: v for k, v in (read_status(status) or {}).items() if k in ("cluster", "folder")}  # from submit()
-    job = dict(queued, host=host, job_id=_job_id())
+    queued = {k: v for k, v in (read_status(status) or {}).items() if k in ("cluster", "folder", "job_id")}
+    job = dict(queued, host=host, job_id=_job_id() or queued.get("job_id"))  # submit()'s, if it wrote it first
     write_status(status, state="running", pid=os.getpid(), **job)
     with open(log, "w", encoding="utf-8") as out:
         out.write("$ " + shlex.join(cmd) + "\n")
