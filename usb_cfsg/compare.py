@@ -622,11 +622,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         except UsbCfsgError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        if opts.launcher == "submitit" and not opts.wait:
-            return 0
-        for run in runs:  # what the runs left: the same view as --collect's
-            done, why = is_finished(run, expected[run.run_dir.name])
-            run.status, run.detail = run_state(done, why, run.log_file)
+        if opts.launcher == "submitit":
+            if not opts.wait:
+                return 0
+            for run in runs:  # what the jobs left: the same view as --collect's
+                done, why = is_finished(run, expected[run.run_dir.name])
+                run.status, run.detail = run_state(done, why, run.log_file)
 
     records = collect(runs)
     try:
