@@ -1195,6 +1195,87 @@ timm.models.layers, and the ViT's layers are timm.layers'.""",
 )
 
 
+DIST_URL_FIX = Patch(
+    subject="train.py: keep a given dist_url; env:// under torchrun",
+    summary="train.py no longer replaces `--dist_url` with 127.0.0.1 on a free port when several nodes meet at it; "
+    "under torchrun it uses env:// with torchrun's ranks; EvaluationHook saves from one process per node "
+    "as CheckpointHook does.",
+    body="""\
+train.py's __main__ replaces args.dist_url with tcp://127.0.0.1:<free
+port> whatever the command line or the config says. A free port of the own
+machine avoids collisions between runs on one machine, but every multi-node
+run fails: each node waits at its own 127.0.0.1 for the others, until the
+rendezvous times out. The env:// branches of main() and main_worker() are
+never reached either, so torchrun (which sets RANK, WORLD_SIZE and
+LOCAL_RANK) cannot start USB's train.py.
+
+set_dist_url() decides instead:
+
+* under torchrun (or any launcher that sets RANK, WORLD_SIZE and
+  LOCAL_RANK): dist_url env://, world_size and rank from the environment,
+  the GPU of LOCAL_RANK, and no further spawning (torchrun started every
+  process);
+* several nodes (world_size > 1) or dist_url env://: the given dist_url,
+  which all nodes share;
+* one node: a free port of this machine, as before.
+
+Under torchrun multiprocessing_distributed is false, and EvaluationHook's
+after_run then saved latest_model.pth from every process, all into the same
+run folder. It now saves from the first process of each node, as
+CheckpointHook does (`rank % ngpus_per_node == 0`).
+
+Tested: tests/test_distributed.py (added here; CPU, gloo, with the CPU
+patch): two "nodes" on one machine, each with its own save_dir, train
+fixmatch together through `torchrun --nnodes 2 --node_rank i
+--rdzv_endpoint 127.0.0.1:<port> train.py` and through USB's own
+`--world_size 2 --rank i --multiprocessing_distributed True --dist_url
+tcp://127.0.0.1:<port>`: both end with the same weights and log world_size
+2. Without this patch the torchrun nodes train alone (world_size 1) and the
+second launch never meets.""",
+    edits=[
+        Edit(
+            "train.py",
+            """if __name__ == "__main__":
+    args = get_config()
+    port = get_port()
+    args.dist_url = "tcp://127.0.0.1:" + str(port)
+    main(args)
+""",
+            """def set_dist_url(args, environ=os.environ):
+    \"\"\"
+    Where the processes of a run meet (args.dist_url), and this process's place among them.
+
+    * started by torchrun (or another launcher that sets RANK, WORLD_SIZE, LOCAL_RANK): env://, the
+      launcher's world size and rank, the GPU of LOCAL_RANK, and no spawning (every process is started);
+    * several nodes (world_size > 1) or env://: the given dist_url, which every node must share;
+    * one node: a free port of this machine, so that runs on one machine do not collide.
+    \"\"\"
+    if all(key in environ for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK")):
+        args.dist_url = "env://"
+        args.world_size = int(environ["WORLD_SIZE"])
+        args.rank = int(environ["RANK"])
+        args.gpu = int(environ["LOCAL_RANK"]) if torch.cuda.is_available() else None
+        args.multiprocessing_distributed = False
+    elif args.world_size == 1 and args.dist_url != "env://":
+        args.dist_url = "tcp://127.0.0.1:" + str(get_port())
+
+
+if __name__ == "__main__":
+    args = get_config()
+    set_dist_url(args)
+    main(args)
+""",
+        ),
+        Edit(
+            "semilearn/core/hooks/evaluation.py",
+            """        if not algorithm.args.multiprocessing_distributed or (algorithm.args.multiprocessing_distributed and algorithm.args.rank % algorithm.ngpus_per_node == 0):""",
+            """        # one process per node saves, as in CheckpointHook (under torchrun multiprocessing_distributed is False)
+        if not algorithm.distributed or algorithm.rank % algorithm.ngpus_per_node == 0:""",
+        ),
+    ],
+)
+
+
 def _moved_files(modules: Iterable[str]) -> Dict[str, bytes]:
     """Repository path -> content of the semilearn versions of ``modules`` (and their package data)."""
     files: Dict[str, bytes] = {}
@@ -1280,7 +1361,7 @@ def fixes_series() -> Series:
     return Series(
         name="1-usb-fixes",
         part="a",
-        title="Fixes of USB: CPU, resume, torch.load, registry, get_dataset, ruamel.yaml, setup.py, timm",
+        title="Fixes of USB: CPU, resume, torch.load, registry, get_dataset, ruamel.yaml, setup.py, timm, torchrun",
         patches=[
             _with_tests(cpu, "conftest.py", "test_cpu.py"),
             _with_tests(ALGORITHM_DEVICE_FIX, "test_algorithms_device.py"),
@@ -1291,6 +1372,7 @@ def fixes_series() -> Series:
             _with_tests(registry, "test_registry.py"),
             _with_tests(SETUP_FIX, "test_setup.py"),
             _with_tests(TIMM_FIX, "test_timm_layers.py"),
+            _with_tests(DIST_URL_FIX, "test_distributed.py"),
         ],
     )
 

@@ -232,16 +232,19 @@ def test_concurrent_runs_share_the_cores_unless_the_caller_chose_threads():
 def test_every_run_is_the_installed_training_module_in_the_runners_folder(tmp_path, monkeypatch):
     """No train.py found through __file__: a run is ``<python> -m usb_cfsg.cli.train`` (the interpreter's
     installed usb_cfsg) started in the runner's working folder, where the config's relative paths resolve."""
+    from usb_cfsg_tools import compare_launch
+
     calls = []
 
-    class Done:
-        returncode = 0
+    class Exited:
+        def wait(self):
+            return 0
 
-    def fake_run(cmd, **kw):
+    def fake_popen(cmd, **kw):
         calls.append((cmd, kw))
-        return Done()
+        return Exited()
 
-    monkeypatch.setattr(compare.subprocess, "run", fake_run)
+    monkeypatch.setattr(compare_launch.subprocess, "Popen", fake_popen)
     monkeypatch.chdir(tmp_path)
     run = compare.Run(compare.Row("fixmatch", "fixmatch"), 0, tmp_path / "run", tmp_path / "logs" / "run.log")
     run.argv = ["--c", "base.yaml"]

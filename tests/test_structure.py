@@ -16,7 +16,7 @@ TOOLS = ROOT / "usb_cfsg_tools"
 #: The package root ``usb_cfsg`` (its ``__init__``: :func:`usb_cfsg.register`) sits above all of them:
 #: it wires the layers together (importing ``evaluation`` fills the engine's run hooks).
 LAYERS: Sequence[Sequence[str]] = (
-    ("usb_cfsg.errors", "usb_cfsg.progress", "usb_cfsg.registry", "usb_cfsg.algorithm_keys"),
+    ("usb_cfsg.errors", "usb_cfsg.progress", "usb_cfsg.registry", "usb_cfsg.algorithm_keys", "usb_cfsg.console"),
     ("usb_cfsg.modules",),
     ("usb_cfsg.nets",),
     ("usb_cfsg.datasets",),
@@ -24,7 +24,7 @@ LAYERS: Sequence[Sequence[str]] = (
     ("usb_cfsg.engine",),
     ("usb_cfsg.evaluation",),
     ("usb_cfsg.algorithms",),
-    ("usb_cfsg.cli",),
+    ("usb_cfsg.cli", "usb_cfsg.interrupt"),  # interrupt: the commands' Ctrl-C message (reads checkpoints)
 )
 IMPORT_FUNCTIONS = ("import_module", "__import__")
 

@@ -10,7 +10,10 @@
 Every run is a separate training process, ``<python> -m usb_cfsg.cli.train`` (isolation: one run's
 failure or memory cannot affect another), in the runner's working folder, so it imports the same
 installed ``usb_cfsg`` as the runner's interpreter and resolves a config's relative paths as the runner
-does (:data:`usb_cfsg.config.PATH_RULE`). All rows share the base config; a row whose algorithm differs from the
+does (:data:`usb_cfsg.config.PATH_RULE`). It runs as a subprocess of this machine (``--launcher local``,
+``--jobs`` at a time) or as its own job through submitit (``--launcher submitit``: a SLURM job array, or
+submitit's local executor with ``--cluster local``; :mod:`usb_cfsg_tools.compare_launch`, docs/cluster.md).
+All rows share the base config; a row whose algorithm differs from the
 base config's drops the base algorithm's own keys (so e.g. cfsg_clip's ``start_fix`` never leaks
 into openmatch, whose default differs), takes its own algorithm's defaults, then the variant's
 ``key=value`` pairs; ``--key value`` pairs after the known options apply to every run. The
@@ -18,14 +21,17 @@ config each row runs is written to ``<save_dir>/configs/<row>.yaml``; runs live 
 ``<save_dir>/runs/<row>_seed<seed>/`` and their output in ``<save_dir>/logs/``.
 
 A run is finished when its ``openset_metrics.json`` exists and its ``config.yaml`` matches what the
-runner would run now; finished runs are skipped, so an interrupted comparison resumes where it
-stopped (unfinished runs start again from scratch). A failed run is reported and the others go on.
+runner would run now; finished runs are skipped, and so are runs whose process or job is still queued
+or running (``logs/<run>.status.json``), so an interrupted comparison resumes where it stopped
+(failed and unfinished runs start again from scratch). A failed run is reported and the others go
+on. ``--collect`` runs nothing: it writes the results of the finished runs and lists the others as
+running, failed (with the last line of their log) or missing.
 At the end ``results.csv`` (one line per row and seed) and ``results.md`` (rows = algorithms and
 variants, columns = the headline metrics of each row's primary unknown score, mean ± sample std
 over seeds, in %) are written to ``save_dir``, with ``results.png`` and ``roc.png``, which compare ONE
 unknown score across rows (``--score``, default energy, which every algorithm reports; never each
 row's own primary score) and state the score, the budget, the seeds and each row's prior
-(``zs_weight``); the exit status is 1 when any run failed.
+(``zs_weight``); the exit status is 1 when any run is not finished.
 
 Demo CLIP builds: every run records the sha256 of the demo CLIP build it used (``demo_clip_sha256``
 in its ``config.yaml`` and ``openset_metrics.json``; none without a demo CLIP). A finished run whose
@@ -46,9 +52,7 @@ import math
 import os
 import re
 import shlex
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -57,6 +61,15 @@ import numpy as np
 import yaml
 
 from usb_cfsg.errors import ConfigError, UsbCfsgError
+from usb_cfsg_tools.compare_launch import (
+    add_launcher_options,
+    last_line,
+    run_command,
+    run_state,
+    sbatch_script,
+    submit,
+    wait,
+)
 
 logger = logging.getLogger("usb_cfsg")
 
@@ -120,7 +133,7 @@ class Run:
     run_dir: Path
     log_file: Path
     argv: List[str] = field(default_factory=list)
-    status: str = "pending"  # pending | skipped | done | failed
+    status: str = "pending"  # pending | finished | running | failed | missing (compare_launch.run_state)
     detail: str = ""
 
 
@@ -263,30 +276,23 @@ def train_command(python: str, argv: Sequence[str]) -> List[str]:
 
 
 def _execute(run: Run, python: str, env: Dict[str, str]) -> Run:
-    cmd = train_command(python, run.argv)
-    run.log_file.parent.mkdir(parents=True, exist_ok=True)
-    start = time.time()
-    with open(run.log_file, "w", encoding="utf-8") as log:
-        log.write("$ " + shlex.join(cmd) + "\n")
-        log.flush()
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)  # in the runner's folder
-    took = time.time() - start
-    if proc.returncode == 0 and (run.run_dir / METRICS_FILE).is_file():
-        run.status, run.detail = "done", f"{took:.0f} s"
+    """One run as a subprocess of this machine, in the runner's working folder (``--launcher local``)."""
+    final = run_command(
+        train_command(python, run.argv),
+        str(run.log_file),
+        str(run.run_dir / METRICS_FILE),
+        os.getcwd(),
+        env,
+    )
+    if final["state"] == "done":
+        run.status, run.detail = "finished", f"{final['seconds']:.0f} s"
     else:
-        tail = _tail(run.log_file)
+        tail = last_line(run.log_file)
         run.status = "failed"
-        run.detail = f"exit {proc.returncode} after {took:.0f} s; log {run.log_file}" + (f": {tail}" if tail else "")
+        run.detail = f"exit {final['exit']} after {final['seconds']:.0f} s; log {run.log_file}" + (
+            f": {tail}" if tail else ""
+        )
     return run
-
-
-def _tail(path: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln]
-    return (errors or lines or [""])[-1][:300]
 
 
 def _finite(values: Sequence[Any]) -> List[float]:
@@ -418,7 +424,12 @@ def write_csv(path: Path, records: Sequence[Dict[str, Any]]) -> None:
 
 
 def render_markdown(
-    rows: Sequence[Row], records: Sequence[Dict[str, Any]], seeds: Sequence[int], command: str, failed: Sequence[Run]
+    rows: Sequence[Row],
+    records: Sequence[Dict[str, Any]],
+    seeds: Sequence[int],
+    command: str,
+    failed: Sequence[Run],
+    unfinished: Sequence[Run] = (),
 ) -> str:
     """results.md: rows = algorithms/variants, columns = metrics, mean ± std over seeds (in %)."""
     head = ["algorithm", "score", *[title for _, title in METRICS], "seeds"]
@@ -454,6 +465,9 @@ def render_markdown(
     if failed:
         lines += ["", "Failed runs:", ""]
         lines += [f"- {run.row.name} seed {run.seed}: {run.detail}" for run in failed]
+    if unfinished:
+        lines += ["", "Runs without results yet:", ""]
+        lines += [f"- {run.row.name} seed {run.seed}: {run.status}, {run.detail}" for run in unfinished]
     return "\n".join(lines) + "\n"
 
 
@@ -662,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
         "every algorithm reports)",
     )
     p.add_argument("--python", default=sys.executable, help="interpreter of the runs (default: this one)")
+    add_launcher_options(p)
     return p
 
 
@@ -722,35 +737,30 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     save_dir = Path(opts.save_dir).resolve()
-    env = run_env(os.environ, opts.jobs, os.cpu_count() or 1)
-    if env.get("OMP_NUM_THREADS") != os.environ.get("OMP_NUM_THREADS"):
-        logger.info("each run gets OMP_NUM_THREADS=%s (%d runs at a time)", env["OMP_NUM_THREADS"], opts.jobs)
-
-    todo = []
+    command = "python -m usb_cfsg_tools.compare " + shlex.join(argv)
+    name = f"usb_cfsg-{save_dir.name}"
+    if opts.print_sbatch:
+        try:
+            print(sbatch_script(opts, save_dir / "submitit", name, len(runs)), end="")
+        except UsbCfsgError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
     for run in runs:
         done, why = is_finished(run, expected[run.run_dir.name])
-        if done:
-            run.status, run.detail = "skipped", "finished before"
-        else:
-            if why != "no openset_metrics.json":
-                logger.info("%s seed %d runs again: %s", run.row.name, run.seed, why)
-            todo.append(run)
-    logger.info(
-        "comparison in %s: %d runs, %d finished before, %d to run (%d at a time)",
-        save_dir,
-        len(runs),
-        len(runs) - len(todo),
-        len(todo),
-        opts.jobs,
-    )
-    with futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
-        pending = {pool.submit(_execute, run, opts.python, env): run for run in todo}
-        for i, fut in enumerate(futures.as_completed(pending), 1):
-            run = fut.result()
-            level = logging.INFO if run.status == "done" else logging.ERROR
-            logger.log(
-                level, "[%d/%d] %s seed %d: %s (%s)", i, len(todo), run.row.name, run.seed, run.status, run.detail
-            )
+        run.status, run.detail = run_state(done, why, run.log_file)
+    if not opts.collect:
+        try:
+            _launch(opts, runs, save_dir, name, command)
+        except UsbCfsgError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if opts.launcher == "submitit":
+            if not opts.wait:
+                return 0
+            for run in runs:  # what the jobs left: the same view as --collect's
+                done, why = is_finished(run, expected[run.run_dir.name])
+                run.status, run.detail = run_state(done, why, run.log_file)
 
     records = collect(runs)
     try:
@@ -759,9 +769,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = [r for r in runs if r.status == "failed"]
-    command = "python -m usb_cfsg_tools.compare " + shlex.join(argv)
+    unfinished = [r for r in runs if r.status in ("running", "missing")]
     write_csv(save_dir / "results.csv", records)
-    md = render_markdown(rows, records, opts.seeds, command, failed)
+    md = render_markdown(rows, records, opts.seeds, command, failed, unfinished)
     figures = write_figures(save_dir, rows, records, opts.seeds, opts.score)
     if figures:
         md += (
@@ -774,12 +784,70 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.replace(tmp, save_dir / "results.md")
     logger.info("results: %s and %s", save_dir / "results.md", save_dir / "results.csv")
     logger.info("\n%s", md)
+    finished = sum(r.status == "finished" for r in runs)
+    print(f"{finished} of {len(runs)} runs finished; results in {save_dir / 'results.md'}")
+    for run in failed + unfinished:
+        print(f"  {run.status}: {run.row.name} seed {run.seed}: {run.detail}")
     if failed:
         logger.error(
             "%d of %d runs failed: %s", len(failed), len(runs), "; ".join(f"{r.row.name} seed {r.seed}" for r in failed)
         )
-        return 1
-    return 0
+    return 0 if finished == len(runs) else 1
+
+
+def _launch(opts: argparse.Namespace, runs: Sequence[Run], save_dir: Path, name: str, command: str) -> None:
+    """Start the runs that have no results and are not running: failed runs again, missing ones for the first time."""
+    todo = [run for run in runs if run.status in ("failed", "missing")]
+    for run in runs:
+        if run.status == "running":
+            logger.info("%s seed %d is %s: not started again", run.row.name, run.seed, run.detail)
+        elif run.status == "failed":
+            logger.info("%s seed %d runs again (it failed: %s)", run.row.name, run.seed, run.detail)
+    logger.info(
+        "comparison in %s: %d runs, %d finished before, %d running, %d to run (%s)",
+        save_dir,
+        len(runs),
+        sum(r.status == "finished" for r in runs),
+        sum(r.status == "running" for r in runs),
+        len(todo),
+        f"{opts.jobs} at a time" if opts.launcher == "local" else f"submitit, {opts.cluster}",
+    )
+    if not todo:
+        return
+    cwd = os.getcwd()  # every run starts where the runner was started, local process or job
+    if opts.launcher == "submitit":
+        specs = [
+            dict(
+                cmd=train_command(opts.python, run.argv),
+                log_file=str(run.log_file),
+                metrics_file=str(run.run_dir / METRICS_FILE),
+                cwd=cwd,
+                env=None,  # the job's own environment (its node's GPUs), with the runner's folder on PYTHONPATH
+            )
+            for run in todo
+        ]
+        jobs = submit(opts, specs, save_dir / "submitit", name, cwd)
+        logger.info(
+            "submitted %d jobs (%s); their output: %s. When they have run: %s --collect",
+            len(jobs),
+            ", ".join(str(j.job_id) for j in jobs[:8]) + (" ..." if len(jobs) > 8 else ""),
+            save_dir / "logs",
+            command,
+        )
+        if opts.wait:
+            wait(jobs)
+        return
+    env = run_env(os.environ, opts.jobs, os.cpu_count() or 1)
+    if env.get("OMP_NUM_THREADS") != os.environ.get("OMP_NUM_THREADS"):
+        logger.info("each run gets OMP_NUM_THREADS=%s (%d runs at a time)", env["OMP_NUM_THREADS"], opts.jobs)
+    with futures.ThreadPoolExecutor(max_workers=opts.jobs) as pool:
+        pending = {pool.submit(_execute, run, opts.python, env): run for run in todo}
+        for i, fut in enumerate(futures.as_completed(pending), 1):
+            run = fut.result()
+            level = logging.INFO if run.status == "finished" else logging.ERROR
+            logger.log(
+                level, "[%d/%d] %s seed %d: %s (%s)", i, len(todo), run.row.name, run.seed, run.status, run.detail
+            )
 
 
 if __name__ == "__main__":

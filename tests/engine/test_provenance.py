@@ -123,7 +123,7 @@ def _fake_finished(run, sha):
     metrics = {"primary_score": "msp", "num_seen": 3, "scores": {}, "demo_clip_sha256": sha}
     metrics.update({key: 0.5 for key, _ in compare.METRICS})
     (run.run_dir / compare.METRICS_FILE).write_text(json.dumps(metrics))
-    run.status, run.detail = "done", "0 s"
+    run.status, run.detail = "finished", "0 s"
     return run
 
 

@@ -495,6 +495,10 @@ class PluginMixin:
         return save
 
     def save_model(self, save_name, save_path):
+        if self.distributed and int(self.args.rank) != 0:
+            # rank 0 writes every checkpoint: USB's EvaluationHook.after_run saves from every process unless
+            # multiprocessing_distributed (not the case under torchrun), into the same folder on a shared disk
+            return
         save = self.get_save_dict()
         atomic_save(save, os.path.join(save_path, save_name))
         if save_name == "latest_model.pth":  # named by the non-finite-loss guard when it stops a run

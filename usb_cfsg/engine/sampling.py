@@ -4,7 +4,10 @@ USB's loaders restart an interrupted epoch from its beginning and draw augmentat
 process-global RNG, so a resumed run sees different data than an uninterrupted one. Here:
 
 * :class:`ResumableSampler` gives each (epoch, position) a fixed sample index and a fixed
-  per-sample seed, split across processes, and can start in the middle of an epoch;
+  per-sample seed, split across processes, and can start in the middle of an epoch. Both depend
+  on the position in the epoch's global order only, so ``world_size`` processes with batch ``B``
+  see at each step exactly the samples and augmentations of one process with batch
+  ``world_size x B`` (the same global batch, whichever machine a process runs on);
 * :class:`SeededDataset` applies the dataset's random transforms under that per-sample seed,
   leaving the global RNG untouched, so the result does not depend on workers or resumption.
 """
@@ -72,7 +75,9 @@ class ResumableSampler(Sampler[Tuple[int, int]]):
         order = self._order().tolist()
         start, self.start = self.start, 0
         for pos in range(start, len(order)):
-            yield order[pos], _mix(self.seed, self.epoch, self.rank, pos)
+            # the seed of the global position (rank 0 of one process: the position itself); the leading 0
+            # keeps the seeds of single-process runs as they were
+            yield order[pos], _mix(self.seed, self.epoch, 0, pos * self.world_size + self.rank)
 
     def __len__(self) -> int:
         return self.num_samples - self.start
