@@ -79,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--c", required=True, help="a run config on a dataset with cue boxes (fmnist_badged)")
     opts = parser.parse_args(argv)
 
+    from common import config_clip_net
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -87,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     from usb_cfsg.config import build_config
     from usb_cfsg.datasets import build_openset_datasets
     from usb_cfsg.datasets.build import CALIBRATION_SET
-    from usb_cfsg.nets import BUILDERS
     from usb_cfsg.nets.clip import OPENAI_MEAN, OPENAI_STD
 
     args = build_config(["--c", opts.c, "--algorithm", "clip_zeroshot"])
@@ -95,17 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     if info.eval_boxes is None:
         print(f"{args.dataset} has no cue boxes; this probe needs them (fmnist_badged)", file=sys.stderr)
         return 2
-    net = BUILDERS[args.net](
-        num_classes=args.num_classes,
-        pretrained=args.pretrained,
-        pretrained_path=args.pretrain_path,
-        head="clip",
-        img_size=args.img_size,
-        num_tuned_blocks=args.num_tuned_blocks,
-        class_names=info.seen_class_names,
-        prompt_templates=args.prompt_templates or info.prompt_templates,
-        text_encoder=args.text_encoder,
-    ).eval()
+    net = config_clip_net(args, info)
     cal = datasets[CALIBRATION_SET]
     train_f, train_y = _features(net, cal, cal.boxes, args.img_size, args.crop_ratio)
     seen = train_y < args.num_classes

@@ -172,3 +172,23 @@ def spread(values: Sequence[float]) -> Tuple[float, float]:
 
 def temp_dir(prefix: str) -> tempfile.TemporaryDirectory:
     return tempfile.TemporaryDirectory(prefix=prefix)
+
+
+def config_clip_net(args: Any, info: Any) -> Any:
+    """The plain CLIP net (``head="clip"``, no training) of a run config's backbone and weights, in eval mode.
+
+    What the diagnostic benchmarks (dense_alignment, badge_probe) read frozen features from.
+    """
+    from usb_cfsg.nets import BUILDERS
+
+    return BUILDERS[args.net](
+        num_classes=args.num_classes,
+        pretrained=args.pretrained,
+        pretrained_path=args.pretrain_path,
+        head="clip",
+        img_size=args.img_size,
+        num_tuned_blocks=args.num_tuned_blocks,
+        class_names=info.seen_class_names,
+        prompt_templates=args.prompt_templates or info.prompt_templates,
+        text_encoder=args.text_encoder,
+    ).eval()

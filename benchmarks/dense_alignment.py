@@ -40,10 +40,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_images", type=int, default=2000, help="seen-class test images, evenly spaced")
     opts = parser.parse_args(argv)
 
+    from common import config_clip_net
+
     import usb_cfsg  # noqa: F401
     from usb_cfsg.config import build_config
     from usb_cfsg.datasets import build_openset_datasets
-    from usb_cfsg.nets import BUILDERS
     from usb_cfsg.nets.clip import OPENAI_MEAN, OPENAI_STD
 
     args = build_config(["--c", opts.c, "--algorithm", "clip_zeroshot"])
@@ -58,17 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     items = [test[i] for i in rows]
     images = torch.stack([it["x_lb"] for it in items])
     y = torch.tensor([int(it["y_lb"]) for it in items])
-    net = BUILDERS[args.net](
-        num_classes=args.num_classes,
-        pretrained=args.pretrained,
-        pretrained_path=args.pretrain_path,
-        head="clip",
-        img_size=args.img_size,
-        num_tuned_blocks=args.num_tuned_blocks,
-        class_names=info.seen_class_names,
-        prompt_templates=args.prompt_templates or info.prompt_templates,
-        text_encoder=args.text_encoder,
-    ).eval()
+    net = config_clip_net(args, info)
     t = F.normalize(net.text_embeddings.float(), dim=-1)
     bb = net.backbone
     results = {}

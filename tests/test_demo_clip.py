@@ -216,7 +216,7 @@ def test_noisy_captions_are_fixed_wrong_and_of_the_asked_share() -> None:
     assert demo_clip.noisy_caption_labels(targets, demo_clip.Recipe())[1] == 0
     with pytest.raises(ConfigError, match="caption_noise"):
         demo_clip.Recipe(caption_noise=1.0).check()
-    with pytest.raises(ConfigError, match="images must be clean or scenes"):
+    with pytest.raises(ConfigError, match="images must be clean, scenes or badged"):
         demo_clip.Recipe(images="photos").check()
 
 
