@@ -281,6 +281,11 @@ def test_prototypes_are_updated_from_labeled_and_selected_samples_only():
     feats = F.normalize(net.feat_local, dim=-1)
     torch.testing.assert_close(net.prototypes.mu[0], F.normalize(feats[0] + feats[1], dim=0))  # labeled class 0
     torch.testing.assert_close(net.prototypes.mu[1], feats[2])  # u0's WEAK view local feature, pseudo-label 1
+    # vsi_cues: labeled keeps every unlabeled sample out of the prototypes, selected or not
+    alg, net, batch = controlled_step_setup()
+    alg.vsi_cues = "labeled"
+    alg.train_step(**batch)
+    assert net.prototypes.initialized.tolist() == [True, False, False, False]
 
 
 def test_start_fix_delays_the_fixmatch_term_and_unlabeled_prototype_updates():

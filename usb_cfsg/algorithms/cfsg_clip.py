@@ -77,6 +77,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
     net_head = "cfsg"
     #: What the net's ``relevance`` output is (recorded with the localization metrics).
     relevance_map = "SFM relevance"
+    #: ``vsi_cues``: with ``labeled`` only labeled samples update the class prototypes.
+    vsi_cues = "prototypes"
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
@@ -90,6 +92,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         self.start_fix = args.start_fix
         self.ood_score = args.ood_score
         self.ova_views = args.ova_views
+        self.vsi_cues = args.vsi_cues
         if self.ova_views not in OVA_VIEWS:
             raise ValueError(f"ova_views must be one of {OVA_VIEWS}, got {self.ova_views!r}")
 
@@ -215,7 +218,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         with torch.no_grad():
             feats = torch.cat((lb["feat_local"], w["feat_local"]))
             labels = torch.cat((y_lb, pseudo))
-            ulb_sel = mask if fix_on and self.args.vsi_cues != "labeled" else torch.zeros_like(mask)
+            ulb_sel = mask if fix_on and self.vsi_cues != "labeled" else torch.zeros_like(mask)
             sel = torch.cat((torch.ones_like(y_lb, dtype=torch.bool), ulb_sel))
             self._update_prototypes(feats, labels, sel)
 
