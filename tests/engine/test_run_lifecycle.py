@@ -373,6 +373,37 @@ def test_trim_events_keeps_steps_up_to_the_checkpoint(tmp_path):
     assert trim_events(str(tb), 4) == 0 and trim_events(str(tmp_path / "missing"), 4) == 0
 
 
+def test_resumed_writer_file_sorts_after_the_old_ones_when_resumed_within_the_same_second(tmp_path):
+    """TensorBoard reads event files in name order (``events.out.tfevents.<seconds>.<host>.<pid>.<n>``).
+    A resume in the second its old file was opened used to give a file that could sort first (the
+    counter n sorts as text, "10" before "9"), so the resumed points came before the old ones. The old
+    file is named here with the next second, the worst case, so the test does not depend on timing."""
+    import socket
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from torch.utils.tensorboard import SummaryWriter
+
+    from usb_cfsg.engine.tblog import open_tb_log
+
+    tb = tmp_path / "run" / "tensorboard"
+    first = SummaryWriter(str(tb))
+    for s in (2, 4, 6):
+        first.add_scalar("a", float(s), s)
+    first.close()
+    (old,) = tb.glob("*tfevents*")
+    renamed = tb / f"events.out.tfevents.{int(time.time()) + 1:010d}.{socket.gethostname()}.{os.getpid()}.9"
+    old.rename(renamed)
+    tb_log = open_tb_log(str(tmp_path / "run"), enabled=True, resume_step=4)
+    for s in (6, 8):
+        tb_log.writer.add_scalar("a", float(s), s)
+    tb_log.writer.close()
+    files = sorted(p.name for p in tb.glob("*tfevents*"))
+    assert len(files) == 2 and files[0] == renamed.name
+    acc = EventAccumulator(str(tb)).Reload()
+    assert [e.step for e in acc.Scalars("a")] == [2, 4, 6, 8]
+
+
 def test_format_hms_and_compact_line():
     assert format_hms(3725.2) == "1:02:05" and format_hms(0) == "0:00:00" and format_hms(float("nan")) == "?"
     line = compact_line(

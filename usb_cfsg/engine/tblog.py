@@ -8,7 +8,12 @@ resumed run logs them again (in a new event file). TensorBoard then shows two po
 * :func:`trim_events` rewrites each event file of the run folder that holds anything logged after
   the checkpoint's iteration, keeping only what was logged up to it (atomically, file by file);
 * the new writer starts with ``purge_step`` = the first resumed step, TensorBoard's own marker
-  that drops, in a TensorBoard already showing the old files, every point from that step on.
+  that drops, in a TensorBoard already showing the old files, every point from that step on;
+* the new writer's file must sort after the old ones, since TensorBoard reads a folder's event files
+  in name order. The name is ``events.out.tfevents.<seconds>.<host>.<pid>.<counter>``: two writers of
+  one process opened in the same second differ only in the counter, which sorts as text ("10" before
+  "9"). So the resumed writer opens only once the clock has passed the newest file's second
+  (:func:`wait_past_newest_event_file`, at most one second, and only when resuming that fast).
 
 Steps are the 1-based iteration numbers of the logs (step n = n iterations done), so a checkpoint at
 iteration n keeps steps 1..n.
@@ -19,6 +24,8 @@ from __future__ import annotations
 import glob
 import logging
 import os
+import re
+import time
 from typing import Any, Optional
 
 logger = logging.getLogger("usb_cfsg")
@@ -73,6 +80,33 @@ def trim_events(tb_dir: str, last_step: int) -> int:
     return dropped
 
 
+_EVENT_SECONDS = re.compile(r"tfevents\.(\d+)\.")
+
+
+def wait_past_newest_event_file(tb_dir: str) -> float:
+    """Sleep until the wall clock is past the second in the newest event file's name in ``tb_dir``.
+
+    A writer opened afterwards gets a larger 10-digit time field, so its file sorts after every
+    existing one (see the module docstring).
+
+    Args:
+        tb_dir: The TensorBoard folder (missing or empty: no wait).
+
+    Returns:
+        The seconds slept (0.0 in a normal resume, minutes after the files were written).
+    """
+    seconds = [
+        int(m.group(1)) for p in glob.glob(os.path.join(tb_dir, "*tfevents*")) if (m := _EVENT_SECONDS.search(p))
+    ]
+    if not seconds:
+        return 0.0
+    wait = max(seconds) + 1 - time.time()
+    if wait <= 0:
+        return 0.0
+    time.sleep(wait)
+    return wait
+
+
 def open_tb_log(run_folder: str, enabled: bool, resume_step: Optional[int] = None) -> Any:
     """USB's ``TBLog`` for ``<run_folder>/tensorboard``, ready to continue a run at ``resume_step``.
 
@@ -101,8 +135,9 @@ def open_tb_log(run_folder: str, enabled: bool, resume_step: Optional[int] = Non
                 int(resume_step),
             )
         purge_step = int(resume_step) + 1
+        wait_past_newest_event_file(tb_dir)
     tb_log.writer = SummaryWriter(tb_dir, purge_step=purge_step)
     return tb_log
 
 
-__all__ = ["TB_FOLDER", "open_tb_log", "trim_events"]
+__all__ = ["TB_FOLDER", "open_tb_log", "trim_events", "wait_past_newest_event_file"]
