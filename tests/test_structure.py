@@ -16,7 +16,14 @@ TOOLS = ROOT / "usb_cfsg_tools"
 #: The package root ``usb_cfsg`` (its ``__init__``: :func:`usb_cfsg.register`) sits above all of them:
 #: it wires the layers together (importing ``evaluation`` fills the engine's run hooks).
 LAYERS: Sequence[Sequence[str]] = (
-    ("usb_cfsg.errors", "usb_cfsg.progress", "usb_cfsg.registry", "usb_cfsg.algorithm_keys", "usb_cfsg.console"),
+    (
+        "usb_cfsg.errors",
+        "usb_cfsg.progress",
+        "usb_cfsg.registry",
+        "usb_cfsg.unknown_scores",
+        "usb_cfsg.algorithm_keys",
+        "usb_cfsg.console",
+    ),
     ("usb_cfsg.modules",),
     ("usb_cfsg.nets",),
     ("usb_cfsg.datasets",),
@@ -218,8 +225,10 @@ def test_the_runtime_package_imports_no_tool():
     graph = _graph((PACKAGE, TOOLS))
     for module in [m for m in graph if m.startswith("usb_cfsg.") or m == "usb_cfsg"]:
         assert not [n for n in graph[module] if n.startswith("usb_cfsg_tools")], module
-    # the algorithm keys are read without torch, semilearn or any other package module but errors
-    assert _reaches(graph, "usb_cfsg.algorithm_keys") <= {"usb_cfsg.errors"}
+    # the algorithm keys are read without torch, semilearn or any other package module but errors and the
+    # score declarations
+    assert _reaches(graph, "usb_cfsg.algorithm_keys") <= {"usb_cfsg.errors", "usb_cfsg.unknown_scores"}
+    assert _reaches(graph, "usb_cfsg.unknown_scores") <= {"usb_cfsg.errors"}
 
 
 def test_no_developer_tool_or_generated_copy_in_the_runtime_package():

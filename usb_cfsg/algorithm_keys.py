@@ -25,6 +25,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .unknown_scores import score_names
+
 #: the semilearn release whose algorithms' keys :data:`USB_ALGORITHMS` lists
 USB_VERSION = "0.3.2"
 
@@ -165,11 +167,10 @@ def _iomatch_check(args: Any) -> List[str]:
     return []
 
 
-#: cfsg_clip's unknown scores (``usb_cfsg.nets.cfsg.OOD_SCORES``; a test keeps the two equal)
-CFSG_OOD_SCORES = ("ova", "mcm", "glmcm", "energy", "fused")
-#: clip_zeroshot's unknown scores (``usb_cfsg.algorithms.clip_zeroshot``: mcm and glmcm from the net,
-#: msp and energy from its logits)
-ZS_SCORES = ("mcm", "glmcm", "msp", "energy")
+#: cfsg_clip's unknown scores (declared in :mod:`usb_cfsg.unknown_scores`)
+CFSG_OOD_SCORES = score_names("cfsg_clip")
+#: clip_zeroshot's unknown scores (mcm and glmcm from the net, msp and energy from its logits)
+ZS_SCORES = score_names("clip_zeroshot")
 #: kinds of dense patch features (``usb_cfsg.nets.backbone.DENSE_KINDS``; a test keeps the two equal)
 DENSE_KINDS = ("glmcm", "value")
 #: rules of the SFM's relevance (``usb_cfsg.modules.semantic_filter.RELEVANCE_RULES``; a test keeps the two equal)

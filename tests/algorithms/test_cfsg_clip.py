@@ -119,7 +119,7 @@ def test_cfsg_clip_40_iterations_and_prototype_round_trip(cub_root, tmp_path):
     # the open-set evaluation reports every CFSG score, headline = ood_score (default energy)
     metrics = json.loads((run / "openset_metrics.json").read_text())
     assert metrics["algorithm"] == "cfsg_clip" and metrics["primary_score"] == "energy"
-    assert list(metrics["scores"]) == ["ova", "mcm", "glmcm", "energy", "fused"]
+    assert list(metrics["scores"]) == ["ova", "mcm", "glmcm", "fused", "msp", "energy"]
     # eval.py reproduces it from the checkpoint alone and draws relevance maps of the eval images
     assert (
         eval_cli.cli(
@@ -343,7 +343,7 @@ def _outputs():
 def test_fused_score_without_calibration_is_the_plain_mean():
     cls = get_algorithm_class("cfsg_clip")
     scores, primary = cls.compute_unknown_scores(_outputs(), Namespace(ood_score="fused"))
-    assert primary == "fused" and list(scores) == ["ova", "mcm", "glmcm", "energy", "fused"]
+    assert primary == "fused" and list(scores) == ["ova", "mcm", "glmcm", "fused", "msp", "energy"]
     # energy = -logsumexp of the closed logits, by hand
     np.testing.assert_allclose(
         scores["energy"], [-(2 + np.log(1 + np.exp(-2))), -(1 + np.log(2)), -(5 + np.log(1 + np.exp(-8)))], rtol=1e-12

@@ -275,14 +275,14 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             calibration: ``{"ranges": {name: [lo, hi]}, "thresholds": {...}, "source": str}`` or None.
 
         Returns:
-            ``(scores, primary)``: name -> float64 array [N] for ``ova``, ``mcm``, ``glmcm``, ``energy``,
-            ``fused``.
+            ``(scores, primary)``: name -> float64 array [N] for every name of ``OOD_SCORES`` (``ova``,
+            ``mcm``, ``glmcm``, ``fused``, ``msp``, ``energy``).
 
         Raises:
             ValueError: A calibration without ranges for ``ova`` and ``glmcm``.
         """
         scores = {name: np.asarray(outputs[f"score_{name}"], dtype=np.float64) for name in NET_SCORES}
-        scores["energy"] = super().compute_unknown_scores(outputs, args)[0]["energy"]
+        scores.update(super().compute_unknown_scores(outputs, args)[0])  # msp, energy of the closed logits
         ranges = None
         if calibration is not None:
             given = calibration.get("ranges") or {}

@@ -39,6 +39,7 @@ from ..modules import glmcm_score, mcm_score
 from ..modules.scores import max_softmax_cosine
 from ..nets.backbone import DENSE_KINDS, DenseKind
 from ..nets.clip import NET_HEADS, ClipNet
+from ..unknown_scores import score_names
 from . import declared_problems, register_algorithm, ssl_arguments
 
 logger = logging.getLogger("usb_cfsg")
@@ -50,7 +51,7 @@ CLIP_LOGIT_SCALE = 100.0
 HEAD_LOGIT_SCALE = 30.0
 
 #: scores the net computes (as ``score_<name>``); msp and energy come from its logits
-NET_ZS_SCORES = ("mcm", "glmcm")
+NET_ZS_SCORES = score_names("clip_zeroshot", from_net=True)
 
 
 @NET_HEADS.register("clip_zeroshot")

@@ -26,6 +26,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from ..unknown_scores import rank_only_scores
 from .metrics import MetricInputError, otsu_threshold
 
 #: The values of ``threshold_rule``.
@@ -33,7 +34,7 @@ THRESHOLD_RULES: Tuple[str, ...] = ("labeled_tpr", "otsu")
 #: Scores whose values only rank images: MCM and GL-MCM at T = 1 lie in a narrow band just below
 #: 1 - 1/K (about [0.80, 0.83] for K = 6), so the probability-like ``ood_threshold`` would flag every
 #: image. Like scores outside [0, 1], the ``otsu`` rule gives them Otsu's threshold of their training values.
-RANK_ONLY_SCORES = frozenset({"mcm", "glmcm"})
+RANK_ONLY_SCORES = rank_only_scores()
 #: The summary warns when the K+1-way seen accuracy is below this share of the closed-set accuracy.
 SEEN_ACC_WARN_RATIO = 0.9
 

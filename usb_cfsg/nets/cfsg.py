@@ -48,6 +48,7 @@ from ..modules import (
     mcm_score,
     ova_unknown_score,
 )
+from ..unknown_scores import score_names
 from .backbone import DENSE_KINDS, ClipBackbone, DenseKind
 from .clip import NET_HEADS
 from .oracle import ORACLE_MODES, mark_patches, oracle_keep
@@ -57,10 +58,10 @@ from .zero_shot import ZeroShotMixin, build_prior, upgrade_legacy_prior_keys
 #: ``sfm_filter: soft``: the relevance N * r_i is floored here before its log (a bias of at most -9.2)
 SOFT_FILTER_FLOOR = 1e-4
 #: unknown scores the network outputs (as ``score_<name>``), higher = more unknown
-NET_SCORES = ("ova", "mcm", "glmcm")
-#: every unknown score of cfsg_clip: the net's, ``energy`` (from the closed logits, as for any USB
-#: algorithm) and ``fused`` (computed from ova and glmcm at evaluation)
-OOD_SCORES = NET_SCORES + ("energy", "fused")
+NET_SCORES = score_names("cfsg_clip", from_net=True)
+#: every unknown score of cfsg_clip: the net's, ``fused`` (computed from ova and glmcm at evaluation),
+#: and ``msp`` / ``energy`` of the closed logits (as for any USB algorithm); see :mod:`usb_cfsg.unknown_scores`
+OOD_SCORES = score_names("cfsg_clip")
 
 
 @NET_HEADS.register("cfsg")
