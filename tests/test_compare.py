@@ -43,6 +43,11 @@ def _base_config(path, cub_root):
     return str(path)
 
 
+def _grid_argv(base, save_dir) -> list:
+    """The 2 x 2 grid of the runner tests: fixmatch and openmatch, seeds 0 and 1."""
+    return ["--c", base, "--algorithms", "fixmatch", "openmatch", "--seeds", "0", "1", "--save_dir", str(save_dir)]
+
+
 def test_variant_parsing_and_cells():
     row = compare.parse_variant("cfsg_no_sfm:cfsg_clip,use_sfm=false, vsi_topk = 2")
     assert row == compare.Row("cfsg_no_sfm", "cfsg_clip", (("use_sfm", "false"), ("vsi_topk", "2")))
@@ -140,20 +145,7 @@ def test_bad_arguments_fail_before_anything_runs(tmp_path, cub_root):
 def test_two_algorithms_two_seeds_resume_and_failure(tmp_path, cub_root):
     base = _base_config(tmp_path / "base.yaml", cub_root)
     out = tmp_path / "cmp"
-    argv = [
-        "--c",
-        base,
-        "--algorithms",
-        "fixmatch",
-        "openmatch",
-        "--seeds",
-        "0",
-        "1",
-        "--save_dir",
-        str(out),
-        "--jobs",
-        "2",
-    ]
+    argv = _grid_argv(base, out) + ["--jobs", "2"]
     assert compare.main(argv) == 0
     runs = out / "runs"
     names = sorted(p.name for p in runs.iterdir())

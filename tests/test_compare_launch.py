@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_compare import _base_config
+from tests.test_compare import _base_config, _grid_argv
 from usb_cfsg_tools import compare
 from usb_cfsg_tools.compare_launch import read_status, run_state, status_path
 
@@ -20,18 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_print_sbatch_writes_the_slurm_options_of_every_job(tmp_path, cub_root, capsys):
     base = _base_config(tmp_path / "base.yaml", cub_root)
-    argv = [
-        "--c",
-        base,
-        "--algorithms",
-        "fixmatch",
-        "openmatch",
-        "--seeds",
-        "0",
-        "1",
-        "--save_dir",
-        str(tmp_path / "g"),
-    ]
+    argv = _grid_argv(base, tmp_path / "g")
     slurm = ["--launcher", "submitit", "--partition", "gpu", "--gpus_per_job", "2", "--cpus_per_job", "12"]
     slurm += ["--time_min", "120", "--array_parallelism", "3", "--sbatch", "account=proj", "qos=high"]
     slurm += ["--setup", "module load cuda/12.4"]

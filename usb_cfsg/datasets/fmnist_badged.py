@@ -42,6 +42,7 @@ testbeds. Layouts (item place and scale, mark choice, instance, place) are drawn
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -78,12 +79,18 @@ _SPLIT_CODE = {"train": 0, "test": 1}
 SOURCE_SIDE = 28
 
 
+@functools.lru_cache(maxsize=1)
 def _digits() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's bundled 8 x 8 digits (1,797 images, values 0..16) and their labels."""
+    """scikit-learn's bundled 8 x 8 digits (1,797 images, values 0..1) and their labels, read once per
+    process (every split and every dataset of a run reads them); the arrays are read-only."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    return np.asarray(d.images, dtype=np.float64) / 16.0, np.asarray(d.target, dtype=np.int64)
+    images = np.asarray(d.images, dtype=np.float64) / 16.0
+    labels = np.asarray(d.target, dtype=np.int64)
+    images.setflags(write=False)
+    labels.setflags(write=False)
+    return images, labels
 
 
 def _resize(img: np.ndarray, side: int) -> np.ndarray:
