@@ -42,3 +42,26 @@ def test_registry_duplicate_and_unknown():
         reg.register("alpha")(float)
     with pytest.raises(RegistryError, match=r"unknown widget 'alpah', did you mean 'alpha'"):
         reg.get("alpah")
+
+
+def test_every_declared_algorithm_is_a_registered_module_of_its_name():
+    """An algorithm of this package is its module and its keys' entry: the package imports
+    ``usb_cfsg/algorithms/<name>.py`` for every declared name, and each module registers that name."""
+    from usb_cfsg import algorithm_keys
+
+    for name in algorithm_keys.ALGORITHMS:
+        assert get_algorithm_class(name).__module__ == f"usb_cfsg.algorithms.{name}"
+
+
+def test_keys_without_a_module_name_the_missing_file(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import usb_cfsg.algorithm_keys as k; k.ALGORITHMS['toy_missing'] = k.ALGORITHMS['openmatch']; "
+        "import usb_cfsg.algorithms"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 1
+    assert "algorithm 'toy_missing' has keys in usb_cfsg/algorithm_keys.py but no module" in run.stderr
+    assert "usb_cfsg/algorithms/toy_missing.py" in run.stderr

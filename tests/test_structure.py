@@ -7,6 +7,8 @@ from typing import Dict, List, Optional, Sequence, Set
 
 import pytest
 
+from usb_cfsg import algorithm_keys
+
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "usb_cfsg"
 TOOLS = ROOT / "usb_cfsg_tools"
@@ -41,8 +43,14 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+#: Declaration tables a module-level ``NAME = tuple(<table>)`` can take its strings from: the names of
+#: the algorithms whose keys are declared (``usb_cfsg.algorithms._MODULES = tuple(ALGORITHMS)``).
+DECLARED_TABLES: Dict[str, List[str]] = {"ALGORITHMS": list(algorithm_keys.ALGORITHMS)}
+
+
 def _string_tuples(tree: ast.Module) -> Dict[str, List[str]]:
-    """Module-level names bound to a tuple or list of string literals (``_MODULES = ("a", "b")``)."""
+    """Module-level names bound to a tuple or list of string literals (``_MODULES = ("a", "b")``), or to
+    ``tuple(T)`` of a table of :data:`DECLARED_TABLES`."""
     out: Dict[str, List[str]] = {}
     for node in tree.body:
         targets: List[ast.expr] = []
@@ -51,6 +59,18 @@ def _string_tuples(tree: ast.Module) -> Dict[str, List[str]]:
         elif isinstance(node, ast.AnnAssign) and node.value is not None:
             targets, value = [node.target], node.value
         else:
+            continue
+        if (
+            isinstance(value, ast.Call)
+            and isinstance(value.func, ast.Name)
+            and value.func.id == "tuple"
+            and len(value.args) == 1
+            and isinstance(value.args[0], ast.Name)
+            and value.args[0].id in DECLARED_TABLES
+        ):
+            for t in targets:
+                if isinstance(t, ast.Name):
+                    out[t.id] = DECLARED_TABLES[value.args[0].id]
             continue
         if isinstance(value, (ast.Tuple, ast.List)) and all(
             isinstance(e, ast.Constant) and isinstance(e.value, str) for e in value.elts

@@ -1,7 +1,8 @@
 """Our algorithms, registered with semilearn's ``ALGORITHMS`` registry, and a strict lookup.
 
-``import usb_cfsg`` imports this package, which registers every algorithm module listed in
-``_MODULES``. A name that semilearn (or anyone) already registered is an error, not a silent
+``import usb_cfsg`` imports this package, which imports ``usb_cfsg/algorithms/<name>.py`` for every
+algorithm whose keys :data:`usb_cfsg.algorithm_keys.ALGORITHMS` declares; each module registers its
+class. So an algorithm of this package is two files: its module and its keys' entry. A name that semilearn (or anyone) already registered is an error, not a silent
 overwrite as in semilearn's own registry. The lookup itself (:func:`register_algorithm`,
 :func:`get_algorithm_class`, :func:`algorithm_names`) lives in :mod:`usb_cfsg.registry`, below the
 engine, which looks algorithms up without importing this package.
@@ -15,7 +16,8 @@ from typing import Any, List
 from ..algorithm_keys import ALGORITHMS, problems
 from ..registry import algorithm_names, get_algorithm_class, register_algorithm
 
-_MODULES: tuple[str, ...] = ("cfsg_clip", "openmatch", "iomatch", "clip_zeroshot")
+#: Our algorithm modules, one per declared algorithm and named after it.
+_MODULES: tuple[str, ...] = tuple(ALGORITHMS)
 
 
 def ssl_arguments(name: str) -> List[Any]:
@@ -51,4 +53,13 @@ __all__ = [
 ]
 
 for _module in _MODULES:
-    importlib.import_module(f"{__name__}.{_module}")
+    try:
+        importlib.import_module(f"{__name__}.{_module}")
+    except ModuleNotFoundError as exc:
+        if exc.name != f"{__name__}.{_module}":
+            raise
+        raise ImportError(
+            f"algorithm {_module!r} has keys in usb_cfsg/algorithm_keys.py but no module "
+            f"usb_cfsg/algorithms/{_module}.py: add the module (registering the class with "
+            f"@register_algorithm({_module!r})) or remove the keys' entry"
+        ) from None
