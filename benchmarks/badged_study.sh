@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The fine-grained testbed study (docs/results/badged.md): regime, controls and readings on fmnist_badged.
 #   bash benchmarks/badged_study.sh [SEEDS...]        (default: seed 0, the screen; "0 1 2" for the 3-seed table)
-# Needs the badged demo CLIP: python -m usb_cfsg_tools.demo_clip --recipe badged --steps 600 --p-fine 0.4 \
-#   --out ./saved_models/demo_clip_badged
+# Needs the badged demo CLIP (the recipe's defaults: 1,200 steps, p_fine 0.5, 32 px marks):
+#   python -m usb_cfsg_tools.demo_clip --recipe badged --out ./saved_models/demo_clip_badged
 # Every run is a compare row (same data, split, backbone, prior where named, budget); JOBS runs at a time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,4 +30,5 @@ export OMP_WAIT_POLICY=PASSIVE
     "cfsg_soft:cfsg_clip,sfm_filter=soft" \
     "cfsg_own_cues:cfsg_clip,vsi_cues=own" \
     "cfsg_labeled_cues:cfsg_clip,vsi_cues=labeled" \
-    "fullysupervised_all:fullysupervised,num_labels=7200"
+    "fullysupervised_all:fullysupervised,num_labels=7200" \
+    "fullysupervised_all_3000:fullysupervised,num_labels=7200,num_train_iter=3000,num_eval_iter=750"

@@ -228,7 +228,7 @@ class BaseConfig:
     scene_seed: int = _help(
         "fmnist_cluttered / fmnist_badged: seed of the images' layout (item place and scale, fragments or mark).", 0
     )
-    badge_size: int = _help("fmnist_badged: side of the mark (an 8x8 digit, resized) in pixels.", 16)
+    badge_size: int = _help("fmnist_badged: side of the mark (an 8x8 digit, resized) in pixels.", 32)
     badge_items: Optional[List[Any]] = _help_list(
         "fmnist_badged: items with seen and near-OOD classes (names or indices; default T-shirt/top, Pullover, Coat, "
         "Bag); the other items are far-OOD."
