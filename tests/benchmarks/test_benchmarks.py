@@ -11,6 +11,7 @@ import pytest
 BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks")
 sys.path.insert(0, BENCH)
 
+import badged_table  # noqa: E402
 import bench_feed  # noqa: E402
 import bench_loader  # noqa: E402
 import bench_predict  # noqa: E402
@@ -139,3 +140,31 @@ def test_loader_benchmark_reports_cpu_ms_per_image_for_every_path(tmp_path):
 def test_feed_benchmark_names_an_unknown_path():
     with pytest.raises(SystemExit, match="unknown \\['gpu'\\]"):
         bench_feed.run(bench_feed.parse(["--augment", "none,gpu"]))
+
+
+def _badged_metrics(closed: float, near: float, kept: float) -> dict:
+    group = {"near": {"auroc": near}, "far": {"auroc": 0.9}}
+    return {
+        "closed_acc": closed,
+        "seen_acc": 0.7,
+        "h_score": 0.6,
+        "scores": {"energy": {"difficulty": group}, "msp": {"difficulty": {"near": {"auroc": near + 0.1}}}},
+        "localization": {"kept_in_box": kept, "seen": {"pointing_acc": 0.5}},
+    }
+
+
+def test_badged_table_averages_the_seeds_and_reads_the_erased_evaluation(tmp_path):
+    for seed, closed in ((0, 0.80), (1, 0.84)):
+        run = tmp_path / "runs" / f"cfsg_oracle_seed{seed}"
+        (run / "erased").mkdir(parents=True)
+        (run / "openset_metrics.json").write_text(json.dumps(_badged_metrics(closed, 0.6, 0.8)))
+        (run / "erased" / "openset_metrics.json").write_text(json.dumps(_badged_metrics(0.5, 0.5, 0.1)))
+    (tmp_path / "runs" / "fixmatch_seed0").mkdir()  # not finished: no metrics
+    text = badged_table.table(badged_table.read_runs(str(tmp_path)), ["cfsg_oracle", "fixmatch"])
+    oracle = next(line for line in text.splitlines() if line.startswith("| cfsg_oracle"))
+    cells = [c.strip() for c in oracle.strip("|").split("|")]
+    assert cells[:3] == ["cfsg_oracle", "2", "82.00±2.83"]  # mean and sample std of 80 and 84
+    assert cells[5] == "60.00±0.00" and cells[7] == "70.00±0.00 (msp)" and cells[8] == "80.00±0.00"
+    assert "| fixmatch | 0 | not run |" in text
+    erased = badged_table.table(badged_table.read_runs(str(tmp_path), "erased"))
+    assert "| cfsg_oracle | 2 | 50.00±0.00 |" in erased

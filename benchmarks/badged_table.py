@@ -1,0 +1,104 @@
+"""The badged study's table: per row, mean ± sample std over the seeds found, from each run's
+``openset_metrics.json`` (docs/results/badged.md).
+
+    python benchmarks/badged_table.py saved_models/badged_study [--sub erased] [--rows cfsg_clip fixmatch ...]
+
+Columns, in %: closed accuracy; the K+1-way seen accuracy and H-score of the row's headline score;
+AUROC of the energy score (every algorithm reports it) against the near-OOD group (same items, the third
+mark) and the far-OOD group (other items); the best near-OOD AUROC over the row's scores (with its name);
+and, where the net has a relevance map (cfsg_clip), the share of the SFM's kept patches on the mark's
+box and the pointing accuracy on seen test images. ``--sub erased`` reads ``<run>/erased/`` instead:
+the evaluation of the same checkpoint on test images without their mark (``eval.py --badge_erase true
+--out_dir <run>/erased``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import re
+import statistics
+from typing import Dict, List, Optional, Sequence
+
+_RUN = re.compile(r"^(?P<row>.+)_seed(?P<seed>\d+)$")
+
+
+def _fmt(values: Sequence[float]) -> str:
+    values = [v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "-"
+    mean = 100 * statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.2f}"
+    return f"{mean:.2f}±{100 * statistics.stdev(values):.2f}"
+
+
+def _near_best(m: dict) -> tuple[float, str]:
+    pairs = [(s["difficulty"]["near"]["auroc"], name) for name, s in m["scores"].items() if "difficulty" in s]
+    return max(pairs) if pairs else (float("nan"), "-")
+
+
+def read_runs(folder: str, sub: str = "") -> Dict[str, List[dict]]:
+    """Row name -> the metrics of its seeds' runs (those with an ``openset_metrics.json``)."""
+    out: Dict[str, List[dict]] = {}
+    for run in sorted(glob.glob(os.path.join(folder, "runs", "*"))):
+        match = _RUN.match(os.path.basename(run))
+        path = os.path.join(run, sub, "openset_metrics.json")
+        if match and os.path.isfile(path):
+            with open(path, encoding="utf-8") as fh:
+                out.setdefault(match["row"], []).append(json.load(fh))
+    return out
+
+
+def table(runs: Dict[str, List[dict]], rows: Optional[Sequence[str]] = None) -> str:
+    """The markdown table of ``rows`` (all found, in name order, when None)."""
+    lines = [
+        "| row | seeds | closed acc | seen acc (K+1) | H-score | near AUROC (energy) | far AUROC (energy) "
+        "| best near AUROC (score) | kept on mark | pointing (seen) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for row in rows or sorted(runs):
+        ms = runs.get(row, [])
+        if not ms:
+            lines.append(f"| {row} | 0 | not run | | | | | | | |")
+            continue
+        energy = [m["scores"]["energy"]["difficulty"] for m in ms]
+        best = [_near_best(m) for m in ms]
+        names = sorted({name for _, name in best})
+        loc = [m.get("localization") or {} for m in ms]
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    row,
+                    str(len(ms)),
+                    _fmt([m["closed_acc"] for m in ms]),
+                    _fmt([m["seen_acc"] for m in ms]),
+                    _fmt([m["h_score"] for m in ms]),
+                    _fmt([e["near"]["auroc"] for e in energy]),
+                    _fmt([e["far"]["auroc"] for e in energy]),
+                    f"{_fmt([b for b, _ in best])} ({', '.join(names)})",
+                    _fmt([x.get("kept_in_box") for x in loc if "kept_in_box" in x]),
+                    _fmt([x.get("seen", {}).get("pointing_acc") for x in loc if "seen" in x]),
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", help="the comparison's --save_dir")
+    parser.add_argument("--sub", default="", help="read <run>/<sub>/openset_metrics.json (e.g. erased)")
+    parser.add_argument("--rows", nargs="*", default=None, help="rows in this order (default: all found)")
+    args = parser.parse_args(argv)
+    print(table(read_runs(args.folder, args.sub), args.rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
