@@ -11,6 +11,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from ..progress import progress
+from .base import SourceData
 from .images import load_rgb
 
 logger = logging.getLogger(__name__)
@@ -249,3 +250,48 @@ def locate(
             raise DatasetError(f"{exc}\n(download: true cannot help: {name} has no public download.)") from None
     fetch(Path(root).expanduser())
     return resolve_root(name, root, markers, subdirs, layout, hint)
+
+
+def checked_source(
+    name: str,
+    base: Path,
+    class_names: list[str],
+    train: tuple[list[str], list[int]],
+    test: tuple[list[str], list[int]],
+    skip_bad_images: bool,
+    prompt_templates: Sequence[str],
+) -> SourceData:
+    """The end every image-file reader shares: both splits' images checked (:func:`check_images`), the
+    counts logged, the :class:`SourceData` built.
+
+    Args:
+        name: Registry name of the dataset.
+        base: The dataset folder found (for the log line).
+        class_names: The display names, in class order (after :func:`apply_class_names`).
+        train: Image paths and class indices of the training split.
+        test: The same for the test split.
+        skip_bad_images: Skip missing and unreadable images instead of failing.
+        prompt_templates: The dataset's prompt templates.
+
+    Raises:
+        DatasetError: When an image is missing and ``skip_bad_images`` is false.
+    """
+    train_items, train_targets = check_images(name, "train", *train, skip_bad_images)
+    test_items, test_targets = check_images(name, "test", *test, skip_bad_images)
+    logger.info(
+        "%s: %d classes, %d train / %d test images from %s",
+        name,
+        len(class_names),
+        len(train_items),
+        len(test_items),
+        base,
+    )
+    return SourceData(
+        name=name,
+        class_names=list(class_names),
+        train_items=train_items,
+        train_targets=train_targets,
+        test_items=test_items,
+        test_targets=test_targets,
+        prompt_templates=tuple(prompt_templates),
+    )

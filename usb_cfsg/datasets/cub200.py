@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import DatasetError
 from .base import SourceData, register_dataset
-from .common import apply_class_names, check_images, layout_error, locate, parse_error, read_text_lines
+from .common import apply_class_names, checked_source, layout_error, locate, parse_error, read_text_lines
 from .download import Remote, fetch_all
-
-logger = logging.getLogger(__name__)
 
 NAME = "cub200"
 FOLDER = "CUB_200_2011"
@@ -123,19 +120,12 @@ def read_cub200(
     if not split_items["train"]:
         raise layout_error(NAME, base / "train_test_split.txt", LAYOUT, "(no image is marked 1 = train)")
 
-    train_items, train_targets = check_images(
-        NAME, "train", split_items["train"], split_targets["train"], skip_bad_images
-    )
-    test_items, test_targets = check_images(NAME, "test", split_items["test"], split_targets["test"], skip_bad_images)
-    logger.info(
-        "%s: %d classes, %d train / %d test images from %s", NAME, len(names), len(train_items), len(test_items), base
-    )
-    return SourceData(
-        name=NAME,
-        class_names=apply_class_names(NAME, names, class_names),
-        train_items=train_items,
-        train_targets=train_targets,
-        test_items=test_items,
-        test_targets=test_targets,
-        prompt_templates=PROMPT_TEMPLATES,
+    return checked_source(
+        NAME,
+        base,
+        apply_class_names(NAME, names, class_names),
+        (split_items["train"], split_targets["train"]),
+        (split_items["test"], split_targets["test"]),
+        skip_bad_images,
+        PROMPT_TEMPLATES,
     )

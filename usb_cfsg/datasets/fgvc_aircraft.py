@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
 from ..errors import DatasetError, did_you_mean
 from .base import SourceData, register_dataset
-from .common import apply_class_names, check_images, locate, parse_error, read_text_lines
+from .common import apply_class_names, checked_source, locate, parse_error, read_text_lines
 from .download import Remote, fetch_all
-
-logger = logging.getLogger(__name__)
 
 NAME = "fgvc_aircraft"
 FOLDER = "fgvc-aircraft-2013b"
@@ -94,17 +91,6 @@ def read_fgvc_aircraft(
     index = {n: i for i, n in enumerate(names)}
     train = _read_list(base / "images_variant_trainval.txt", index, base / "images")
     test = _read_list(base / "images_variant_test.txt", index, base / "images")
-    train_items, train_targets = check_images(NAME, "train", *train, skip_bad_images)
-    test_items, test_targets = check_images(NAME, "test", *test, skip_bad_images)
-    logger.info(
-        "%s: %d classes, %d train / %d test images from %s", NAME, len(names), len(train_items), len(test_items), base
-    )
-    return SourceData(
-        name=NAME,
-        class_names=apply_class_names(NAME, names, class_names),
-        train_items=train_items,
-        train_targets=train_targets,
-        test_items=test_items,
-        test_targets=test_targets,
-        prompt_templates=PROMPT_TEMPLATES,
+    return checked_source(
+        NAME, base, apply_class_names(NAME, names, class_names), train, test, skip_bad_images, PROMPT_TEMPLATES
     )

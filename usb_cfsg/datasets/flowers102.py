@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -10,10 +9,8 @@ import numpy as np
 
 from ..errors import DatasetError
 from .base import SourceData, register_dataset
-from .common import apply_class_names, check_images, load_mat, locate, mat_field
+from .common import apply_class_names, checked_source, load_mat, locate, mat_field
 from .download import Remote, fetch_all
-
-logger = logging.getLogger(__name__)
 
 NAME = "flowers102"
 FOLDER = "flowers-102"
@@ -201,17 +198,12 @@ def read_flowers102(
     trn = _split(set_ids, "trnid", setid_path, labels, image_dir)
     val = _split(set_ids, "valid", setid_path, labels, image_dir)
     tst = _split(set_ids, "tstid", setid_path, labels, image_dir)
-    train_items, train_targets = check_images(NAME, "train", trn[0] + val[0], trn[1] + val[1], skip_bad_images)
-    test_items, test_targets = check_images(NAME, "test", *tst, skip_bad_images)
-    logger.info(
-        "%s: %d classes, %d train / %d test images from %s", NAME, num_classes, len(train_items), len(test_items), base
-    )
-    return SourceData(
-        name=NAME,
-        class_names=apply_class_names(NAME, FLOWER_NAMES[:num_classes], class_names),
-        train_items=train_items,
-        train_targets=train_targets,
-        test_items=test_items,
-        test_targets=test_targets,
-        prompt_templates=PROMPT_TEMPLATES,
+    return checked_source(
+        NAME,
+        base,
+        apply_class_names(NAME, FLOWER_NAMES[:num_classes], class_names),
+        (trn[0] + val[0], trn[1] + val[1]),
+        tst,
+        skip_bad_images,
+        PROMPT_TEMPLATES,
     )

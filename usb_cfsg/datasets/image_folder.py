@@ -10,7 +10,7 @@ from PIL import Image
 
 from ..errors import DatasetError, did_you_mean
 from .base import SourceData, register_dataset
-from .common import check_images, locate
+from .common import checked_source, locate
 
 logger = logging.getLogger(__name__)
 
@@ -126,17 +126,12 @@ def read_image_folder(
         if not items:
             raise DatasetError(f"{NAME}: no images found under {base / split}\nExpected layout:\n{LAYOUT}")
         data[split] = items, targets
-    train_items, train_targets = check_images(NAME, "train", *data["train"], skip_bad_images)
-    test_items, test_targets = check_images(NAME, "test", *data["test"], skip_bad_images)
-    logger.info(
-        "%s: %d classes, %d train / %d test images from %s", NAME, len(classes), len(train_items), len(test_items), base
-    )
-    return SourceData(
-        name=NAME,
-        class_names=[c.replace("_", " ") for c in classes],
-        train_items=train_items,
-        train_targets=train_targets,
-        test_items=test_items,
-        test_targets=test_targets,
-        prompt_templates=PROMPT_TEMPLATES,
+    return checked_source(
+        NAME,
+        base,
+        [c.replace("_", " ") for c in classes],
+        data["train"],
+        data["test"],
+        skip_bad_images,
+        PROMPT_TEMPLATES,
     )

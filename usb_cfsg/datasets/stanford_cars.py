@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -10,9 +9,7 @@ import numpy as np
 
 from ..errors import DatasetError
 from .base import SourceData, register_dataset
-from .common import apply_class_names, check_images, layout_error, load_mat, locate, mat_field
-
-logger = logging.getLogger(__name__)
+from .common import apply_class_names, checked_source, layout_error, load_mat, locate, mat_field
 
 NAME = "stanford_cars"
 FOLDER = "stanford_cars"
@@ -102,17 +99,6 @@ def read_stanford_cars(
         raise layout_error(NAME, base / TEST_ANNOS[0], LAYOUT, HINT)
     train = _read_annotations(base / "devkit" / "cars_train_annos.mat", _image_folder(base, "train"), len(names))
     test = _read_annotations(test_annos, _image_folder(base, "test"), len(names))
-    train_items, train_targets = check_images(NAME, "train", *train, skip_bad_images)
-    test_items, test_targets = check_images(NAME, "test", *test, skip_bad_images)
-    logger.info(
-        "%s: %d classes, %d train / %d test images from %s", NAME, len(names), len(train_items), len(test_items), base
-    )
-    return SourceData(
-        name=NAME,
-        class_names=apply_class_names(NAME, names, class_names),
-        train_items=train_items,
-        train_targets=train_targets,
-        test_items=test_items,
-        test_targets=test_targets,
-        prompt_templates=PROMPT_TEMPLATES,
+    return checked_source(
+        NAME, base, apply_class_names(NAME, names, class_names), train, test, skip_bad_images, PROMPT_TEMPLATES
     )

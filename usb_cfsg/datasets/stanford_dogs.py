@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -10,10 +9,8 @@ import numpy as np
 
 from ..errors import DatasetError
 from .base import SourceData, register_dataset
-from .common import apply_class_names, check_images, layout_error, load_mat, locate, mat_field
+from .common import apply_class_names, checked_source, layout_error, load_mat, locate, mat_field
 from .download import Remote, fetch_all
-
-logger = logging.getLogger(__name__)
 
 NAME = "stanford_dogs"
 FOLDER = "stanford_dogs"
@@ -101,24 +98,16 @@ def read_stanford_dogs(
     if not folder_of or min(folder_of) < 1 or absent:
         raise DatasetError(f"{NAME}: labels in the lists must cover 1..{num_classes} (absent: {absent[:10]})")
     names = [breed_name(folder_of[i]) for i in range(1, num_classes + 1)]
-    checked = {}
-    for split, (files, labels) in lists.items():
-        items = [str(base / "Images" / rel) for rel in files]
-        checked[split] = check_images(NAME, split, items, [lab - 1 for lab in labels], skip_bad_images)
-    logger.info(
-        "%s: %d classes, %d train / %d test images from %s",
+    parts = {
+        part: ([str(base / "Images" / rel) for rel in files], [lab - 1 for lab in labels])
+        for part, (files, labels) in lists.items()
+    }
+    return checked_source(
         NAME,
-        num_classes,
-        len(checked["train"][0]),
-        len(checked["test"][0]),
         base,
-    )
-    return SourceData(
-        name=NAME,
-        class_names=apply_class_names(NAME, names, class_names),
-        train_items=checked["train"][0],
-        train_targets=checked["train"][1],
-        test_items=checked["test"][0],
-        test_targets=checked["test"][1],
-        prompt_templates=PROMPT_TEMPLATES,
+        apply_class_names(NAME, names, class_names),
+        parts["train"],
+        parts["test"],
+        skip_bad_images,
+        PROMPT_TEMPLATES,
     )
