@@ -63,7 +63,7 @@ def table(runs: Dict[str, List[dict]], rows: Optional[Sequence[str]] = None) -> 
     for row in rows or sorted(runs):
         ms = runs.get(row, [])
         if not ms:
-            lines.append(f"| {row} | 0 | not run | | | | | | | |")
+            lines.append(f"| {row} | 0 | no metrics | | | | | | | |")
             continue
         energy = [m["scores"]["energy"]["difficulty"] for m in ms]
         best = [_near_best(m) for m in ms]

@@ -165,6 +165,6 @@ def test_badged_table_averages_the_seeds_and_reads_the_erased_evaluation(tmp_pat
     cells = [c.strip() for c in oracle.strip("|").split("|")]
     assert cells[:3] == ["cfsg_oracle", "2", "82.00±2.83"]  # mean and sample std of 80 and 84
     assert cells[5] == "60.00±0.00" and cells[7] == "70.00±0.00 (msp)" and cells[8] == "80.00±0.00"
-    assert "| fixmatch | 0 | not run |" in text
+    assert "| fixmatch | 0 | no metrics |" in text
     erased = badged_table.table(badged_table.read_runs(str(tmp_path), "erased"))
     assert "| cfsg_oracle | 2 | 50.00±0.00 |" in erased
