@@ -9,7 +9,7 @@ mark) and the far-OOD group (other items); the best near-OOD AUROC over the row'
 and, where the net has a relevance map (cfsg_clip), the share of the SFM's kept patches on the mark's
 box and the pointing accuracy on seen test images. ``--sub erased`` reads ``<run>/erased/`` instead:
 the evaluation of the same checkpoint on test images without their mark (``eval.py --badge_erase true
---out_dir <run>/erased``).
+--out_dir <run>/erased``). Cells are the comparison runner's (``usb_cfsg_tools.compare.format_cell``).
 """
 
 from __future__ import annotations
@@ -17,23 +17,13 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import os
 import re
-import statistics
 from typing import Dict, List, Optional, Sequence
 
+from usb_cfsg_tools.compare import format_cell
+
 _RUN = re.compile(r"^(?P<row>.+)_seed(?P<seed>\d+)$")
-
-
-def _fmt(values: Sequence[float]) -> str:
-    values = [v for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "-"
-    mean = 100 * statistics.fmean(values)
-    if len(values) == 1:
-        return f"{mean:.2f}"
-    return f"{mean:.2f}±{100 * statistics.stdev(values):.2f}"
 
 
 def _near_best(m: dict) -> tuple[float, str]:
@@ -65,6 +55,7 @@ def table(runs: Dict[str, List[dict]], rows: Optional[Sequence[str]] = None) -> 
         if not ms:
             lines.append(f"| {row} | 0 | no metrics | | | | | | | |")
             continue
+        n = len(ms)
         energy = [m["scores"]["energy"]["difficulty"] for m in ms]
         best = [_near_best(m) for m in ms]
         names = sorted({name for _, name in best})
@@ -74,15 +65,15 @@ def table(runs: Dict[str, List[dict]], rows: Optional[Sequence[str]] = None) -> 
             + " | ".join(
                 [
                     row,
-                    str(len(ms)),
-                    _fmt([m["closed_acc"] for m in ms]),
-                    _fmt([m["seen_acc"] for m in ms]),
-                    _fmt([m["h_score"] for m in ms]),
-                    _fmt([e["near"]["auroc"] for e in energy]),
-                    _fmt([e["far"]["auroc"] for e in energy]),
-                    f"{_fmt([b for b, _ in best])} ({', '.join(names)})",
-                    _fmt([x.get("kept_in_box") for x in loc if "kept_in_box" in x]),
-                    _fmt([x.get("seen", {}).get("pointing_acc") for x in loc if "seen" in x]),
+                    str(n),
+                    format_cell([m["closed_acc"] for m in ms], n),
+                    format_cell([m["seen_acc"] for m in ms], n),
+                    format_cell([m["h_score"] for m in ms], n),
+                    format_cell([e["near"]["auroc"] for e in energy], n),
+                    format_cell([e["far"]["auroc"] for e in energy], n),
+                    f"{format_cell([b for b, _ in best], n)} ({', '.join(names)})",
+                    format_cell([x.get("kept_in_box") for x in loc], n),
+                    format_cell([x.get("seen", {}).get("pointing_acc") for x in loc], n),
                 ]
             )
             + " |"

@@ -149,3 +149,16 @@ def test_the_split_carries_near_far_groups_and_mark_boxes(tmp_path: Path) -> Non
     assert info.unseen_difficulty["Trouser"] == "far"
     assert info.test_boxes is not None and info.test_boxes.shape == (len(y), 4)
     assert datasets["train_lb"].boxes is not None and len(datasets["train_lb"].boxes) == 8
+
+
+def test_config_defaults_are_the_readers():
+    """config.py states the dataset keys' defaults without importing the readers (``--help`` stays light);
+    they must be the readers' own."""
+    import dataclasses
+
+    from usb_cfsg.config import BaseConfig
+    from usb_cfsg.datasets import fmnist_badged
+
+    defaults = {f.name: f.default for f in dataclasses.fields(BaseConfig)}
+    assert defaults["badge_size"] == fmnist_badged.DEFAULT_BADGE
+    assert defaults["scene_size"] == fmnist_badged.DEFAULT_SIZE

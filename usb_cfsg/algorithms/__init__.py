@@ -2,10 +2,11 @@
 
 ``import usb_cfsg`` imports this package, which imports ``usb_cfsg/algorithms/<name>.py`` for every
 algorithm whose keys :data:`usb_cfsg.algorithm_keys.ALGORITHMS` declares; each module registers its
-class. So an algorithm of this package is two files: its module and its keys' entry. A name that semilearn (or anyone) already registered is an error, not a silent
-overwrite as in semilearn's own registry. The lookup itself (:func:`register_algorithm`,
-:func:`get_algorithm_class`, :func:`algorithm_names`) lives in :mod:`usb_cfsg.registry`, below the
-engine, which looks algorithms up without importing this package.
+class. So an algorithm of this package is two files: its module and its keys' entry. A name that
+semilearn (or anyone) already registered is an error, not a silent overwrite as in semilearn's own
+registry. The lookup itself (:func:`register_algorithm`, :func:`get_algorithm_class`,
+:func:`algorithm_names`) lives in :mod:`usb_cfsg.registry`, below the engine, which looks algorithms up
+without importing this package.
 """
 
 from __future__ import annotations
