@@ -175,6 +175,10 @@ ZS_SCORES = score_names("clip_zeroshot")
 DENSE_KINDS = ("glmcm", "value")
 #: rules of the SFM's relevance (``usb_cfsg.modules.semantic_filter.RELEVANCE_RULES``; a test keeps the two equal)
 RELEVANCE_RULES = ("patches", "classes", "contrastive")
+#: ``vsi_inject`` values: the VSI cues enter the fine branch's first tuned block, or every one (deep prompts)
+VSI_INJECT = ("input", "deep")
+#: ``fine_blocks`` values: the fine branch's tuned blocks are the coarse branch's, a trainable copy, or a frozen one
+FINE_BLOCKS = ("shared", "separate", "frozen")
 #: ``sfm_oracle`` values (``usb_cfsg.nets.oracle.ORACLE_MODES``; a test keeps the two equal)
 ORACLE_MODES = ("none", "mark", "random", "anti")
 _OVA_LOG_EPS_HELP = "eps of log(softmax + eps) in the OVA losses, as the authors' code; 0 = exact log_softmax"
@@ -266,6 +270,23 @@ ALGORITHMS: Dict[str, AlgorithmKeys] = {
                 "visual part of the VSI cues: class prototypes (EMA of labeled and selected unlabeled local "
                 "features), labeled (prototypes of labeled samples only) or own (the image's own local feature)",
                 choices=("prototypes", "labeled", "own"),
+            ),
+            Key(
+                "vsi_inject",
+                "str",
+                "input",
+                "where the VSI cues enter the fine branch: input (its first tuned block) or deep (every tuned "
+                "block gets its own projection of the cues, as VPT-deep / MaPLe prompts)",
+                choices=VSI_INJECT,
+            ),
+            Key(
+                "fine_blocks",
+                "str",
+                "shared",
+                "the fine branch's tuned blocks: shared with the coarse branch, separate (a trainable copy of "
+                "the pretrained ones; with layer_decay < 1 it trains at the head's lr) or frozen (a frozen "
+                "copy: cues and heads learn, as prompts into a frozen encoder)",
+                choices=FINE_BLOCKS,
             ),
             Key("proto_momentum", "float", 0.99, "EMA momentum of the class prototypes", range="[0, 1]"),
             Key(

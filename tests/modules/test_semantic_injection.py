@@ -96,3 +96,21 @@ def test_shape_errors():
         vsi(logits[:, :4], protos, text)
     with pytest.raises(ValueError):
         VisualSemanticInjection(D, W, topk=0)
+
+
+def test_deep_cues_project_the_same_pairs_once_per_later_block():
+    torch.manual_seed(0)
+    vsi = VisualSemanticInjection(joint_dim=4, width=6, topk=2, depth=3)
+    logits, protos, text = torch.randn(3, 5), torch.randn(5, 4), torch.randn(5, 4)
+    pairs, idx = vsi.cue_pairs(logits, protos, text)
+    assert pairs.shape == (3, 2, 8) and torch.equal(idx, logits.topk(2, dim=1).indices)
+    cues, _ = vsi(logits, protos, text)
+    torch.testing.assert_close(cues, vsi.proj(pairs) + vsi.type_embedding)
+    deep = vsi.deep_cues(pairs)
+    assert len(deep) == 2
+    for proj, layer in zip(vsi.deep, deep):
+        torch.testing.assert_close(layer, proj(pairs) + vsi.type_embedding)
+    assert not torch.allclose(deep[0], deep[1])  # each block has its own projection
+    assert VisualSemanticInjection(4, 6).deep_cues(pairs) == ()
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        VisualSemanticInjection(4, 6, depth=0)

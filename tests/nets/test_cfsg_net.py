@@ -484,3 +484,92 @@ def test_sfm_filter_soft_shows_every_patch_and_trains_the_relevance():
     assert not torch.allclose(soft_grad, hard.backbone.tuned_blocks[-1].attn.in_proj_weight.grad)
     with pytest.raises(ConfigError, match="sfm_filter"):
         make(sfm_filter="soft", use_sfm=False)
+
+
+def _grads(net, prefix):
+    return [p.grad for n, p in net.named_parameters() if n.startswith(prefix) and p.requires_grad]
+
+
+@pytest.mark.parametrize("fine_blocks", ["separate", "frozen"])
+def test_fine_blocks_copy_the_pretrained_blocks_and_give_the_same_outputs_at_construction(fine_blocks):
+    shared, copied = make().eval(), make(fine_blocks=fine_blocks).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        a, b = shared(x), copied(x)
+    for key in ("logits", "logits_fine", "logits_ova", "logits_coarse"):
+        torch.testing.assert_close(a[key], b[key])
+    for block, copy_ in zip(copied.backbone.tuned_blocks, copied.fine_backbone.tuned_blocks):
+        assert block is not copy_ and torch.equal(block.mlp.c_fc.weight, copy_.mlp.c_fc.weight)
+    assert copied.fine_backbone.visual.ln_post is not copied.backbone.visual.ln_post
+    assert "fine_backbone" not in dict(shared.named_children())  # the default adds no parameters
+
+
+def test_fine_blocks_separate_trains_its_copy_from_the_fine_loss_only():
+    net = make(fine_blocks="separate")
+    x = torch.randn(2, 3, 64, 64)
+    net(x)["logits_fine"].sum().backward()
+    assert all(g is None for g in _grads(net, "backbone.visual.transformer"))  # the coarse branch's blocks
+    assert all(g is not None and g.abs().sum() > 0 for g in _grads(net, "fine_backbone.visual.transformer"))
+    net.zero_grad(set_to_none=True)
+    net(x)["logits_coarse"].sum().backward()
+    assert all(g is None for g in _grads(net, "fine_backbone."))
+    assert all(g is not None for g in _grads(net, "backbone.visual.transformer"))
+
+
+def test_fine_blocks_frozen_lets_only_the_cues_and_heads_learn_from_the_fine_loss():
+    net = make(fine_blocks="frozen", vsi_inject="deep")
+    assert not any(p.requires_grad for p in net.fine_backbone.parameters())
+    before = {k: v.clone() for k, v in net.fine_backbone.state_dict().items()}
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=1.0)
+    out = net(torch.randn(2, 3, 64, 64))
+    (out["logits_fine"].logsumexp(1) + out["logits_ova"].sum((1, 2))).sum().backward()
+    for name in ("vsi.proj.weight", "vsi.deep.0.weight", "vsi.type_embedding", "fine_head.weight", "ova.fc.weight"):
+        assert net.get_parameter(name).grad.abs().sum() > 0, name
+    assert all(g is None for g in _grads(net, "backbone."))
+    opt.step()
+    assert all(torch.equal(before[k], v) for k, v in net.fine_backbone.state_dict().items())
+
+
+def test_deep_prompts_replace_the_cue_positions_before_every_later_block():
+    bb = BUILDERS["clip_tiny"](
+        num_classes=4, pretrained="none", img_size=64, head="cfsg", num_tuned_blocks=3,
+        class_names=["a", "b", "c", "d"], text_encoder="clip",
+    ).backbone.eval()  # fmt: skip
+    h = bb.trunk(torch.randn(2, 3, 64, 64))
+    p1, p2 = torch.randn(2, 2, bb.width), torch.randn(2, 2, bb.width)
+    blocks = bb.tuned_blocks
+    with torch.no_grad():
+        x = bb._run(blocks[:1], h)
+        x = bb._run(blocks[1:2], torch.cat([x[:, :-2], p1], 1))
+        manual = torch.cat([x[:, :-2], p2], 1)
+        torch.testing.assert_close(bb.tuned_until_last(h, prompts=(p1, p2)), manual)
+        torch.testing.assert_close(bb.tuned_until_last(h, prompts=()), bb.tuned_until_last(h))
+    with pytest.raises(ValueError, match="3 deep prompts for 2 blocks"):
+        bb.tuned_until_last(h, prompts=(p1, p2, p1))
+
+
+def test_vsi_inject_deep_gives_every_tuned_block_its_own_cues():
+    net = make(vsi_inject="deep")
+    assert len(net.vsi.deep) == 1  # 2 tuned blocks: the input's cues and the last block's
+    x = torch.randn(2, 3, 64, 64)
+    out = net(x)
+    out["logits_fine"].sum().backward()
+    assert net.vsi.deep[0].weight.grad.abs().sum() > 0 and net.vsi.proj.weight.grad.abs().sum() > 0
+    with torch.no_grad():
+        net.vsi.deep[0].weight.add_(torch.randn_like(net.vsi.deep[0].weight))  # (a constant: LayerNorm removes it)
+        assert not torch.allclose(net(x)["logits_fine"], out["logits_fine"])
+    assert len(make().vsi.deep) == 0  # input: the cues enter the first tuned block only
+
+
+@pytest.mark.parametrize(
+    "switches,match",
+    [
+        (dict(vsi_inject="deep", use_vsi=False), "needs use_vsi"),
+        (dict(vsi_inject="every"), "vsi_inject must be one of input, deep"),
+        (dict(fine_blocks="copy"), "fine_blocks must be one of shared, separate, frozen"),
+        (dict(fine_blocks="separate", zs_weight=0.5, zs_mode="weights"), "zs_mode: weights merges"),
+    ],
+)
+def test_vsi_inject_and_fine_blocks_reject_what_cannot_work(switches, match):
+    with pytest.raises(ConfigError, match=match):
+        make(**switches)

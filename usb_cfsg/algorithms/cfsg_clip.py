@@ -52,6 +52,8 @@ NET_SWITCHES = (
     "sfm_filter",
     "vsi_topk",
     "vsi_cues",
+    "vsi_inject",
+    "fine_blocks",
     "proto_momentum",
     "closed_head",
     "fine_tokens",

@@ -8,7 +8,7 @@ Both the plain CLIP net and the CFSG network are built on this class.
 from __future__ import annotations
 
 import copy
-from typing import Literal, NamedTuple, Optional, Tuple
+from typing import Literal, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -119,12 +119,32 @@ class ClipBackbone(nn.Module):
         out = self._run(blocks[-1:], x)
         return (out, x) if return_last_input else out
 
-    def tuned_until_last(self, tokens: torch.Tensor, key_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def tuned_until_last(
+        self,
+        tokens: torch.Tensor,
+        key_bias: Optional[torch.Tensor] = None,
+        prompts: Sequence[torch.Tensor] = (),
+    ) -> torch.Tensor:
         """Run the trainable blocks but the last on ``tokens`` [B, T, W]: the last block's input.
 
-        ``key_bias`` [B, T] is added to every attention logit towards token j (a soft token filter).
+        Args:
+            tokens: Input tokens [B, T, W].
+            key_bias: Optional [B, T], added to every attention logit towards token j (a soft token filter).
+            prompts: Deep prompts (VPT-deep): after tuned block i, the last n_i tokens of its output are
+                replaced by ``prompts[i]`` [B, n_i, W] before the next block (at most m - 1 of them;
+                the last block's input gets the last one).
         """
-        return self._run(self.tuned_blocks[:-1], tokens, key_bias)
+        blocks = self.tuned_blocks[:-1]
+        if len(prompts) > len(blocks):
+            raise ValueError(f"got {len(prompts)} deep prompts for {len(blocks)} blocks before the last")
+        if not prompts:
+            return self._run(blocks, tokens, key_bias)
+        x = tokens
+        for i in range(len(blocks)):
+            x = self._run(blocks[i : i + 1], x, key_bias)
+            if i < len(prompts):
+                x = torch.cat([x[:, : x.shape[1] - prompts[i].shape[1]], prompts[i].to(x.dtype)], dim=1)
+        return x
 
     def last_block_state(self, last_input: torch.Tensor) -> LastBlockState:
         """``ln_1``, keys and values of the last block for all tokens of ``last_input`` [B, T, W].
@@ -311,6 +331,18 @@ class ClipBackbone(nn.Module):
         visual.transformer.resblocks = nn.ModuleList(list(visual.transformer.resblocks)[self.num_frozen :])
         tail = ClipBackbone(visual, self.num_tuned_blocks)
         tail.requires_grad_(False)
+        return tail
+
+    def tuned_copy(self) -> ClipBackbone:
+        """A trainable copy of the trainable part as it is now (``fine_blocks: separate``).
+
+        As :meth:`frozen_tuned_copy`, with the copied blocks, ``ln_post`` and ``proj`` trainable (its
+        unused stem stays frozen).
+        """
+        tail = self.frozen_tuned_copy()
+        for module in (*tail.tuned_blocks, tail.visual.ln_post):
+            module.requires_grad_(True)
+        tail.visual.proj.requires_grad_(True)
         return tail
 
     def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict:

@@ -8,7 +8,9 @@
                                                             └─ [cls ; kept patches of H ; VSI cues(top-k coarse classes)]
                                                                  ─ tuned blocks again ─ z_f ─ fine logits, OVA logits
 
-The fine branch re-runs only the last m blocks, on 1 + ρN + k tokens. In both branches the last
+The fine branch re-runs only the last m blocks, on 1 + ρN + k tokens (``fine_blocks``: the same
+blocks, or a trainable or frozen copy of the pretrained ones; ``vsi_inject: deep``: cue tokens
+enter every one of those blocks). In both branches the last
 block computes its output only for the tokens that are used (the class token; in the coarse branch
 also the kept patches), and the value-path dense features reuse that block's values: the same
 outputs as running it on every token, at a lower cost (README "Performance"). Every output a user
@@ -34,6 +36,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..algorithm_keys import FINE_BLOCKS, VSI_INJECT
 from ..errors import ConfigError
 from ..modules import (
     DEFAULT_MCM_TEMPERATURE,
@@ -91,6 +94,13 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         vsi_topk: k, number of cue tokens (top-k coarse classes).
         vsi_cues: Visual part of the cue tokens: ``prototypes`` / ``labeled`` (the class prototypes; which
             samples update them is the algorithm's business) or ``own`` (the image's own local feature).
+        vsi_inject: Where the cues enter the fine branch: ``input`` (appended to the tokens of its first
+            block) or ``deep`` (VPT-deep / MaPLe: every tuned block gets its own cue tokens, each block's
+            projection of the same class pairs, replacing the previous block's outputs at those positions).
+        fine_blocks: The fine branch's blocks: ``shared`` (the tuned blocks of the coarse branch),
+            ``separate`` (a trainable copy of them, made at construction from the pretrained weights) or
+            ``frozen`` (a frozen copy: only the cues, heads and OVA head learn from the fine losses, as
+            prompts into a frozen encoder).
         clip_logit_scale: The CLIP checkpoint's exp(logit_scale) (given by the builder).
         input_mean: Input normalisation mean (the oracle undoes it to find the mark's colour).
         input_std: Input normalisation std.
@@ -133,6 +143,8 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         sfm_oracle: str = "none",
         vsi_topk: int = 3,
         vsi_cues: str = "prototypes",
+        vsi_inject: str = "input",
+        fine_blocks: str = "shared",
         clip_logit_scale: float | None = None,
         input_mean: tuple | None = None,
         input_std: tuple | None = None,
@@ -175,7 +187,19 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             raise ConfigError(
                 "sfm_filter: soft biases attention by the SFM's relevance: it needs use_sfm and no sfm_oracle"
             )
+        if vsi_inject not in VSI_INJECT:
+            raise ConfigError(f"vsi_inject must be one of {', '.join(VSI_INJECT)}, got {vsi_inject!r}")
+        if vsi_inject == "deep" and not use_vsi:
+            raise ConfigError("vsi_inject: deep injects the VSI cues into every tuned block: it needs use_vsi: true")
+        if fine_blocks not in FINE_BLOCKS:
+            raise ConfigError(f"fine_blocks must be one of {', '.join(FINE_BLOCKS)}, got {fine_blocks!r}")
+        if fine_blocks == "separate" and zs_mode == "weights":
+            raise ConfigError(
+                "zs_mode: weights merges the shared tuned blocks only, not fine_blocks: separate's copy; "
+                "use zs_mode: output (or fine_blocks: shared)"
+            )
         self.sfm_oracle, self.vsi_cues, self.sfm_filter = sfm_oracle, vsi_cues, sfm_filter
+        self.vsi_inject, self.fine_blocks = vsi_inject, fine_blocks
         self.input_mean, self.input_std = input_mean, input_std
         if not 0.0 < sfm_keep_ratio <= 1.0:
             raise ConfigError(f"sfm_keep_ratio must be in (0, 1], got {sfm_keep_ratio}")
@@ -212,7 +236,11 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         self.coarse_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.fine_head = CosineClassifier.from_text(t0, scale=logit_scale)
         self.prototypes = ClassPrototypes(num_classes, dim, momentum=proto_momentum)
-        self.vsi = VisualSemanticInjection(dim, width, topk=vsi_topk)
+        self.vsi = VisualSemanticInjection(
+            dim, width, topk=vsi_topk, depth=backbone.num_tuned_blocks if vsi_inject == "deep" else 1
+        )
+        if fine_blocks != "shared":  # copied before any training: the pretrained tuned blocks
+            self.fine_backbone = backbone.tuned_copy() if fine_blocks == "separate" else backbone.frozen_tuned_copy()
         self.ova = OVAHead(dim, num_classes, bias=bool(ova_bias))
         self.num_features = dim
         self.logit_scale = float(logit_scale)
@@ -350,8 +378,10 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         g, logits_coarse = c["g"], c["logits_coarse"]
         t = t.to(c["glmcm_local"].dtype)
 
+        fb = self.fine_backbone if self.fine_blocks != "shared" else bb
         fine_in = [h[:, :1]]
         key_bias = None
+        prompts: tuple = ()
         if self.sfm_filter == "soft":  # every patch, attention biased towards the relevant ones
             r = c["relevance"]
             key_bias = torch.log((r * r.shape[1]).clamp_min(SOFT_FILTER_FLOOR))
@@ -366,11 +396,13 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             own = c["local"].detach() if self.vsi_cues == "own" else None
             cues, _ = self.vsi(logits_coarse, protos, t.to(h.dtype), own=own)
             fine_in.append(cues.to(h.dtype))
+            if self.vsi_inject == "deep":
+                prompts = self.vsi.deep_cues(self.vsi.cue_pairs(logits_coarse, protos, t.to(h.dtype), own=own)[0])
         tokens_in = torch.cat(fine_in, dim=1)
         if key_bias is not None:
             key_bias = key_bias[:, : tokens_in.shape[1]]
-        fine_state = bb.last_block_state(bb.tuned_until_last(tokens_in, key_bias))
-        z_f = bb.project(bb.last_block_queries(fine_state, key_bias=key_bias))[:, 0]  # only the class token is used
+        fine_state = fb.last_block_state(fb.tuned_until_last(tokens_in, key_bias, prompts))
+        z_f = fb.project(fb.last_block_queries(fine_state, key_bias=key_bias))[:, 0]  # only the class token is used
         if only_feat:
             return z_f
         logits_fine = self.fine_head(z_f)
