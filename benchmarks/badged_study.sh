@@ -30,5 +30,9 @@ export OMP_WAIT_POLICY=PASSIVE
     "cfsg_soft:cfsg_clip,sfm_filter=soft" \
     "cfsg_own_cues:cfsg_clip,vsi_cues=own" \
     "cfsg_labeled_cues:cfsg_clip,vsi_cues=labeled" \
+    "cfsg_deep:cfsg_clip,vsi_inject=deep" \
+    "cfsg_separate:cfsg_clip,fine_blocks=separate" \
+    "cfsg_frozen:cfsg_clip,fine_blocks=frozen" \
+    "cfsg_deep_frozen:cfsg_clip,vsi_inject=deep,fine_blocks=frozen" \
     "fullysupervised_all:fullysupervised,num_labels=7200" \
     "fullysupervised_all_3000:fullysupervised,num_labels=7200,num_train_iter=3000,num_eval_iter=750"

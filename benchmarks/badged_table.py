@@ -7,7 +7,9 @@ Columns, in %: closed accuracy; the K+1-way seen accuracy and H-score of the row
 AUROC of the energy score (every algorithm reports it) against the near-OOD group (same items, the third
 mark) and the far-OOD group (other items); the best near-OOD AUROC over the row's scores (with its name);
 and, where the net has a relevance map (cfsg_clip), the share of the SFM's kept patches on the mark's
-box and the pointing accuracy on seen test images. ``--sub erased`` reads ``<run>/erased/`` instead:
+box and the pointing accuracy on seen test images; and the share of unlabeled images the row's
+unlabeled loss used (``train/util_ratio`` in the run's TensorBoard log, averaged over the logged steps;
+n/a for rows without one, e.g. zero-shot or fully supervised). ``--sub erased`` reads ``<run>/erased/`` instead:
 the evaluation of the same checkpoint on test images without their mark (``eval.py --badge_erase true
 --out_dir <run>/erased``). Cells are the comparison runner's (``usb_cfsg_tools.compare.format_cell``).
 """
@@ -31,15 +33,35 @@ def _near_best(m: dict) -> tuple[float, str]:
     return max(pairs) if pairs else (float("nan"), "-")
 
 
+def unlabeled_use(run: str) -> Optional[float]:
+    """Mean of ``train/util_ratio`` over the steps logged in ``<run>/tensorboard`` (None without that scalar)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    log = os.path.join(run, "tensorboard")
+    if not os.path.isdir(log):
+        return None
+    events = EventAccumulator(log, size_guidance={"scalars": 0})
+    events.Reload()
+    if "train/util_ratio" not in events.Tags().get("scalars", []):
+        return None
+    values = [e.value for e in events.Scalars("train/util_ratio")]
+    return sum(values) / len(values) if values else None
+
+
 def read_runs(folder: str, sub: str = "") -> Dict[str, List[dict]]:
-    """Row name -> the metrics of its seeds' runs (those with an ``openset_metrics.json``)."""
+    """Row name -> the metrics of its seeds' runs (those with an ``openset_metrics.json``).
+
+    Each run's dict also holds ``unlabeled_use`` (:func:`unlabeled_use` of the training run).
+    """
     out: Dict[str, List[dict]] = {}
     for run in sorted(glob.glob(os.path.join(folder, "runs", "*"))):
         match = _RUN.match(os.path.basename(run))
         path = os.path.join(run, sub, "openset_metrics.json")
         if match and os.path.isfile(path):
             with open(path, encoding="utf-8") as fh:
-                out.setdefault(match["row"], []).append(json.load(fh))
+                metrics = json.load(fh)
+            metrics["unlabeled_use"] = unlabeled_use(run)
+            out.setdefault(match["row"], []).append(metrics)
     return out
 
 
@@ -47,13 +69,13 @@ def table(runs: Dict[str, List[dict]], rows: Optional[Sequence[str]] = None) -> 
     """The markdown table of ``rows`` (all found, in name order, when None)."""
     lines = [
         "| row | seeds | closed acc | seen acc (K+1) | H-score | near AUROC (energy) | far AUROC (energy) "
-        "| best near AUROC (score) | kept on mark | pointing (seen) |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| best near AUROC (score) | kept on mark | pointing (seen) | unlabeled used |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for row in rows or sorted(runs):
         ms = runs.get(row, [])
         if not ms:
-            lines.append(f"| {row} | 0 | no metrics | | | | | | | |")
+            lines.append(f"| {row} | 0 | no metrics | | | | | | | | |")
             continue
         n = len(ms)
         energy = [m["scores"]["energy"]["difficulty"] for m in ms]
@@ -74,6 +96,7 @@ def table(runs: Dict[str, List[dict]], rows: Optional[Sequence[str]] = None) -> 
                     f"{format_cell([b for b, _ in best], n)} ({', '.join(names)})",
                     format_cell([x.get("kept_in_box") for x in loc], n),
                     format_cell([x.get("seen", {}).get("pointing_acc") for x in loc], n),
+                    format_cell([m.get("unlabeled_use") for m in ms], n),
                 ]
             )
             + " |"

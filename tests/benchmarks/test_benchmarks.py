@@ -166,5 +166,19 @@ def test_badged_table_averages_the_seeds_and_reads_the_erased_evaluation(tmp_pat
     assert cells[:3] == ["cfsg_oracle", "2", "82.00±2.83"]  # mean and sample std of 80 and 84
     assert cells[5] == "60.00±0.00" and cells[7] == "70.00±0.00 (msp)" and cells[8] == "80.00±0.00"
     assert "| fixmatch | 0 | no metrics |" in text
+    assert cells[10] == "n/a"  # no TensorBoard log: no unlabeled share
     erased = badged_table.table(badged_table.read_runs(str(tmp_path), "erased"))
     assert "| cfsg_oracle | 2 | 50.00±0.00 |" in erased
+
+
+def test_badged_table_reads_the_share_of_unlabeled_images_used_from_tensorboard(tmp_path):
+    from torch.utils.tensorboard import SummaryWriter
+
+    run = tmp_path / "runs" / "fixmatch_seed0"
+    run.mkdir(parents=True)
+    (run / "openset_metrics.json").write_text(json.dumps(_badged_metrics(0.8, 0.6, 0.8)))
+    with SummaryWriter(str(run / "tensorboard")) as writer:
+        for step, value in enumerate((0.0, 0.1, 0.5)):
+            writer.add_scalar("train/util_ratio", value, step)
+    line = badged_table.table(badged_table.read_runs(str(tmp_path))).splitlines()[-1]
+    assert line.rstrip(" |").endswith("20.00")  # the mean over the logged steps
