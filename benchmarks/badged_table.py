@@ -1,7 +1,7 @@
 """The badged study's table: per row, mean ± sample std over the seeds found, from each run's
 ``openset_metrics.json`` (docs/results/badged.md).
 
-    python benchmarks/badged_table.py saved_models/badged_study [--sub erased] [--rows cfsg_clip fixmatch ...]
+    python benchmarks/badged_table.py saved_models/badged_study [--sub erased] [--rows cfsg_clip ...] [--seeds 0]
 
 Columns, in %: closed accuracy; the K+1-way seen accuracy and H-score of the row's headline score;
 AUROC of the energy score (every algorithm reports it) against the near-OOD group (same items, the third
@@ -48,8 +48,8 @@ def unlabeled_use(run: str) -> Optional[float]:
     return sum(values) / len(values) if values else None
 
 
-def read_runs(folder: str, sub: str = "") -> Dict[str, List[dict]]:
-    """Row name -> the metrics of its seeds' runs (those with an ``openset_metrics.json``).
+def read_runs(folder: str, sub: str = "", seeds: Optional[Sequence[int]] = None) -> Dict[str, List[dict]]:
+    """Row name -> the metrics of its seeds' runs (those with an ``openset_metrics.json``; of ``seeds`` only if given).
 
     Each run's dict also holds ``unlabeled_use`` (:func:`unlabeled_use` of the training run).
     """
@@ -57,7 +57,7 @@ def read_runs(folder: str, sub: str = "") -> Dict[str, List[dict]]:
     for run in sorted(glob.glob(os.path.join(folder, "runs", "*"))):
         match = _RUN.match(os.path.basename(run))
         path = os.path.join(run, sub, "openset_metrics.json")
-        if match and os.path.isfile(path):
+        if match and os.path.isfile(path) and (seeds is None or int(match["seed"]) in seeds):
             with open(path, encoding="utf-8") as fh:
                 metrics = json.load(fh)
             metrics["unlabeled_use"] = unlabeled_use(run)
@@ -109,8 +109,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("folder", help="the comparison's --save_dir")
     parser.add_argument("--sub", default="", help="read <run>/<sub>/openset_metrics.json (e.g. erased)")
     parser.add_argument("--rows", nargs="*", default=None, help="rows in this order (default: all found)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=None, help="these seeds only (default: all found)")
     args = parser.parse_args(argv)
-    print(table(read_runs(args.folder, args.sub), args.rows))
+    print(table(read_runs(args.folder, args.sub, args.seeds), args.rows))
     return 0
 
 

@@ -167,6 +167,8 @@ def test_badged_table_averages_the_seeds_and_reads_the_erased_evaluation(tmp_pat
     assert cells[5] == "60.00±0.00" and cells[7] == "70.00±0.00 (msp)" and cells[8] == "80.00±0.00"
     assert "| fixmatch | 0 | no metrics |" in text
     assert cells[10] == "n/a"  # no TensorBoard log: no unlabeled share
+    seed1 = badged_table.table(badged_table.read_runs(str(tmp_path), seeds=[1]), ["cfsg_oracle"])
+    assert "| cfsg_oracle | 1 | 84.00 |" in seed1
     erased = badged_table.table(badged_table.read_runs(str(tmp_path), "erased"))
     assert "| cfsg_oracle | 2 | 50.00±0.00 |" in erased
 
