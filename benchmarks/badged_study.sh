@@ -34,5 +34,10 @@ export OMP_WAIT_POLICY=PASSIVE
     "cfsg_separate:cfsg_clip,fine_blocks=separate" \
     "cfsg_frozen:cfsg_clip,fine_blocks=frozen" \
     "cfsg_deep_frozen:cfsg_clip,vsi_inject=deep,fine_blocks=frozen" \
+    "cfsg_pc07:cfsg_clip,p_cutoff=0.7" \
+    "cfsg_no_sfm_pc07:cfsg_clip,use_sfm=false,p_cutoff=0.7" \
+    "cfsg_trained_pl:cfsg_clip,pseudo_labels=trained" \
+    "cfsg_no_sfm_trained_pl:cfsg_clip,use_sfm=false,pseudo_labels=trained" \
+    "cfsg_oracle_trained_pl:cfsg_clip,sfm_oracle=mark,pseudo_labels=trained" \
     "fullysupervised_all:fullysupervised,num_labels=7200" \
     "fullysupervised_all_3000:fullysupervised,num_labels=7200,num_train_iter=3000,num_eval_iter=750"

@@ -353,6 +353,15 @@ ALGORITHMS: Dict[str, AlgorithmKeys] = {
             ),
             Key("p_cutoff", "float", 0.95, "confidence threshold of pseudo-labels", range="[0, 1]"),
             Key(
+                "pseudo_labels",
+                "str",
+                "ensemble",
+                "the weak views' prediction that gives the pseudo-labels and their confidence: ensemble (the "
+                "closed prediction, with the zero-shot prior when zs_weight > 0) or trained (the trained heads "
+                "alone: a prior blind to the classes' detail cannot hold the confidence below p_cutoff)",
+                choices=("ensemble", "trained"),
+            ),
+            Key(
                 "ood_threshold",
                 "float",
                 0.5,

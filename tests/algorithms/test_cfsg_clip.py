@@ -633,3 +633,42 @@ def test_the_cheaper_step_gives_the_previous_losses_gradients_and_prototypes(
     assert graded > 10  # the tuned blocks, projection, heads, VSI and OVA head all received gradients
     torch.testing.assert_close(net.prototypes.mu, ref.prototypes.mu)
     assert net.prototypes.initialized.tolist() == ref.prototypes.initialized.tolist()
+
+
+class PriorDilutedNet(ControlledNet):
+    """As ControlledNet, with closed ``logits`` a third of the trained heads' (as a mark-blind prior's ensemble)."""
+
+    def forward(self, x, **kwargs):
+        out = super().forward(x, **kwargs)
+        return {**out, "logits": out["logits"] / 3}
+
+    def trained_logits(self, out):
+        return (out["logits_coarse"] + out["logits_fine"]) / 2
+
+
+@pytest.mark.parametrize("pseudo_labels,util", [("ensemble", 0.0), ("trained", 0.25)])
+def test_pseudo_labels_trained_takes_confidence_from_the_heads_without_the_prior(pseudo_labels, util):
+    alg, net, batch = controlled_step_setup()
+    diluted = PriorDilutedNet(net.logits.detach(), net.logits_ova.detach(), net.score_ova, net.feat_local)
+    alg.model, alg.pseudo_labels = diluted, pseudo_labels
+    _, log = alg.train_step(**batch)
+    # u0 is 99% sure by the trained heads, far less by the diluted ensemble: only "trained" selects it
+    assert log["train/util_ratio"] == pytest.approx(util)
+
+
+def test_cfsg_net_trained_logits_are_its_closed_prediction_without_the_prior():
+    from usb_cfsg.nets import BUILDERS
+
+    def net(**kw):
+        torch.manual_seed(0)
+        return BUILDERS["clip_tiny"](
+            num_classes=3, pretrained="none", img_size=32, head="cfsg", num_tuned_blocks=1,
+            class_names=["a", "b", "c"], text_encoder="minilm", **kw,
+        ).eval()  # fmt: skip
+
+    x = torch.randn(2, 3, 32, 32)
+    for closed_head in ("ensemble", "fine"):
+        model = net(closed_head=closed_head)
+        with torch.no_grad():
+            out = model(x)
+        torch.testing.assert_close(model.trained_logits(out), out["logits"])  # zs_weight 0: no prior

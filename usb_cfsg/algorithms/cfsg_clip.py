@@ -81,6 +81,8 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
     relevance_map = "SFM relevance"
     #: ``vsi_cues``: with ``labeled`` only labeled samples update the class prototypes.
     vsi_cues = "prototypes"
+    #: ``pseudo_labels``: ``ensemble`` (the closed prediction, prior included) or ``trained`` (the heads alone)
+    pseudo_labels = "ensemble"
 
     def __init__(self, args, net_builder, tb_log=None, logger=None, **kwargs):
         super().__init__(args, net_builder, tb_log, logger, **kwargs)
@@ -95,6 +97,7 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
         self.ood_score = args.ood_score
         self.ova_views = args.ova_views
         self.vsi_cues = args.vsi_cues
+        self.pseudo_labels = args.pseudo_labels
         if self.ova_views not in OVA_VIEWS:
             raise ValueError(f"ova_views must be one of {OVA_VIEWS}, got {self.ova_views!r}")
 
@@ -201,10 +204,14 @@ class CFSGCLIP(PluginMixin, AlgorithmBase):
             l_socr = ova_consistency(w["logits_ova"].float(), o2["logits_ova"].float())
 
             with torch.no_grad():
-                logits_w = w["logits"].detach().float()
-                prior = getattr(unwrap(self.model), "zero_shot", None)
-                if prior is not None and prior.mode == "weights" and "logits_zs" in w:
-                    logits_w = prior.mix(logits_w, w["logits_zs"].float())  # the ensemble's pseudo-labels
+                net = unwrap(self.model)
+                if self.pseudo_labels == "trained":  # the trained heads alone, without the prior
+                    logits_w = net.trained_logits(w).detach().float()
+                else:
+                    logits_w = w["logits"].detach().float()
+                    prior = getattr(net, "zero_shot", None)
+                    if prior is not None and prior.mode == "weights" and "logits_zs" in w:
+                        logits_w = prior.mix(logits_w, w["logits_zs"].float())  # the ensemble's pseudo-labels
                 probs_w = torch.softmax(logits_w, dim=1)
                 conf, pseudo = probs_w.max(dim=1)
                 inlier = w["score_ova"] < self.ood_threshold

@@ -406,7 +406,7 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         if only_feat:
             return z_f
         logits_fine = self.fine_head(z_f)
-        logits = logits_fine if self.closed_head == "fine" else (logits_coarse + logits_fine) / 2
+        logits = self.trained_logits({"logits_coarse": logits_coarse, "logits_fine": logits_fine})
         extra: Dict[str, torch.Tensor] = {}
         logits, logits_zs = self.with_prior(logits, h, zs_skip, need_zs=True, stop=zs_stop)  # pseudo-labels use them
         if logits_zs is not None:
@@ -434,6 +434,16 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             "score_mcm": s_mcm,
             "score_glmcm": s_glmcm,
         }
+
+    def trained_logits(self, out: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """The closed prediction of the trained heads alone (no zero-shot prior) from a forward's outputs.
+
+        ``logits_fine`` with ``closed_head: fine``, else ``(logits_coarse + logits_fine) / 2``: the
+        ``logits`` of the same forward when ``zs_weight`` is 0 or ``zs_mode`` is ``weights``.
+        """
+        if self.closed_head == "fine":
+            return out["logits_fine"]
+        return (out["logits_coarse"] + out["logits_fine"]) / 2
 
     def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict:
         return self.backbone.group_matcher(coarse, prefix=f"{prefix}backbone.")
