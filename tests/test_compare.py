@@ -246,3 +246,21 @@ def test_every_run_is_the_installed_training_module_in_the_runners_folder(tmp_pa
     assert kw.get("cwd") in (None, os.getcwd()) and "PYTHONPATH" not in kw["env"]
     assert run.status == "failed" and "exit 0" in run.detail  # exit 0 but no openset_metrics.json
     assert not any(a.dest == "train_py" for a in compare.build_parser()._actions)
+
+
+def test_a_key_added_after_a_run_counts_as_the_same_config_only_at_its_default(tmp_path):
+    expected = {"algorithm": "cfsg_clip", "seed": 0, "use_sfm": True, "fine_blocks": "shared", "vsi_inject": "input"}
+    run = compare.Run(compare.Row("cfsg_clip", "cfsg_clip"), 0, tmp_path / "r", tmp_path / "r.log")
+    run.run_dir.mkdir()
+    (run.run_dir / compare.METRICS_FILE).write_text("{}")
+    old = {k: v for k, v in expected.items() if k not in ("fine_blocks", "vsi_inject")}  # made before the keys
+    (run.run_dir / "config.yaml").write_text(yaml.safe_dump(old))
+    assert compare.is_finished(run, expected) == (True, "")
+    # asked for another value of the new key, or a value of an old key changed: the run is stale
+    done, why = compare.is_finished(run, {**expected, "fine_blocks": "separate"})
+    assert not done and why == "config changed since it ran (fine_blocks)"
+    done, why = compare.is_finished(run, {**expected, "use_sfm": False})
+    assert not done and "use_sfm" in why
+    # a key the algorithm does not declare is never assumed
+    done, why = compare.is_finished(run, {**expected, "unknown_key": 1})
+    assert not done and "unknown_key" in why

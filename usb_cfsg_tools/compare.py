@@ -224,8 +224,26 @@ def expected_config(argv: Sequence[str]) -> Dict[str, Any]:
     return _comparable(config_to_dict(args))
 
 
+def added_at_default(saved: Dict[str, Any], expected: Dict[str, Any]) -> Dict[str, Any]:
+    """The keys of ``expected`` that ``saved`` lacks and that are at their declared default.
+
+    Such a key was added to the algorithm after the run was made. This package adds a key only with a
+    default that keeps the earlier behaviour (the key's test says so), so a run made before the key
+    existed is the same run as one made now with its default.
+    """
+    from usb_cfsg.algorithm_keys import ALGORITHMS
+
+    spec = ALGORITHMS.get(str(expected.get("algorithm")))
+    defaults = {key.name: key.default for key in spec.keys} if spec else {}
+    return {k: v for k, v in expected.items() if k not in saved and k in defaults and v == defaults[k]}
+
+
 def is_finished(run: Run, expected: Dict[str, Any]) -> Tuple[bool, str]:
-    """Whether ``run`` finished with exactly this configuration (else why not)."""
+    """Whether ``run`` finished with exactly this configuration (else why not).
+
+    Keys added to the algorithm since the run was made count as the same configuration when they are
+    at their default (:func:`added_at_default`).
+    """
     if not (run.run_dir / METRICS_FILE).is_file():
         return False, "no openset_metrics.json"
     cfg_file = run.run_dir / "config.yaml"
@@ -233,6 +251,7 @@ def is_finished(run: Run, expected: Dict[str, Any]) -> Tuple[bool, str]:
         saved = _comparable(yaml.safe_load(cfg_file.read_text(encoding="utf-8")) or {})
     except (OSError, yaml.YAMLError) as exc:
         return False, f"unreadable {cfg_file} ({exc})"
+    saved.update(added_at_default(saved, expected))
     if saved != expected:
         diff = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
         return False, f"config changed since it ran ({', '.join(diff)})"
