@@ -91,7 +91,18 @@ class VisualSemanticInjection(nn.Module):
         Returns:
             [B, k, W].
         """
-        return self.proj(self._pairs(class_idx, prototypes, text)) + self.type_embedding
+        return self.tokens(self._pairs(class_idx, prototypes, text))
+
+    def tokens(self, pairs: Tensor) -> Tensor:
+        """The first block's cue tokens from normalised pairs (:meth:`cue_pairs`): ``W_inj [mu ; t] + e_type``.
+
+        Args:
+            pairs: [B, k, 2D].
+
+        Returns:
+            [B, k, W].
+        """
+        return self.proj(pairs) + self.type_embedding
 
     def _pairs(self, class_idx: Tensor, prototypes: Tensor, text: Tensor, own: Tensor | None = None) -> Tensor:
         """``[mu_k ; t_k]`` (or ``[own ; t_k]``) for classes ``class_idx`` [B, k], normalised: [B, k, 2D]."""
@@ -138,7 +149,7 @@ class VisualSemanticInjection(nn.Module):
             :class:`VSIOutput` ``(cues [B, k, W], topk_idx [B, k])`` with ``k = min(topk, K)``.
         """
         pairs, topk_idx = self.cue_pairs(coarse_logits, prototypes, text, own)
-        return VSIOutput(self.proj(pairs) + self.type_embedding, topk_idx)
+        return VSIOutput(self.tokens(pairs), topk_idx)
 
     def deep_cues(self, pairs: Tensor) -> Tuple[Tensor, ...]:
         """The later blocks' cue tokens from :meth:`cue_pairs`: ``W_l [mu ; t] + e_type``, l = 2..depth.

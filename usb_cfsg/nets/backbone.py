@@ -315,34 +315,29 @@ class ClipBackbone(nn.Module):
         z = self.project(self.tuned(self.trunk(images)))
         return z[:, 0], z[:, 1:]
 
-    def frozen_tuned_copy(self) -> ClipBackbone:
-        """A frozen copy of the trainable part as it is now: the zero-shot reference tower.
+    def tuned_copy(self, *, frozen: bool) -> ClipBackbone:
+        """A copy of the trainable part as it is now.
 
         The copy holds the tuned blocks, ``ln_post`` and ``proj`` (the frozen trunk is shared, not
         copied, and then dropped from the copy): it runs on the trunk's tokens H with the same
-        methods (:meth:`tuned_until_last`, :meth:`last_block_state`, ...) and never trains
-        (``requires_grad`` off; the optimizer skips parameters without gradients).
+        methods (:meth:`tuned_until_last`, :meth:`last_block_state`, ...).
+
+        Args:
+            frozen: True: nothing in the copy trains (``requires_grad`` off; the optimizer skips
+                parameters without gradients), as the zero-shot reference tower and
+                ``fine_blocks: frozen`` need. False: the copy's blocks, ``ln_post`` and ``proj`` train,
+                as this backbone's own tuned part does (``fine_blocks: separate``); its unused stem
+                stays frozen.
 
         Returns:
             A :class:`ClipBackbone` with ``num_tuned_blocks`` blocks and no frozen trunk.
         """
-        frozen = list(self.visual.transformer.resblocks[: self.num_frozen])
-        visual = copy.deepcopy(self.visual, memo={id(b): b for b in frozen})
+        shared = list(self.visual.transformer.resblocks[: self.num_frozen])
+        visual = copy.deepcopy(self.visual, memo={id(b): b for b in shared})
         visual.transformer.resblocks = nn.ModuleList(list(visual.transformer.resblocks)[self.num_frozen :])
-        tail = ClipBackbone(visual, self.num_tuned_blocks)
-        tail.requires_grad_(False)
-        return tail
-
-    def tuned_copy(self) -> ClipBackbone:
-        """A trainable copy of the trainable part as it is now (``fine_blocks: separate``).
-
-        As :meth:`frozen_tuned_copy`, with the copied blocks, ``ln_post`` and ``proj`` trainable (its
-        unused stem stays frozen).
-        """
-        tail = self.frozen_tuned_copy()
-        for module in (*tail.tuned_blocks, tail.visual.ln_post):
-            module.requires_grad_(True)
-        tail.visual.proj.requires_grad_(True)
+        tail = ClipBackbone(visual, self.num_tuned_blocks)  # sets the tuned part trainable, the rest frozen
+        if frozen:
+            tail.requires_grad_(False)
         return tail
 
     def group_matcher(self, coarse: bool = False, prefix: str = "") -> dict:

@@ -240,7 +240,7 @@ class CFSGNet(ZeroShotMixin, nn.Module):
             dim, width, topk=vsi_topk, depth=backbone.num_tuned_blocks if vsi_inject == "deep" else 1
         )
         if fine_blocks != "shared":  # copied before any training: the pretrained tuned blocks
-            self.fine_backbone = backbone.tuned_copy() if fine_blocks == "separate" else backbone.frozen_tuned_copy()
+            self.fine_backbone = backbone.tuned_copy(frozen=fine_blocks == "frozen")
         self.ova = OVAHead(dim, num_classes, bias=bool(ova_bias))
         self.num_features = dim
         self.logit_scale = float(logit_scale)
@@ -394,10 +394,10 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         if self.use_vsi:
             protos = self.prototypes.get(fallback=t.detach().float()).to(h.dtype)
             own = c["local"].detach() if self.vsi_cues == "own" else None
-            cues, _ = self.vsi(logits_coarse, protos, t.to(h.dtype), own=own)
-            fine_in.append(cues.to(h.dtype))
+            pairs, _ = self.vsi.cue_pairs(logits_coarse, protos, t.to(h.dtype), own=own)
+            fine_in.append(self.vsi.tokens(pairs).to(h.dtype))
             if self.vsi_inject == "deep":
-                prompts = self.vsi.deep_cues(self.vsi.cue_pairs(logits_coarse, protos, t.to(h.dtype), own=own)[0])
+                prompts = self.vsi.deep_cues(pairs)
         tokens_in = torch.cat(fine_in, dim=1)
         if key_bias is not None:
             key_bias = key_bias[:, : tokens_in.shape[1]]

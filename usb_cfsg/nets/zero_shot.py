@@ -61,7 +61,7 @@ class ZeroShotPrior(nn.Module):
         if mode not in ZS_MODES:
             raise ConfigError(f"zs_mode must be one of {', '.join(ZS_MODES)}, got {mode!r}")
         self.weight, self.mode, self.scale = float(weight), mode, float(scale)
-        self.tail = backbone.frozen_tuned_copy()
+        self.tail = backbone.tuned_copy(frozen=True)
         self.register_buffer("text", F.normalize(text.detach().float(), dim=-1).clone())
 
     @torch.no_grad()
