@@ -394,10 +394,13 @@ class CFSGNet(ZeroShotMixin, nn.Module):
         if self.use_vsi:
             protos = self.prototypes.get(fallback=t.detach().float()).to(h.dtype)
             own = c["local"].detach() if self.vsi_cues == "own" else None
-            pairs, _ = self.vsi.cue_pairs(logits_coarse, protos, t.to(h.dtype), own=own)
-            fine_in.append(self.vsi.tokens(pairs).to(h.dtype))
-            if self.vsi_inject == "deep":
+            if self.vsi_inject == "deep":  # the pairs once, for the first block's cues and the later blocks'
+                pairs, _ = self.vsi.cue_pairs(logits_coarse, protos, t.to(h.dtype), own=own)
+                cues = self.vsi.tokens(pairs)
                 prompts = self.vsi.deep_cues(pairs)
+            else:  # the module's forward: what compile: true compiles (engine.device.compile_targets)
+                cues = self.vsi(logits_coarse, protos, t.to(h.dtype), own=own).cues
+            fine_in.append(cues.to(h.dtype))
         tokens_in = torch.cat(fine_in, dim=1)
         if key_bias is not None:
             key_bias = key_bias[:, : tokens_in.shape[1]]
